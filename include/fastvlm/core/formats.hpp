@@ -1,0 +1,116 @@
+// fastvlm/core/formats.hpp — weight formats: tag types plus the block-quantized layouts.
+//   F32, BF16, F16 : one value per element.
+//   Q8             : blocks of 32 weights, fp16 scale + 32 × int8         = 34 bytes (8.5 bits/weight)
+//   Q4             : blocks of 32 weights, fp16 scale + 16 bytes of nibbles = 18 bytes (4.5 bits/weight)
+// The quantized layouts follow ggml's Q8_0 / Q4_0 (symmetric, one scale per block).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "fastvlm/core/dtypes.hpp"
+#include "fastvlm/core/error.hpp"
+
+namespace fastvlm {
+
+inline constexpr std::size_t kQBlock = 32;  // weights per quantization block
+
+struct BlockQ8 {
+    f16 d;                  // scale: x ≈ d · q
+    std::int8_t qs[kQBlock];
+};
+static_assert(sizeof(BlockQ8) == 34, "BlockQ8 must be 34 bytes (8.5 bits per weight)");
+
+struct BlockQ4 {
+    f16 d;                      // scale: x ≈ d · (q − 8)
+    std::uint8_t qs[kQBlock / 2];  // qs[j] low nibble = element j, high nibble = element j + 16
+};
+static_assert(sizeof(BlockQ4) == 18, "BlockQ4 must be 18 bytes (4.5 bits per weight)");
+
+// ---- quantize / dequantize (scalar reference; k must be a multiple of kQBlock) -------------------
+inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
+    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q8): length ", k, " is not a multiple of ", kQBlock);
+    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock) {
+        float amax = 0.f;
+        for (std::size_t j = 0; j < kQBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127.f;
+        const float id = d != 0.f ? 1.f / d : 0.f;
+        y[b].d = to_f16(d);
+        for (std::size_t j = 0; j < kQBlock; ++j) y[b].qs[j] = std::int8_t(std::lround(x[j] * id));
+    }
+}
+
+inline void dequantize_row(const BlockQ8* x, float* y, std::size_t k) {
+    for (std::size_t b = 0; b < k / kQBlock; ++b) {
+        const float d = to_float(x[b].d);
+        for (std::size_t j = 0; j < kQBlock; ++j) *y++ = d * float(x[b].qs[j]);
+    }
+}
+
+inline void quantize_row(const float* x, BlockQ4* y, std::size_t k) {
+    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q4): length ", k, " is not a multiple of ", kQBlock);
+    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock) {
+        float amax = 0.f, vmax = 0.f;  // the value of largest magnitude maps to -8
+        for (std::size_t j = 0; j < kQBlock; ++j)
+            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
+        const float d = vmax / -8.f;
+        const float id = d != 0.f ? 1.f / d : 0.f;
+        y[b].d = to_f16(d);
+        for (std::size_t j = 0; j < kQBlock / 2; ++j) {
+            const int q0 = std::clamp(int(std::lround(x[j] * id)) + 8, 0, 15);
+            const int q1 = std::clamp(int(std::lround(x[j + kQBlock / 2] * id)) + 8, 0, 15);
+            y[b].qs[j] = std::uint8_t(q0 | (q1 << 4));
+        }
+    }
+}
+
+inline void dequantize_row(const BlockQ4* x, float* y, std::size_t k) {
+    for (std::size_t b = 0; b < k / kQBlock; ++b, y += kQBlock) {
+        const float d = to_float(x[b].d);
+        for (std::size_t j = 0; j < kQBlock / 2; ++j) {
+            y[j] = d * float(int(x[b].qs[j] & 0xf) - 8);
+            y[j + kQBlock / 2] = d * float(int(x[b].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+// ---- format tags ----------------------------------------------------------------------------------
+namespace fmt {
+struct F32 {
+    using element = float;
+    static constexpr const char* name = "f32";
+    static constexpr double bits_per_weight = 32;
+};
+struct BF16 {
+    using element = bf16;
+    static constexpr const char* name = "bf16";
+    static constexpr double bits_per_weight = 16;
+};
+struct F16 {
+    using element = f16;
+    static constexpr const char* name = "f16";
+    static constexpr double bits_per_weight = 16;
+};
+struct Q8 {
+    using block = BlockQ8;
+    static constexpr const char* name = "q8";
+    static constexpr double bits_per_weight = 8.0 * sizeof(BlockQ8) / kQBlock;
+};
+struct Q4 {
+    using block = BlockQ4;
+    static constexpr const char* name = "q4";
+    static constexpr double bits_per_weight = 8.0 * sizeof(BlockQ4) / kQBlock;
+};
+}  // namespace fmt
+
+static_assert(fmt::Q8::bits_per_weight <= 8.5 && fmt::Q4::bits_per_weight <= 5.0);
+
+template <class F>
+concept WeightFormat = std::is_same_v<F, fmt::F32> || std::is_same_v<F, fmt::BF16> ||
+                       std::is_same_v<F, fmt::F16> || std::is_same_v<F, fmt::Q8> || std::is_same_v<F, fmt::Q4>;
+
+template <class F>
+concept QuantizedFormat = std::is_same_v<F, fmt::Q8> || std::is_same_v<F, fmt::Q4>;
+
+}  // namespace fastvlm

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, builds, runs every test in a release build
+# and again under AddressSanitizer + UndefinedBehaviorSanitizer, and checks single_include/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+jobs=$(nproc)
+/usr/bin/python3 scripts/amalgamate.py --check
+
+cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DFASTVLM_BUILD_BENCH=ON >/dev/null
+cmake --build build/release -j"$jobs"
+ctest --test-dir build/release --output-on-failure -j"$jobs"
+
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DFASTVLM_SANITIZE=ON -DFASTVLM_BUILD_BENCH=OFF \
+      -DCMAKE_CXX_FLAGS="-O1" >/dev/null
+cmake --build build/asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build/asan --output-on-failure -j"$jobs" -LE slow
+echo "all tests passed"
