@@ -1,0 +1,165 @@
+// examples/cli/args.hpp — the subcommand table and option parsing shared by every fastvlm-cli command.
+//
+// A command declares its options; `--name value` and `--name=value` take a value, flags do not.
+// Adding a command: write examples/cli/<cmd>.hpp (include "args.hpp") with a `Command <cmd>_command()`, list it in
+// examples/fastvlm-cli.cpp.
+#pragma once
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fastvlm/core/error.hpp"
+
+namespace fastvlm::cli {
+
+struct Option {
+    std::string name;        // without the leading "--"
+    std::string value_name;  // "" = a flag
+    std::string help;
+};
+
+class Args {
+public:
+    bool flag(const std::string& name) const { return flags_.count(name) > 0; }
+    bool has(const std::string& name) const { return values_.count(name) > 0; }
+    std::optional<std::string> get(const std::string& name) const {
+        auto it = values_.find(name);
+        return it == values_.end() ? std::nullopt : std::optional<std::string>(it->second);
+    }
+    std::string get_or(const std::string& name, const std::string& def) const { return get(name).value_or(def); }
+    std::string require(const std::string& name) const {
+        auto v = get(name);
+        if (!v) fail("missing option --", name);
+        return *v;
+    }
+    long get_int(const std::string& name, long def, long lo, long hi) const {
+        auto v = get(name);
+        if (!v) return def;
+        char* end = nullptr;
+        const long x = std::strtol(v->c_str(), &end, 10);
+        if (v->empty() || *end != '\0' || x < lo || x > hi)
+            fail("option --", name, ": '", *v, "' is not an integer in ", lo, "..", hi);
+        return x;
+    }
+    const std::vector<std::string>& positional() const { return positional_; }
+
+    // argv[first..argc) against the declared options; unknown options are errors.
+    static Args parse(int argc, char** argv, int first, const std::vector<Option>& options) {
+        Args a;
+        for (int i = first; i < argc; ++i) {
+            std::string s = argv[i];
+            if (s.size() < 3 || s.compare(0, 2, "--") != 0) {
+                a.positional_.push_back(s);
+                continue;
+            }
+            std::string name = s.substr(2), value;
+            bool inline_value = false;
+            if (auto eq = name.find('='); eq != std::string::npos) {
+                value = name.substr(eq + 1);
+                name = name.substr(0, eq);
+                inline_value = true;
+            }
+            auto it = std::find_if(options.begin(), options.end(), [&](const Option& o) { return o.name == name; });
+            if (it == options.end()) fail("unknown option --", name);
+            if (it->value_name.empty()) {
+                if (inline_value) fail("option --", name, " takes no value");
+                a.flags_[name] = true;
+            } else {
+                if (!inline_value) {
+                    if (i + 1 >= argc) fail("option --", name, " needs a value (", it->value_name, ")");
+                    value = argv[++i];
+                }
+                a.values_[name] = value;
+            }
+        }
+        return a;
+    }
+
+private:
+    std::map<std::string, std::string> values_;
+    std::map<std::string, bool> flags_;
+    std::vector<std::string> positional_;
+};
+
+struct Command {
+    std::string name;
+    std::string summary;
+    std::string usage;  // the synopsis after "fastvlm-cli <name>"
+    std::vector<Option> options;
+    std::function<int(const Args&)> run;
+};
+
+inline void print_command_help(const Command& c, std::FILE* out) {
+    std::fprintf(out, "usage: fastvlm-cli %s %s\n\n%s\n\noptions:\n", c.name.c_str(), c.usage.c_str(), c.summary.c_str());
+    for (const auto& o : c.options) {
+        const std::string lhs = "--" + o.name + (o.value_name.empty() ? "" : " " + o.value_name);
+        std::fprintf(out, "  %-28s %s\n", lhs.c_str(), o.help.c_str());
+    }
+    std::fprintf(out, "  %-28s %s\n", "--help", "show this help");
+}
+
+inline void print_help(const std::vector<Command>& cmds, std::FILE* out) {
+    std::fprintf(out, "usage: fastvlm-cli <command> [options]\n\ncommands:\n");
+    for (const auto& c : cmds) std::fprintf(out, "  %-12s %s\n", c.name.c_str(), c.summary.c_str());
+    std::fprintf(out, "\n`fastvlm-cli <command> --help` describes a command's options.\n");
+}
+
+// Exit codes: 0 success, 1 runtime error (bad file, bad model …), 2 usage error.
+inline int dispatch(int argc, char** argv, const std::vector<Command>& cmds) {
+    if (argc < 2) {
+        print_help(cmds, stderr);
+        return 2;
+    }
+    const std::string name = argv[1];
+    if (name == "--help" || name == "-h" || name == "help") {
+        if (name == "help" && argc > 2)
+            for (const auto& c : cmds)
+                if (c.name == argv[2]) return print_command_help(c, stdout), 0;
+        print_help(cmds, stdout);
+        return 0;
+    }
+    auto it = std::find_if(cmds.begin(), cmds.end(), [&](const Command& c) { return c.name == name; });
+    if (it == cmds.end()) {
+        std::fprintf(stderr, "fastvlm-cli: unknown command '%s'\n\n", name.c_str());
+        print_help(cmds, stderr);
+        return 2;
+    }
+    for (int i = 2; i < argc; ++i)
+        if (std::string_view(argv[i]) == "--help" || std::string_view(argv[i]) == "-h") return print_command_help(*it, stdout), 0;
+    Args args;
+    try {
+        args = Args::parse(argc, argv, 2, it->options);
+    } catch (const Error& e) {
+        std::fprintf(stderr, "fastvlm-cli %s: %s\n\n", name.c_str(), e.what());
+        print_command_help(*it, stderr);
+        return 2;
+    }
+    try {
+        return it->run(args);
+    } catch (const Error& e) {
+        std::fprintf(stderr, "fastvlm-cli %s: error: %s\n", name.c_str(), e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "fastvlm-cli %s: unexpected error: %s\n", name.c_str(), e.what());
+        return 1;
+    }
+}
+
+// Wall-clock milliseconds since construction.
+class Stopwatch {
+public:
+    double ms() const { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count(); }
+    void reset() { t0_ = std::chrono::steady_clock::now(); }
+
+private:
+    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace fastvlm::cli
