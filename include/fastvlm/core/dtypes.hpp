@@ -45,7 +45,7 @@ inline float to_float(f16 v) {
     std::uint32_t man = h & 0x3ffu;
     std::uint32_t out;
     if (exp == 0x1f) {
-        out = sign | 0x7f800000u | (man << 13);  // inf / nan
+        out = sign | 0x7f800000u | (man << 13) | (man ? 0x400000u : 0u);  // inf / nan (quieted, as vcvtph2ps does)
     } else if (exp != 0) {
         out = sign | ((exp + 112u) << 23) | (man << 13);
     } else if (man == 0) {
@@ -99,8 +99,15 @@ inline void convert(const bf16* src, float* dst, std::size_t n) {
 inline void convert(const float* src, bf16* dst, std::size_t n) {
     std::size_t i = 0;
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16) {  // vcvtneps2bf16: round to nearest even, like to_bf16
-        __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+    for (; i + 16 <= n; i += 16) {  // vcvtneps2bf16: round to nearest even, like to_bf16...
+        const __m512 v = _mm512_loadu_ps(src + i);
+        const __m512i a = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff));
+        if (_mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fffff))) {
+            // ...but it flushes float subnormals (0 < |x| < 2^-126) to 0: those chunks go the scalar way
+            for (std::size_t j = i; j < i + 16; ++j) dst[j] = to_bf16(src[j]);
+            continue;
+        }
+        __m256bh h = _mm512_cvtneps_pbh(v);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), std::bit_cast<__m256i>(h));
     }
 #endif

@@ -1,11 +1,16 @@
-// fastvlm/kernels/matmul.hpp — Y[m×n] = epilogue(X[m×k] · Wᵀ + b) for every weight format.
-// (First, simple version: correct for all shapes; the packed fast kernels replace the internals.)
+// fastvlm/kernels/matmul.hpp — Y[m×n] = epilogue(X[m×k] · Wᵀ + b) for every (weight, compute)
+// format pair of core/policy.hpp. W is given row-major [n][k] (PyTorch Linear layout) as f32 or
+// bf16 and repacked once, at construction, into the layout of matmul/*.hpp:
+//   F32/BF16/F16 · f32     : [panel][k][16]            f32 FMA (xsimd), BLIS-style blocked GEMM
+//   BF16 · bf16            : [panel][k/2][16][2]       vdpbf16ps (AVX512-BF16)
+//   Q8/Q4 · q8             : [panel][k/32][...]        vpdpbusd (AVX512-VNNI), X quantized on the fly
+// m = 1 takes a GEMV path that streams the packed weights once, split over the threads.
+// Each format keeps a portable path (xsimd or scalar) next to the intrinsic one; see docs/kernels.md.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -16,15 +21,18 @@
 #include "fastvlm/core/tensor.hpp"
 #include "fastvlm/core/thread_pool.hpp"
 #include "fastvlm/kernels/activation.hpp"
+#include "fastvlm/kernels/matmul/common.hpp"
+#include "fastvlm/kernels/matmul/driver.hpp"
+#include "fastvlm/kernels/matmul/f32.hpp"
+#include "fastvlm/kernels/matmul/bf16.hpp"
+#include "fastvlm/kernels/matmul/q8.hpp"
+
+// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace fastvlm {
-
-// y = act(x·wᵀ + bias); if scale: y *= scale[n]; then Y = y, or Y += y when accumulate.
-struct Epilogue {
-    Act act = Act::none;
-    const float* scale = nullptr;
-    bool accumulate = false;
-};
 
 // Scalar reference, double accumulation: x row-major [m][k], w row-major [n][k], y [m][n].
 inline void matmul_reference(const float* x, Index m, Index k, const float* w, Index n, const float* bias, float* y,
@@ -39,121 +47,137 @@ inline void matmul_reference(const float* x, Index m, Index k, const float* w, I
         }
 }
 
+namespace detail::mm {
+
+// ---- float compute: F32 / BF16 / F16 weights ---------------------------------------------------------
+template <class E>
+struct ImplFloat {
+    PackedF<E> P;
+    static Path best() { return Path::simd; }
+    static bool supports(Path p) { return p == Path::scalar || p == Path::simd; }
+    template <class Rows>
+    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
+    void row(Index r, float* out) const { P.row(r, out); }
+    std::size_t bytes() const { return P.bytes(); }
+    Index npanels() const { return P.npanels; }
+
+    template <class Arch>
+    void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
+             const float* bias) const {
+        KernFloat<E, Arch> kern{&P, P.n, P.npanels, bias};
+        if (m == 1) gemv_split(kern, x, y, pool, ep, P.k);
+        else gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+    }
+    void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
+                 const Epilogue& ep, const float* bias) const {
+        if (path == Path::simd) run<xsimd::default_arch>(x, m, ldx, y, ldy, pool, ep, bias);
+        else run<void>(x, m, ldx, y, ldy, pool, ep, bias);
+    }
+};
+
+template <class W, class A>
+struct ImplFor;
+template <>
+struct ImplFor<fmt::F32, fmt::F32> {
+    using type = ImplFloat<float>;
+};
+template <>
+struct ImplFor<fmt::BF16, fmt::F32> {
+    using type = ImplFloat<bf16>;
+};
+template <>
+struct ImplFor<fmt::F16, fmt::F32> {
+    using type = ImplFloat<f16>;
+};
+template <>
+struct ImplFor<fmt::BF16, fmt::BF16> {
+    using type = ImplBF16;
+};
+template <>
+struct ImplFor<fmt::Q8, fmt::Q8> {
+    using type = ImplQ<false>;
+};
+template <>
+struct ImplFor<fmt::Q4, fmt::Q8> {
+    using type = ImplQ<true>;
+};
+
+}  // namespace detail::mm
+
+// A linear layer y = x·Wᵀ + b with weights repacked for the kernels of (W, A).
 template <class W, class A = fmt::F32>
 class Linear {
     static_assert(has_matmul_kernel<W, A>,
                   "fastvlm::Linear<W, A>: no matrix kernel for this (weight, compute) pair. "
                   "Supported: <F32,F32> <BF16,F32> <BF16,BF16> <F16,F32> <Q8,Q8> <Q4,Q8>");
-    static constexpr bool kQuant = QuantizedFormat<W>;
-    using Elem = std::conditional_t<std::is_same_v<W, fmt::F32>, float,
-                 std::conditional_t<std::is_same_v<W, fmt::BF16>, bf16,
-                 std::conditional_t<std::is_same_v<W, fmt::F16>, f16,
-                 std::conditional_t<std::is_same_v<W, fmt::Q8>, BlockQ8, BlockQ4>>>>;
+    using Impl = typename detail::mm::ImplFor<W, A>::type;
 
 public:
+    using weight_format = W;
+    using compute_format = A;
+
     Linear() = default;
-    Linear(const float* w, Index n, Index k, const float* bias = nullptr) { init(w, n, k, bias); }
+    // w row-major [n][k] (PyTorch Linear layout); bias [n] or null.
+    Linear(const float* w, Index n, Index k, const float* bias = nullptr) {
+        init(n, k, bias, [&](Index r0, Index cnt, float* dst) {
+            std::copy(w + r0 * k, w + (r0 + cnt) * k, dst);
+        });
+    }
+    // From checkpoint bf16 directly (converted panel by panel: no full f32 copy).
     Linear(const bf16* w, Index n, Index k, const float* bias = nullptr) {
-        FASTVLM_CHECK(n >= 0 && k >= 0, "Linear: bad shape [", n, ", ", k, "]");
-        std::vector<float> f(std::size_t(n) * std::size_t(k));
-        convert(w, f.data(), f.size());
-        init(f.data(), n, k, bias);
+        init(n, k, bias, [&](Index r0, Index cnt, float* dst) {
+            convert(w + r0 * k, dst, std::size_t(cnt * k));
+        });
     }
 
     Index out_features() const { return n_; }
     Index in_features() const { return k_; }
-    std::size_t weight_bytes() const { return w_.size() * sizeof(Elem); }
+    // Bytes of packed weights (quants and scales; what an m = 1 product reads).
+    std::size_t weight_bytes() const { return impl_.bytes(); }
 
+    // Y[m][ldy] = epilogue(X[m][ldx] · Wᵀ + b). pool may be null (serial).
     void forward(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep = {}) const {
-        FASTVLM_CHECK(m >= 0 && ldx >= k_ && ldy >= n_, "Linear::forward: m=", m, " ldx=", ldx, " (k=", k_, ") ldy=", ldy,
-                      " (n=", n_, ")");
+        FASTVLM_CHECK(m >= 0, "Linear::forward: negative row count m=", m);
         if (m == 0 || n_ == 0) return;
-        parallel_for(pool, std::size_t(m), 1, [&](std::size_t i0, std::size_t i1) {
-            std::vector<float> xf(std::size_t(kp_), 0.f);
-            std::vector<BlockQ8> xq(std::size_t(kp_ / Index(kQBlock)));
-            for (std::size_t i = i0; i < i1; ++i) {
-                const float* xr = x + Index(i) * ldx;
-                std::fill(xf.begin(), xf.end(), 0.f);
-                std::copy(xr, xr + k_, xf.begin());
-                if constexpr (std::is_same_v<A, fmt::BF16>)
-                    for (auto& v : xf) v = to_float(to_bf16(v));
-                if constexpr (std::is_same_v<A, fmt::Q8>) quantize_row(xf.data(), xq.data(), std::size_t(kp_));
-                float* yr = y + Index(i) * ldy;
-                for (Index j = 0; j < n_; ++j) {
-                    float s = dot_row(j, xf.data(), xq.data());
-                    if (!bias_.empty()) s += bias_[std::size_t(j)];
-                    s = act_ref(ep.act, s);
-                    if (ep.scale) s *= ep.scale[j];
-                    yr[j] = ep.accumulate ? yr[j] + s : s;
-                }
-            }
-        });
+        FASTVLM_CHECK(ldx >= k_ && ldy >= n_, "Linear::forward [", n_, "x", k_, "]: ldx=", ldx, " must be >= k=", k_,
+                      " and ldy=", ldy, " >= n=", n_);
+        FASTVLM_CHECK(x && y, "Linear::forward: null input or output pointer");
+        impl_.forward(path_, x, m, ldx, y, ldy, pool, ep, bias_.empty() ? nullptr : bias_.data());
     }
 
-    // Row n of W dequantized to float (k values).
+    // Row n of W dequantized to float (k values) — used for embedding lookups.
     void row(Index n, float* out) const {
         FASTVLM_CHECK(n >= 0 && n < n_, "Linear::row: row ", n, " out of range [0, ", n_, ")");
-        const Elem* r = w_.data() + std::size_t(n) * std::size_t(row_elems());
-        if constexpr (kQuant) {
-            std::vector<float> t(static_cast<std::size_t>(kp_));
-            dequantize_row(r, t.data(), std::size_t(kp_));
-            std::copy(t.begin(), t.begin() + k_, out);
-        } else {
-            for (Index p = 0; p < k_; ++p) out[p] = to_float(r[p]);
-        }
+        impl_.row(n, out);
+    }
+
+    // Internal (tests, benchmarks): the kernel path in use, and forcing another one.
+    detail::mm::Path path() const { return path_; }
+    void set_path(detail::mm::Path p) {
+        FASTVLM_CHECK(Impl::supports(p), "Linear<", W::name, ",", A::name, ">: kernel path ", detail::mm::path_name(p),
+                      " is not available for this format on this CPU");
+        path_ = p;
     }
 
 private:
-    Index row_elems() const { return kQuant ? kp_ / Index(kQBlock) : k_; }
-
-    void init(const float* w, Index n, Index k, const float* bias) {
-        FASTVLM_CHECK(n >= 0 && k >= 0, "Linear: bad shape [", n, ", ", k, "]");
+    template <class Rows>
+    void init(Index n, Index k, const float* bias, Rows&& rows) {
+        FASTVLM_CHECK(n >= 0 && k >= 0, "Linear: bad weight shape [", n, ", ", k, "]");
         n_ = n, k_ = k;
-        kp_ = kQuant ? (k + Index(kQBlock) - 1) / Index(kQBlock) * Index(kQBlock) : k;
-        if (bias) bias_.assign(bias, bias + n);
-        w_.resize(std::size_t(n) * std::size_t(row_elems()));
-        std::vector<float> t(std::size_t(kp_), 0.f);
-        for (Index j = 0; j < n; ++j) {
-            Elem* r = w_.data() + std::size_t(j) * std::size_t(row_elems());
-            const float* src = w + j * k;
-            if constexpr (kQuant) {
-                std::copy(src, src + k, t.begin());
-                quantize_row(t.data(), r, std::size_t(kp_));
-            } else if constexpr (std::is_same_v<Elem, float>) {
-                std::copy(src, src + k, r);
-            } else if constexpr (std::is_same_v<Elem, bf16>) {
-                for (Index p = 0; p < k; ++p) r[p] = to_bf16(src[p]);
-            } else {
-                for (Index p = 0; p < k; ++p) r[p] = to_f16(src[p]);
-            }
+        impl_.pack(n, k, std::forward<Rows>(rows));
+        if (bias) {
+            bias_.assign(std::size_t(impl_.npanels() * detail::mm::kPanel), 0.f);
+            std::copy(bias, bias + n, bias_.begin());
         }
+        path_ = Impl::best();
     }
 
-    float dot_row(Index j, const float* xf, const BlockQ8* xq) const {
-        const Elem* r = w_.data() + std::size_t(j) * std::size_t(row_elems());
-        if constexpr (kQuant) {
-            float s = 0.f;
-            for (Index b = 0; b < kp_ / Index(kQBlock); ++b) {
-                int acc = 0;
-                for (std::size_t t = 0; t < kQBlock; ++t) {
-                    int q;
-                    if constexpr (std::is_same_v<W, fmt::Q8>) q = r[b].qs[t];
-                    else q = t < kQBlock / 2 ? int(r[b].qs[t] & 0xf) - 8 : int(r[b].qs[t - kQBlock / 2] >> 4) - 8;
-                    acc += q * int(xq[b].qs[t]);
-                }
-                s += to_float(r[b].d) * to_float(xq[b].d) * float(acc);
-            }
-            return s;
-        } else {
-            float s = 0.f;
-            for (Index p = 0; p < k_; ++p) s += to_float(r[p]) * xf[p];
-            return s;
-        }
-    }
-
-    Index n_ = 0, k_ = 0, kp_ = 0;
-    std::vector<Elem> w_;
-    std::vector<float> bias_;
+    Index n_ = 0, k_ = 0;
+    Impl impl_;
+    detail::mm::avec<float> bias_;
+    detail::mm::Path path_ = detail::mm::Path::scalar;
 };
 
 }  // namespace fastvlm
+
+#pragma GCC diagnostic pop

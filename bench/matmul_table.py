@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Markdown tables from a bench_matmul JSON file (median aggregates).
+
+    bench_matmul --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+                 --benchmark_out=matmul.json --benchmark_out_format=json
+    python3 bench/matmul_table.py matmul.json
+"""
+import json
+import re
+import sys
+
+
+def main(path):
+    runs = json.load(open(path))["benchmarks"]
+    med = {}
+    for b in runs:
+        if b.get("aggregate_name", "median") != "median":
+            continue
+        med[b["run_name"]] = b
+
+    limits = {}
+    for name, b in med.items():
+        m = re.match(r"Limit/(\w+)/.*threads:(\d)", name)
+        if m:
+            val = b.get("GFLOP/s") or b.get("GOP/s") or b.get("GB/s")
+            limits[(m.group(1), int(m.group(2)))] = val
+    print("| limit | 1 thread | 2 threads |\n|---|---:|---:|")
+    for key, label in [("FMA_f32", "f32 FMA peak, GFLOP/s"), ("dpbf16", "vdpbf16ps peak, GFLOP/s"),
+                       ("vnni_int8", "vpdpbusd peak, GOP/s"), ("ReadBW_1GiB", "read bandwidth (1 GiB), GB/s")]:
+        if (key, 1) in limits:
+            print(f"| {label} | {limits[(key, 1)]:.1f} | {limits.get((key, 2), float('nan')):.1f} |")
+    print()
+
+    rows = {}
+    for name, b in med.items():
+        m = re.match(r"(Matmul|OpenBLAS)/(\w+)/(\w+)/shape:\d+/threads:(\d)", name)
+        if m:
+            rows[(m.group(3), m.group(2) if m.group(1) == "Matmul" else "openblas", int(m.group(4)))] = b
+    shapes = []
+    for (s, _, _) in rows:
+        if s not in shapes:
+            shapes.append(s)
+    fmts = ["f32", "bf16w_f32", "f16w_f32", "bf16", "q8", "q4", "openblas"]
+    for s in shapes:
+        m1 = s.startswith(("decode", "lm_head"))
+        print(f"**{s}**\n")
+        print("| format | threads | ms | GFLOP/s | GB/s | % FMA peak | % read BW | vs OpenBLAS |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|")
+        for f in fmts:
+            for t in (1, 2):
+                b = rows.get((s, f, t))
+                if not b:
+                    continue
+                ob = rows.get((s, "openblas", t))
+                ratio = f"{ob['real_time'] / b['real_time']:.2f}×" if ob and f != "openblas" else ""
+                bw = f"{b['%BW']:.0f}" if m1 else ""
+                label = b.get("label", "")
+                print(f"| {f} ({label}) | {t} | {b['real_time']:.3f} | {b['GFLOP/s']:.1f} | {b['GB/s']:.1f} | "
+                      f"{b['%FMA']:.0f} | {bw} | {ratio} |")
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,277 @@
+// fastvlm/kernels/matmul/bf16.hpp — BF16 weights × BF16 activations (X rounded to bf16, f32 sums).
+// Packed layout: [panel][k/2][16][2] bf16 — one zmm = the k-pair (2p, 2p+1) of 16 columns, the
+// operand order of vdpbf16ps: acc[c] += a[2c]·b[2c] + a[2c+1]·b[2c+1]. X is packed as k-pairs
+// (one dword each) and broadcast. K is padded to even with zeros.
+// Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it.
+#pragma once
+#include <algorithm>
+#include <cstring>
+
+#include "fastvlm/core/dtypes.hpp"
+#include "fastvlm/kernels/matmul/common.hpp"
+#include "fastvlm/kernels/matmul/driver.hpp"
+#include "fastvlm/kernels/matmul/f32.hpp"
+
+// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace fastvlm::detail::mm {
+
+struct PackedBF2 {
+    Index n = 0, k = 0, k2 = 0, npanels = 0;
+    avec<bf16> w;  // [panel][k2][16][2]
+    const bf16* panel(Index p) const { return w.data() + p * k2 * 2 * kPanel; }
+    std::size_t bytes() const { return w.size() * sizeof(bf16); }
+    template <class Rows>
+    void pack(Index n_, Index k_, Rows&& rows) {
+        n = n_, k = k_, k2 = ceil_div(k_, 2), npanels = ceil_div(n_, kPanel);
+        w.assign(std::size_t(npanels * k2 * 2 * kPanel), bf16{});
+        std::vector<float> t(std::size_t(kPanel * k));
+        std::vector<std::uint32_t> pairs(std::size_t(kPanel * k2));  // rows as bf16 k-pairs, [16][k2]
+        for (Index p = 0; p < npanels; ++p) {
+            const Index cnt = std::min(kPanel, n - p * kPanel);
+            rows(p * kPanel, cnt, t.data());
+            for (Index c = 0; c < cnt; ++c) {
+                bf16* r = reinterpret_cast<bf16*>(pairs.data() + c * k2);
+                convert(t.data() + c * k, r, std::size_t(k));
+                if (k % 2) r[k] = bf16{};
+            }
+            // [16][k2] dwords → [k2][16]: the pair layout
+            pack_rows_t<int(kPanel), std::uint32_t>([&](Index r) { return pairs.data() + r * k2; }, cnt, k2,
+                                                    reinterpret_cast<std::uint32_t*>(w.data() + p * k2 * 2 * kPanel));
+        }
+    }
+    void row(Index r, float* out) const {
+        const bf16* s = panel(r / kPanel) + 2 * (r % kPanel);
+        for (Index q = 0; q < k; ++q) out[q] = to_float(s[(q / 2) * 2 * kPanel + (q & 1)]);
+    }
+    // Columns of panel p, k-pairs [u0, u0+uc), widened to f32 [2·uc][16].
+    void widen(Index p, Index u0, Index uc, float* out) const {
+        const bf16* s = panel(p) + u0 * 2 * kPanel;
+        for (Index u = 0; u < uc; ++u)
+            for (Index c = 0; c < kPanel; ++c) {
+                out[(2 * u) * kPanel + c] = to_float(s[u * 2 * kPanel + 2 * c]);
+                out[(2 * u + 1) * kPanel + c] = to_float(s[u * 2 * kPanel + 2 * c + 1]);
+            }
+    }
+};
+
+// x[k] → bf16-rounded floats, zero-padded to 2·k2 values.
+inline void round_bf16(const float* x, Index k, Index k2, float* out) {
+    for (Index q = 0; q < k; ++q) out[q] = to_float(to_bf16(x[q]));
+    for (Index q = k; q < 2 * k2; ++q) out[q] = 0.f;
+}
+
+// ---- portable path: f32 FMA on widened weights and bf16-rounded X -------------------------------------
+template <class Arch>
+struct KernBF16Wide {
+    static constexpr int MR = 14, NV = 2;
+    const PackedBF2* P;
+    Index n, npanels;
+    const float* bias;
+    Index units() const { return P->k2; }
+    Index kc_units() const { return 128; }
+    Index mc_max() const { return 224; }
+    struct APack {
+        const float* p;
+    };
+    APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
+        const Index nmp = ceil_div(mc, MR), kc = 2 * uc, k = P->k;
+        float* buf = scratch<float, 1>(std::size_t(nmp * MR * kc));
+        for (Index mp = 0; mp < nmp; ++mp) {
+            float* d = buf + mp * MR * kc;
+            for (Index r = 0; r < MR; ++r) {
+                const Index row = mp * MR + r;
+                for (Index p = 0; p < kc; ++p) {
+                    const Index q = 2 * u0 + p;
+                    d[p * MR + r] = row < mc && q < k ? to_float(to_bf16(x[(m0 + row) * ldx + q])) : 0.f;
+                }
+            }
+        }
+        return {buf};
+    }
+    struct BPack {
+        const float* p;
+        Index stride;
+    };
+    BPack pack_b(Index g, int nv, Index u0, Index uc) const {
+        float* buf = scratch<float, 2>(std::size_t(NV * 2 * uc * kPanel));
+        for (int v = 0; v < nv; ++v) P->widen(g * NV + v, u0, uc, buf + v * 2 * uc * kPanel);
+        return {buf, 2 * uc * kPanel};
+    }
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+        with_width<NV>(nv, [&](auto c) {
+            ukr_f32<Arch, MR, decltype(c)::value>(2 * uc, a.p + ir * MR * 2 * uc, b.p, b.stride, tile, NV * kPanel);
+        });
+    }
+    // xr: bf16-rounded x, 2·k2 floats.
+    void gemv_panels(const float* xr, Index p0, Index p1, float* out) const {
+        constexpr Index kChunk = 128;  // k-pairs per widened chunk
+        float* buf = scratch<float, 3>(std::size_t(2 * kChunk * kPanel));
+        for (Index p = p0; p < p1; ++p) {
+            float* o = out + (p - p0) * kPanel;
+            if (P->k2 == 0) std::fill(o, o + kPanel, 0.f);
+            for (Index u = 0; u < P->k2; u += kChunk) {
+                const Index len = std::min(kChunk, P->k2 - u);
+                P->widen(p, u, len, buf);
+                gemv_panel_f32<Arch>(xr + 2 * u, buf, 2 * len, o, u > 0);
+            }
+        }
+    }
+};
+
+// ---- AVX512-BF16 path: vdpbf16ps ---------------------------------------------------------------------
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+inline std::uint32_t bf16_pair(float lo, float hi) {
+    return std::uint32_t(to_bf16(lo).bits) | (std::uint32_t(to_bf16(hi).bits) << 16);
+}
+
+// x[k] → k-pairs (one dword each), zero-padded; vcvtne2ps2bf16 rounds like to_bf16.
+inline void pack_pairs(const float* x, Index k, std::uint32_t* out) {
+    Index q = 0;
+    for (; q + 32 <= k; q += 32) {
+        const __m512 a = _mm512_loadu_ps(x + q), b = _mm512_loadu_ps(x + q + 16);
+        _mm512_storeu_si512(out + q / 2, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+    }
+    for (; q < k; q += 2) out[q / 2] = bf16_pair(x[q], q + 1 < k ? x[q + 1] : 0.f);
+}
+
+template <int MR, int NV>
+inline void ukr_bf16_dot(Index kc2, const std::uint32_t* __restrict a, const bf16* __restrict b, Index bs,
+                         float* __restrict tile, Index ldt) {
+    __m512 acc[MR][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (Index p = 0; p < kc2; ++p) {
+        __m512bh bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_load_si512(b + v * bs + p * 2 * kPanel);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            const __m512bh ar = (__m512bh)_mm512_set1_epi32(int(a[p * MR + r]));
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], bv[v], ar);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + r * ldt + v * kPanel, acc[r][v]);
+}
+
+#ifndef FVLM_BMR
+#define FVLM_BMR 14
+#define FVLM_BNV 2
+#define FVLM_BKC 512
+#define FVLM_BMC 168
+#endif
+struct KernBF16Dot {
+    static constexpr int MR = FVLM_BMR, NV = FVLM_BNV;
+    const PackedBF2* P;
+    Index n, npanels;
+    const float* bias;
+    Index units() const { return P->k2; }
+    Index kc_units() const { return FVLM_BKC; }
+    Index mc_max() const { return FVLM_BMC; }
+    struct APack {
+        const std::uint32_t* p;
+    };
+    // X block → [mc/MR][uc][MR] k-pairs.
+    APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
+        const Index nmp = ceil_div(mc, MR), k = P->k;
+        std::uint32_t* buf = scratch<std::uint32_t, 4>(std::size_t(nmp * MR * uc));
+        std::uint32_t* row = scratch<std::uint32_t, 5>(std::size_t(uc + 16));
+        for (Index mp = 0; mp < nmp; ++mp) {
+            std::uint32_t* d = buf + mp * MR * uc;
+            const Index rc = std::min<Index>(MR, mc - mp * MR);
+            for (Index r = 0; r < rc; ++r) {
+                pack_pairs(x + (m0 + mp * MR + r) * ldx + 2 * u0, std::min(2 * uc, k - 2 * u0), row);
+                for (Index p = 0; p < uc; ++p) d[p * MR + r] = row[p];
+            }
+            for (Index r = rc; r < MR; ++r)
+                for (Index p = 0; p < uc; ++p) d[p * MR + r] = 0;
+        }
+        return {buf};
+    }
+    struct BPack {
+        const bf16* p;
+        Index stride;
+    };
+    BPack pack_b(Index g, int, Index u0, Index) const {
+        return {P->panel(g * NV) + u0 * 2 * kPanel, P->k2 * 2 * kPanel};
+    }
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+        with_width<NV>(nv, [&](auto c) {
+            ukr_bf16_dot<MR, decltype(c)::value>(uc, a.p + ir * MR * uc, b.p, b.stride, tile, NV * kPanel);
+        });
+    }
+    void gemv_panels(const std::uint32_t* xp, Index p0, Index p1, float* out) const {
+        const Index k2 = P->k2;
+        for (Index p = p0; p < p1; ++p) {
+            const bf16* w = P->panel(p);
+            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            Index u = 0;
+            for (; u + 4 <= k2; u += 4)
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; ++j)
+                    acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_load_si512(w + (u + j) * 2 * kPanel),
+                                              (__m512bh)_mm512_set1_epi32(int(xp[u + j])));
+            for (; u < k2; ++u)
+                acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_load_si512(w + u * 2 * kPanel),
+                                          (__m512bh)_mm512_set1_epi32(int(xp[u])));
+            _mm512_storeu_ps(out + (p - p0) * kPanel,
+                             _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        }
+    }
+};
+#endif
+
+struct ImplBF16 {
+    PackedBF2 P;
+    static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::simd; }
+    static bool supports(Path p) { return p == Path::scalar || p == Path::simd || (p == Path::avx512_bf16 && have_avx512_bf16()); }
+    template <class Rows>
+    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
+    void row(Index r, float* out) const { P.row(r, out); }
+    std::size_t bytes() const { return P.bytes(); }
+    Index npanels() const { return P.npanels; }
+
+    template <class Arch>
+    void run_wide(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
+                  const float* bias) const {
+        KernBF16Wide<Arch> kern{&P, P.n, P.npanels, bias};
+        if (m == 1) {
+            std::vector<float> xr(std::size_t(2 * P.k2));
+            round_bf16(x, P.k, P.k2, xr.data());
+            gemv_split(kern, xr.data(), y, pool, ep, P.k);
+        } else {
+            gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+        }
+    }
+    void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
+                 const Epilogue& ep, const float* bias) const {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+        if (path == Path::avx512_bf16) {
+            KernBF16Dot kern{&P, P.n, P.npanels, bias};
+            if (m == 1) {
+                std::vector<std::uint32_t> xp(std::size_t(P.k2));
+                pack_pairs(x, P.k, xp.data());
+                gemv_split(kern, xp.data(), y, pool, ep, P.k);
+            } else {
+                gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+            }
+            return;
+        }
+#endif
+        if (path == Path::simd) run_wide<xsimd::default_arch>(x, m, ldx, y, ldy, pool, ep, bias);
+        else run_wide<void>(x, m, ldx, y, ldy, pool, ep, bias);
+    }
+};
+
+}  // namespace fastvlm::detail::mm
+
+#pragma GCC diagnostic pop

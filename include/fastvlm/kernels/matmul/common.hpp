@@ -1,0 +1,225 @@
+// fastvlm/kernels/matmul/common.hpp — shared pieces of the matrix kernels: aligned storage,
+// kernel paths, the panel width of the packed weight layouts, per-thread scratch and the
+// tile epilogue (bias, activation, scale, accumulate).
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+
+#include "fastvlm/core/cpu.hpp"
+#include "fastvlm/core/tensor.hpp"
+#include "fastvlm/kernels/activation.hpp"
+
+// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace fastvlm {
+
+// y = act(x·wᵀ + bias); if scale: y *= scale[n]; then Y = y, or Y += y when accumulate.
+struct Epilogue {
+    Act act = Act::none;
+    const float* scale = nullptr;
+    bool accumulate = false;
+};
+
+namespace detail::mm {
+
+// Every packed layout stores the weights in panels of kPanel output columns (rows of W),
+// interleaved along k, so one zmm holds the kPanel columns of one k (or k-pair / k-quad).
+inline constexpr Index kPanel = 16;
+
+inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
+inline Index round_up(Index a, Index b) { return ceil_div(a, b) * b; }
+
+// std::allocator with 64-byte alignment, so packed weights are copyable and zmm-aligned.
+template <class T>
+struct AlignedAlloc {
+    using value_type = T;
+    AlignedAlloc() = default;
+    template <class U>
+    AlignedAlloc(const AlignedAlloc<U>&) {}
+    T* allocate(std::size_t n) {
+        const std::size_t bytes = (n * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
+        void* p = std::aligned_alloc(kAlignment, std::max<std::size_t>(bytes, kAlignment));
+        if (!p) throw std::bad_alloc();
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, std::size_t) noexcept { std::free(p); }
+    template <class U>
+    bool operator==(const AlignedAlloc<U>&) const { return true; }
+};
+template <class T>
+using avec = std::vector<T, AlignedAlloc<T>>;
+
+// Per-thread scratch that only grows (the pool's threads live as long as the pool).
+template <class T, int Tag>
+T* scratch(std::size_t n) {
+    thread_local avec<T> buf;
+    if (buf.size() < n) {
+        buf.clear();
+        buf.shrink_to_fit();
+        buf.resize(n);
+    }
+    return buf.data();
+}
+
+// Which implementation runs. Every path reads the same packed layout.
+enum class Path {
+    scalar,       // plain C++ loops: compiles and runs anywhere
+    simd,         // xsimd, best architecture compiled in (float FMA)
+    avx512_bf16,  // vdpbf16ps (BF16 x BF16)
+    avx512_vnni,  // vpdpbusd (Q8/Q4 x Q8)
+};
+inline const char* path_name(Path p) {
+    switch (p) {
+        case Path::scalar: return "scalar";
+        case Path::simd: return "simd";
+        case Path::avx512_bf16: return "avx512_bf16";
+        case Path::avx512_vnni: return "avx512_vnni";
+    }
+    return "?";
+}
+
+inline bool have_avx512_bf16() {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+    return cpu().avx512f && cpu().avx512bf16;
+#else
+    return false;
+#endif
+}
+inline bool have_avx512_vnni() {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    return cpu().avx512bw && cpu().avx512vnni;
+#else
+    return false;
+#endif
+}
+
+// ---- tile epilogue -------------------------------------------------------------------------------
+// A micro-kernel leaves its mr×nr result in a tile (row stride ldt); this writes it to C:
+//   v = tile (+ bias) (+ C if partial);  v = act(v);  v *= scale;  (v += C if add);  C = v.
+// Pointers bias/scale are already offset to the tile's first column (null = absent).
+struct TileOps {
+    const float* bias = nullptr;
+    const float* scale = nullptr;
+    Act act = Act::none;
+    bool load_partial = false;  // C holds a partial sum of the same dot products (K blocking)
+    bool add = false;           // Y += result (Epilogue::accumulate)
+};
+
+template <Act A>
+inline void store_tile_impl(const float* t, Index ldt, Index mr, Index nr, float* c, Index ldc, const TileOps& o) {
+    using B = simd::batch;
+    constexpr Index S = Index(B::size);
+    for (Index r = 0; r < mr; ++r) {
+        const float* tr = t + r * ldt;
+        float* cr = c + r * ldc;
+        Index j = 0;
+        for (; j + S <= nr; j += S) {
+            B v = B::load_unaligned(tr + j);
+            if (o.bias) v += B::load_unaligned(o.bias + j);
+            if (o.load_partial) v += B::load_unaligned(cr + j);
+            v = simd::act<A>(v);
+            if (o.scale) v *= B::load_unaligned(o.scale + j);
+            if (o.add) v += B::load_unaligned(cr + j);
+            v.store_unaligned(cr + j);
+        }
+        for (; j < nr; ++j) {
+            float v = tr[j];
+            if (o.bias) v += o.bias[j];
+            if (o.load_partial) v += cr[j];
+            v = act_ref(A, v);
+            if (o.scale) v *= o.scale[j];
+            if (o.add) v += cr[j];
+            cr[j] = v;
+        }
+    }
+}
+
+inline void store_tile(const float* t, Index ldt, Index mr, Index nr, float* c, Index ldc, const TileOps& o) {
+    switch (o.act) {
+        case Act::none: store_tile_impl<Act::none>(t, ldt, mr, nr, c, ldc, o); break;
+        case Act::gelu: store_tile_impl<Act::gelu>(t, ldt, mr, nr, c, ldc, o); break;
+        case Act::silu: store_tile_impl<Act::silu>(t, ldt, mr, nr, c, ldc, o); break;
+        case Act::relu: store_tile_impl<Act::relu>(t, ldt, mr, nr, c, ldc, o); break;
+        case Act::sigmoid: store_tile_impl<Act::sigmoid>(t, ldt, mr, nr, c, ldc, o); break;
+    }
+}
+
+// ---- A packing: rows of X → [k][MR] micro-panels -----------------------------------------------------
+#if defined(__AVX512F__)
+// In-register transpose of a 16×16 block of 32-bit values: r[i][j] → r[j][i].
+inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    __m512 u[16];  // u[4g + j], 128-bit lane L = rows 4g..4g+3 of column 4L + j
+    for (int g = 0; g < 4; ++g) {
+        const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int j = 0; j < 4; ++j) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+        const __m512 v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44), v3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        r[4 + j] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        r[8 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+#endif
+
+// d[p·MR + r] = src(r)[p] for r < rows (zero for rows ≤ r < MR), p < len; 32-bit elements.
+// src(r) returns a pointer to row r's first element.
+template <int MR, class T, class Src>
+inline void pack_rows_t(Src&& src, Index rows, Index len, T* d) {
+    static_assert(sizeof(T) == 4 && MR <= 16);
+#if defined(__AVX512F__)
+    const __mmask16 keep = __mmask16((1u << MR) - 1u);
+    for (Index p = 0; p < len; p += 16) {
+        const Index w = std::min<Index>(16, len - p);
+        const __mmask16 lm = w == 16 ? __mmask16(0xffff) : __mmask16((1u << w) - 1u);
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+            r[i] = i < rows ? _mm512_maskz_loadu_ps(lm, reinterpret_cast<const float*>(src(i)) + p) : _mm512_setzero_ps();
+        transpose16(r);
+        for (Index c = 0; c < w; ++c) _mm512_mask_storeu_ps(reinterpret_cast<float*>(d) + (p + c) * MR, keep, r[c]);
+    }
+#else
+    for (Index r = 0; r < MR; ++r) {
+        if (r < rows) {
+            const T* s = src(r);
+            for (Index q = 0; q < len; ++q) d[q * MR + r] = s[q];
+        } else {
+            for (Index q = 0; q < len; ++q) d[q * MR + r] = T{};
+        }
+    }
+#endif
+}
+
+// Calls f(std::integral_constant<int, v>) for a run-time v in [1, N] (micro-kernel widths).
+template <int N, class F>
+inline void with_width(int v, F&& f) {
+    if constexpr (N >= 1) {
+        if (v == N) return f(std::integral_constant<int, N>{});
+        if constexpr (N > 1) with_width<N - 1>(v, std::forward<F>(f));
+    }
+}
+
+}  // namespace detail::mm
+}  // namespace fastvlm
+
+#pragma GCC diagnostic pop

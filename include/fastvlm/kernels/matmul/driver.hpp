@@ -1,0 +1,124 @@
+// fastvlm/kernels/matmul/driver.hpp — the blocked GEMM loop nest (BLIS-style) shared by every
+// weight format, and the GEMV (m = 1) split. The format-specific parts come from a kernel type:
+//
+//   struct Kern {
+//     static constexpr int MR, NV;        // micro-tile: MR rows of X × NV panels (NV·16 columns)
+//     Index n, npanels; const float* bias;
+//     Index units() const;               // length of K in kernel units (1, 2 or 32 floats each)
+//     Index kc_units() const;            // K block (L1 blocking of the weight micro-panel)
+//     Index mc_max() const;              // M block (L2 blocking of the packed X block)
+//     APack pack_a(x, ldx, m0, mc, u0, uc) const;     // X[m0:m0+mc, units u0:u0+uc] packed
+//     BPack pack_b(g, nv, u0, uc) const;              // weight micro-panel of panel group g
+//     void ukr(int nv, const APack&, Index ir, const BPack&, Index uc, float* tile) const;
+//   };
+//
+// Loop nest per task (a task = one M block × one range of panel groups):
+//   for each K block:  pack X block (L2)  →  for each panel group: weights (L1)  →  for each MR rows: ukr
+// The tile goes through store_tile (bias / act / scale / accumulate) after every K block.
+#pragma once
+#include <algorithm>
+#include <vector>
+
+#include "fastvlm/core/thread_pool.hpp"
+#include "fastvlm/kernels/matmul/common.hpp"
+
+// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace fastvlm::detail::mm {
+
+template <class Kern>
+void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
+                  const Epilogue& ep) {
+    constexpr int MR = Kern::MR, NV = Kern::NV;
+    constexpr Index NR = Index(NV) * kPanel;
+    const Index n = kern.n, nu = kern.units();
+    if (m <= 0 || n <= 0) return;
+    const Index nkb = std::max<Index>(1, ceil_div(nu, kern.kc_units()));
+    const Index kcu = nkb == 1 ? nu : ceil_div(nu, nkb);
+
+    if (ep.accumulate && ep.act != Act::none && nkb > 1) {
+        // Y += act(XWᵀ + b)·s cannot be formed from partial sums in Y: go through a buffer.
+        std::vector<float> tmp(std::size_t(m) * std::size_t(n));
+        gemm_blocked(kern, x, m, ldx, tmp.data(), n, pool, Epilogue{});
+        TileOps o{nullptr, ep.scale, ep.act, false, true};
+        parallel_for(pool, std::size_t(m), 16, [&](std::size_t r0, std::size_t r1) {
+            store_tile(tmp.data() + r0 * std::size_t(n), n, Index(r1 - r0), n, y + Index(r0) * ldy, ldy, o);
+        });
+        return;
+    }
+
+    // Tasks: I blocks of rows × J ranges of panel groups. Splitting N makes every thread pack the
+    // same X block, so it is done only when each thread gets ≥ 256 columns or M is too short.
+    const Index ngroups = ceil_div(kern.npanels, NV);
+    const Index T = pool_size(pool);
+    const Index I = ceil_div(m, kern.mc_max());
+    const Index mc = round_up(ceil_div(m, I), MR);
+    const Index J = (T > 1 && (ngroups * NR >= 256 * T || I < 2 * T)) ? std::min<Index>(T, ngroups) : 1;
+    const Index gchunk = ceil_div(ngroups, J);
+    const Index tasks = I * J;
+
+    auto task = [&](std::size_t t, unsigned) {
+        const Index i = Index(t) / J, j = Index(t) % J;
+        const Index m0 = i * mc, mcur = std::min(mc, m - m0);
+        const Index g0 = j * gchunk, g1 = std::min(ngroups, g0 + gchunk);
+        if (mcur <= 0 || g0 >= g1) return;
+        alignas(64) float tile[MR * NR];
+        for (Index kb = 0; kb < nkb; ++kb) {
+            const Index u0 = kb * kcu, uc = std::min(kcu, nu - u0);
+            const bool first = kb == 0, last = kb == nkb - 1;
+            TileOps ops;
+            if (ep.accumulate) {  // each K block adds its (scaled) share to Y
+                ops = TileOps{first ? kern.bias : nullptr, ep.scale, ep.act, false, true};
+            } else {  // Y holds the partial sum between K blocks
+                ops = TileOps{first ? kern.bias : nullptr, last ? ep.scale : nullptr, last ? ep.act : Act::none, !first, false};
+            }
+            const auto a = kern.pack_a(x, ldx, m0, mcur, u0, uc);
+            for (Index g = g0; g < g1; ++g) {
+                const int nv = int(std::min<Index>(NV, kern.npanels - g * NV));
+                const Index c0 = g * NR, nr = std::min(NR, n - c0);
+                const auto b = kern.pack_b(g, nv, u0, uc);
+                TileOps o = ops;
+                if (o.bias) o.bias += c0;
+                if (o.scale) o.scale += c0;
+                for (Index ir = 0; ir * MR < mcur; ++ir) {
+                    const Index mr = std::min<Index>(MR, mcur - ir * MR);
+                    float* c = y + (m0 + ir * MR) * ldy + c0;
+                    for (Index r = 0; r < mr; ++r)  // the tile of C is read after the micro-kernel: fetch it now
+                        for (Index j = 0; j < nr; j += 16) __builtin_prefetch(c + r * ldy + j, 1, 3);
+                    kern.ukr(nv, a, ir, b, uc, tile);
+                    store_tile(tile, NR, mr, nr, c, ldy, o);
+                }
+            }
+        }
+    };
+    if (pool && tasks > 1) pool->run(std::size_t(tasks), task);
+    else for (Index t = 0; t < tasks; ++t) task(std::size_t(t), 0);
+}
+
+// m = 1: panels split over the threads in contiguous ranges (each thread streams its share of
+// the weights once). kern.gemv_panels(ax, p0, p1, out) writes out[0 .. 16·(p1−p0)) for the
+// activation row ax prepared by the kernel (float, bf16 pairs or Q8 blocks).
+template <class Kern, class AX>
+void gemv_split(const Kern& kern, const AX& ax, float* y, ThreadPool* pool, const Epilogue& ep, Index k) {
+    const Index n = kern.n, np = kern.npanels;
+    if (n <= 0) return;
+    const Index grain = std::max<Index>(1, ceil_div(1 << 16, kPanel * std::max<Index>(k, 1)));
+    parallel_for(pool, std::size_t(np), std::size_t(grain), [&](std::size_t p0, std::size_t p1) {
+        constexpr Index kChunk = 64;  // panels per epilogue pass
+        alignas(64) float buf[kChunk * kPanel];
+        for (Index p = Index(p0); p < Index(p1); p += kChunk) {
+            const Index pe = std::min<Index>(Index(p1), p + kChunk);
+            kern.gemv_panels(ax, p, pe, buf);
+            const Index c0 = p * kPanel, nr = std::min(n - c0, (pe - p) * kPanel);
+            TileOps o{kern.bias ? kern.bias + c0 : nullptr, ep.scale ? ep.scale + c0 : nullptr, ep.act, false, ep.accumulate};
+            store_tile(buf, nr, 1, nr, y + c0, nr, o);
+        }
+    });
+}
+
+}  // namespace detail::mm
+
+#pragma GCC diagnostic pop

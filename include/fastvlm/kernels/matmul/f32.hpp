@@ -1,0 +1,230 @@
+// fastvlm/kernels/matmul/f32.hpp — float-compute kernels for F32, BF16 and F16 weights.
+// Packed layout: [panel][k][16] elements (a panel = 16 consecutive rows of W, i.e. 16 output
+// columns; one zmm = one k of a panel). BF16/F16 weights are widened to f32 per micro-panel
+// (GEMM: once per K block, reused by every row block; GEMV: streamed in chunks).
+#pragma once
+#include <algorithm>
+#include <type_traits>
+
+#include "fastvlm/core/dtypes.hpp"
+#include "fastvlm/kernels/matmul/common.hpp"
+
+// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace fastvlm::detail::mm {
+
+template <class E>
+inline E from_f32(float v) {
+    if constexpr (std::is_same_v<E, float>) return v;
+    else if constexpr (std::is_same_v<E, bf16>) return to_bf16(v);
+    else return to_f16(v);
+}
+
+// Packed weights, [panel][k][16]; rows n..16·npanels are zero.
+template <class E>
+struct PackedF {
+    Index n = 0, k = 0, npanels = 0;
+    avec<E> w;
+    const E* panel(Index p) const { return w.data() + p * k * kPanel; }
+    std::size_t bytes() const { return w.size() * sizeof(E); }
+    // rows(n0, count, dst) writes rows n0 .. n0+count of W as floats, dst[count][k].
+    template <class Rows>
+    void pack(Index n_, Index k_, Rows&& rows) {
+        n = n_, k = k_, npanels = ceil_div(n_, kPanel);
+        w.assign(std::size_t(npanels * k * kPanel), E{});
+        std::vector<float> t(std::size_t(kPanel * k)), tr(std::is_same_v<E, float> ? 0 : std::size_t(kPanel * k));
+        for (Index p = 0; p < npanels; ++p) {
+            const Index cnt = std::min(kPanel, n - p * kPanel);
+            rows(p * kPanel, cnt, t.data());
+            E* d = w.data() + p * k * kPanel;
+            float* dst = std::is_same_v<E, float> ? reinterpret_cast<float*>(d) : tr.data();
+            pack_rows_t<int(kPanel), float>([&](Index r) { return t.data() + r * k; }, cnt, k, dst);  // [k][16]
+            if constexpr (!std::is_same_v<E, float>) convert(tr.data(), d, std::size_t(kPanel * k));
+        }
+    }
+    void row(Index r, float* out) const {
+        const E* s = panel(r / kPanel) + r % kPanel;
+        for (Index q = 0; q < k; ++q) out[q] = to_float(s[q * kPanel]);
+    }
+};
+
+// ---- micro-kernel: tile[MR][NV·16] = A[kc][MR]ᵀ · B (NV panels [kc][16], panel stride bs) --------
+// Arch = an xsimd architecture, or void for the scalar fallback.
+template <class Arch, int MR, int NV>
+inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict b, Index bs, float* __restrict tile,
+                    Index ldt) {
+    if constexpr (std::is_void_v<Arch>) {
+        float acc[MR][NV * kPanel] = {};
+        for (Index p = 0; p < kc; ++p)
+            for (int r = 0; r < MR; ++r)
+                for (int v = 0; v < NV; ++v)
+                    for (Index c = 0; c < kPanel; ++c) acc[r][v * kPanel + c] += a[p * MR + r] * b[v * bs + p * kPanel + c];
+        for (int r = 0; r < MR; ++r) std::copy(acc[r], acc[r] + NV * kPanel, tile + r * ldt);
+    } else {
+        using B = xsimd::batch<float, Arch>;
+        constexpr int S = int(B::size), PB = int(kPanel) / S, NB = NV * PB;
+        B acc[MR][NB];
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+            for (int q = 0; q < NB; ++q) acc[r][q] = B(0.f);
+        for (Index p = 0; p < kc; ++p) {
+            B bv[NB];
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; ++v)
+#pragma GCC unroll 16
+                for (int j = 0; j < PB; ++j) bv[v * PB + j] = B::load_aligned(b + v * bs + p * kPanel + j * S);
+#pragma GCC unroll 16
+            for (int r = 0; r < MR; ++r) {
+                const B ar(a[p * MR + r]);
+#pragma GCC unroll 16
+                for (int q = 0; q < NB; ++q) acc[r][q] = xsimd::fma(ar, bv[q], acc[r][q]);
+            }
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 16
+            for (int q = 0; q < NB; ++q) acc[r][q].store_aligned(tile + r * ldt + q * S);
+    }
+}
+
+// ---- GEMV panel: out[16] (=, or += when add) Σ_q x[q] · w[q][16] ---------------------------------
+template <class Arch>
+inline void gemv_panel_f32(const float* __restrict x, const float* __restrict w, Index k, float* __restrict out, bool add) {
+    if constexpr (std::is_void_v<Arch>) {
+        float acc[kPanel] = {};
+        for (Index q = 0; q < k; ++q)
+            for (Index c = 0; c < kPanel; ++c) acc[c] += x[q] * w[q * kPanel + c];
+        for (Index c = 0; c < kPanel; ++c) out[c] = add ? out[c] + acc[c] : acc[c];
+    } else {
+        using B = xsimd::batch<float, Arch>;
+        constexpr int S = int(B::size), PB = int(kPanel) / S, U = 4;  // U independent k streams
+        B acc[U][PB];
+        for (int u = 0; u < U; ++u)
+            for (int j = 0; j < PB; ++j) acc[u][j] = B(0.f);
+        Index q = 0;
+        for (; q + U <= k; q += U) {
+#pragma GCC unroll 8
+            for (int u = 0; u < U; ++u) {
+                const B xv(x[q + u]);
+#pragma GCC unroll 8
+                for (int j = 0; j < PB; ++j)
+                    acc[u][j] = xsimd::fma(xv, B::load_aligned(w + (q + u) * kPanel + j * S), acc[u][j]);
+            }
+        }
+        for (; q < k; ++q)
+            for (int j = 0; j < PB; ++j) acc[0][j] = xsimd::fma(B(x[q]), B::load_aligned(w + q * kPanel + j * S), acc[0][j]);
+        for (int j = 0; j < PB; ++j) {
+            B s = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+            if (add) s += B::load_unaligned(out + j * S);
+            s.store_unaligned(out + j * S);
+        }
+    }
+}
+
+#if defined(__AVX512F__)
+// GEMV panel for 16-bit weights, widened in registers: out[16] = Σ_q x[q] · w[q][16].
+template <class E>
+inline __m512 widen16(const E* p) {
+    const __m256i h = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (std::is_same_v<E, bf16>) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else return _mm512_cvtph_ps(h);
+}
+template <class E>
+inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
+    constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    Index q = 0;
+    for (; q + 4 <= k; q += 4) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + q * kPanel + kPrefetch), _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(x[q + u]), widen16(w + (q + u) * kPanel), acc[u]);
+    }
+    for (; q < k; ++q) acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(x[q]), widen16(w + q * kPanel), acc[0]);
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+#endif
+
+// ---- the kernel type for the driver ------------------------------------------------------------
+template <class E, class Arch>
+struct KernFloat {
+#ifndef FVLM_MR
+#define FVLM_MR 14
+#define FVLM_NV 2
+#define FVLM_KC 1024
+#define FVLM_MC 168
+#endif
+    static constexpr int MR = FVLM_MR, NV = FVLM_NV;
+    const PackedF<E>* P;
+    Index n, npanels;
+    const float* bias;
+
+    Index units() const { return P->k; }
+    Index kc_units() const { return FVLM_KC; }
+    Index mc_max() const { return FVLM_MC; }
+
+    struct APack {
+        const float* p;
+    };
+    // X block → micro-panels [mc/MR][uc][MR] (rows past mc are zero).
+    APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
+        const Index nmp = ceil_div(mc, MR);
+        float* buf = scratch<float, 1>(std::size_t(nmp * MR * uc));
+        for (Index mp = 0; mp < nmp; ++mp) {
+            const float* x0 = x + (m0 + mp * MR) * ldx + u0;
+            pack_rows_t<MR, float>([&](Index r) { return x0 + r * ldx; }, std::min<Index>(MR, mc - mp * MR), uc, buf + mp * MR * uc);
+        }
+        return {buf};
+    }
+
+    struct BPack {
+        const float* p;
+        Index stride;
+    };
+    BPack pack_b(Index g, int nv, Index u0, Index uc) const {
+        const Index k = P->k;
+        if constexpr (std::is_same_v<E, float>) {
+            return {P->panel(g * NV) + u0 * kPanel, k * kPanel};
+        } else {
+            float* buf = scratch<float, 2>(std::size_t(NV * uc * kPanel));
+            for (int v = 0; v < nv; ++v)
+                convert(P->panel(g * NV + v) + u0 * kPanel, buf + v * uc * kPanel, std::size_t(uc * kPanel));
+            return {buf, uc * kPanel};
+        }
+    }
+
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+        with_width<NV>(nv, [&](auto c) { ukr_f32<Arch, MR, decltype(c)::value>(uc, a.p + ir * MR * uc, b.p, b.stride, tile, NV * kPanel); });
+    }
+
+    // GEMV: out[16·(p − p0) + c] = Σ_q x[q] W[16p + c][q]
+    void gemv_panels(const float* x, Index p0, Index p1, float* out) const {
+        const Index k = P->k;
+        for (Index p = p0; p < p1; ++p) {
+            float* o = out + (p - p0) * kPanel;
+            if constexpr (std::is_same_v<E, float>) {
+                gemv_panel_f32<Arch>(x, P->panel(p), k, o, false);
+#if defined(__AVX512F__)
+            } else if constexpr (!std::is_void_v<Arch>) {
+                gemv_panel_16bit(x, P->panel(p), k, o);
+#endif
+            } else {
+                constexpr Index kChunk = 256;
+                float* buf = scratch<float, 3>(std::size_t(kChunk * kPanel));
+                if (k == 0) std::fill(o, o + kPanel, 0.f);
+                for (Index q = 0; q < k; q += kChunk) {
+                    const Index len = std::min(kChunk, k - q);
+                    convert(P->panel(p) + q * kPanel, buf, std::size_t(len * kPanel));
+                    gemv_panel_f32<Arch>(x + q, buf, len, o, q > 0);
+                }
+            }
+        }
+    }
+};
+
+}  // namespace fastvlm::detail::mm
+
+#pragma GCC diagnostic pop

@@ -1,0 +1,497 @@
+// fastvlm/kernels/matmul/q8.hpp — Q8 / Q4 weights × Q8 activations (integer dot products).
+//
+// Weights: blocks of 32 along k, one f16 scale per (column, block) — the BlockQ8 / BlockQ4 values
+// of core/formats.hpp, repacked per panel of 16 columns into ONE stream per panel (m = 1 reads
+// each panel front to back), grouped in superblocks of G blocks that fill whole cache lines:
+//   panel = [superblock][ G × quants(block) | G × 16 f16 scales ]
+//   Q8: G = 4, quants [8][16][4] u8 = q + 128   (one zmm = k-quad t of 16 columns)  → 2176 B = 34 lines
+//   Q4: G = 2, quants [4][16][4] u8: low nibble = k-quad t, high nibble = k-quad t + 4 (the byte
+//       order of BlockQ4::qs; w = d·(q − 8))                                         →  576 B =  9 lines
+// k is padded with zero blocks to a whole superblock.
+// Activations: each row of X quantized on the fly to blocks of 32: d = amax/127 (f32),
+// q = round_to_nearest_even(x·127/amax) (int8), and corr = −c·Σq (c = 128 for Q8, 8 for Q4), so
+//   Σ_j w_j x_j = d_w · d_x · (Σ_j u_j q_j + corr)        with u the stored unsigned weight byte.
+// vpdpbusd multiplies unsigned (weights) by signed (activations) bytes; floats only per block.
+#pragma once
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "fastvlm/core/dtypes.hpp"
+#include "fastvlm/core/formats.hpp"
+#include "fastvlm/kernels/matmul/common.hpp"
+#include "fastvlm/kernels/matmul/driver.hpp"
+
+// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace fastvlm::detail::mm {
+
+inline constexpr Index kQB = Index(kQBlock);  // 32
+
+// std::lround for |v| < 2^22 (round half away from zero), branch-free (vectorizes), no libm call.
+inline float round_half_away(float v) {
+    const float t = std::trunc(v);  // v − t is exact
+    return t + (std::fabs(v - t) >= 0.5f ? std::copysign(1.f, v) : 0.f);
+}
+// One block of 32 weights, exactly as quantize_row(BlockQ8) of core/formats.hpp; stored bytes q + 128.
+// Returns false for a non-finite input. (Scalar reference; quantize_block_q8 below may use AVX-512.)
+inline bool quantize_block_q8_ref(const float* x, f16& d16, std::uint8_t* out) {
+    float amax = 0.f;
+    bool finite = true;
+    for (Index j = 0; j < kQB; ++j) {
+        amax = std::max(amax, std::fabs(x[j]));
+        finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+    }
+    if (!finite) return false;
+    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+    d16 = to_f16(d);
+    for (Index j = 0; j < kQB; ++j) out[j] = std::uint8_t(int(round_half_away(x[j] * id)) + 128);
+    return true;
+}
+// As quantize_row(BlockQ4): d = v/−8 for the first value v of largest magnitude; bytes as BlockQ4::qs.
+inline bool quantize_block_q4_ref(const float* x, f16& d16, std::uint8_t* out) {
+    float amax = 0.f, vmax = 0.f;
+    for (Index j = 0; j < kQB; ++j)
+        if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
+    bool finite = true;
+    for (Index j = 0; j < kQB; ++j) finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+    if (!finite) return false;
+    const float d = vmax / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+    d16 = to_f16(d);
+    for (Index j = 0; j < kQB / 2; ++j) {
+        const int q0 = std::clamp(int(round_half_away(x[j] * id)) + 8, 0, 15);
+        const int q1 = std::clamp(int(round_half_away(x[j + kQB / 2] * id)) + 8, 0, 15);
+        out[j] = std::uint8_t(q0 | (q1 << 4));
+    }
+    return true;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+namespace qv {
+inline __m512 round_half_away(__m512 y) {
+    const __m512 t = _mm512_roundscale_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_sub_ps(y, t), absmask), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512 one = _mm512_or_ps(_mm512_set1_ps(1.f), _mm512_andnot_ps(absmask, y));  // copysign(1, y)
+    return _mm512_mask_add_ps(t, up, t, one);
+}
+inline bool finite(__m512 v0, __m512 v1) {
+    const __m512 big = _mm512_set1_ps(3.4e38f), absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    return _mm512_cmp_ps_mask(_mm512_and_ps(v0, absmask), big, _CMP_LE_OQ) == 0xffff &&
+           _mm512_cmp_ps_mask(_mm512_and_ps(v1, absmask), big, _CMP_LE_OQ) == 0xffff;
+}
+}  // namespace qv
+#endif
+
+inline bool quantize_block_q8(const float* x, f16& d16, std::uint8_t* out) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    if (!qv::finite(v0, v1)) return false;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
+    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+    d16 = to_f16(d);
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i off = _mm512_set1_epi32(128);
+    const __m512i q0 = _mm512_add_epi32(_mm512_cvttps_epi32(qv::round_half_away(_mm512_mul_ps(v0, vid))), off);
+    const __m512i q1 = _mm512_add_epi32(_mm512_cvttps_epi32(qv::round_half_away(_mm512_mul_ps(v1, vid))), off);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), _mm512_cvtepi32_epi8(q1));
+    return true;
+#else
+    return quantize_block_q8_ref(x, d16, out);
+#endif
+}
+
+inline bool quantize_block_q4(const float* x, f16& d16, std::uint8_t* out) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    if (!qv::finite(v0, v1)) return false;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512 a0 = _mm512_and_ps(v0, absmask), a1 = _mm512_and_ps(v1, absmask);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    float vmax = 0.f;  // the first value of largest magnitude (as the scalar loop's strict >)
+    if (amax > 0.f) {
+        const std::uint32_t m = std::uint32_t(_mm512_cmp_ps_mask(a0, _mm512_set1_ps(amax), _CMP_EQ_OQ)) |
+                                (std::uint32_t(_mm512_cmp_ps_mask(a1, _mm512_set1_ps(amax), _CMP_EQ_OQ)) << 16);
+        vmax = x[std::countr_zero(m)];
+    }
+    const float d = vmax / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+    d16 = to_f16(d);
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i eight = _mm512_set1_epi32(8), zero = _mm512_setzero_si512(), fifteen = _mm512_set1_epi32(15);
+    auto q = [&](__m512 v) {
+        const __m512i r = _mm512_add_epi32(_mm512_cvttps_epi32(qv::round_half_away(_mm512_mul_ps(v, vid))), eight);
+        return _mm512_min_epi32(_mm512_max_epi32(r, zero), fifteen);
+    };
+    const __m512i b = _mm512_or_si512(q(v0), _mm512_slli_epi32(q(v1), 4));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(b));
+    return true;
+#else
+    return quantize_block_q4_ref(x, d16, out);
+#endif
+}
+
+template <bool Q4>
+struct PackedQ {
+    static constexpr Index kBlockBytes = Q4 ? 256 : 512;  // quant bytes per (panel, block)
+    static constexpr Index G = Q4 ? 2 : 4;                 // blocks per superblock
+    static constexpr Index kSuperBytes = G * (kBlockBytes + kPanel * 2);
+    static constexpr int kCorr = Q4 ? 8 : 128;  // zero point of the stored bytes
+    static_assert(kSuperBytes % 64 == 0);
+    Index n = 0, k = 0, kb = 0, nsb = 0, npanels = 0;  // kb = blocks incl. padding = nsb·G
+    avec<std::uint8_t> data;                             // [panel][nsb][kSuperBytes]
+    Index panel_bytes() const { return nsb * kSuperBytes; }
+    const std::uint8_t* panel(Index p) const { return data.data() + p * panel_bytes(); }
+    const std::uint8_t* quants(Index p, Index b) const { return panel(p) + (b / G) * kSuperBytes + (b % G) * kBlockBytes; }
+    const f16* scales(Index p, Index b) const {
+        return reinterpret_cast<const f16*>(panel(p) + (b / G) * kSuperBytes + G * kBlockBytes) + (b % G) * kPanel;
+    }
+    std::size_t bytes() const { return data.size(); }
+
+    template <class Rows>
+    void pack(Index n_, Index k_, Rows&& rows) {
+        n = n_, k = k_, nsb = ceil_div(ceil_div(k_, kQB), G), kb = nsb * G, npanels = ceil_div(n_, kPanel);
+        data.assign(std::size_t(npanels * panel_bytes()), 0);
+        constexpr Index RB = Q4 ? kQB / 2 : kQB;  // stored bytes per row and block
+        std::vector<float> t(std::size_t(kPanel * k)), row(std::size_t(kb * kQB));
+        avec<std::uint32_t> qrows(std::size_t(kPanel * kb * RB / 4)), qt(std::size_t(kPanel * kb * RB / 4));
+        std::vector<f16> d(std::size_t(kPanel * kb));
+        for (Index p = 0; p < npanels; ++p) {
+            const Index cnt = std::min(kPanel, n - p * kPanel);
+            rows(p * kPanel, cnt, t.data());
+            std::fill(d.begin(), d.end(), f16{});
+            for (Index c = 0; c < kPanel; ++c) {  // rows past n: zero weights (q = 0)
+                auto* qr = reinterpret_cast<std::uint8_t*>(qrows.data() + c * kb * RB / 4);
+                if (c >= cnt) {
+                    std::fill(qr, qr + kb * RB, Q4 ? std::uint8_t(0x88) : std::uint8_t(128));
+                    continue;
+                }
+                std::fill(row.begin(), row.end(), 0.f);
+                std::copy(t.begin() + c * k, t.begin() + (c + 1) * k, row.begin());
+                for (Index b = 0; b < kb; ++b) {
+                    const bool ok = Q4 ? quantize_block_q4(row.data() + b * kQB, d[std::size_t(c * kb + b)], qr + b * RB)
+                                       : quantize_block_q8(row.data() + b * kQB, d[std::size_t(c * kb + b)], qr + b * RB);
+                    FASTVLM_CHECK(ok, "Linear(", Q4 ? "Q4" : "Q8", "): row ", p * kPanel + c, " of the weights has a non-finite value near column ",
+                                  b * kQB, "; it cannot be quantized");
+                }
+            }
+            // [16][kb·RB/4] dwords → [kb·RB/4][16]: per block, dword t of the 16 columns side by side
+            pack_rows_t<int(kPanel), std::uint32_t>([&](Index r) { return qrows.data() + r * kb * RB / 4; }, kPanel, kb * RB / 4, qt.data());
+            for (Index b = 0; b < kb; ++b) {
+                std::memcpy(const_cast<std::uint8_t*>(quants(p, b)), qt.data() + b * RB * kPanel / 4, std::size_t(kBlockBytes));
+                f16* sd = const_cast<f16*>(scales(p, b));
+                for (Index c = 0; c < kPanel; ++c) sd[c] = d[std::size_t(c * kb + b)];
+            }
+        }
+    }
+    // Stored value of element (column c of panel p, k index e) as a signed integer.
+    int value(Index p, Index c, Index e) const {
+        const std::uint8_t* s = quants(p, e / kQB);
+        const Index j = e % kQB;
+        if constexpr (Q4) {
+            const std::uint8_t byte = s[(j % 16) / 4 * 64 + c * 4 + j % 4];
+            return int(j < 16 ? (byte & 0xf) : (byte >> 4)) - 8;
+        } else {
+            return int(s[j / 4 * 64 + c * 4 + j % 4]) - 128;
+        }
+    }
+    void row(Index r, float* out) const {
+        const Index p = r / kPanel, c = r % kPanel;
+        for (Index e = 0; e < k; ++e) out[e] = to_float(scales(p, e / kQB)[c]) * float(value(p, c, e));
+    }
+};
+
+// ---- activation quantization --------------------------------------------------------------------------
+// One row: x[k] → kb blocks (zero-padded): q[kb·32], d[kb], corr[kb] = −c·Σq.
+inline void quantize_act_ref(const float* x, Index k, int c, std::int8_t* q, float* d, std::int32_t* corr) {
+    const Index kb = ceil_div(k, kQB);
+    for (Index b = 0; b < kb; ++b) {
+        float v[kQBlock];
+        for (Index j = 0; j < kQB; ++j) v[j] = b * kQB + j < k ? x[b * kQB + j] : 0.f;
+        float amax = 0.f;
+        for (float e : v) amax = std::max(amax, std::fabs(e));
+        const float id = amax > 0.f ? 127.f / amax : 0.f;
+        int sum = 0;
+        for (Index j = 0; j < kQB; ++j) {
+            const int qi = int(std::nearbyint(v[j] * id));  // round to nearest even (default mode)
+            q[b * kQB + j] = std::int8_t(qi);
+            sum += qi;
+        }
+        d[b] = amax / 127.f;
+        corr[b] = -c * sum;
+    }
+}
+
+inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* d, std::int32_t* corr) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    const Index kb = ceil_div(k, kQB);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (Index b = 0; b < kb; ++b) {
+        const Index rem = k - b * kQB;
+        const __mmask16 m0 = rem >= 16 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1u);
+        const __mmask16 m1 = rem >= 32 ? __mmask16(0xffff) : rem <= 16 ? __mmask16(0) : __mmask16((1u << (rem - 16)) - 1u);
+        const __m512 v0 = _mm512_maskz_loadu_ps(m0, x + b * kQB), v1 = _mm512_maskz_loadu_ps(m1, x + b * kQB + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
+        const __m512 id = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQB), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQB + 16), _mm512_cvtepi32_epi8(q1));
+        d[b] = amax / 127.f;
+        corr[b] = -c * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+#else
+    quantize_act_ref(x, k, c, q, d, corr);
+#endif
+}
+
+// Quantized rows of X: rows [0, m) plus zero rows up to mpad; kb blocks per row (the tail
+// blocks past k, up to the weights' padded block count, are zero).
+struct QRows {
+    const std::int8_t* q;
+    const float* d;
+    const std::int32_t* corr;
+    Index kb;
+};
+inline QRows quantize_rows(const float* x, Index m, Index ldx, Index k, Index kb, Index mpad, int c, ThreadPool* pool) {
+    std::int8_t* q = scratch<std::int8_t, 10>(std::size_t(mpad * kb * kQB + 64));
+    float* d = scratch<float, 11>(std::size_t(mpad * kb + 16));
+    std::int32_t* corr = scratch<std::int32_t, 12>(std::size_t(mpad * kb + 16));
+    const Index kb_x = ceil_div(k, kQB);
+    parallel_for(pool, std::size_t(m), 64, [&](std::size_t r0, std::size_t r1) {
+        for (Index r = Index(r0); r < Index(r1); ++r) {
+            quantize_act(x + r * ldx, k, c, q + r * kb * kQB, d + r * kb, corr + r * kb);
+            std::fill(q + (r * kb + kb_x) * kQB, q + (r + 1) * kb * kQB, std::int8_t(0));
+            std::fill(d + r * kb + kb_x, d + (r + 1) * kb, 0.f);
+            std::fill(corr + r * kb + kb_x, corr + (r + 1) * kb, 0);
+        }
+    });
+    std::fill(q + m * kb * kQB, q + mpad * kb * kQB, std::int8_t(0));
+    std::fill(d + m * kb, d + mpad * kb, 0.f);
+    std::fill(corr + m * kb, corr + mpad * kb, 0);
+    return {q, d, corr, kb};
+}
+
+// ---- micro-kernels: tile[MR][NV·16] over nb blocks ------------------------------------------------------
+// a: row r's quants at aq + r·kb·32, scales ad + r·kb, corr ac + r·kb (already offset to the first block)
+// b: panel v's data at bp + v·ps (offset to the first superblock; nb is a multiple of G)
+template <bool Q4>
+inline const std::uint8_t* qblock(const std::uint8_t* bp, Index b) {
+    using PQ = PackedQ<Q4>;
+    return bp + (b / PQ::G) * PQ::kSuperBytes + (b % PQ::G) * PQ::kBlockBytes;
+}
+template <bool Q4>
+inline const f16* qscales(const std::uint8_t* bp, Index b) {
+    using PQ = PackedQ<Q4>;
+    return reinterpret_cast<const f16*>(bp + (b / PQ::G) * PQ::kSuperBytes + PQ::G * PQ::kBlockBytes) + (b % PQ::G) * kPanel;
+}
+
+template <bool Q4, int MR, int NV>
+inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const std::int32_t* ac, Index kb,
+                         const std::uint8_t* bp, Index ps, float* tile, Index ldt) {
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v)
+            for (Index c = 0; c < kPanel; ++c) {
+                float acc = 0.f;
+                for (Index b = 0; b < nb; ++b) {
+                    const std::int8_t* xq = aq + r * kb * kQB + b * kQB;
+                    const std::uint8_t* w = qblock<Q4>(bp + v * ps, b);
+                    std::int32_t s = ac[r * kb + b];
+                    for (Index j = 0; j < kQB; ++j) {
+                        int u;
+                        if constexpr (Q4) {
+                            const std::uint8_t byte = w[(j % 16) / 4 * 64 + c * 4 + j % 4];
+                            u = j < 16 ? (byte & 0xf) : (byte >> 4);
+                        } else {
+                            u = w[j / 4 * 64 + c * 4 + j % 4];
+                        }
+                        s += u * int(xq[j]);
+                    }
+                    acc += to_float(qscales<Q4>(bp + v * ps, b)[c]) * ad[r * kb + b] * float(s);
+                }
+                tile[r * ldt + v * kPanel + c] = acc;
+            }
+}
+
+#ifndef FVLM_QPF
+#define FVLM_QPF 4096  // software prefetch distance (bytes) of the m = 1 weight stream
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+template <bool Q4, int MR, int NV>
+inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
+                       const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
+                       float* __restrict tile, Index ldt) {
+    const Index lda = kb * kQB;
+    __m512 facc[MR][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
+    for (Index b = 0; b < nb; ++b) {
+        if constexpr (MR == 1) {  // m = 1 streams the weights from DRAM: request them well ahead
+            if (b % PackedQ<Q4>::G == 0)
+                for (int v = 0; v < NV; ++v)
+                    for (Index o = 0; o < PackedQ<Q4>::kSuperBytes; o += 64)
+                        _mm_prefetch(reinterpret_cast<const char*>(bp + v * ps + (b / PackedQ<Q4>::G) * PackedQ<Q4>::kSuperBytes + o) + FVLM_QPF, _MM_HINT_T0);
+        }
+        __m512i ia[MR][NV];
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            const __m512i c0 = _mm512_set1_epi32(ac[r * kb + b]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) ia[r][v] = c0;
+        }
+        const std::uint8_t* w = qblock<Q4>(bp, b);
+        const std::int8_t* x = aq + b * kQB;
+        if constexpr (Q4) {
+            const __m512i lo4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; ++t) {
+                __m512i wl[NV], wh[NV];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) {
+                    const __m512i raw = _mm512_load_si512(w + v * ps + t * 64);
+                    wl[v] = _mm512_and_si512(raw, lo4);
+                    wh[v] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
+                }
+#pragma GCC unroll 8
+                for (int r = 0; r < MR; ++r) {
+                    std::int32_t xl, xh;
+                    std::memcpy(&xl, x + r * lda + 4 * t, 4);
+                    std::memcpy(&xh, x + r * lda + 16 + 4 * t, 4);
+                    const __m512i bl = _mm512_set1_epi32(xl), bh = _mm512_set1_epi32(xh);
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; ++v) {
+                        ia[r][v] = _mm512_dpbusd_epi32(ia[r][v], wl[v], bl);
+                        ia[r][v] = _mm512_dpbusd_epi32(ia[r][v], wh[v], bh);
+                    }
+                }
+            }
+        } else {
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; ++t) {
+                __m512i wv[NV];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) wv[v] = _mm512_load_si512(w + v * ps + t * 64);
+#pragma GCC unroll 8
+                for (int r = 0; r < MR; ++r) {
+                    std::int32_t xv;
+                    std::memcpy(&xv, x + r * lda + 4 * t, 4);
+                    const __m512i bx = _mm512_set1_epi32(xv);
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; ++v) ia[r][v] = _mm512_dpbusd_epi32(ia[r][v], wv[v], bx);
+                }
+            }
+        }
+        __m512 dw[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+            dw[v] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(qscales<Q4>(bp + v * ps, b))));
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            const __m512 dx = _mm512_set1_ps(ad[r * kb + b]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v)
+                facc[r][v] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia[r][v]), dx), dw[v], facc[r][v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + r * ldt + v * kPanel, facc[r][v]);
+}
+#endif
+
+// ---- the kernel type for the driver (K unit = one superblock of G blocks) -------------------------------
+template <bool Q4, bool Vnni>
+struct KernQ {
+    using PQ = PackedQ<Q4>;
+#ifndef FVLM_QMR
+#define FVLM_QMR 6
+#define FVLM_QNV 2
+#define FVLM_QKC 32
+#define FVLM_QMC 192
+#endif
+    static constexpr int MR = FVLM_QMR, NV = FVLM_QNV, GEMV_NV = 1;  // m = 1: one panel = one stream at a time
+    const PQ* P;
+    Index n, npanels;
+    const float* bias;
+    QRows xq;  // X quantized (all rows, padded)
+
+    Index units() const { return P->nsb; }
+    Index kc_units() const { return FVLM_QKC / PQ::G; }
+    Index mc_max() const { return FVLM_QMC; }
+    struct APack {
+        const std::int8_t* q;
+        const float* d;
+        const std::int32_t* corr;
+    };
+    APack pack_a(const float*, Index, Index m0, Index, Index u0, Index) const {
+        const Index kb = xq.kb, b0 = u0 * PQ::G;
+        return {xq.q + m0 * kb * kQB + b0 * kQB, xq.d + m0 * kb + b0, xq.corr + m0 * kb + b0};
+    }
+    struct BPack {
+        const std::uint8_t* p;
+    };
+    BPack pack_b(Index g, int, Index u0, Index) const { return {P->panel(g * NV) + u0 * PQ::kSuperBytes}; }
+    template <int R, int V>
+    void call(Index nb, const APack& a, const BPack& b, float* tile, Index ldt) const {
+        const Index kb = xq.kb, ps = P->panel_bytes();
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+        if constexpr (Vnni) {
+            ukr_q_vnni<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+            return;
+        }
+#endif
+        ukr_q_scalar<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+    }
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+        const Index kb = xq.kb;
+        const APack ai{a.q + ir * MR * kb * kQB, a.d + ir * MR * kb, a.corr + ir * MR * kb};
+        with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(uc * PQ::G, ai, b, tile, NV * kPanel); });
+    }
+    void gemv_panels(const QRows& x1, Index p0, Index p1, float* out) const {
+        const APack a{x1.q, x1.d, x1.corr};
+        for (Index p = p0; p < p1; p += GEMV_NV) {
+            const int nv = int(std::min<Index>(GEMV_NV, p1 - p));
+            const BPack b{P->panel(p)};
+            with_width<GEMV_NV>(nv, [&](auto c) { call<1, decltype(c)::value>(P->kb, a, b, out + (p - p0) * kPanel, kPanel * decltype(c)::value); });
+        }
+    }
+};
+
+template <bool Q4>
+struct ImplQ {
+    PackedQ<Q4> P;
+    static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : Path::scalar; }
+    static bool supports(Path p) { return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()); }
+    template <class Rows>
+    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
+    void row(Index r, float* out) const { P.row(r, out); }
+    std::size_t bytes() const { return P.bytes(); }
+    Index npanels() const { return P.npanels; }
+
+    template <bool Vnni>
+    void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
+             const float* bias) const {
+        using K = KernQ<Q4, Vnni>;
+        const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<Q4>::kCorr, m > 1 ? pool : nullptr);
+        K kern{&P, P.n, P.npanels, bias, xq};
+        if (m == 1) gemv_split(kern, xq, y, pool, ep, P.k);
+        else gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+    }
+    void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
+                 const Epilogue& ep, const float* bias) const {
+        if (path == Path::avx512_vnni) run<true>(x, m, ldx, y, ldy, pool, ep, bias);
+        else run<false>(x, m, ldx, y, ldy, pool, ep, bias);
+    }
+};
+
+}  // namespace fastvlm::detail::mm
+
+#pragma GCC diagnostic pop

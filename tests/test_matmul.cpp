@@ -1,0 +1,402 @@
+// Tests of kernels/matmul.hpp: every (weight, compute) pair and every kernel path that runs on
+// this CPU (plus the portable scalar/xsimd fallbacks) against matmul_reference, on odd sizes,
+// with every epilogue, serial and with 2 threads, with padded leading dimensions.
+//
+// Tolerances (per output element; S = Σ_p |x_p·w_p| + |b| over the operands the kernel really
+// multiplies, s = |scale| or 1, Y0 = the prior value when accumulating):
+//   tight, against the reference on the kernel's own operands (f32 weights; bf16/f16-rounded
+//   weights; bf16-rounded x; dequantized Q8/Q4 weights × dequantized Q8 activations):
+//       |y − ref| ≤ 1e-5·S·s + 1e-6·|Y0| + 1e-30                 (f32 sums of ≤ 4097 terms)
+//   loose, against the reference on the original f32 operands (the format's own error):
+//       BF16 weights: |Δ| ≤ 2^-8·S·s        F16 weights: 2^-10·S·s      BF16×BF16: 2^-7·S·s
+//       Q8/Q4: |Δ| ≤ Σ_p (|x_p|·ew_p + (|w_p| + ew_p)·ex_p)·s·1.01 + tight,  where ew = 0.57·amax/127
+//       (Q8) or 1.01·amax/8 (Q4) bounds the weight rounding and ex = 0.51·dx the activation one.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fastvlm/kernels/matmul.hpp"
+
+namespace {
+
+using namespace fastvlm;
+using detail::mm::Path;
+
+inline std::size_t sz(Index i) { return static_cast<std::size_t>(i); }
+
+struct Case {
+    Index m, k, n;
+    int epi;      // which epilogue (see make_epilogue)
+    bool pooled;  // 2 threads or null pool
+    Index padx, pady;
+};
+
+struct EpiSetup {
+    Epilogue ep;
+    bool bias;
+};
+EpiSetup make_epilogue(int i, const float* scale) {
+    switch (i % 6) {
+        case 0: return {Epilogue{}, false};
+        case 1: return {Epilogue{Act::gelu, nullptr, false}, true};
+        case 2: return {Epilogue{Act::none, scale, true}, true};
+        case 3: return {Epilogue{Act::silu, scale, false}, false};
+        case 4: return {Epilogue{Act::relu, nullptr, true}, true};
+        default: return {Epilogue{Act::sigmoid, scale, true}, false};
+    }
+}
+
+std::vector<float> randn(std::size_t n, std::mt19937& g, float sd = 1.f) {
+    std::normal_distribution<float> d(0.f, sd);
+    std::vector<float> v(n);
+    for (auto& e : v) e = d(g);
+    return v;
+}
+
+template <class W, class A>
+constexpr bool kQuant = std::is_same_v<A, fmt::Q8>;
+template <class W, class A>
+constexpr int kCorr = std::is_same_v<W, fmt::Q4> ? 8 : 128;
+
+// The activations the kernel really multiplies (x rounded to bf16, or quantized to Q8 blocks).
+template <class W, class A>
+std::vector<float> kernel_x(const std::vector<float>& x, Index m, Index k, std::vector<float>* err_bound = nullptr) {
+    std::vector<float> out(x);
+    if (err_bound) err_bound->assign(x.size(), 0.f);
+    if constexpr (std::is_same_v<A, fmt::BF16>) {
+        for (auto& v : out) v = to_float(to_bf16(v));
+    } else if constexpr (kQuant<W, A>) {
+        const Index kb = (k + 31) / 32;
+        std::vector<std::int8_t> q(sz(kb * 32));
+        std::vector<float> d(sz(kb));
+        std::vector<std::int32_t> c(sz(kb));
+        for (Index i = 0; i < m; ++i) {
+            detail::mm::quantize_act_ref(x.data() + i * k, k, kCorr<W, A>, q.data(), d.data(), c.data());
+            for (Index p = 0; p < k; ++p) {
+                out[std::size_t(i * k + p)] = d[std::size_t(p / 32)] * float(q[std::size_t(p)]);
+                if (err_bound) (*err_bound)[std::size_t(i * k + p)] = 0.51f * d[std::size_t(p / 32)];
+            }
+        }
+    }
+    return out;
+}
+
+// Weight rounding bound per element (for the loose comparison against f32 weights).
+template <class W>
+std::vector<float> weight_err_bound(const std::vector<float>& w, Index n, Index k) {
+    std::vector<float> e(w.size(), 0.f);
+    if constexpr (QuantizedFormat<W>) {
+        for (Index r = 0; r < n; ++r)
+            for (Index b = 0; b < k; b += 32) {
+                float amax = 0.f;
+                for (Index p = b; p < std::min(k, b + 32); ++p) amax = std::max(amax, std::fabs(w[std::size_t(r * k + p)]));
+                // Q8: d/2 rounding + 127·|d − f16(d)| ≤ 0.562·d;  Q4: up to |d| at the clamp (q = 16 → 15) + 8·|d − f16(d)|
+                const float bound = std::is_same_v<W, fmt::Q8> ? 0.57f * amax / 127.f : 1.01f * amax / 8.f;
+                for (Index p = b; p < std::min(k, b + 32); ++p) e[std::size_t(r * k + p)] = bound;
+            }
+    }
+    return e;
+}
+
+// Reference in double, returning per element the value and the magnitude S·s (for tolerances).
+void reference(const std::vector<float>& x, Index m, Index k, const std::vector<float>& w, Index n, const float* bias,
+               const Epilogue& ep, const std::vector<float>& y0, std::vector<float>& ref, std::vector<double>& mag,
+               const std::vector<float>* ex = nullptr, const std::vector<float>* ew = nullptr,
+               std::vector<double>* qbound = nullptr) {
+    ref.assign(std::size_t(m * n), 0.f);
+    mag.assign(std::size_t(m * n), 0.0);
+    if (qbound) qbound->assign(std::size_t(m * n), 0.0);
+    std::vector<float> yl(y0);
+    matmul_reference(x.data(), m, k, w.data(), n, bias, yl.data(), Epilogue{ep.act, ep.scale, false});
+    for (Index i = 0; i < m; ++i)
+        for (Index j = 0; j < n; ++j) {
+            double s = bias ? std::fabs(bias[j]) : 0.0, qb = 0.0;
+            for (Index p = 0; p < k; ++p) {
+                const double xv = x[std::size_t(i * k + p)], wv = w[std::size_t(j * k + p)];
+                s += std::fabs(xv * wv);
+                if (qbound) {  // |xw − x'w'| ≤ |x|·ew + (|w| + ew)·ex
+                    const double e_w = (*ew)[std::size_t(j * k + p)], e_x = (*ex)[std::size_t(i * k + p)];
+                    qb += std::fabs(xv) * e_w + (std::fabs(wv) + e_w) * e_x;
+                }
+            }
+            const double sc = ep.scale ? std::fabs(ep.scale[j]) : 1.0;
+            const std::size_t o = std::size_t(i * n + j);
+            ref[o] = ep.accumulate ? y0[o] + yl[o] : yl[o];
+            mag[o] = s * sc;
+            if (qbound) (*qbound)[o] = qb * sc * 1.01;
+        }
+}
+
+template <class W, class A>
+std::vector<Path> paths_to_test() {
+    std::vector<Path> out;
+    Linear<W, A> probe;
+    for (Path p : {Path::scalar, Path::simd, Path::avx512_bf16, Path::avx512_vnni}) {
+        try {
+            probe.set_path(p);
+            out.push_back(p);
+        } catch (const Error&) {
+        }
+    }
+    return out;
+}
+
+template <class W, class A>
+void run_case(const Case& c, Path path, ThreadPool& pool, std::mt19937& g, bool check_loose) {
+    SCOPED_TRACE(::testing::Message() << W::name << "x" << A::name << " path=" << detail::mm::path_name(path) << " m=" << c.m
+                                      << " k=" << c.k << " n=" << c.n << " epi=" << c.epi << " pool=" << c.pooled);
+    const Index m = c.m, k = c.k, n = c.n;
+    const auto w = randn(std::size_t(n * k), g, 0.5f);
+    const auto x = randn(std::size_t(m * k), g, 1.f);
+    const auto b = randn(std::size_t(n), g, 0.5f);
+    auto scale = randn(std::size_t(n), g, 1.f);
+    const EpiSetup es = make_epilogue(c.epi, scale.data());
+    const float* bias = es.bias ? b.data() : nullptr;
+
+    Linear<W, A> lin(w.data(), n, k, bias);
+    ASSERT_EQ(lin.out_features(), n);
+    ASSERT_EQ(lin.in_features(), k);
+    lin.set_path(path);
+
+    // Padded X and Y; Y prefilled (for accumulate) and its padding guarded.
+    const Index ldx = k + c.padx, ldy = n + c.pady;
+    std::vector<float> xp(std::size_t(std::max<Index>(m * ldx, 1)), 1e30f);
+    for (Index i = 0; i < m; ++i) std::copy(x.begin() + i * k, x.begin() + (i + 1) * k, xp.begin() + i * ldx);
+    const auto y0 = randn(std::size_t(m * n), g, 1.f);
+    std::vector<float> yp(std::size_t(std::max<Index>(m * ldy, 1)), -7.f);
+    for (Index i = 0; i < m; ++i) std::copy(y0.begin() + i * n, y0.begin() + (i + 1) * n, yp.begin() + i * ldy);
+
+    lin.forward(xp.data(), m, ldx, yp.data(), ldy, c.pooled ? &pool : nullptr, es.ep);
+
+    // Tight: the reference on the operands the kernel multiplies.
+    std::vector<float> wk(sz(n * k));
+    for (Index j = 0; j < n; ++j) lin.row(j, wk.data() + j * k);
+    std::vector<float> ex;
+    const auto xk = kernel_x<W, A>(x, m, k, &ex);
+    std::vector<float> ref;
+    std::vector<double> mag;
+    reference(xk, m, k, wk, n, bias, es.ep, y0, ref, mag);
+    int bad = 0;
+    for (Index i = 0; i < m; ++i) {
+        for (Index j = 0; j < n; ++j) {
+            const std::size_t o = std::size_t(i * n + j);
+            const double tol = 1e-5 * mag[o] + (es.ep.accumulate ? 1e-6 * std::fabs(y0[o]) : 0.0) + 1e-30;
+            const float got = yp[std::size_t(i * ldy + j)];
+            if (!(std::fabs(double(got) - ref[o]) <= tol) && bad++ < 5)
+                ADD_FAILURE() << "tight: y[" << i << "][" << j << "] = " << got << ", reference " << ref[o] << ", tol " << tol;
+        }
+        for (Index j = n; j < ldy && i + 1 < m; ++j) ASSERT_EQ(yp[std::size_t(i * ldy + j)], -7.f) << "padding of Y written";
+    }
+    ASSERT_EQ(bad, 0);
+
+    if (!check_loose) return;
+    // Loose: against the original f32 operands, with the format's own error bound.
+    std::vector<float> ref32;
+    std::vector<double> mag32, qb;
+    const auto ew = weight_err_bound<W>(w, n, k);
+    reference(x, m, k, w, n, bias, es.ep, y0, ref32, mag32, &ex, &ew, &qb);
+    double rel = 0.0;
+    if constexpr (std::is_same_v<W, fmt::BF16> && std::is_same_v<A, fmt::F32>) rel = std::ldexp(1.0, -8);
+    if constexpr (std::is_same_v<W, fmt::F16>) rel = std::ldexp(1.0, -10);
+    if constexpr (std::is_same_v<W, fmt::BF16> && std::is_same_v<A, fmt::BF16>) rel = std::ldexp(1.0, -7);
+    for (Index i = 0; i < m; ++i)
+        for (Index j = 0; j < n; ++j) {
+            const std::size_t o = std::size_t(i * n + j);
+            // GELU/SiLU/sigmoid/ReLU are 1.13-Lipschitz at most.
+            const double tol = 1.13 * (rel * mag32[o] + qb[o]) + 2e-5 * mag32[o] +
+                               (es.ep.accumulate ? 1e-6 * std::fabs(y0[o]) : 0.0) + 1e-30;
+            const float got = yp[std::size_t(i * ldy + j)];
+            if (!(std::fabs(double(got) - ref32[o]) <= tol) && bad++ < 5)
+                ADD_FAILURE() << "vs f32: y[" << i << "][" << j << "] = " << got << ", f32 reference " << ref32[o]
+                              << ", bound " << tol;
+        }
+    ASSERT_EQ(bad, 0);
+}
+
+template <class W, class A>
+void run_all() {
+    ThreadPool pool(2);
+    std::mt19937 g(1234);
+    const auto paths = paths_to_test<W, A>();
+    ASSERT_FALSE(paths.empty());
+    int idx = 0;
+    for (Path path : paths) {
+        for (Index m : {0, 1, 2, 7, 16, 33, 65})
+            for (Index k : {1, 7, 8, 32, 33, 96})
+                for (Index n : {1, 7, 33, 65, 257}) {
+                    ++idx;
+                    const Case c{m, k, n, idx, idx % 2 == 0, Index(idx % 3), Index((idx / 3) % 3)};
+                    run_case<W, A>(c, path, pool, g, idx % 4 == 0);
+                    if (::testing::Test::HasFatalFailure()) return;
+                }
+        // Long K (several K blocks; accumulate + activation over K blocks goes through a buffer),
+        // and more rows than one M block (several tasks).
+        for (int e = 0; e < 6; ++e) {
+            run_case<W, A>(Case{e % 3 == 0 ? 1 : 7, 4097, 33, e, e % 2 == 0, 3, 1}, path, pool, g, true);
+            if (::testing::Test::HasFatalFailure()) return;
+        }
+        run_case<W, A>(Case{200, 33, 65, 1, true, 1, 2}, path, pool, g, true);
+        run_case<W, A>(Case{400, 40, 200, 2, true, 0, 0}, path, pool, g, false);
+        if (::testing::Test::HasFatalFailure()) return;
+    }
+}
+
+TEST(Matmul, F32xF32) { run_all<fmt::F32, fmt::F32>(); }
+TEST(Matmul, BF16xF32) { run_all<fmt::BF16, fmt::F32>(); }
+TEST(Matmul, F16xF32) { run_all<fmt::F16, fmt::F32>(); }
+TEST(Matmul, BF16xBF16) { run_all<fmt::BF16, fmt::BF16>(); }
+TEST(Matmul, Q8xQ8) { run_all<fmt::Q8, fmt::Q8>(); }
+TEST(Matmul, Q4xQ8) { run_all<fmt::Q4, fmt::Q8>(); }
+
+// The CPU's fast paths are in use where the CPU has them (and the compiler targeted them).
+TEST(Matmul, BestPathOnThisCpu) {
+    EXPECT_EQ(Linear<fmt::F32>().path(), Path::scalar);  // default-constructed: nothing packed
+    std::vector<float> w(64, 1.f);
+    EXPECT_EQ((Linear<fmt::F32>(w.data(), 8, 8).path()), Path::simd);
+#if defined(__AVX512BF16__)
+    if (cpu().avx512bf16) {
+        EXPECT_EQ((Linear<fmt::BF16, fmt::BF16>(w.data(), 8, 8).path()), Path::avx512_bf16);
+    }
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if (cpu().avx512vnni) {
+        EXPECT_EQ((Linear<fmt::Q8, fmt::Q8>(w.data(), 8, 8).path()), Path::avx512_vnni);
+        EXPECT_EQ((Linear<fmt::Q4, fmt::Q8>(w.data(), 8, 8).path()), Path::avx512_vnni);
+    }
+#endif
+    Linear<fmt::F32> f(w.data(), 8, 8);
+    EXPECT_THROW(f.set_path(Path::avx512_vnni), Error);
+}
+
+// SIMD activation quantization equals the scalar reference bit for bit.
+TEST(Matmul, QuantizeActivationsMatchesReference) {
+    std::mt19937 g(7);
+    for (Index k : {1, 5, 31, 32, 33, 64, 100, 4097}) {
+        auto x = randn(std::size_t(k), g, 3.f);
+        if (k > 40) std::fill(x.begin() + 32, x.begin() + 64, 0.f);  // an all-zero block
+        if (k > 2) x[1] = 1e-30f, x[2] = -1e-42f;                     // tiny and subnormal values
+        const Index kb = (k + 31) / 32;
+        std::vector<std::int8_t> q1(sz(kb * 32)), q2(sz(kb * 32));
+        std::vector<float> d1(sz(kb)), d2(sz(kb));
+        std::vector<std::int32_t> c1(sz(kb)), c2(sz(kb));
+        detail::mm::quantize_act_ref(x.data(), k, 128, q1.data(), d1.data(), c1.data());
+        detail::mm::quantize_act(x.data(), k, 128, q2.data(), d2.data(), c2.data());
+        EXPECT_EQ(q1, q2) << "k=" << k;
+        EXPECT_EQ(c1, c2) << "k=" << k;
+        for (Index b = 0; b < kb; ++b) EXPECT_EQ(std::bit_cast<std::uint32_t>(d1[b]), std::bit_cast<std::uint32_t>(d2[b]));
+        for (Index p = 0; p < k; ++p) {  // |x − d·q| ≤ d/2 (+ rounding of d)
+            const float d = d1[std::size_t(p / 32)];
+            EXPECT_LE(std::fabs(x[std::size_t(p)] - d * q1[std::size_t(p)]), 0.5f * d * (1.f + 1e-5f) + 1e-37f);
+        }
+    }
+}
+
+// The packers' block quantizers (AVX-512 and scalar) give exactly core/formats.hpp's quantize_row.
+TEST(Matmul, WeightQuantizersMatchFormats) {
+    std::mt19937 g(11);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    std::uniform_int_distribution<int> pick(0, 31);
+    for (int trial = 0; trial < 20000; ++trial) {
+        float x[32];
+        const float s = std::ldexp(1.f, trial % 40 - 20);
+        for (float& v : x) v = nd(g) * s;
+        switch (trial % 7) {
+            case 1: for (float& v : x) v = std::round(v / s * 4.f) * 0.25f * s; break;  // many exact ties x·id = k + 1/2
+            case 2: std::fill(x, x + 32, 0.f); x[pick(g)] = -0.f; break;               // zero block with −0
+            case 3: { const int a = pick(g), b = pick(g); x[a] = 3.f * s; x[b] = -3.f * s; } break;  // ±max: first wins
+            case 4: x[pick(g)] = 1e-40f; break;
+            default: break;
+        }
+        BlockQ8 r8;
+        BlockQ4 r4;
+        quantize_row(x, &r8, 32);
+        quantize_row(x, &r4, 32);
+        for (int impl = 0; impl < 2; ++impl) {
+            f16 d8, d4;
+            std::uint8_t q8[32], q4[16];
+            ASSERT_TRUE(impl ? detail::mm::quantize_block_q8(x, d8, q8) : detail::mm::quantize_block_q8_ref(x, d8, q8));
+            ASSERT_TRUE(impl ? detail::mm::quantize_block_q4(x, d4, q4) : detail::mm::quantize_block_q4_ref(x, d4, q4));
+            ASSERT_EQ(d8.bits, r8.d.bits) << "trial " << trial << " impl " << impl;
+            ASSERT_EQ(d4.bits, r4.d.bits) << "trial " << trial << " impl " << impl;
+            for (int j = 0; j < 32; ++j) ASSERT_EQ(int(q8[j]) - 128, int(r8.qs[j])) << "trial " << trial << " j " << j;
+            for (int j = 0; j < 16; ++j) ASSERT_EQ(q4[j], r4.qs[j]) << "trial " << trial << " j " << j;
+        }
+    }
+    float bad[32] = {};
+    bad[5] = std::numeric_limits<float>::quiet_NaN();
+    f16 d;
+    std::uint8_t q[32];
+    EXPECT_FALSE(detail::mm::quantize_block_q8(bad, d, q));
+    EXPECT_FALSE(detail::mm::quantize_block_q4(bad, d, q));
+    bad[5] = std::numeric_limits<float>::infinity();
+    EXPECT_FALSE(detail::mm::quantize_block_q8_ref(bad, d, q));
+    EXPECT_FALSE(detail::mm::quantize_block_q4_ref(bad, d, q));
+    std::vector<float> w(16 * 40, 0.5f);
+    w[3 * 40 + 7] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_THROW((Linear<fmt::Q8, fmt::Q8>(w.data(), 16, 40)), Error);  // a NaN weight is reported, not quantized
+    EXPECT_THROW((Linear<fmt::Q4, fmt::Q8>(w.data(), 16, 40)), Error);
+}
+
+// Constructing from bf16 equals constructing from the same values as f32; row() returns them.
+TEST(Matmul, Bf16ConstructorAndRow) {
+    std::mt19937 g(3);
+    const Index n = 37, k = 45;
+    const auto w = randn(std::size_t(n * k), g);
+    std::vector<bf16> wb(w.size());
+    std::vector<float> wr(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) wb[i] = to_bf16(w[i]), wr[i] = to_float(wb[i]);
+    Linear<fmt::F32> a(wb.data(), n, k), b(wr.data(), n, k);
+    std::vector<float> ra(sz(k)), rb(sz(k));
+    for (Index j = 0; j < n; ++j) {
+        a.row(j, ra.data());
+        b.row(j, rb.data());
+        ASSERT_EQ(ra, rb);
+        ASSERT_TRUE(std::equal(rb.begin(), rb.end(), wr.begin() + j * k));
+    }
+    Linear<fmt::Q8, fmt::Q8> q(wb.data(), n, k);
+    // 8.5 bits per weight, n padded to panels of 16 and k to superblocks of 4 blocks of 32
+    EXPECT_EQ(q.weight_bytes(), std::size_t((n + 15) / 16 * 16) * std::size_t((k + 127) / 128 * 128) * 34 / 32);
+    Linear<fmt::Q4, fmt::Q8> q4(wb.data(), n, k);  // 4.5 bits, k padded to superblocks of 2 blocks
+    EXPECT_EQ(q4.weight_bytes(), std::size_t((n + 15) / 16 * 16) * std::size_t((k + 63) / 64 * 64) * 18 / 32);
+}
+
+// k = 0: y = epilogue(bias), for every format, GEMV and GEMM.
+template <class W, class A>
+void check_k0() {
+    const std::vector<float> bias = {1.f, -2.f, 0.5f, 3.f, -1.f};
+    std::vector<float> x(1), y(3 * 5, 9.f);
+    Linear<W, A> lin(x.data(), 5, 0, bias.data());
+    for (Index m : {1, 3}) {
+        lin.forward(x.data(), m, 0, y.data(), 5, nullptr, Epilogue{Act::relu});
+        for (Index i = 0; i < m; ++i)
+            for (Index j = 0; j < 5; ++j) EXPECT_EQ(y[std::size_t(i * 5 + j)], std::max(bias[std::size_t(j)], 0.f)) << W::name;
+    }
+}
+TEST(Matmul, EmptyK) {
+    check_k0<fmt::F32, fmt::F32>();
+    check_k0<fmt::BF16, fmt::F32>();
+    check_k0<fmt::F16, fmt::F32>();
+    check_k0<fmt::BF16, fmt::BF16>();
+    check_k0<fmt::Q8, fmt::Q8>();
+    check_k0<fmt::Q4, fmt::Q8>();
+}
+
+TEST(Matmul, BadArgumentsThrow) {
+    std::vector<float> w(6 * 5, 1.f), x(20, 1.f), y(20);
+    Linear<fmt::F32> lin(w.data(), 6, 5);
+    EXPECT_THROW(lin.forward(x.data(), 2, 4, y.data(), 6, nullptr), Error);  // ldx < k
+    EXPECT_THROW(lin.forward(x.data(), 2, 5, y.data(), 5, nullptr), Error);  // ldy < n
+    EXPECT_THROW(lin.forward(x.data(), -1, 5, y.data(), 6, nullptr), Error);
+    EXPECT_THROW(lin.row(6, y.data()), Error);
+    EXPECT_THROW((Linear<fmt::F32>(w.data(), -1, 5)), Error);
+    Linear<fmt::Q4, fmt::Q8> empty;
+    EXPECT_EQ(empty.out_features(), 0);
+    EXPECT_NO_THROW(empty.forward(x.data(), 0, 0, y.data(), 0, nullptr));
+}
+
+}  // namespace
