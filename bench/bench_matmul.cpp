@@ -2,9 +2,13 @@
 // (spec §1.10 and §4), OpenBLAS (cblas_sgemm / cblas_sgemv, same process) as the baseline, and the
 // machine limits of bench_common.hpp (FMA peak, dpbf16 / VNNI peak, 1 GiB read bandwidth).
 //
+// m = 1 shapes rotate over copies of the weights (≥ 128 MB in total) so that they stream from DRAM
+// as in a full decoder pass, not from the 32 MB L3.
 // Counters (from the wall time of the timed loop): GFLOP/s (2·m·n·k per second; integer ops for
 // Q8/Q4), GB/s (packed weight bytes per second: the streaming rate for m = 1), %FMA (of the f32 FMA peak, same thread count), %BW (of
-// the read bandwidth, same thread count), %ISA (of vdpbf16ps / vpdpbusd peak for BF16 / Q formats).
+// the read bandwidth, same thread count), %ISA (of vdpbf16ps / vpdpbusd peak for BF16 / Q formats);
+// the limits are the best seen so far in the run (bench_common.hpp). bench/matmul_table.py turns
+// the JSON output into the tables of bench/README.md, with the best limits of the whole run.
 //
 //   bench_matmul --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //   bench_matmul --benchmark_filter='square_1024|Limit'
@@ -60,19 +64,29 @@ void BM_Linear(benchmark::State& st) {
     const auto& w = data(std::string("w") + s.name, std::size_t(s.n * s.k));
     const auto& x = data(std::string("x") + s.name, std::size_t(s.m * s.k));
     std::vector<float> y(std::size_t(s.m * s.n));
-    const Linear<W, A> lin(w.data(), s.n, s.k);
+    // m = 1 (decode) streams each layer's weights from DRAM: rotate over copies of ≥ 128 MB in
+    // total, so that neither these weights nor a part of them stay in the 32 MB L3.
+    std::vector<std::unique_ptr<const Linear<W, A>>> lins;
+    lins.push_back(std::make_unique<const Linear<W, A>>(w.data(), s.n, s.k));
+    const std::size_t bytes = lins[0]->weight_bytes();
+    if (s.m == 1)
+        while (lins.size() < 64 && lins.size() * bytes < (std::size_t(128) << 20))
+            lins.push_back(std::make_unique<const Linear<W, A>>(*lins[0]));
     ThreadPool& pool = fb::pool_for(threads);
-    fb::limits();  // measured before timing starts
-    lin.forward(x.data(), s.m, s.k, y.data(), s.n, &pool);  // warm-up
+    if (s.m == 1) fb::observe_read_bw(threads);  // the limit this benchmark is compared with, measured now too
+    else fb::observe_peak(threads);
+    for (auto& l : lins) l->forward(x.data(), s.m, s.k, y.data(), s.n, &pool);  // warm-up
+    std::size_t next = 0;
     const fb::LoopTimer timer;
     for (auto _ : st) {
-        lin.forward(x.data(), s.m, s.k, y.data(), s.n, &pool);
+        lins[next]->forward(x.data(), s.m, s.k, y.data(), s.n, &pool);
+        next = next + 1 == lins.size() ? 0 : next + 1;
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
     }
     const fb::Unit isa = std::is_same_v<A, fmt::BF16> ? fb::Unit::dpbf16 : std::is_same_v<A, fmt::Q8> ? fb::Unit::vnni : fb::Unit::fma;
-    fb::report(st, 2.0 * double(s.m) * double(s.n) * double(s.k), double(lin.weight_bytes()), timer.seconds(), threads, isa);
-    st.SetLabel(detail::mm::path_name(lin.path()));
+    fb::report(st, 2.0 * double(s.m) * double(s.n) * double(s.k), double(bytes), timer.seconds(), threads, isa);
+    st.SetLabel(std::string(detail::mm::path_name(lins[0]->path())) + (lins.size() > 1 ? " x" + std::to_string(lins.size()) + " copies" : ""));
 }
 
 #if defined(FASTVLM_HAVE_BLAS)
@@ -82,14 +96,22 @@ void BM_OpenBLAS(benchmark::State& st) {
     const auto& w = data(std::string("w") + s.name, std::size_t(s.n * s.k));
     const auto& x = data(std::string("x") + s.name, std::size_t(s.m * s.k));
     std::vector<float> y(std::size_t(s.m * s.n));
-    fb::limits();
+    if (s.m == 1) fb::observe_read_bw(unsigned(threads));
+    else fb::observe_peak(unsigned(threads));
     openblas_set_num_threads(threads);
+    std::vector<std::vector<float>> copies;  // m = 1: as for Linear, ≥ 128 MB of weights in rotation
+    if (s.m == 1)
+        while (copies.size() + 1 < 64 && (copies.size() + 1) * w.size() * 4 < (std::size_t(128) << 20)) copies.push_back(w);
+    std::size_t next = 0;
     auto run = [&] {
-        if (s.m == 1)  // sgemv: OpenBLAS's sgemm at m = 1 is far slower
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, int(s.n), int(s.k), 1.f, w.data(), int(s.k), x.data(), 1, 0.f, y.data(), 1);
-        else
+        if (s.m == 1) {  // sgemv: OpenBLAS's sgemm at m = 1 is far slower
+            const float* wp = next == 0 ? w.data() : copies[next - 1].data();
+            next = next == copies.size() ? 0 : next + 1;
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, int(s.n), int(s.k), 1.f, wp, int(s.k), x.data(), 1, 0.f, y.data(), 1);
+        } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(s.m), int(s.n), int(s.k), 1.f, x.data(), int(s.k), w.data(),
                         int(s.k), 0.f, y.data(), int(s.n));
+        }
     };
     run();
     const fb::LoopTimer timer;
@@ -133,6 +155,7 @@ int main(int argc, char** argv) {
             ->UseRealTime()
             ->Unit(benchmark::kMillisecond);
 #endif
+    fb::register_limits("_end");
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     benchmark::RunSpecifiedBenchmarks();
