@@ -163,20 +163,14 @@ inline void ukr_bf16_dot(Index kc2, const std::uint32_t* __restrict a, const bf1
         for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + r * ldt + v * kPanel, acc[r][v]);
 }
 
-#ifndef FVLM_BMR
-#define FVLM_BMR 14
-#define FVLM_BNV 2
-#define FVLM_BKC 512
-#define FVLM_BMC 168
-#endif
 struct KernBF16Dot {
-    static constexpr int MR = FVLM_BMR, NV = FVLM_BNV;
+    static constexpr int MR = 14, NV = 2;
     const PackedBF2* P;
     Index n, npanels;
     const float* bias;
     Index units() const { return P->k2; }
-    Index kc_units() const { return FVLM_BKC; }
-    Index mc_max() const { return FVLM_BMC; }
+    Index kc_units() const { return 512; }
+    Index mc_max() const { return 168; }
     struct APack {
         const std::uint32_t* p;
     };

@@ -151,20 +151,14 @@ inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, I
 // ---- the kernel type for the driver ------------------------------------------------------------
 template <class E, class Arch>
 struct KernFloat {
-#ifndef FVLM_MR
-#define FVLM_MR 14
-#define FVLM_NV 2
-#define FVLM_KC 1024
-#define FVLM_MC 168
-#endif
-    static constexpr int MR = FVLM_MR, NV = FVLM_NV;
+    static constexpr int MR = 14, NV = 2;  // 28 zmm accumulators (tuned on Zen: L1 48 KiB, L2 1 MiB)
     const PackedF<E>* P;
     Index n, npanels;
     const float* bias;
 
     Index units() const { return P->k; }
-    Index kc_units() const { return FVLM_KC; }
-    Index mc_max() const { return FVLM_MC; }
+    Index kc_units() const { return 1024; }
+    Index mc_max() const { return 168; }
 
     struct APack {
         const float* p;
