@@ -5,6 +5,8 @@
 #include <cmath>
 #include <random>
 #include <vector>
+#include <thread>
+#include <chrono>
 
 #include "fastvlm/core/cpu.hpp"
 #include "fastvlm/core/policy.hpp"
@@ -89,6 +91,30 @@ TEST(ThreadPool, CoversEveryIndexOnceAndPropagatesExceptions) {
         EXPECT_EQ(total.load(), 12);
     }
     EXPECT_GE(ThreadPool().size(), 1u);  // default = hardware concurrency
+}
+
+// Back-to-back regions (the decoder runs hundreds per token): the hand-over between spinning and
+// sleeping workers must neither lose a region nor let one overlap the next.
+TEST(ThreadPool, ManyShortRegionsSpinningAndSleeping) {
+    for (unsigned spin_us : {0u, 50u, 2000u}) {
+        ThreadPool pool(3, spin_us);
+        std::vector<int> slot(64, 0);
+        long expected = 0;
+        for (int r = 0; r < 3000; ++r) {
+            const std::size_t n = 1 + std::size_t(r % 17);
+            pool.run(n, [&](std::size_t i, unsigned) { slot[i] += r; });  // distinct i: no race
+            expected += r;
+            if (r % 500 == 0) std::this_thread::sleep_for(std::chrono::microseconds(spin_us + 100));  // let workers sleep
+        }
+        long sum0 = slot[0];
+        EXPECT_EQ(sum0, expected) << "spin_us=" << spin_us;
+        EXPECT_THROW(pool.run(5, [](std::size_t i, unsigned) {
+            if (i == 4) throw Error("late failure");
+        }), Error);
+        std::atomic<int> after = 0;  // the pool still works after an exception
+        pool.run(9, [&](std::size_t, unsigned) { after++; });
+        EXPECT_EQ(after.load(), 9);
+    }
 }
 
 TEST(Policy, PresetsAndRuntimeSelection) {

@@ -675,6 +675,8 @@ void check_shape(const V& v, const Shape<R>& expected, const std::string& what) 
 // passes it (by pointer; nullptr = run on the calling thread) to every kernel and model.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <cstddef>
 #include <exception>
@@ -689,8 +691,11 @@ namespace fastvlm {
 class ThreadPool {
 public:
     // n = total number of threads taking part, the caller included (n-1 workers are started).
-    // 0 means std::thread::hardware_concurrency().
-    explicit ThreadPool(unsigned n = 0) {
+    // 0 means std::thread::hardware_concurrency(). After a parallel region the workers spin for
+    // spin_us microseconds (default 2000) waiting for the next one before they sleep: decoding a
+    // token runs hundreds of short regions, and waking a sleeping thread costs ~10-20 µs each.
+    // spin_us = 0 makes them sleep at once (no busy CPU between calls).
+    explicit ThreadPool(unsigned n = 0, unsigned spin_us = 2000) : spin_us_(spin_us) {
         if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
         size_ = n;
         workers_.reserve(n - 1);
@@ -701,7 +706,7 @@ public:
     ~ThreadPool() {
         {
             std::lock_guard lk(mu_);
-            stop_ = true;
+            stop_.store(true, std::memory_order_release);
         }
         cv_.notify_all();
         for (auto& w : workers_) w.join();
@@ -719,19 +724,18 @@ public:
             return;
         }
         std::unique_lock call_lk(call_mu_);  // one parallel region at a time per pool
+        job_ = &fn;
+        n_tasks_ = n_tasks;
+        next_.store(0, std::memory_order_relaxed);
+        error_ = nullptr;
+        pending_.store(size_ - 1, std::memory_order_relaxed);
         {
-            std::lock_guard lk(mu_);
-            job_ = &fn;
-            n_tasks_ = n_tasks;
-            next_.store(0, std::memory_order_relaxed);
-            pending_ = size_ - 1;
-            error_ = nullptr;
-            ++generation_;
+            std::lock_guard lk(mu_);  // pairs with the sleepers' predicate check: no lost wake-up
+            generation_.fetch_add(1, std::memory_order_release);
         }
-        cv_.notify_all();
+        cv_.notify_all();  // no system call when nobody sleeps
         work(0);
-        std::unique_lock lk(mu_);
-        done_cv_.wait(lk, [&] { return pending_ == 0; });
+        for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) pause(spins);
         job_ = nullptr;
         if (error_) std::rethrow_exception(error_);
     }
@@ -754,6 +758,17 @@ private:
     static bool in_task() { return in_task_flag(); }
     static unsigned current_thread() { return thread_id(); }
 
+    // Busy-wait step: a CPU pause, and after a while a yield (the machine may be oversubscribed).
+    static void pause(unsigned spins) {
+        if (spins < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            std::this_thread::yield();
+        }
+    }
+
     void work(unsigned t) {
         in_task_flag() = true;
         thread_id() = t;
@@ -774,30 +789,35 @@ private:
     void worker_loop(unsigned t) {
         std::uint64_t seen = 0;
         for (;;) {
-            {
-                std::unique_lock lk(mu_);
-                cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
-                if (stop_) return;
-                seen = generation_;
+            // Spin first (cheap hand-over between back-to-back regions), then sleep.
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+            unsigned spins = 0;
+            while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_acquire)) {
+                pause(spins);  // yields after a while: an oversubscribed machine still makes progress
+                if ((++spins & 255) == 0 && std::chrono::steady_clock::now() >= until) {
+                    std::unique_lock lk(mu_);
+                    cv_.wait(lk, [&] { return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_relaxed) != seen; });
+                    break;
+                }
             }
+            if (stop_.load(std::memory_order_acquire)) return;
+            seen = generation_.load(std::memory_order_acquire);
             work(t);
-            {
-                std::lock_guard lk(mu_);
-                if (--pending_ == 0) done_cv_.notify_one();
-            }
+            pending_.fetch_sub(1, std::memory_order_acq_rel);
         }
     }
 
     unsigned size_ = 1;
+    unsigned spin_us_ = 2000;
     std::vector<std::thread> workers_;
     std::mutex mu_, call_mu_;
-    std::condition_variable cv_, done_cv_;
+    std::condition_variable cv_;
     const std::function<void(std::size_t, unsigned)>* job_ = nullptr;
     std::size_t n_tasks_ = 0;
     std::atomic<std::size_t> next_{0};
-    unsigned pending_ = 0;
-    std::uint64_t generation_ = 0;
-    bool stop_ = false;
+    std::atomic<unsigned> pending_{0};
+    std::atomic<std::uint64_t> generation_{0};
+    std::atomic<bool> stop_{false};
     std::exception_ptr error_;
 };
 
@@ -4083,6 +4103,59 @@ inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* 
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// m = 1, one panel (16 columns) over nb blocks: out[16]. Few instructions per weight byte so that the
+// stream, not the core, is the limit: the activation dwords are broadcast straight from memory into
+// vpdpbusd, Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q, exact in int32, divided
+// back once per block), and every block has its own accumulators (no long dependency chains).
+template <bool Q4>
+inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
+                        const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
+    using PQ = PackedQ<Q4>;
+    const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
+    __m512 f0 = _mm512_setzero_ps(), f1 = _mm512_setzero_ps();
+    for (Index sb = 0; sb < nb / PQ::G; ++sb) {
+        const std::uint8_t* s = bp + sb * PQ::kSuperBytes;
+        for (Index o = 0; o < PQ::kSuperBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(s + o) + kStreamPrefetch, _MM_HINT_T0);
+        const __m512i* w = reinterpret_cast<const __m512i*>(s);
+        const f16* sc = reinterpret_cast<const f16*>(s + PQ::G * PQ::kBlockBytes);
+#pragma GCC unroll 4
+        for (Index g = 0; g < PQ::G; ++g) {
+            const Index b = sb * PQ::G + g;
+            const std::int32_t* xb = x4 + b * 8;
+            __m512i a0, a1;
+            if constexpr (Q4) {
+                const __m512i lo4 = _mm512_set1_epi8(0x0f);
+                __m512i h0 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
+                a0 = _mm512_set1_epi32(xc[b]), a1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t += 2) {
+                    const __m512i r0 = _mm512_load_si512(w + g * 4 + t), r1 = _mm512_load_si512(w + g * 4 + t + 1);
+                    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(r0, lo4), _mm512_set1_epi32(xb[t]));
+                    h0 = _mm512_dpbusd_epi32(h0, _mm512_andnot_si512(lo4, r0), _mm512_set1_epi32(xb[t + 4]));
+                    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(r1, lo4), _mm512_set1_epi32(xb[t + 1]));
+                    h1 = _mm512_dpbusd_epi32(h1, _mm512_andnot_si512(lo4, r1), _mm512_set1_epi32(xb[t + 5]));
+                }
+                a0 = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+            } else {
+                a0 = _mm512_set1_epi32(xc[b]), a1 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; t += 2) {
+                    a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512(w + g * 8 + t), _mm512_set1_epi32(xb[t]));
+                    a1 = _mm512_dpbusd_epi32(a1, _mm512_load_si512(w + g * 8 + t + 1), _mm512_set1_epi32(xb[t + 1]));
+                }
+                a0 = _mm512_add_epi32(a0, a1);
+            }
+            const __m512 dw = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + g * kPanel))),
+                                            _mm512_set1_ps(xd[b]));
+            if (g % 2 == 0) f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dw, f0);
+            else f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dw, f1);
+        }
+    }
+    _mm512_storeu_ps(out, _mm512_add_ps(f0, f1));
+}
+#endif
+
 // ---- the kernel type for the driver (K unit = one superblock of G blocks) -------------------------------
 template <bool Q4, bool Vnni>
 struct KernQ {
@@ -4126,6 +4199,12 @@ struct KernQ {
         with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(uc * PQ::G, ai, b, tile, NV * kPanel); });
     }
     void gemv_panels(const QRows& x1, Index p0, Index p1, float* out) const {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+        if constexpr (Vnni) {
+            for (Index p = p0; p < p1; ++p) gemv_q_vnni<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
+            return;
+        }
+#endif
         const APack a{x1.q, x1.d, x1.corr};
         for (Index p = p0; p < p1; p += GEMV_NV) {
             const int nv = int(std::min<Index>(GEMV_NV, p1 - p));

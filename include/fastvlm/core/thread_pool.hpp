@@ -3,6 +3,8 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <cstddef>
 #include <exception>
@@ -18,8 +20,11 @@ namespace fastvlm {
 class ThreadPool {
 public:
     // n = total number of threads taking part, the caller included (n-1 workers are started).
-    // 0 means std::thread::hardware_concurrency().
-    explicit ThreadPool(unsigned n = 0) {
+    // 0 means std::thread::hardware_concurrency(). After a parallel region the workers spin for
+    // spin_us microseconds (default 2000) waiting for the next one before they sleep: decoding a
+    // token runs hundreds of short regions, and waking a sleeping thread costs ~10-20 µs each.
+    // spin_us = 0 makes them sleep at once (no busy CPU between calls).
+    explicit ThreadPool(unsigned n = 0, unsigned spin_us = 2000) : spin_us_(spin_us) {
         if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
         size_ = n;
         workers_.reserve(n - 1);
@@ -30,7 +35,7 @@ public:
     ~ThreadPool() {
         {
             std::lock_guard lk(mu_);
-            stop_ = true;
+            stop_.store(true, std::memory_order_release);
         }
         cv_.notify_all();
         for (auto& w : workers_) w.join();
@@ -48,19 +53,18 @@ public:
             return;
         }
         std::unique_lock call_lk(call_mu_);  // one parallel region at a time per pool
+        job_ = &fn;
+        n_tasks_ = n_tasks;
+        next_.store(0, std::memory_order_relaxed);
+        error_ = nullptr;
+        pending_.store(size_ - 1, std::memory_order_relaxed);
         {
-            std::lock_guard lk(mu_);
-            job_ = &fn;
-            n_tasks_ = n_tasks;
-            next_.store(0, std::memory_order_relaxed);
-            pending_ = size_ - 1;
-            error_ = nullptr;
-            ++generation_;
+            std::lock_guard lk(mu_);  // pairs with the sleepers' predicate check: no lost wake-up
+            generation_.fetch_add(1, std::memory_order_release);
         }
-        cv_.notify_all();
+        cv_.notify_all();  // no system call when nobody sleeps
         work(0);
-        std::unique_lock lk(mu_);
-        done_cv_.wait(lk, [&] { return pending_ == 0; });
+        for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) pause(spins);
         job_ = nullptr;
         if (error_) std::rethrow_exception(error_);
     }
@@ -83,6 +87,17 @@ private:
     static bool in_task() { return in_task_flag(); }
     static unsigned current_thread() { return thread_id(); }
 
+    // Busy-wait step: a CPU pause, and after a while a yield (the machine may be oversubscribed).
+    static void pause(unsigned spins) {
+        if (spins < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            std::this_thread::yield();
+        }
+    }
+
     void work(unsigned t) {
         in_task_flag() = true;
         thread_id() = t;
@@ -103,30 +118,35 @@ private:
     void worker_loop(unsigned t) {
         std::uint64_t seen = 0;
         for (;;) {
-            {
-                std::unique_lock lk(mu_);
-                cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
-                if (stop_) return;
-                seen = generation_;
+            // Spin first (cheap hand-over between back-to-back regions), then sleep.
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+            unsigned spins = 0;
+            while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_acquire)) {
+                pause(spins);  // yields after a while: an oversubscribed machine still makes progress
+                if ((++spins & 255) == 0 && std::chrono::steady_clock::now() >= until) {
+                    std::unique_lock lk(mu_);
+                    cv_.wait(lk, [&] { return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_relaxed) != seen; });
+                    break;
+                }
             }
+            if (stop_.load(std::memory_order_acquire)) return;
+            seen = generation_.load(std::memory_order_acquire);
             work(t);
-            {
-                std::lock_guard lk(mu_);
-                if (--pending_ == 0) done_cv_.notify_one();
-            }
+            pending_.fetch_sub(1, std::memory_order_acq_rel);
         }
     }
 
     unsigned size_ = 1;
+    unsigned spin_us_ = 2000;
     std::vector<std::thread> workers_;
     std::mutex mu_, call_mu_;
-    std::condition_variable cv_, done_cv_;
+    std::condition_variable cv_;
     const std::function<void(std::size_t, unsigned)>* job_ = nullptr;
     std::size_t n_tasks_ = 0;
     std::atomic<std::size_t> next_{0};
-    unsigned pending_ = 0;
-    std::uint64_t generation_ = 0;
-    bool stop_ = false;
+    std::atomic<unsigned> pending_{0};
+    std::atomic<std::uint64_t> generation_{0};
+    std::atomic<bool> stop_{false};
     std::exception_ptr error_;
 };
 

@@ -405,6 +405,59 @@ inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* 
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// m = 1, one panel (16 columns) over nb blocks: out[16]. Few instructions per weight byte so that the
+// stream, not the core, is the limit: the activation dwords are broadcast straight from memory into
+// vpdpbusd, Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q, exact in int32, divided
+// back once per block), and every block has its own accumulators (no long dependency chains).
+template <bool Q4>
+inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
+                        const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
+    using PQ = PackedQ<Q4>;
+    const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
+    __m512 f0 = _mm512_setzero_ps(), f1 = _mm512_setzero_ps();
+    for (Index sb = 0; sb < nb / PQ::G; ++sb) {
+        const std::uint8_t* s = bp + sb * PQ::kSuperBytes;
+        for (Index o = 0; o < PQ::kSuperBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(s + o) + kStreamPrefetch, _MM_HINT_T0);
+        const __m512i* w = reinterpret_cast<const __m512i*>(s);
+        const f16* sc = reinterpret_cast<const f16*>(s + PQ::G * PQ::kBlockBytes);
+#pragma GCC unroll 4
+        for (Index g = 0; g < PQ::G; ++g) {
+            const Index b = sb * PQ::G + g;
+            const std::int32_t* xb = x4 + b * 8;
+            __m512i a0, a1;
+            if constexpr (Q4) {
+                const __m512i lo4 = _mm512_set1_epi8(0x0f);
+                __m512i h0 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
+                a0 = _mm512_set1_epi32(xc[b]), a1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t += 2) {
+                    const __m512i r0 = _mm512_load_si512(w + g * 4 + t), r1 = _mm512_load_si512(w + g * 4 + t + 1);
+                    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(r0, lo4), _mm512_set1_epi32(xb[t]));
+                    h0 = _mm512_dpbusd_epi32(h0, _mm512_andnot_si512(lo4, r0), _mm512_set1_epi32(xb[t + 4]));
+                    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(r1, lo4), _mm512_set1_epi32(xb[t + 1]));
+                    h1 = _mm512_dpbusd_epi32(h1, _mm512_andnot_si512(lo4, r1), _mm512_set1_epi32(xb[t + 5]));
+                }
+                a0 = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+            } else {
+                a0 = _mm512_set1_epi32(xc[b]), a1 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; t += 2) {
+                    a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512(w + g * 8 + t), _mm512_set1_epi32(xb[t]));
+                    a1 = _mm512_dpbusd_epi32(a1, _mm512_load_si512(w + g * 8 + t + 1), _mm512_set1_epi32(xb[t + 1]));
+                }
+                a0 = _mm512_add_epi32(a0, a1);
+            }
+            const __m512 dw = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + g * kPanel))),
+                                            _mm512_set1_ps(xd[b]));
+            if (g % 2 == 0) f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dw, f0);
+            else f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dw, f1);
+        }
+    }
+    _mm512_storeu_ps(out, _mm512_add_ps(f0, f1));
+}
+#endif
+
 // ---- the kernel type for the driver (K unit = one superblock of G blocks) -------------------------------
 template <bool Q4, bool Vnni>
 struct KernQ {
@@ -448,6 +501,12 @@ struct KernQ {
         with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(uc * PQ::G, ai, b, tile, NV * kPanel); });
     }
     void gemv_panels(const QRows& x1, Index p0, Index p1, float* out) const {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+        if constexpr (Vnni) {
+            for (Index p = p0; p < p1; ++p) gemv_q_vnni<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
+            return;
+        }
+#endif
         const APack a{x1.q, x1.d, x1.corr};
         for (Index p = p0; p < p1; p += GEMV_NV) {
             const int nv = int(std::min<Index>(GEMV_NV, p1 - p));
