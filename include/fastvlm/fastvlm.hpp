@@ -157,7 +157,7 @@ public:
         progress(0.16f, "decoder");
         p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
             progress(0.16f + 0.84f * float(done) / float(total), "decoder");
-        });
+        }, p->pool.get());
         // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
         p->stop_ids = tc.eos_token_ids;
         if (p->tokenizer)

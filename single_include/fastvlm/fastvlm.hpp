@@ -1348,6 +1348,21 @@ public:
         return data_as<bf16>(name, expected_shape);
     }
 
+    // Tells the kernel the tensor's bytes are no longer needed (after they were converted and
+    // repacked): the whole pages inside it leave the resident set (the mapping is read-only and
+    // file-backed, so a later read faults them in again from the file; nothing is lost). Keeps
+    // the peak RSS of a load near the packed weights instead of packed + checkpoint. Unknown
+    // names are ignored.
+    void release(std::string_view name) const noexcept {
+        auto it = index_.find(name);
+        if (it == index_.end() || it->second->nbytes == 0) return;
+        const TensorRef& t = *it->second;
+        const std::uintptr_t page = 4096;
+        const std::uintptr_t b = (reinterpret_cast<std::uintptr_t>(t.data) + page - 1) / page * page;
+        const std::uintptr_t e = (reinterpret_cast<std::uintptr_t>(t.data) + t.nbytes) / page * page;
+        if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+    }
+
     // Integer tensors (I64/I32/I16/I8/U8/BOOL) of any shape, widened to int64.
     std::vector<std::int64_t> load_i64(std::string_view name) const {
         const TensorRef& t = at(name);
@@ -4443,7 +4458,7 @@ struct LinearPart {
 // Loads parts stacked by rows into one Linear (q|k|v or gate|up fusion). Shapes are checked
 // against the file; a missing tensor or a shape mismatch throws an Error naming file and tensor.
 template <class W, class A>
-Linear<W, A> load_linear(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
+Linear<W, A> load_linear_keep(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
     FASTVLM_CHECK(!parts.empty(), "load_linear: no tensors given");
     Index n = 0;
     bool all_bf16 = true;
@@ -4488,6 +4503,14 @@ Linear<W, A> load_linear(const io::TensorStore& st, const std::vector<LinearPart
         r += p.rows;
     }
     return Linear<W, A>(w.data(), n, k, b);
+}
+
+// As load_linear_keep, then the checkpoint pages of the weights are released (TensorStore::release).
+template <class W, class A>
+Linear<W, A> load_linear(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
+    Linear<W, A> lin = load_linear_keep<W, A>(st, parts, k);
+    for (const auto& p : parts) st.release(p.weight);
+    return lin;
 }
 
 template <class L>
@@ -4953,6 +4976,7 @@ private:
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -5031,9 +5055,10 @@ public:
 
     Qwen2() = default;
 
-    // progress(done, total) is called after each layer.
+    // progress(done, total) is called after each layer (in increasing order, from any thread).
+    // With a pool, the layers, the head and the embeddings are converted and repacked in parallel.
     static Qwen2 load(const io::TensorStore& st, const io::TextConfig& cfg,
-                      const std::function<void(int, int)>& progress = {}) {
+                      const std::function<void(int, int)>& progress = {}, ThreadPool* pool = nullptr) {
         cfg.validate();
         Qwen2 m;
         m.cfg_ = cfg;
@@ -5045,13 +5070,17 @@ public:
         const bool untied = st.contains("lm_head.weight");
         m.tied_ = !untied;
         // Embeddings: shared with a tied head when the formats agree (one copy in memory).
-        if constexpr (kHeadFormatIsEmbFormat) {
-            if (untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
-        } else {
-            m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
-        }
+        bool need_emb = true;
+        if constexpr (kHeadFormatIsEmbFormat) need_emb = untied;
         m.blocks_.resize(std::size_t(L));
-        for (int l = 0; l < L; ++l) {
+        std::mutex progress_mu;
+        int done = 0;
+        auto step_done = [&] {
+            std::lock_guard lk(progress_mu);
+            ++done;
+            if (progress) progress(done, L + 1);
+        };
+        auto load_block = [&](int l) {
             const std::string p = "model.layers." + std::to_string(l) + ".";
             Block& b = m.blocks_[std::size_t(l)];
             b.in_norm = norm(p + "input_layernorm.weight");
@@ -5066,11 +5095,26 @@ public:
             b.gate_up = load_layer<typename Policy::decoder_mlp>(
                 st, {{p + "mlp.gate_proj.weight", "", I}, {p + "mlp.up_proj.weight", "", I}}, H);
             b.down = load_layer<typename Policy::decoder_mlp>(st, {{p + "mlp.down_proj.weight", "", H}}, I);
-            if (progress) progress(l + 1, L + 1);
-        }
+            step_done();
+        };
+        // Task 0 = the head (the largest matrix: first, so the others fill in around it),
+        // task 1 = the embeddings, then the layers. A tied head and separate embeddings read the
+        // same tensor: they run in one task so that the release of its pages comes last.
+        auto task = [&](std::size_t t, unsigned) {
+            if (t == 0) {
+                if (need_emb && !untied) m.emb_ = load_linear_keep<EmbW, EmbA>(st, {{emb, "", V}}, H);
+                m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
+                step_done();
+            } else if (t == 1) {
+                if (need_emb && untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
+            } else {
+                load_block(int(t) - 2);
+            }
+        };
+        const std::size_t n_tasks = std::size_t(L) + 2;
+        if (pool) pool->run(n_tasks, task);
+        else for (std::size_t t = 0; t < n_tasks; ++t) task(t, 0);
         m.final_norm_ = norm("model.norm.weight");
-        m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
-        if (progress) progress(L + 1, L + 1);
         return m;
     }
 
@@ -7694,7 +7738,7 @@ public:
         progress(0.16f, "decoder");
         p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
             progress(0.16f + 0.84f * float(done) / float(total), "decoder");
-        });
+        }, p->pool.get());
         // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
         p->stop_ids = tc.eos_token_ids;
         if (p->tokenizer)

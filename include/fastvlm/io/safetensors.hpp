@@ -518,6 +518,21 @@ public:
         return data_as<bf16>(name, expected_shape);
     }
 
+    // Tells the kernel the tensor's bytes are no longer needed (after they were converted and
+    // repacked): the whole pages inside it leave the resident set (the mapping is read-only and
+    // file-backed, so a later read faults them in again from the file; nothing is lost). Keeps
+    // the peak RSS of a load near the packed weights instead of packed + checkpoint. Unknown
+    // names are ignored.
+    void release(std::string_view name) const noexcept {
+        auto it = index_.find(name);
+        if (it == index_.end() || it->second->nbytes == 0) return;
+        const TensorRef& t = *it->second;
+        const std::uintptr_t page = 4096;
+        const std::uintptr_t b = (reinterpret_cast<std::uintptr_t>(t.data) + page - 1) / page * page;
+        const std::uintptr_t e = (reinterpret_cast<std::uintptr_t>(t.data) + t.nbytes) / page * page;
+        if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+    }
+
     // Integer tensors (I64/I32/I16/I8/U8/BOOL) of any shape, widened to int64.
     std::vector<std::int64_t> load_i64(std::string_view name) const {
         const TensorRef& t = at(name);

@@ -31,7 +31,7 @@ struct LinearPart {
 // Loads parts stacked by rows into one Linear (q|k|v or gate|up fusion). Shapes are checked
 // against the file; a missing tensor or a shape mismatch throws an Error naming file and tensor.
 template <class W, class A>
-Linear<W, A> load_linear(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
+Linear<W, A> load_linear_keep(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
     FASTVLM_CHECK(!parts.empty(), "load_linear: no tensors given");
     Index n = 0;
     bool all_bf16 = true;
@@ -76,6 +76,14 @@ Linear<W, A> load_linear(const io::TensorStore& st, const std::vector<LinearPart
         r += p.rows;
     }
     return Linear<W, A>(w.data(), n, k, b);
+}
+
+// As load_linear_keep, then the checkpoint pages of the weights are released (TensorStore::release).
+template <class W, class A>
+Linear<W, A> load_linear(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
+    Linear<W, A> lin = load_linear_keep<W, A>(st, parts, k);
+    for (const auto& p : parts) st.release(p.weight);
+    return lin;
 }
 
 template <class L>

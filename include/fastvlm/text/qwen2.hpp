@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -101,9 +102,10 @@ public:
 
     Qwen2() = default;
 
-    // progress(done, total) is called after each layer.
+    // progress(done, total) is called after each layer (in increasing order, from any thread).
+    // With a pool, the layers, the head and the embeddings are converted and repacked in parallel.
     static Qwen2 load(const io::TensorStore& st, const io::TextConfig& cfg,
-                      const std::function<void(int, int)>& progress = {}) {
+                      const std::function<void(int, int)>& progress = {}, ThreadPool* pool = nullptr) {
         cfg.validate();
         Qwen2 m;
         m.cfg_ = cfg;
@@ -115,13 +117,17 @@ public:
         const bool untied = st.contains("lm_head.weight");
         m.tied_ = !untied;
         // Embeddings: shared with a tied head when the formats agree (one copy in memory).
-        if constexpr (kHeadFormatIsEmbFormat) {
-            if (untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
-        } else {
-            m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
-        }
+        bool need_emb = true;
+        if constexpr (kHeadFormatIsEmbFormat) need_emb = untied;
         m.blocks_.resize(std::size_t(L));
-        for (int l = 0; l < L; ++l) {
+        std::mutex progress_mu;
+        int done = 0;
+        auto step_done = [&] {
+            std::lock_guard lk(progress_mu);
+            ++done;
+            if (progress) progress(done, L + 1);
+        };
+        auto load_block = [&](int l) {
             const std::string p = "model.layers." + std::to_string(l) + ".";
             Block& b = m.blocks_[std::size_t(l)];
             b.in_norm = norm(p + "input_layernorm.weight");
@@ -136,11 +142,26 @@ public:
             b.gate_up = load_layer<typename Policy::decoder_mlp>(
                 st, {{p + "mlp.gate_proj.weight", "", I}, {p + "mlp.up_proj.weight", "", I}}, H);
             b.down = load_layer<typename Policy::decoder_mlp>(st, {{p + "mlp.down_proj.weight", "", H}}, I);
-            if (progress) progress(l + 1, L + 1);
-        }
+            step_done();
+        };
+        // Task 0 = the head (the largest matrix: first, so the others fill in around it),
+        // task 1 = the embeddings, then the layers. A tied head and separate embeddings read the
+        // same tensor: they run in one task so that the release of its pages comes last.
+        auto task = [&](std::size_t t, unsigned) {
+            if (t == 0) {
+                if (need_emb && !untied) m.emb_ = load_linear_keep<EmbW, EmbA>(st, {{emb, "", V}}, H);
+                m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
+                step_done();
+            } else if (t == 1) {
+                if (need_emb && untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
+            } else {
+                load_block(int(t) - 2);
+            }
+        };
+        const std::size_t n_tasks = std::size_t(L) + 2;
+        if (pool) pool->run(n_tasks, task);
+        else for (std::size_t t = 0; t < n_tasks; ++t) task(t, 0);
         m.final_norm_ = norm("model.norm.weight");
-        m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
-        if (progress) progress(L + 1, L + 1);
         return m;
     }
 
