@@ -716,7 +716,9 @@ public:
 
     // Runs fn(task, thread) for task in [0, n_tasks), tasks handed out dynamically; returns when
     // all are done. The first exception thrown by a task is rethrown here. Calls from inside a
-    // task (nested parallelism) run serially on that thread.
+    // task (nested parallelism) run serially on that thread. Workers join a region only while it
+    // is open: when the caller has taken the last task it closes the region and waits only for
+    // the workers inside it, never for one the OS has not scheduled yet (a busy machine).
     void run(std::size_t n_tasks, const std::function<void(std::size_t, unsigned)>& fn) {
         if (n_tasks == 0) return;
         if (size_ == 1 || n_tasks == 1 || in_task()) {
@@ -728,14 +730,15 @@ public:
         n_tasks_ = n_tasks;
         next_.store(0, std::memory_order_relaxed);
         error_ = nullptr;
-        pending_.store(size_ - 1, std::memory_order_relaxed);
+        const std::uint64_t open = state_.load(std::memory_order_relaxed) + 1;  // odd = open
         {
             std::lock_guard lk(mu_);  // pairs with the sleepers' predicate check: no lost wake-up
-            generation_.fetch_add(1, std::memory_order_release);
+            state_.store(open, std::memory_order_seq_cst);
         }
         cv_.notify_all();  // no system call when nobody sleeps
         work(0);
-        for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) pause(spins);
+        state_.store(open + 1, std::memory_order_seq_cst);  // closed: late workers stay out
+        for (unsigned spins = 0; active_.load(std::memory_order_seq_cst) != 0; ++spins) pause(spins);
         job_ = nullptr;
         if (error_) std::rethrow_exception(error_);
     }
@@ -792,18 +795,20 @@ private:
             // Spin first (cheap hand-over between back-to-back regions), then sleep.
             const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
             unsigned spins = 0;
-            while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_acquire)) {
+            while (state_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_acquire)) {
                 pause(spins);  // yields after a while: an oversubscribed machine still makes progress
                 if ((++spins & 255) == 0 && std::chrono::steady_clock::now() >= until) {
                     std::unique_lock lk(mu_);
-                    cv_.wait(lk, [&] { return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_relaxed) != seen; });
+                    cv_.wait(lk, [&] { return stop_.load(std::memory_order_relaxed) || state_.load(std::memory_order_relaxed) != seen; });
                     break;
                 }
             }
             if (stop_.load(std::memory_order_acquire)) return;
-            seen = generation_.load(std::memory_order_acquire);
-            work(t);
-            pending_.fetch_sub(1, std::memory_order_acq_rel);
+            seen = state_.load(std::memory_order_acquire);
+            if (seen % 2 == 0) continue;  // a region that closed meanwhile
+            active_.fetch_add(1, std::memory_order_seq_cst);
+            if (state_.load(std::memory_order_seq_cst) == seen) work(t);  // still the same open region
+            active_.fetch_sub(1, std::memory_order_release);
         }
     }
 
@@ -815,8 +820,8 @@ private:
     const std::function<void(std::size_t, unsigned)>* job_ = nullptr;
     std::size_t n_tasks_ = 0;
     std::atomic<std::size_t> next_{0};
-    std::atomic<unsigned> pending_{0};
-    std::atomic<std::uint64_t> generation_{0};
+    std::atomic<unsigned> active_{0};        // workers inside the current region
+    std::atomic<std::uint64_t> state_{0};    // 2·regions started, +1 while a region is open
     std::atomic<bool> stop_{false};
     std::exception_ptr error_;
 };
