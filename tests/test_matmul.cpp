@@ -276,7 +276,7 @@ TEST(Matmul, BestPathOnThisCpu) {
 // SIMD activation quantization equals the scalar reference bit for bit.
 TEST(Matmul, QuantizeActivationsMatchesReference) {
     std::mt19937 g(7);
-    for (Index k : {1, 5, 31, 32, 33, 64, 100, 4097}) {
+    for (Index k : {1, 5, 31, 32, 33, 64, 100, 511, 512, 513, 544, 1536, 4097}) {  // 16-block batches and tails
         auto x = randn(std::size_t(k), g, 3.f);
         if (k > 40) std::fill(x.begin() + 32, x.begin() + 64, 0.f);  // an all-zero block
         if (k > 2) x[1] = 1e-30f, x[2] = -1e-42f;                     // tiny and subnormal values
