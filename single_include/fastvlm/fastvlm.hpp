@@ -7626,6 +7626,7 @@ namespace fastvlm {
 
 struct LoadOptions {
     unsigned threads = 0;     // thread pool size (the caller included); 0 = all hardware threads
+    unsigned spin_us = 2000;  // pool workers spin this long between parallel regions before they sleep (0 = never spin)
     Index context = 0;        // default KV-cache positions per session; 0 = min(8192, max_position_embeddings)
     bool load_vision = true;  // false: text only, or image features computed elsewhere
     // Called while loading: fraction done in [0, 1] and the part being loaded.
@@ -7722,7 +7723,7 @@ public:
         progress(0.f, "config");
         p->config = io::ModelConfig::load(dir);
         const auto& tc = p->config.text;
-        p->pool = std::make_unique<ThreadPool>(opt.threads);
+        p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
         FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
                       " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
