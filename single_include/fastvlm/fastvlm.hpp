@@ -4737,6 +4737,7 @@ inline void attention_gqa(const float* q, Index ldq, const float* k, const float
             const float* qt = q + t * ldq;
             for (Index j = 0; j < n; ++j) {
                 const float* kj = kg + j * ldkv;
+                for (Index o = 0; o < d; o += 16) __builtin_prefetch(kj + 8 * ldkv + o);  // the cache rows come from DRAM
                 for (Index h = h0; h < h1; ++h) scratch[std::size_t((h - h0) * stride + j)] = detail::dot_f32(qt + h * d, kj, d) * scale;
             }
             for (Index h = 0; h < nh; ++h) softmax(scratch.data() + h * stride, n);
@@ -4744,6 +4745,7 @@ inline void attention_gqa(const float* q, Index ldq, const float* k, const float
             for (Index h = h0; h < h1; ++h) std::fill(ot + h * d, ot + h * d + d, 0.f);
             for (Index j = 0; j < n; ++j) {
                 const float* vj = vg + j * ldkv;
+                for (Index o = 0; o < d; o += 16) __builtin_prefetch(vj + 8 * ldkv + o);
                 for (Index h = h0; h < h1; ++h) detail::axpy_f32(scratch[std::size_t((h - h0) * stride + j)], vj, ot + h * d, d);
             }
         }
