@@ -1,7 +1,7 @@
 // bench_vision — FastViTHD timing.
 //
 //   bench_vision --model DIR [--threads 2] [--runs 3] [--warmup 1] [--precision fp32] [--json OUT]
-//                [--ffn-fuse-mb 32] [--chunk-pixels 512]   (FastViTHD::Options)
+//                [--ffn-fuse-mb MB] [--chunk-pixels 512]   (FastViTHD::Options; MB default 32 f32 / 8 bf16, q8)
 //       full model (a model folder, e.g. the synthetic one of tests/vision_fullsize.py) on one
 //       uniform-random image of the configured size: median wall time, process CPU time, per-part
 //       time (stem, network{j}, conv_exp) and GFLOP/s with the MAC counts of spec §1.10.
