@@ -54,12 +54,12 @@ if(FASTVLM_BUILD_EXAMPLES AND FASTVLM_PYTHON)
            COMMAND ${_cli} run --model ${_tm} --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png
                    --prompt "What is it?" --max-tokens 12 --threads 2)
   set_tests_properties(decoder_cli_run_tiny PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
-                       PASS_REGULAR_EXPRESSION "load [0-9.]+ ms \\| preprocess .* prefill [0-9]+ tok .*tok/s.*TTFT .*decode .*tok/s.*peak RSS [0-9]+ MB")
+                       PASS_REGULAR_EXPRESSION "load [0-9.]+ ms \\| preprocess .* prefill [0-9]+ tok .*tok/s.*TTFT .*decode .*tok/s.*peak RSS [0-9]+ MB \\| weights [0-9]+ MB")
   add_test(NAME decoder_cli_run_tiny_json
            COMMAND ${_cli} run --model ${_tm} --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png
                    --max-tokens 5 --temp 0.8 --top-k 20 --top-p 0.9 --seed 3 --threads 1 --json)
   set_tests_properties(decoder_cli_run_tiny_json PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
-                       PASS_REGULAR_EXPRESSION "\"ids\":\\[[0-9,]+\\].*\"timings\":")
+                       PASS_REGULAR_EXPRESSION "\"ids\":\\[[0-9,]+\\].*\"timings\":.*\"weight_mb\":[0-9.]+")
   add_test(NAME decoder_cli_chat_tiny
            COMMAND sh -c "printf 'What is it?\\nAnd now?\\n/reset\\nHi\\n' | \"$0\" chat --model \"$1\" --image \"$2\" --max-tokens 4 --threads 1"
                    ${_cli} ${_tm} ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png)

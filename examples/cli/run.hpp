@@ -118,12 +118,13 @@ inline int run_run(const Args& a) {
                             {"ids", r.ids},
                             {"stop", to_string(r.stop)},
                             {"precision", model->precision()},
+                            {"weight_mb", double(model->weight_bytes()) / double(1 << 20)},
                             {"timings", timings_json(r.timings)}};
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else {
         std::printf("\n");
         std::fflush(stdout);
-        std::fprintf(stderr, "%s\n", timing_line(r.timings).c_str());
+        std::fprintf(stderr, "%s | weights %.0f MB\n", timing_line(r.timings).c_str(), double(model->weight_bytes()) / double(1 << 20));
     }
     return 0;
 }
@@ -135,7 +136,7 @@ inline Command run_command() {
     opts.push_back({"json", "", "print one JSON object (text, ids, stop, timings) instead of streaming"});
     return {"run",
             "Describe an image: streams the answer to stdout, then a timing line (load, preprocess, vision, projector, "
-            "prefill tok/s, TTFT, decode tok/s, peak RSS) on stderr.",
+            "prefill tok/s, TTFT, decode tok/s, peak RSS, weight memory) on stderr.",
             "--model DIR --image FILE [--prompt TEXT] [options]", opts, run_run};
 }
 

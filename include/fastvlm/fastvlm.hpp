@@ -186,6 +186,11 @@ public:
     ThreadPool* pool() const { return parts().pool.get(); }
     Index context() const { return parts().context; }
     double load_ms() const { return parts().load_ms; }
+    // Bytes of the weights as held in memory (packed formats of the policy, f32 norms and biases).
+    std::size_t weight_bytes() const {
+        const auto& p = parts();
+        return (p.vision ? p.vision->weight_bytes() : 0) + p.projector.weight_bytes() + p.decoder.weight_bytes();
+    }
     const std::vector<std::int32_t>& stop_ids() const { return parts().stop_ids; }
     // Ids that may be generated: len(tokenizer) when there is one (spec §5.5), else vocab_size.
     Index valid_vocab() const {
@@ -500,6 +505,7 @@ public:
     virtual const io::ModelConfig& config() const = 0;
     virtual const text::Tokenizer* tokenizer() const = 0;  // nullptr when the folder has none
     virtual double load_ms() const = 0;
+    virtual std::size_t weight_bytes() const = 0;
     virtual Index context() const = 0;
     virtual Index valid_vocab() const = 0;
     virtual Tensor<float, 3> preprocess(const io::Image& img) const = 0;
@@ -543,6 +549,7 @@ public:
     const io::ModelConfig& config() const override { return m_.config(); }
     const text::Tokenizer* tokenizer() const override { return m_.has_tokenizer() ? &m_.tokenizer() : nullptr; }
     double load_ms() const override { return m_.load_ms(); }
+    std::size_t weight_bytes() const override { return m_.weight_bytes(); }
     Index context() const override { return m_.context(); }
     Index valid_vocab() const override { return m_.valid_vocab(); }
     Tensor<float, 3> preprocess(const io::Image& img) const override { return m_.preprocess(img); }
