@@ -485,25 +485,23 @@ def main():
     have_bench = os.path.exists(a.bench_matmul)
     if not have_bench:
         log(f"no bench_matmul at {a.bench_matmul}: decode bandwidth without % of read BW")
+    def measure_bw(when):  # STREAM-like read of the machine, before and after the speed loop
+        if not have_bench:
+            return
+        try:
+            bw[when] = read_bandwidth(a.bench_matmul, a.threads, a.timeout)
+            log(f"read bandwidth {when}: {bw[when]['gb_s']} GB/s")
+        except (CommandError, ValueError) as e:
+            bw["errors"].append(str(e))
+            errors.append(str(e))
+
     try:
         images = [make_image(os.path.join(work, f"image_{i}.png"), 1000 + i) for i in range(max(1, a.images))]
         if not a.skip_speed:
-            if have_bench:
-                try:
-                    bw["before"] = read_bandwidth(a.bench_matmul, a.threads, a.timeout)
-                    log(f"read bandwidth before: {bw['before']['gb_s']} GB/s")
-                except (CommandError, ValueError) as e:
-                    bw["errors"].append(str(e))
-                    errors.append(str(e))
+            measure_bw("before")
             warm_page_cache(os.path.join(a.model, "model.safetensors"))
             speed_runs(a, presets, images[0], res, errors)
-            if have_bench:
-                try:
-                    bw["after"] = read_bandwidth(a.bench_matmul, a.threads, a.timeout)
-                    log(f"read bandwidth after: {bw['after']['gb_s']} GB/s")
-                except (CommandError, ValueError) as e:
-                    bw["errors"].append(str(e))
-                    errors.append(str(e))
+            measure_bw("after")
         if not a.skip_accuracy:
             accuracy_runs(a, presets, images, vocab_valid, work, res, errors)
         if do_scenes:

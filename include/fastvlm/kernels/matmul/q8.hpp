@@ -331,12 +331,6 @@ inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* 
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) facc[r][v] = _mm512_setzero_ps();
     for (Index b = 0; b < nb; ++b) {
-        if constexpr (MR == 1) {  // m = 1 streams the weights from DRAM: request them well ahead
-            if (b % PackedQ<Q4>::G == 0)
-                for (int v = 0; v < NV; ++v)
-                    for (Index o = 0; o < PackedQ<Q4>::kSuperBytes; o += 64)
-                        _mm_prefetch(reinterpret_cast<const char*>(bp + v * ps + (b / PackedQ<Q4>::G) * PackedQ<Q4>::kSuperBytes + o) + kStreamPrefetch, _MM_HINT_T0);
-        }
         __m512i ia[MR][NV];
 #pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
@@ -462,7 +456,7 @@ inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float*
 template <bool Q4, bool Vnni>
 struct KernQ {
     using PQ = PackedQ<Q4>;
-    static constexpr int MR = 6, NV = 2, GEMV_NV = 1;  // m = 1: one panel = one stream at a time
+    static constexpr int MR = 6, NV = 2;
     const PQ* P;
     Index n, npanels;
     const float* bias;
@@ -501,17 +495,14 @@ struct KernQ {
         with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(uc * PQ::G, ai, b, tile, NV * kPanel); });
     }
     void gemv_panels(const QRows& x1, Index p0, Index p1, float* out) const {
+        for (Index p = p0; p < p1; ++p) {  // one panel = one sequential stream at a time
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-        if constexpr (Vnni) {
-            for (Index p = p0; p < p1; ++p) gemv_q_vnni<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
-            return;
-        }
+            if constexpr (Vnni) {
+                gemv_q_vnni<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
+                continue;
+            }
 #endif
-        const APack a{x1.q, x1.d, x1.corr};
-        for (Index p = p0; p < p1; p += GEMV_NV) {
-            const int nv = int(std::min<Index>(GEMV_NV, p1 - p));
-            const BPack b{P->panel(p)};
-            with_width<GEMV_NV>(nv, [&](auto c) { call<1, decltype(c)::value>(P->kb, a, b, out + (p - p0) * kPanel, kPanel * decltype(c)::value); });
+            ukr_q_scalar<Q4, 1, 1>(P->kb, x1.q, x1.d, x1.corr, x1.kb, P->panel(p), P->panel_bytes(), out + (p - p0) * kPanel, kPanel);
         }
     }
 };
