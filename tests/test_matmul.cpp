@@ -34,6 +34,7 @@ struct Case {
     int epi;      // which epilogue (see make_epilogue)
     bool pooled;  // 2 threads or null pool
     Index padx, pady;
+    RowKernel rows = RowKernel::automatic;
 };
 
 struct EpiSetup {
@@ -155,7 +156,8 @@ void run_case(const Case& c, Path path, ThreadPool& pool, std::mt19937& g, bool 
     const auto x = randn(std::size_t(m * k), g, 1.f);
     const auto b = randn(std::size_t(n), g, 0.5f);
     auto scale = randn(std::size_t(n), g, 1.f);
-    const EpiSetup es = make_epilogue(c.epi, scale.data());
+    EpiSetup es = make_epilogue(c.epi, scale.data());
+    es.ep.rows = c.rows;
     const float* bias = es.bias ? b.data() : nullptr;
 
     Linear<W, A> lin(w.data(), n, k, bias);
@@ -230,7 +232,8 @@ void run_all() {
             for (Index k : {1, 7, 8, 32, 33, 96})
                 for (Index n : {1, 7, 33, 65, 257}) {
                     ++idx;
-                    const Case c{m, k, n, idx, idx % 2 == 0, Index(idx % 3), Index((idx / 3) % 3)};
+                    const auto rows = RowKernel(idx % 3);  // automatic, gemv, gemm in turn
+                    const Case c{m, k, n, idx, idx % 2 == 0, Index(idx % 3), Index((idx / 5) % 3), rows};
                     run_case<W, A>(c, path, pool, g, idx % 4 == 0);
                     if (::testing::Test::HasFatalFailure()) return;
                 }
@@ -245,6 +248,43 @@ void run_all() {
         if (::testing::Test::HasFatalFailure()) return;
     }
 }
+
+// RowKernel::gemv: every row of a batch equals, bit for bit, the same row run alone (m = 1), and
+// RowKernel::gemm gives every row the same bits whatever the other rows of the call are (1 row, or
+// among 37): a sequence's tokens never depend on what else is batched with it.
+template <class W, class A>
+void rows_are_independent() {
+    ThreadPool pool(2);
+    std::mt19937 g(77);
+    for (Path path : paths_to_test<W, A>())
+        for (Index k : {33, 896})
+            for (Index n : {65, 300}) {
+                SCOPED_TRACE(::testing::Message() << W::name << "x" << A::name << " " << detail::mm::path_name(path) << " k=" << k
+                                                  << " n=" << n);
+                const auto w = randn(sz(n * k), g, 0.5f), b = randn(sz(n), g, 0.5f);
+                Linear<W, A> lin(w.data(), n, k, b.data());
+                lin.set_path(path);
+                const Index m = 37;
+                const auto x = randn(sz(m * k), g, 1.f);
+                for (RowKernel rk : {RowKernel::gemv, RowKernel::gemm})
+                    for (Index mb : {Index(2), Index(8), Index(32), m}) {
+                        std::vector<float> yb(sz(mb * n)), y1(sz(n));
+                        lin.forward(x.data(), mb, k, yb.data(), n, &pool, {.rows = rk});
+                        for (Index r = 0; r < mb; ++r) {
+                            lin.forward(x.data() + r * k, 1, k, y1.data(), n, r % 2 ? &pool : nullptr,
+                                        {.rows = rk == RowKernel::gemv ? RowKernel::automatic : RowKernel::gemm});
+                            for (Index j = 0; j < n; ++j)
+                                ASSERT_EQ(yb[sz(r * n + j)], y1[sz(j)]) << "rows=" << int(rk) << " m=" << mb << " row " << r;
+                        }
+                    }
+            }
+}
+TEST(Matmul, RowsIndependentOfBatchF32) { rows_are_independent<fmt::F32, fmt::F32>(); }
+TEST(Matmul, RowsIndependentOfBatchBF16) { rows_are_independent<fmt::BF16, fmt::F32>(); }
+TEST(Matmul, RowsIndependentOfBatchF16) { rows_are_independent<fmt::F16, fmt::F32>(); }
+TEST(Matmul, RowsIndependentOfBatchBF16xBF16) { rows_are_independent<fmt::BF16, fmt::BF16>(); }
+TEST(Matmul, RowsIndependentOfBatchQ8) { rows_are_independent<fmt::Q8, fmt::Q8>(); }
+TEST(Matmul, RowsIndependentOfBatchQ4) { rows_are_independent<fmt::Q4, fmt::Q8>(); }
 
 TEST(Matmul, F32xF32) { run_all<fmt::F32, fmt::F32>(); }
 TEST(Matmul, BF16xF32) { run_all<fmt::BF16, fmt::F32>(); }

@@ -65,7 +65,7 @@ struct ImplFloat {
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
              const float* bias) const {
         KernFloat<E, Arch> kern{&P, P.n, P.npanels, bias};
-        if (m == 1) gemv_split(kern, x, y, pool, ep, P.k);
+        if (use_gemv(m, ep)) gemv_rows(kern, [&](Index r) { return x + r * ldx; }, m, y, ldy, pool, ep, P.k);
         else gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,

@@ -238,10 +238,11 @@ struct ImplBF16 {
     void run_wide(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
                   const float* bias) const {
         KernBF16Wide<Arch> kern{&P, P.n, P.npanels, bias};
-        if (m == 1) {
-            std::vector<float> xr(std::size_t(2 * P.k2));
-            round_bf16(x, P.k, P.k2, xr.data());
-            gemv_split(kern, xr.data(), y, pool, ep, P.k);
+        if (use_gemv(m, ep)) {
+            const Index ld = 2 * P.k2;
+            std::vector<float> xr(std::size_t(m * ld));
+            for (Index r = 0; r < m; ++r) round_bf16(x + r * ldx, P.k, P.k2, xr.data() + r * ld);
+            gemv_rows(kern, [&](Index r) { return xr.data() + r * ld; }, m, y, ldy, pool, ep, P.k);
         } else {
             gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
         }
@@ -251,10 +252,11 @@ struct ImplBF16 {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
         if (path == Path::avx512_bf16) {
             KernBF16Dot kern{&P, P.n, P.npanels, bias};
-            if (m == 1) {
-                std::vector<std::uint32_t> xp(std::size_t(P.k2));
-                pack_pairs(x, P.k, xp.data());
-                gemv_split(kern, xp.data(), y, pool, ep, P.k);
+            if (use_gemv(m, ep)) {
+                const Index ld = P.k2;
+                std::vector<std::uint32_t> xp(std::size_t(m * ld));
+                for (Index r = 0; r < m; ++r) pack_pairs(x + r * ldx, P.k, xp.data() + r * ld);
+                gemv_rows(kern, [&](Index r) { return xp.data() + r * ld; }, m, y, ldy, pool, ep, P.k);
             } else {
                 gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
             }

@@ -22,12 +22,25 @@
 
 namespace fastvlm {
 
+// Which loop nest computes the rows of one call.
+enum class RowKernel : std::uint8_t {
+    automatic,  // m = 1: GEMV; m > 1: the blocked GEMM
+    gemv,       // every row through the GEMV path, the weights streamed once for all rows: each row's
+                // result is bit-identical to an m = 1 call, whatever else is in the batch (decode rows)
+    gemm,       // every row through the blocked GEMM, m = 1 included (prefill rows)
+};
+
 // y = act(x·wᵀ + bias); if scale: y *= scale[n]; then Y = y, or Y += y when accumulate.
 struct Epilogue {
     Act act = Act::none;
     const float* scale = nullptr;
     bool accumulate = false;
+    RowKernel rows = RowKernel::automatic;
 };
+// True when the rows of a call of m rows go through the GEMV path.
+inline bool use_gemv(Index m, const Epilogue& ep) {
+    return ep.rows == RowKernel::gemv || (ep.rows == RowKernel::automatic && m == 1);
+}
 
 namespace detail::mm {
 

@@ -98,23 +98,31 @@ void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y
     else for (Index t = 0; t < tasks; ++t) task(std::size_t(t), 0);
 }
 
-// m = 1: panels split over the threads in contiguous ranges (each thread streams its share of
-// the weights once). kern.gemv_panels(ax, p0, p1, out) writes out[0 .. 16·(p1−p0)) for the
-// activation row ax prepared by the kernel (float, bf16 pairs or Q8 blocks).
+// GEMV rows: panels split over the threads in contiguous ranges, each thread streaming its share
+// of the weights once for all m rows. kern.gemv_panels(ax(r), p0, p1, out) writes
+// out[0 .. 16·(p1−p0)) for row r's activation as prepared by the kernel (float, bf16 pairs or Q8
+// blocks). A chunk of panels small enough for L1 is run for every row before the next chunk, so
+// each row's arithmetic is exactly that of an m = 1 call (no dependence on the batch).
+inline constexpr Index kGemvChunk = 64;  // most panels per epilogue pass
+
 template <class Kern, class AX>
-void gemv_split(const Kern& kern, const AX& ax, float* y, ThreadPool* pool, const Epilogue& ep, Index k) {
+void gemv_rows(const Kern& kern, AX&& ax, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep, Index k) {
     const Index n = kern.n, np = kern.npanels;
-    if (n <= 0) return;
+    if (n <= 0 || m <= 0) return;
     const Index grain = std::max<Index>(1, ceil_div(1 << 16, kPanel * std::max<Index>(k, 1)));
+    // m > 1: ≈ 24 KiB of weights per chunk (≥ 1 panel), re-read from L1 by every row.
+    const Index bytes_per_panel = std::max<Index>(1, Index(kern.P->bytes()) / std::max<Index>(np, 1));
+    const Index chunk = m == 1 ? kGemvChunk : std::clamp<Index>((24 << 10) / bytes_per_panel, 1, kGemvChunk);
     parallel_for(pool, std::size_t(np), std::size_t(grain), [&](std::size_t p0, std::size_t p1) {
-        constexpr Index kChunk = 64;  // panels per epilogue pass
-        alignas(64) float buf[kChunk * kPanel];
-        for (Index p = Index(p0); p < Index(p1); p += kChunk) {
-            const Index pe = std::min<Index>(Index(p1), p + kChunk);
-            kern.gemv_panels(ax, p, pe, buf);
+        alignas(64) float buf[kGemvChunk * kPanel];
+        for (Index p = Index(p0); p < Index(p1); p += chunk) {
+            const Index pe = std::min<Index>(Index(p1), p + chunk);
             const Index c0 = p * kPanel, nr = std::min(n - c0, (pe - p) * kPanel);
-            TileOps o{kern.bias ? kern.bias + c0 : nullptr, ep.scale ? ep.scale + c0 : nullptr, ep.act, false, ep.accumulate};
-            store_tile(buf, nr, 1, nr, y + c0, nr, o);
+            const TileOps o{kern.bias ? kern.bias + c0 : nullptr, ep.scale ? ep.scale + c0 : nullptr, ep.act, false, ep.accumulate};
+            for (Index r = 0; r < m; ++r) {
+                kern.gemv_panels(ax(r), p, pe, buf);
+                store_tile(buf, nr, 1, nr, y + r * ldy + c0, nr, o);
+            }
         }
     });
 }

@@ -524,8 +524,13 @@ struct ImplQ {
         using K = KernQ<Q4, Vnni>;
         const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<Q4>::kCorr, m > 1 ? pool : nullptr);
         K kern{&P, P.n, P.npanels, bias, xq};
-        if (m == 1) gemv_split(kern, xq, y, pool, ep, P.k);
-        else gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+        if (use_gemv(m, ep)) {
+            const Index kb = xq.kb;
+            gemv_rows(kern, [&](Index r) { return QRows{xq.q + r * kb * kQB, xq.d + r * kb, xq.corr + r * kb, kb}; }, m, y, ldy,
+                      pool, ep, P.k);
+        } else {
+            gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+        }
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                  const Epilogue& ep, const float* bias) const {
