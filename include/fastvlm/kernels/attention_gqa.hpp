@@ -9,10 +9,13 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <span>
+#include <type_traits>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
 
+#include "fastvlm/core/dtypes.hpp"
 #include "fastvlm/core/error.hpp"
 #include "fastvlm/core/tensor.hpp"
 #include "fastvlm/core/thread_pool.hpp"
@@ -83,54 +86,107 @@ inline void axpy_f32(float a, const float* x, float* y, Index n) {
 }
 }  // namespace detail
 
-// Tasks = (KV head, chunk of its query heads, block of query rows). Each key/value row is loaded
-// once per task and used for every query head of the chunk (GQA sharing); the chunking keeps at
-// least ~2 tasks per thread. Each output element is written by exactly one task, so the result does
-// not depend on the thread count. Scratch: one score row per head of a chunk, per thread
-// (thread_local, grows to the longest context seen; no allocation per call after that).
-inline void attention_gqa(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
-                          Index T, Index p0, const AttentionDims& a, ThreadPool* pool) {
+// Keys (or values) of one sequence, contiguous or paged: row j is at
+// pages[j / page] + off + (j % page)·ld elements. E = float or bf16 (widened exactly to float).
+template <class E>
+struct KVRows {
+    const E* const* pages = nullptr;
+    Index page = 1, ld = 0, off = 0;
+    const E* row(Index j) const { return pages[j / page] + off + (j % page) * ld; }
+};
+
+// One sequence of a batched attention call: T query rows at positions p0 .. p0+T−1.
+template <class E>
+struct AttentionSeq {
+    const float* q = nullptr;
+    Index ldq = 0;
+    float* out = nullptr;
+    Index ldo = 0;
+    Index T = 0, p0 = 0;
+    KVRows<E> k, v;
+};
+
+// Tasks = (sequence, KV head, chunk of its query heads, block of query rows), all sequences in one
+// parallel region. Each key/value row is loaded once per task and used for every query head of
+// the chunk (GQA sharing); the chunking keeps at least ~2 tasks per thread. Each output element is
+// written by exactly one task with the same arithmetic whatever the chunking, so the result does
+// not depend on the thread count nor on the other sequences of the batch. Scratch: one score row
+// per head of a chunk, per thread (thread_local, grows to the longest context seen).
+template <class E>
+void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionDims& a, ThreadPool* pool) {
     check_attention_dims(a);
-    FASTVLM_CHECK(T >= 0 && p0 >= 0, "attention: bad query range T=", T, " p0=", p0);
-    if (T == 0) return;
     const Index d = a.head_dim, group = a.n_heads / a.n_kv_heads;
     const float scale = float(1.0 / std::sqrt(double(d)));
     const Index threads = Index(pool_size(pool));
-    // Row blocks balance the causal triangle; head chunks add tasks when rows alone are too few.
-    const Index rows_per_task = T == 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1));
-    const Index row_blocks = (T + rows_per_task - 1) / rows_per_task;
-    const Index want_chunks = (2 * threads + a.n_kv_heads * row_blocks - 1) / (a.n_kv_heads * row_blocks);
-    const Index chunks = std::clamp<Index>(want_chunks, 1, group);
-    const Index heads_per_chunk = (group + chunks - 1) / chunks;
-    const std::size_t n_tasks = std::size_t(a.n_kv_heads * chunks * row_blocks);
+    struct Split {
+        Index rows_per_task, chunks, heads_per_chunk;
+        std::size_t first_task;
+    };
+    std::vector<Split> split(seqs.size());
+    std::size_t n_tasks = 0;
+    for (std::size_t s = 0; s < seqs.size(); ++s) {
+        const Index T = seqs[s].T;
+        FASTVLM_CHECK(T >= 0 && seqs[s].p0 >= 0, "attention: bad query range T=", T, " p0=", seqs[s].p0);
+        // Row blocks balance the causal triangle; head chunks add tasks when rows alone are too few.
+        const Index rows_per_task = T <= 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1));
+        const Index row_blocks = (T + rows_per_task - 1) / rows_per_task;
+        const Index want = T == 0 ? 1 : (2 * threads + a.n_kv_heads * row_blocks - 1) / (a.n_kv_heads * row_blocks);
+        const Index chunks = std::clamp<Index>(want, 1, group);
+        split[s] = {rows_per_task, chunks, (group + chunks - 1) / chunks, n_tasks};
+        n_tasks += std::size_t(a.n_kv_heads * chunks * row_blocks);
+    }
+    if (n_tasks == 0) return;
 
     auto task = [&](std::size_t id) {
-        thread_local std::vector<float> scratch;
-        const Index g = Index(id) % a.n_kv_heads;
-        const Index c = (Index(id) / a.n_kv_heads) % chunks;
-        const Index rb = Index(id) / (a.n_kv_heads * chunks);
-        const Index h0 = g * group + c * heads_per_chunk, h1 = std::min(g * group + group, h0 + heads_per_chunk);
+        thread_local std::vector<float> scratch, rowbuf;
+        const std::size_t s = std::size_t(std::upper_bound(split.begin(), split.end(), id,
+                                                           [](std::size_t v, const Split& x) { return v < x.first_task; }) -
+                                          split.begin()) - 1;
+        const AttentionSeq<E>& sq = seqs[s];
+        const Split& sp = split[s];
+        const Index T = sq.T, p0 = sq.p0;
+        if (T == 0) return;
+        const Index local = Index(id - sp.first_task);
+        const Index g = local % a.n_kv_heads;
+        const Index c = (local / a.n_kv_heads) % sp.chunks;
+        const Index rb = local / (a.n_kv_heads * sp.chunks);
+        const Index h0 = g * group + c * sp.heads_per_chunk, h1 = std::min(g * group + group, h0 + sp.heads_per_chunk);
         if (h0 >= h1) return;
         const Index nh = h1 - h0;
-        const Index t0 = rb * rows_per_task, t1 = std::min(T, t0 + rows_per_task);
+        const Index t0 = rb * sp.rows_per_task, t1 = std::min(T, t0 + sp.rows_per_task);
         const Index stride = p0 + t1;  // score row length of this task's longest query
         if (scratch.size() < std::size_t(nh * stride)) scratch.resize(std::size_t(nh * stride));
-        const float* kg = k + g * d;
-        const float* vg = v + g * d;
+        if constexpr (!std::is_same_v<E, float>)
+            if (rowbuf.size() < std::size_t(d)) rowbuf.resize(std::size_t(d));
+        // Row j of KV head g as floats (bf16 widened into rowbuf: exact).
+        auto get = [&](const KVRows<E>& kv, Index j) -> const float* {
+            const E* r = kv.row(j) + g * d;
+            if constexpr (std::is_same_v<E, float>) {
+                return r;
+            } else {
+                convert(r, rowbuf.data(), std::size_t(d));
+                return rowbuf.data();
+            }
+        };
+        auto prefetch = [&](const KVRows<E>& kv, Index j, Index n) {
+            if (j + 8 >= n) return;
+            const char* p = reinterpret_cast<const char*>(kv.row(j + 8) + g * d);
+            for (Index o = 0; o < d * Index(sizeof(E)); o += 64) __builtin_prefetch(p + o);  // the cache rows come from DRAM
+        };
         for (Index t = t0; t < t1; ++t) {
             const Index n = p0 + t + 1;
-            const float* qt = q + t * ldq;
+            const float* qt = sq.q + t * sq.ldq;
             for (Index j = 0; j < n; ++j) {
-                const float* kj = kg + j * ldkv;
-                for (Index o = 0; o < d; o += 16) __builtin_prefetch(kj + 8 * ldkv + o);  // the cache rows come from DRAM
+                prefetch(sq.k, j, n);
+                const float* kj = get(sq.k, j);
                 for (Index h = h0; h < h1; ++h) scratch[std::size_t((h - h0) * stride + j)] = detail::dot_f32(qt + h * d, kj, d) * scale;
             }
             for (Index h = 0; h < nh; ++h) softmax(scratch.data() + h * stride, n);
-            float* ot = out + t * ldo;
+            float* ot = sq.out + t * sq.ldo;
             for (Index h = h0; h < h1; ++h) std::fill(ot + h * d, ot + h * d + d, 0.f);
             for (Index j = 0; j < n; ++j) {
-                const float* vj = vg + j * ldkv;
-                for (Index o = 0; o < d; o += 16) __builtin_prefetch(vj + 8 * ldkv + o);
+                prefetch(sq.v, j, n);
+                const float* vj = get(sq.v, j);
                 for (Index h = h0; h < h1; ++h) detail::axpy_f32(scratch[std::size_t((h - h0) * stride + j)], vj, ot + h * d, d);
             }
         }
@@ -139,6 +195,16 @@ inline void attention_gqa(const float* q, Index ldq, const float* k, const float
         pool->run(n_tasks, [&](std::size_t id, unsigned) { task(id); });
     else
         for (std::size_t id = 0; id < n_tasks; ++id) task(id);
+}
+
+// One sequence with contiguous keys/values k, v [ctx][ldkv].
+inline void attention_gqa(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
+                          Index T, Index p0, const AttentionDims& a, ThreadPool* pool) {
+    check_attention_dims(a);
+    FASTVLM_CHECK(T >= 0 && p0 >= 0, "attention: bad query range T=", T, " p0=", p0);
+    const Index big = std::numeric_limits<Index>::max() / 2;
+    const AttentionSeq<float> s{q, ldq, out, ldo, T, p0, KVRows<float>{&k, big, ldkv, 0}, KVRows<float>{&v, big, ldkv, 0}};
+    attention_gqa_batch<float>(std::span<const AttentionSeq<float>>(&s, 1), a, pool);
 }
 
 }  // namespace fastvlm

@@ -28,41 +28,10 @@
 #include "fastvlm/kernels/matmul.hpp"
 #include "fastvlm/kernels/norm.hpp"
 #include "fastvlm/kernels/rope.hpp"
+#include "fastvlm/text/kv_cache.hpp"
 #include "fastvlm/text/projector.hpp"
 
 namespace fastvlm::text {
-
-// Keys and values of every layer for positions [0, size): [layers][capacity][kv_dim] each,
-// allocated once. K is stored rotated.
-class KVCache {
-public:
-    KVCache() = default;
-    KVCache(Index layers, Index capacity, Index kv_dim)
-        : layers_(layers), cap_(capacity), kvd_(kv_dim),
-          k_(std::size_t(layers * capacity * kv_dim)), v_(std::size_t(layers * capacity * kv_dim)) {}
-
-    Index capacity() const { return cap_; }
-    Index size() const { return size_; }
-    Index layers() const { return layers_; }
-    Index kv_dim() const { return kvd_; }
-    std::size_t bytes() const { return 2 * k_.size() * sizeof(float); }
-    void clear() { size_ = 0; }
-    // Drops positions >= n (e.g. to rewind a conversation).
-    void truncate(Index n) {
-        FASTVLM_CHECK(n >= 0 && n <= size_, "KV cache: cannot truncate to ", n, " (holds ", size_, ")");
-        size_ = n;
-    }
-
-    float* k(Index layer, Index pos) { return k_.data() + (layer * cap_ + pos) * kvd_; }
-    float* v(Index layer, Index pos) { return v_.data() + (layer * cap_ + pos) * kvd_; }
-    const float* k(Index layer, Index pos) const { return k_.data() + (layer * cap_ + pos) * kvd_; }
-    const float* v(Index layer, Index pos) const { return v_.data() + (layer * cap_ + pos) * kvd_; }
-    void advance(Index n) { size_ += n; }
-
-private:
-    Index layers_ = 0, cap_ = 0, kvd_ = 0, size_ = 0;
-    AlignedBuffer<float> k_, v_;
-};
 
 // Per-session scratch for up to `rows` positions per forward chunk (no allocation per token).
 struct DecoderWorkspace {
@@ -74,6 +43,16 @@ enum class Logits {
     none,  // no logits (e.g. feeding the pending tokens of a chat turn)
     last,  // logits of the last position: out holds vocab_size floats
     all,   // logits of every position: out holds T × vocab_size floats
+};
+
+// The rows of one sequence in a batched forward step: `rows` consecutive rows of the input, at
+// positions kv->size() .. kv->size()+rows−1 of that sequence.
+struct BatchSeq {
+    KVSeq* kv = nullptr;
+    Index rows = 0;
+    bool decode = false;         // decode rows: every matrix product takes the GEMV path (RowKernel::gemv);
+                                 // prefill rows: the blocked GEMM (RowKernel::gemm), whatever the row count
+    Logits logits = Logits::none;  // logits written for this sequence (in batch order: none, 1 or rows rows)
 };
 
 // Called after every layer with the residual stream of a chunk of rows (layer = num_layers:
@@ -179,10 +158,12 @@ public:
     // Default context: min(8192, max_position_embeddings) (spec §4, §5.3).
     Index default_context() const { return std::min<Index>(8192, cfg_.max_position_embeddings); }
 
-    KVCache make_cache(Index capacity) const {
+    KVShape kv_shape() const { return {num_layers(), cfg_.kv_dim()}; }
+    // A single-sequence cache of `capacity` positions with a pool of its own.
+    KVCache make_cache(Index capacity, KVType type = KVType::f32) const {
         FASTVLM_CHECK(capacity >= 1 && capacity <= cfg_.max_position_embeddings, "context of ", capacity,
                       " tokens is outside 1..max_position_embeddings (", cfg_.max_position_embeddings, ")");
-        return KVCache(num_layers(), capacity, cfg_.kv_dim());
+        return KVCache(kv_shape(), capacity, type);
     }
     DecoderWorkspace make_workspace(Index rows = kDefaultChunk) const {
         DecoderWorkspace w;
@@ -206,68 +187,162 @@ public:
         emb_.row(id, out);
     }
 
-    // Runs T input rows x [T, H] (the residual stream; overwritten) at positions
+    // Runs T input rows x [T, H] (the residual stream; overwritten) of one sequence at positions
     // cache.size() .. cache.size()+T−1, appends their keys/values, and writes logits as asked.
-    void forward(float* x, Index T, KVCache& cache, DecoderWorkspace& ws, const RopeTable& rope, ThreadPool* pool,
+    // T = 1 runs as a decode row (GEMV), T > 1 as prefill rows in chunks of ws.rows (GEMM).
+    void forward(float* x, Index T, KVSeq& cache, DecoderWorkspace& ws, const RopeTable& rope, ThreadPool* pool,
                  Logits mode, float* logits, const HiddenHook& hook = {}) const {
-        FASTVLM_CHECK(cache.layers() == num_layers() && cache.kv_dim() == cfg_.kv_dim(), "KV cache does not belong to this model");
+        FASTVLM_CHECK(ws.rows > 0, "decoder workspace is empty");
         FASTVLM_CHECK(cache.size() + T <= cache.capacity(), "context overflow: ", cache.size(), " + ", T,
                       " positions exceed the context of ", cache.capacity(), " tokens");
-        FASTVLM_CHECK(rope.max_positions() >= cache.capacity() && rope.head_dim() == cfg_.head_dim,
-                      "RoPE table does not cover the KV cache");
-        FASTVLM_CHECK(ws.rows > 0, "decoder workspace is empty");
         const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
         for (Index r0 = 0; r0 < T; r0 += ws.rows) {
             const Index n = std::min(ws.rows, T - r0);
-            run_chunk(x + r0 * H, r0, n, cache, ws, rope, pool, hook);
             const bool want = mode == Logits::all || (mode == Logits::last && r0 + n == T);
-            if (!want) continue;
-            float* xn = ws.xn.data();
-            if (mode == Logits::all) {
-                rms_norm(x + r0 * H, xn, n, H, final_norm_.data(), float(cfg_.rms_norm_eps), pool);
-                if (hook) hook(int(num_layers()), r0, n, xn);
-                head_.forward(xn, n, H, logits + r0 * V, V, pool);
-            } else {
-                rms_norm(x + (T - 1) * H, xn, 1, H, final_norm_.data(), float(cfg_.rms_norm_eps), pool);
-                if (hook) hook(int(num_layers()), T - 1, 1, xn);
-                head_.forward(xn, 1, H, logits, V, pool);
+            const BatchSeq s{&cache, n, T == 1, want ? mode : Logits::none};
+            forward_batch(x + r0 * H, std::span<const BatchSeq>(&s, 1), ws, rope, pool,
+                          mode == Logits::all ? logits + r0 * V : logits, hook, r0);
+        }
+    }
+
+    // One batched step: the rows of several sequences (decode rows of any sequences first, then
+    // prefill rows), x [Σ rows, H]. Norms and matrix products run once over all rows (the weights
+    // stream from memory once per step), RoPE uses each row's own position and attention runs per
+    // sequence against its own keys/values. Each row's result is bit-identical to running its
+    // sequence alone. Logits of the sequences that ask for them go to `logits` in batch order.
+    void forward_batch(float* x, std::span<const BatchSeq> seqs, DecoderWorkspace& ws, const RopeTable& rope, ThreadPool* pool,
+                       float* logits, const HiddenHook& hook = {}, Index hook_row0 = 0) const {
+        const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
+        Index T = 0, n_dec = 0, n_logit_rows = 0;
+        bool seen_prefill = false;
+        for (const auto& s : seqs) {
+            FASTVLM_CHECK(s.kv && s.kv->valid() && s.kv->pool().shape().layers == num_layers() &&
+                              s.kv->pool().shape().kv_dim == cfg_.kv_dim(),
+                          "KV cache does not belong to this model");
+            FASTVLM_CHECK(s.rows >= 0, "forward_batch: negative row count");
+            FASTVLM_CHECK(!(s.decode && seen_prefill), "forward_batch: decode rows must come before prefill rows");
+            FASTVLM_CHECK(s.kv->size() + s.rows <= s.kv->capacity(), "context overflow: ", s.kv->size(), " + ", s.rows,
+                          " positions exceed the context of ", s.kv->capacity(), " tokens");
+            FASTVLM_CHECK(rope.max_positions() >= s.kv->size() + s.rows && rope.head_dim() == cfg_.head_dim,
+                          "RoPE table does not cover position ", s.kv->size() + s.rows - 1);
+            seen_prefill |= !s.decode;
+            if (s.decode) n_dec += s.rows;
+            T += s.rows;
+            n_logit_rows += s.logits == Logits::all ? s.rows : s.logits == Logits::last && s.rows > 0 ? 1 : 0;
+        }
+        FASTVLM_CHECK(T <= ws.rows, "forward_batch: ", T, " rows exceed the workspace of ", ws.rows, " rows");
+        if (T == 0) return;
+        for (const auto& s : seqs) s.kv->ensure(s.kv->size() + s.rows);
+        run_layers(x, seqs, T, n_dec, ws, rope, pool, hook, hook_row0);
+        if (n_logit_rows == 0) return;
+        // Final norm + head: rows of `last` sequences as GEMV rows (one per sequence), `all` as GEMM.
+        const float eps = float(cfg_.rms_norm_eps);
+        float* xn = ws.xn.data();
+        Index r = 0, out = 0;
+        for (const auto& s : seqs) {
+            if (s.logits == Logits::last && s.rows > 0) {
+                rms_norm(x + (r + s.rows - 1) * H, xn, 1, H, final_norm_.data(), eps, pool);
+                if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn);
+                head_.forward(xn, 1, H, logits + out * V, V, pool);
+                ++out;
+            } else if (s.logits == Logits::all && s.rows > 0) {
+                rms_norm(x + r * H, xn, s.rows, H, final_norm_.data(), eps, pool);
+                if (hook) hook(int(num_layers()), hook_row0 + r, s.rows, xn);
+                head_.forward(xn, s.rows, H, logits + out * V, V, pool);
+                out += s.rows;
+            }
+            r += s.rows;
+        }
+    }
+
+    // Logits of the last rows of several sequences at once (one GEMV pass over lm_head for all of
+    // them; each row bit-identical to a lone call). xlast [n, H] are the residual rows.
+    void head_rows(const float* xlast, Index n, DecoderWorkspace& ws, ThreadPool* pool, float* logits) const {
+        const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
+        FASTVLM_CHECK(n <= ws.rows, "head_rows: ", n, " rows exceed the workspace");
+        rms_norm(xlast, ws.xn.data(), n, H, final_norm_.data(), float(cfg_.rms_norm_eps), pool);
+        head_.forward(ws.xn.data(), n, H, logits, V, pool, {.rows = RowKernel::gemv});
+    }
+
+private:
+    // Runs a matrix product over the batch: decode rows [0, n_dec) through GEMV, the rest through GEMM.
+    template <class L>
+    static void linear_rows(const L& lin, const float* x, Index T, Index n_dec, Index ldx, float* y, Index ldy, ThreadPool* pool,
+                            bool accumulate = false) {
+        if (n_dec > 0) lin.forward(x, n_dec, ldx, y, ldy, pool, {.accumulate = accumulate, .rows = RowKernel::gemv});
+        if (T > n_dec)
+            lin.forward(x + n_dec * ldx, T - n_dec, ldx, y + n_dec * ldy, ldy, pool,
+                        {.accumulate = accumulate, .rows = RowKernel::gemm});
+    }
+
+    template <class E>
+    void store_kv(const float* qkv, Index nqkv, Index qd, Index l, std::span<const BatchSeq> seqs) const {
+        const Index kvd = cfg_.kv_dim();
+        Index r = 0;
+        for (const auto& s : seqs) {
+            const Index p0 = s.kv->size();
+            for (Index t = 0; t < s.rows; ++t, ++r) {
+                const float* row = qkv + r * nqkv + qd;
+                convert(row, s.kv->template k<E>(l, p0 + t), std::size_t(kvd));
+                convert(row + kvd, s.kv->template v<E>(l, p0 + t), std::size_t(kvd));
             }
         }
     }
 
-private:
-    void run_chunk(float* x, Index row0, Index T, KVCache& cache, DecoderWorkspace& ws, const RopeTable& rope,
-                   ThreadPool* pool, const HiddenHook& hook) const {
+    template <class E>
+    void attend(const float* qkv, Index nqkv, float* att, Index qd, Index l, std::span<const BatchSeq> seqs,
+                const AttentionDims& dims, ThreadPool* pool) const {
+        std::vector<AttentionSeq<E>> as;
+        as.reserve(seqs.size());
+        Index r = 0;
+        for (const auto& s : seqs) {
+            as.push_back({qkv + r * nqkv, nqkv, att + r * qd, qd, s.rows, s.kv->size(), s.kv->template k_rows<E>(l),
+                          s.kv->template v_rows<E>(l)});
+            r += s.rows;
+        }
+        attention_gqa_batch<E>(as, dims, pool);
+    }
+
+    void run_layers(float* x, std::span<const BatchSeq> seqs, Index T, Index n_dec, DecoderWorkspace& ws, const RopeTable& rope,
+                    ThreadPool* pool, const HiddenHook& hook, Index hook_row0) const {
         const Index H = cfg_.hidden_size, I = cfg_.intermediate_size, kvd = cfg_.kv_dim();
         const Index Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, d = cfg_.head_dim;
         const Index qd = Hq * d, nqkv = qd + 2 * kvd;
-        const Index p0 = cache.size();
         const float eps = float(cfg_.rms_norm_eps);
         const AttentionDims dims{Hq, Hkv, d};
+        const bool bf16_kv = seqs.front().kv->pool().type() == KVType::bf16;
+        for (const auto& s : seqs)
+            FASTVLM_CHECK((s.kv->pool().type() == KVType::bf16) == bf16_kv, "forward_batch: KV caches of one batch must share a type");
         float *xn = ws.xn.data(), *qkv = ws.qkv.data(), *att = ws.att.data(), *mlp = ws.mlp.data();
         for (Index l = 0; l < num_layers(); ++l) {
             const Block& b = blocks_[std::size_t(l)];
             // attention
             rms_norm(x, xn, T, H, b.in_norm.data(), eps, pool);
-            b.qkv.forward(xn, T, H, qkv, nqkv, pool);
-            rope.apply(qkv, T, nqkv, Hq, p0);
-            rope.apply(qkv + qd, T, nqkv, Hkv, p0);
-            for (Index t = 0; t < T; ++t) {
-                std::copy_n(qkv + t * nqkv + qd, kvd, cache.k(l, p0 + t));
-                std::copy_n(qkv + t * nqkv + qd + kvd, kvd, cache.v(l, p0 + t));
+            linear_rows(b.qkv, xn, T, n_dec, H, qkv, nqkv, pool);
+            Index r = 0;
+            for (const auto& s : seqs) {
+                rope.apply(qkv + r * nqkv, s.rows, nqkv, Hq, s.kv->size());
+                rope.apply(qkv + r * nqkv + qd, s.rows, nqkv, Hkv, s.kv->size());
+                r += s.rows;
             }
-            attention_gqa(qkv, nqkv, cache.k(l, 0), cache.v(l, 0), kvd, att, qd, T, p0, dims, pool);
-            b.o.forward(att, T, qd, x, H, pool, {.accumulate = true});
+            if (bf16_kv) {
+                store_kv<bf16>(qkv, nqkv, qd, l, seqs);
+                attend<bf16>(qkv, nqkv, att, qd, l, seqs, dims, pool);
+            } else {
+                store_kv<float>(qkv, nqkv, qd, l, seqs);
+                attend<float>(qkv, nqkv, att, qd, l, seqs, dims, pool);
+            }
+            linear_rows(b.o, att, T, n_dec, qd, x, H, pool, true);
             // MLP
             rms_norm(x, xn, T, H, b.post_norm.data(), eps, pool);
-            b.gate_up.forward(xn, T, H, mlp, 2 * I, pool);
+            linear_rows(b.gate_up, xn, T, n_dec, H, mlp, 2 * I, pool);
             parallel_for(pool, std::size_t(T), 1, [&](std::size_t t0, std::size_t t1) {
                 for (std::size_t t = t0; t < t1; ++t) silu_mul(mlp + Index(t) * 2 * I, mlp + Index(t) * 2 * I + I, std::size_t(I));
             });
-            b.down.forward(mlp, T, 2 * I, x, H, pool, {.accumulate = true});
-            if (hook) hook(int(l), row0, T, x);
+            linear_rows(b.down, mlp, T, n_dec, 2 * I, x, H, pool, true);
+            if (hook) hook(int(l), hook_row0, T, x);
         }
-        cache.advance(T);
+        for (const auto& s : seqs) s.kv->advance(s.rows);
     }
 
     io::TextConfig cfg_;

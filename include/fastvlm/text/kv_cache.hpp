@@ -1,0 +1,260 @@
+// fastvlm/text/kv_cache.hpp — the decoder's keys and values as a shared, paged pool.
+//
+//   KVPool   one per model or engine: a byte budget cut into pages of `page_positions` positions
+//            (every layer's K and V of those positions in one allocation), handed out to sequences
+//            and taken back when they end. Thread-safe. Pages are allocated on first use and kept
+//            for reuse, so memory follows what sequences really hold, never above the budget.
+//   KVSeq    one sequence: a page table and a length. Its worst case is reserved from the pool when
+//            it is created (admission control: a sequence that was admitted never runs out), the
+//            pages themselves are taken as positions are written. Not thread-safe; returns its
+//            pages and its reservation to the pool when destroyed.
+//
+// Page layout (E = float or bf16): K[layer][pos in page][kv_dim], then V[layer][pos in page][kv_dim].
+// K is stored rotated (RoPE applied). bf16 storage halves the bytes per position and the attention
+// traffic of decode; fp32 keeps the results bit-identical to an fp32 cache (docs/engine.md states
+// the accuracy effect).
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "fastvlm/core/dtypes.hpp"
+#include "fastvlm/core/error.hpp"
+#include "fastvlm/core/tensor.hpp"
+#include "fastvlm/kernels/attention_gqa.hpp"
+
+namespace fastvlm::text {
+
+enum class KVType : std::uint8_t { bf16, f32 };
+
+inline const char* to_string(KVType t) { return t == KVType::bf16 ? "bf16" : "f32"; }
+inline KVType parse_kv_type(std::string_view s) {
+    if (s == "bf16") return KVType::bf16;
+    if (s == "f32" || s == "fp32") return KVType::f32;
+    fail("unknown KV cache type '", s, "' (expected bf16 or f32)");
+}
+
+struct KVShape {
+    Index layers = 0, kv_dim = 0;
+};
+
+class KVPool {
+public:
+    // budget_bytes: most bytes the pages may take; at least one page.
+    KVPool(KVShape shape, KVType type, std::size_t budget_bytes, Index page_positions = 16)
+        : shape_(shape), type_(type), page_(page_positions) {
+        FASTVLM_CHECK(shape.layers > 0 && shape.kv_dim > 0, "KV pool: bad shape (", shape.layers, " layers, kv_dim ", shape.kv_dim, ")");
+        FASTVLM_CHECK(page_positions >= 1 && page_positions <= 4096, "KV pool: page_positions must be in 1..4096, got ", page_positions);
+        total_ = Index(budget_bytes / page_bytes());
+        FASTVLM_CHECK(total_ >= 1, "KV budget of ", budget_bytes, " bytes is less than one page (", page_bytes(), " bytes = ",
+                      page_positions, " positions × ", bytes_per_position(), " bytes)");
+    }
+    KVPool(const KVPool&) = delete;
+    KVPool& operator=(const KVPool&) = delete;
+    ~KVPool() {
+        for (void* p : free_) std::free(p);
+    }
+
+    KVShape shape() const { return shape_; }
+    KVType type() const { return type_; }
+    Index page_positions() const { return page_; }
+    std::size_t element_bytes() const { return type_ == KVType::bf16 ? 2 : 4; }
+    // Bytes per position over every layer, K and V.
+    std::size_t bytes_per_position() const { return 2 * std::size_t(shape_.layers * shape_.kv_dim) * element_bytes(); }
+    std::size_t page_bytes() const { return bytes_per_position() * std::size_t(page_); }
+    Index pages_for(Index positions) const { return (positions + page_ - 1) / page_; }
+
+    Index total_pages() const { return total_; }
+    Index used_pages() const {
+        std::lock_guard lk(mu_);
+        return used_;
+    }
+    Index reserved_pages() const {
+        std::lock_guard lk(mu_);
+        return reserved_;
+    }
+    std::size_t allocated_bytes() const {
+        std::lock_guard lk(mu_);
+        return std::size_t(allocated_) * page_bytes();
+    }
+
+    // Reserves `pages` for a sequence; false when they do not fit what is left of the budget.
+    bool try_reserve(Index pages) {
+        std::lock_guard lk(mu_);
+        if (pages < 0 || reserved_ + pages > total_) return false;
+        reserved_ += pages;
+        return true;
+    }
+    void unreserve(Index pages) {
+        std::lock_guard lk(mu_);
+        reserved_ -= pages;
+    }
+    // A page for a sequence that holds a reservation (64-byte aligned, contents undefined).
+    void* take_page() {
+        std::lock_guard lk(mu_);
+        FASTVLM_CHECK(used_ < total_, "KV pool: no page left (", total_, " pages in the budget)");
+        ++used_;
+        if (!free_.empty()) {
+            void* p = free_.back();
+            free_.pop_back();
+            return p;
+        }
+        const std::size_t bytes = (page_bytes() + kAlignment - 1) / kAlignment * kAlignment;
+        void* p = std::aligned_alloc(kAlignment, bytes);
+        if (!p) {
+            --used_;
+            throw std::bad_alloc();
+        }
+        ++allocated_;
+        return p;
+    }
+    void put_page(void* p) {
+        std::lock_guard lk(mu_);
+        free_.push_back(p);
+        --used_;
+    }
+
+private:
+    KVShape shape_;
+    KVType type_;
+    Index page_ = 16, total_ = 0;
+    mutable std::mutex mu_;
+    Index used_ = 0, reserved_ = 0, allocated_ = 0;
+    std::vector<void*> free_;
+};
+
+class KVSeq {
+public:
+    KVSeq() = default;
+    // Reserves room for `max_positions` (the sequence's worst case) or throws an Error that says
+    // how much is missing. try_create returns null instead.
+    KVSeq(std::shared_ptr<KVPool> pool, Index max_positions) : pool_(std::move(pool)) {
+        FASTVLM_CHECK(pool_ != nullptr, "KVSeq: no pool");
+        FASTVLM_CHECK(max_positions >= 1, "KVSeq: max_positions must be >= 1, got ", max_positions);
+        const Index need = pool_->pages_for(max_positions);
+        if (!pool_->try_reserve(need))
+            fail("the KV cache budget cannot hold ", max_positions, " more positions (", need, " pages of ", pool_->page_positions(),
+                 " positions needed, ", pool_->total_pages() - pool_->reserved_pages(), " of ", pool_->total_pages(),
+                 " free; ", pool_->bytes_per_position(), " bytes per position)");
+        reserved_ = need;
+        cap_ = max_positions;
+    }
+    static std::unique_ptr<KVSeq> try_create(const std::shared_ptr<KVPool>& pool, Index max_positions) {
+        if (!pool->try_reserve(pool->pages_for(max_positions))) return nullptr;
+        auto s = std::unique_ptr<KVSeq>(new KVSeq());
+        s->pool_ = pool;
+        s->reserved_ = pool->pages_for(max_positions);
+        s->cap_ = max_positions;
+        return s;
+    }
+    KVSeq(const KVSeq&) = delete;
+    KVSeq& operator=(const KVSeq&) = delete;
+    KVSeq(KVSeq&& o) noexcept { *this = std::move(o); }
+    KVSeq& operator=(KVSeq&& o) noexcept {
+        if (this != &o) {
+            release();
+            pool_ = std::move(o.pool_);
+            pages_ = std::move(o.pages_);
+            reserved_ = o.reserved_, cap_ = o.cap_, size_ = o.size_;
+            o.reserved_ = o.cap_ = o.size_ = 0;
+            o.pages_.clear();
+        }
+        return *this;
+    }
+    ~KVSeq() { release(); }
+
+    bool valid() const { return pool_ != nullptr; }
+    const KVPool& pool() const { return *pool_; }
+    Index size() const { return size_; }
+    Index capacity() const { return cap_; }
+    Index pages() const { return Index(pages_.size()); }
+    // Bytes reserved for this sequence.
+    std::size_t bytes() const { return pool_ ? std::size_t(reserved_) * pool_->page_bytes() : 0; }
+
+    // Makes room for positions [0, n): takes the pages they need (within the reservation).
+    void ensure(Index n) {
+        FASTVLM_CHECK(n <= cap_, "context overflow: ", n, " positions exceed the context of ", cap_, " tokens");
+        const Index need = pool_->pages_for(n);
+        while (Index(pages_.size()) < need) pages_.push_back(pool_->take_page());
+    }
+    void advance(Index n) {
+        FASTVLM_CHECK(size_ + n <= cap_ && pool_->pages_for(size_ + n) <= Index(pages_.size()), "KVSeq::advance past its pages");
+        size_ += n;
+    }
+    void clear() { truncate(0); }
+    // Drops positions >= n (e.g. to rewind a conversation); pages past them go back to the pool.
+    void truncate(Index n) {
+        FASTVLM_CHECK(n >= 0 && n <= size_, "KV cache: cannot truncate to ", n, " (holds ", size_, ")");
+        size_ = n;
+        const Index keep = pool_->pages_for(n);
+        while (Index(pages_.size()) > keep) {
+            pool_->put_page(pages_.back());
+            pages_.pop_back();
+        }
+    }
+
+    // Element pointers (E must match the pool's type).
+    template <class E>
+    E* k(Index layer, Index pos) {
+        return page_ptr<E>(pos) + (layer * pool_->page_positions() + pos % pool_->page_positions()) * pool_->shape().kv_dim;
+    }
+    template <class E>
+    E* v(Index layer, Index pos) {
+        const auto& s = pool_->shape();
+        return page_ptr<E>(pos) + ((s.layers + layer) * pool_->page_positions() + pos % pool_->page_positions()) * s.kv_dim;
+    }
+    template <class E>
+    KVRows<E> k_rows(Index layer) const {
+        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), pool_->shape().kv_dim,
+                layer * pool_->page_positions() * pool_->shape().kv_dim};
+    }
+    template <class E>
+    KVRows<E> v_rows(Index layer) const {
+        const auto& s = pool_->shape();
+        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), s.kv_dim,
+                (s.layers + layer) * pool_->page_positions() * s.kv_dim};
+    }
+
+private:
+    template <class E>
+    E* page_ptr(Index pos) {
+        FASTVLM_CHECK(pos >= 0 && pos / pool_->page_positions() < Index(pages_.size()), "KV cache: position ", pos,
+                      " has no page (", pages_.size(), " pages)");
+        return static_cast<E*>(pages_[std::size_t(pos / pool_->page_positions())]);
+    }
+    void release() {
+        if (!pool_) return;
+        for (void* p : pages_) pool_->put_page(p);
+        pages_.clear();
+        pool_->unreserve(reserved_);
+        reserved_ = 0;
+        pool_.reset();
+    }
+
+    std::shared_ptr<KVPool> pool_;
+    std::vector<void*> pages_;
+    Index reserved_ = 0, cap_ = 0, size_ = 0;
+};
+
+// A sequence with a pool of its own, sized for exactly `capacity` positions (a Session's cache,
+// or a test's). fp32 unless told otherwise.
+class KVCache : public KVSeq {
+public:
+    KVCache() = default;
+    KVCache(KVShape shape, Index capacity, KVType type = KVType::f32, Index page_positions = 16)
+        : KVSeq(std::make_shared<KVPool>(shape, type, budget(shape, capacity, type, page_positions), page_positions), capacity) {}
+
+private:
+    static std::size_t budget(KVShape s, Index capacity, KVType type, Index page) {
+        FASTVLM_CHECK(capacity >= 1, "KV cache: capacity must be >= 1, got ", capacity);
+        const Index pages = (capacity + page - 1) / page;
+        return std::size_t(pages * page) * 2 * std::size_t(s.layers * s.kv_dim) * (type == KVType::bf16 ? 2 : 4);
+    }
+};
+
+}  // namespace fastvlm::text
