@@ -2904,12 +2904,25 @@ inline bool amx_available() {
 
 namespace fastvlm {
 
+// Which loop nest computes the rows of one call.
+enum class RowKernel : std::uint8_t {
+    automatic,  // m = 1: GEMV; m > 1: the blocked GEMM
+    gemv,       // every row through the GEMV path, the weights streamed once for all rows: each row's
+                // result is bit-identical to an m = 1 call, whatever else is in the batch (decode rows)
+    gemm,       // every row through the blocked GEMM, m = 1 included (prefill rows)
+};
+
 // y = act(x·wᵀ + bias); if scale: y *= scale[n]; then Y = y, or Y += y when accumulate.
 struct Epilogue {
     Act act = Act::none;
     const float* scale = nullptr;
     bool accumulate = false;
+    RowKernel rows = RowKernel::automatic;
 };
+// True when the rows of a call of m rows go through the GEMV path.
+inline bool use_gemv(Index m, const Epilogue& ep) {
+    return ep.rows == RowKernel::gemv || (ep.rows == RowKernel::automatic && m == 1);
+}
 
 namespace detail::mm {
 
@@ -3204,23 +3217,31 @@ void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y
     else for (Index t = 0; t < tasks; ++t) task(std::size_t(t), 0);
 }
 
-// m = 1: panels split over the threads in contiguous ranges (each thread streams its share of
-// the weights once). kern.gemv_panels(ax, p0, p1, out) writes out[0 .. 16·(p1−p0)) for the
-// activation row ax prepared by the kernel (float, bf16 pairs or Q8 blocks).
+// GEMV rows: panels split over the threads in contiguous ranges, each thread streaming its share
+// of the weights once for all m rows. kern.gemv_panels(ax(r), p0, p1, out) writes
+// out[0 .. 16·(p1−p0)) for row r's activation as prepared by the kernel (float, bf16 pairs or Q8
+// blocks). A chunk of panels small enough for L1 is run for every row before the next chunk, so
+// each row's arithmetic is exactly that of an m = 1 call (no dependence on the batch).
+inline constexpr Index kGemvChunk = 64;  // most panels per epilogue pass
+
 template <class Kern, class AX>
-void gemv_split(const Kern& kern, const AX& ax, float* y, ThreadPool* pool, const Epilogue& ep, Index k) {
+void gemv_rows(const Kern& kern, AX&& ax, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep, Index k) {
     const Index n = kern.n, np = kern.npanels;
-    if (n <= 0) return;
+    if (n <= 0 || m <= 0) return;
     const Index grain = std::max<Index>(1, ceil_div(1 << 16, kPanel * std::max<Index>(k, 1)));
+    // m > 1: ≈ 24 KiB of weights per chunk (≥ 1 panel), re-read from L1 by every row.
+    const Index bytes_per_panel = std::max<Index>(1, Index(kern.P->bytes()) / std::max<Index>(np, 1));
+    const Index chunk = m == 1 ? kGemvChunk : std::clamp<Index>((24 << 10) / bytes_per_panel, 1, kGemvChunk);
     parallel_for(pool, std::size_t(np), std::size_t(grain), [&](std::size_t p0, std::size_t p1) {
-        constexpr Index kChunk = 64;  // panels per epilogue pass
-        alignas(64) float buf[kChunk * kPanel];
-        for (Index p = Index(p0); p < Index(p1); p += kChunk) {
-            const Index pe = std::min<Index>(Index(p1), p + kChunk);
-            kern.gemv_panels(ax, p, pe, buf);
+        alignas(64) float buf[kGemvChunk * kPanel];
+        for (Index p = Index(p0); p < Index(p1); p += chunk) {
+            const Index pe = std::min<Index>(Index(p1), p + chunk);
             const Index c0 = p * kPanel, nr = std::min(n - c0, (pe - p) * kPanel);
-            TileOps o{kern.bias ? kern.bias + c0 : nullptr, ep.scale ? ep.scale + c0 : nullptr, ep.act, false, ep.accumulate};
-            store_tile(buf, nr, 1, nr, y + c0, nr, o);
+            const TileOps o{kern.bias ? kern.bias + c0 : nullptr, ep.scale ? ep.scale + c0 : nullptr, ep.act, false, ep.accumulate};
+            for (Index r = 0; r < m; ++r) {
+                kern.gemv_panels(ax(r), p, pe, buf);
+                store_tile(buf, nr, 1, nr, y + r * ldy + c0, nr, o);
+            }
         }
     });
 }
@@ -3688,10 +3709,11 @@ struct ImplBF16 {
     void run_wide(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
                   const float* bias) const {
         KernBF16Wide<Arch> kern{&P, P.n, P.npanels, bias};
-        if (m == 1) {
-            std::vector<float> xr(std::size_t(2 * P.k2));
-            round_bf16(x, P.k, P.k2, xr.data());
-            gemv_split(kern, xr.data(), y, pool, ep, P.k);
+        if (use_gemv(m, ep)) {
+            const Index ld = 2 * P.k2;
+            std::vector<float> xr(std::size_t(m * ld));
+            for (Index r = 0; r < m; ++r) round_bf16(x + r * ldx, P.k, P.k2, xr.data() + r * ld);
+            gemv_rows(kern, [&](Index r) { return xr.data() + r * ld; }, m, y, ldy, pool, ep, P.k);
         } else {
             gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
         }
@@ -3701,10 +3723,11 @@ struct ImplBF16 {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
         if (path == Path::avx512_bf16) {
             KernBF16Dot kern{&P, P.n, P.npanels, bias};
-            if (m == 1) {
-                std::vector<std::uint32_t> xp(std::size_t(P.k2));
-                pack_pairs(x, P.k, xp.data());
-                gemv_split(kern, xp.data(), y, pool, ep, P.k);
+            if (use_gemv(m, ep)) {
+                const Index ld = P.k2;
+                std::vector<std::uint32_t> xp(std::size_t(m * ld));
+                for (Index r = 0; r < m; ++r) pack_pairs(x + r * ldx, P.k, xp.data() + r * ld);
+                gemv_rows(kern, [&](Index r) { return xp.data() + r * ld; }, m, y, ldy, pool, ep, P.k);
             } else {
                 gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
             }
@@ -4242,8 +4265,13 @@ struct ImplQ {
         using K = KernQ<Q4, Vnni>;
         const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<Q4>::kCorr, m > 1 ? pool : nullptr);
         K kern{&P, P.n, P.npanels, bias, xq};
-        if (m == 1) gemv_split(kern, xq, y, pool, ep, P.k);
-        else gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+        if (use_gemv(m, ep)) {
+            const Index kb = xq.kb;
+            gemv_rows(kern, [&](Index r) { return QRows{xq.q + r * kb * kQB, xq.d + r * kb, xq.corr + r * kb, kb}; }, m, y, ldy,
+                      pool, ep, P.k);
+        } else {
+            gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+        }
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                  const Epilogue& ep, const float* bias) const {
@@ -4311,7 +4339,7 @@ struct ImplFloat {
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
              const float* bias) const {
         KernFloat<E, Arch> kern{&P, P.n, P.npanels, bias};
-        if (m == 1) gemv_split(kern, x, y, pool, ep, P.k);
+        if (use_gemv(m, ep)) gemv_rows(kern, [&](Index r) { return x + r * ldx; }, m, y, ldy, pool, ep, P.k);
         else gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
@@ -4619,6 +4647,8 @@ inline void softmax(float* x, Index n) {
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <span>
+#include <type_traits>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -4689,54 +4719,107 @@ inline void axpy_f32(float a, const float* x, float* y, Index n) {
 }
 }  // namespace detail
 
-// Tasks = (KV head, chunk of its query heads, block of query rows). Each key/value row is loaded
-// once per task and used for every query head of the chunk (GQA sharing); the chunking keeps at
-// least ~2 tasks per thread. Each output element is written by exactly one task, so the result does
-// not depend on the thread count. Scratch: one score row per head of a chunk, per thread
-// (thread_local, grows to the longest context seen; no allocation per call after that).
-inline void attention_gqa(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
-                          Index T, Index p0, const AttentionDims& a, ThreadPool* pool) {
+// Keys (or values) of one sequence, contiguous or paged: row j is at
+// pages[j / page] + off + (j % page)·ld elements. E = float or bf16 (widened exactly to float).
+template <class E>
+struct KVRows {
+    const E* const* pages = nullptr;
+    Index page = 1, ld = 0, off = 0;
+    const E* row(Index j) const { return pages[j / page] + off + (j % page) * ld; }
+};
+
+// One sequence of a batched attention call: T query rows at positions p0 .. p0+T−1.
+template <class E>
+struct AttentionSeq {
+    const float* q = nullptr;
+    Index ldq = 0;
+    float* out = nullptr;
+    Index ldo = 0;
+    Index T = 0, p0 = 0;
+    KVRows<E> k, v;
+};
+
+// Tasks = (sequence, KV head, chunk of its query heads, block of query rows), all sequences in one
+// parallel region. Each key/value row is loaded once per task and used for every query head of
+// the chunk (GQA sharing); the chunking keeps at least ~2 tasks per thread. Each output element is
+// written by exactly one task with the same arithmetic whatever the chunking, so the result does
+// not depend on the thread count nor on the other sequences of the batch. Scratch: one score row
+// per head of a chunk, per thread (thread_local, grows to the longest context seen).
+template <class E>
+void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionDims& a, ThreadPool* pool) {
     check_attention_dims(a);
-    FASTVLM_CHECK(T >= 0 && p0 >= 0, "attention: bad query range T=", T, " p0=", p0);
-    if (T == 0) return;
     const Index d = a.head_dim, group = a.n_heads / a.n_kv_heads;
     const float scale = float(1.0 / std::sqrt(double(d)));
     const Index threads = Index(pool_size(pool));
-    // Row blocks balance the causal triangle; head chunks add tasks when rows alone are too few.
-    const Index rows_per_task = T == 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1));
-    const Index row_blocks = (T + rows_per_task - 1) / rows_per_task;
-    const Index want_chunks = (2 * threads + a.n_kv_heads * row_blocks - 1) / (a.n_kv_heads * row_blocks);
-    const Index chunks = std::clamp<Index>(want_chunks, 1, group);
-    const Index heads_per_chunk = (group + chunks - 1) / chunks;
-    const std::size_t n_tasks = std::size_t(a.n_kv_heads * chunks * row_blocks);
+    struct Split {
+        Index rows_per_task, chunks, heads_per_chunk;
+        std::size_t first_task;
+    };
+    std::vector<Split> split(seqs.size());
+    std::size_t n_tasks = 0;
+    for (std::size_t s = 0; s < seqs.size(); ++s) {
+        const Index T = seqs[s].T;
+        FASTVLM_CHECK(T >= 0 && seqs[s].p0 >= 0, "attention: bad query range T=", T, " p0=", seqs[s].p0);
+        // Row blocks balance the causal triangle; head chunks add tasks when rows alone are too few.
+        const Index rows_per_task = T <= 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1));
+        const Index row_blocks = (T + rows_per_task - 1) / rows_per_task;
+        const Index want = T == 0 ? 1 : (2 * threads + a.n_kv_heads * row_blocks - 1) / (a.n_kv_heads * row_blocks);
+        const Index chunks = std::clamp<Index>(want, 1, group);
+        split[s] = {rows_per_task, chunks, (group + chunks - 1) / chunks, n_tasks};
+        n_tasks += std::size_t(a.n_kv_heads * chunks * row_blocks);
+    }
+    if (n_tasks == 0) return;
 
     auto task = [&](std::size_t id) {
-        thread_local std::vector<float> scratch;
-        const Index g = Index(id) % a.n_kv_heads;
-        const Index c = (Index(id) / a.n_kv_heads) % chunks;
-        const Index rb = Index(id) / (a.n_kv_heads * chunks);
-        const Index h0 = g * group + c * heads_per_chunk, h1 = std::min(g * group + group, h0 + heads_per_chunk);
+        thread_local std::vector<float> scratch, rowbuf;
+        const std::size_t s = std::size_t(std::upper_bound(split.begin(), split.end(), id,
+                                                           [](std::size_t v, const Split& x) { return v < x.first_task; }) -
+                                          split.begin()) - 1;
+        const AttentionSeq<E>& sq = seqs[s];
+        const Split& sp = split[s];
+        const Index T = sq.T, p0 = sq.p0;
+        if (T == 0) return;
+        const Index local = Index(id - sp.first_task);
+        const Index g = local % a.n_kv_heads;
+        const Index c = (local / a.n_kv_heads) % sp.chunks;
+        const Index rb = local / (a.n_kv_heads * sp.chunks);
+        const Index h0 = g * group + c * sp.heads_per_chunk, h1 = std::min(g * group + group, h0 + sp.heads_per_chunk);
         if (h0 >= h1) return;
         const Index nh = h1 - h0;
-        const Index t0 = rb * rows_per_task, t1 = std::min(T, t0 + rows_per_task);
+        const Index t0 = rb * sp.rows_per_task, t1 = std::min(T, t0 + sp.rows_per_task);
         const Index stride = p0 + t1;  // score row length of this task's longest query
         if (scratch.size() < std::size_t(nh * stride)) scratch.resize(std::size_t(nh * stride));
-        const float* kg = k + g * d;
-        const float* vg = v + g * d;
+        if constexpr (!std::is_same_v<E, float>)
+            if (rowbuf.size() < std::size_t(d)) rowbuf.resize(std::size_t(d));
+        // Row j of KV head g as floats (bf16 widened into rowbuf: exact).
+        auto get = [&](const KVRows<E>& kv, Index j) -> const float* {
+            const E* r = kv.row(j) + g * d;
+            if constexpr (std::is_same_v<E, float>) {
+                return r;
+            } else {
+                convert(r, rowbuf.data(), std::size_t(d));
+                return rowbuf.data();
+            }
+        };
+        auto prefetch = [&](const KVRows<E>& kv, Index j, Index n) {
+            if (j + 8 >= n) return;
+            const char* p = reinterpret_cast<const char*>(kv.row(j + 8) + g * d);
+            for (Index o = 0; o < d * Index(sizeof(E)); o += 64) __builtin_prefetch(p + o);  // the cache rows come from DRAM
+        };
         for (Index t = t0; t < t1; ++t) {
             const Index n = p0 + t + 1;
-            const float* qt = q + t * ldq;
+            const float* qt = sq.q + t * sq.ldq;
             for (Index j = 0; j < n; ++j) {
-                const float* kj = kg + j * ldkv;
-                for (Index o = 0; o < d; o += 16) __builtin_prefetch(kj + 8 * ldkv + o);  // the cache rows come from DRAM
+                prefetch(sq.k, j, n);
+                const float* kj = get(sq.k, j);
                 for (Index h = h0; h < h1; ++h) scratch[std::size_t((h - h0) * stride + j)] = detail::dot_f32(qt + h * d, kj, d) * scale;
             }
             for (Index h = 0; h < nh; ++h) softmax(scratch.data() + h * stride, n);
-            float* ot = out + t * ldo;
+            float* ot = sq.out + t * sq.ldo;
             for (Index h = h0; h < h1; ++h) std::fill(ot + h * d, ot + h * d + d, 0.f);
             for (Index j = 0; j < n; ++j) {
-                const float* vj = vg + j * ldkv;
-                for (Index o = 0; o < d; o += 16) __builtin_prefetch(vj + 8 * ldkv + o);
+                prefetch(sq.v, j, n);
+                const float* vj = get(sq.v, j);
                 for (Index h = h0; h < h1; ++h) detail::axpy_f32(scratch[std::size_t((h - h0) * stride + j)], vj, ot + h * d, d);
             }
         }
@@ -4745,6 +4828,16 @@ inline void attention_gqa(const float* q, Index ldq, const float* k, const float
         pool->run(n_tasks, [&](std::size_t id, unsigned) { task(id); });
     else
         for (std::size_t id = 0; id < n_tasks; ++id) task(id);
+}
+
+// One sequence with contiguous keys/values k, v [ctx][ldkv].
+inline void attention_gqa(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
+                          Index T, Index p0, const AttentionDims& a, ThreadPool* pool) {
+    check_attention_dims(a);
+    FASTVLM_CHECK(T >= 0 && p0 >= 0, "attention: bad query range T=", T, " p0=", p0);
+    const Index big = std::numeric_limits<Index>::max() / 2;
+    const AttentionSeq<float> s{q, ldq, out, ldo, T, p0, KVRows<float>{&k, big, ldkv, 0}, KVRows<float>{&v, big, ldkv, 0}};
+    attention_gqa_batch<float>(std::span<const AttentionSeq<float>>(&s, 1), a, pool);
 }
 
 }  // namespace fastvlm
@@ -4961,6 +5054,263 @@ private:
 
 }  // namespace fastvlm
 // ---- end fastvlm/kernels/rope.hpp
+// ---- begin fastvlm/text/kv_cache.hpp -------------------------------------------------------
+// fastvlm/text/kv_cache.hpp — the decoder's keys and values as a shared, paged pool.
+//
+//   KVPool   one per model or engine: a byte budget cut into pages of `page_positions` positions
+//            (every layer's K and V of those positions in one allocation), handed out to sequences
+//            and taken back when they end. Thread-safe. Pages are allocated on first use and kept
+//            for reuse, so memory follows what sequences really hold, never above the budget.
+//   KVSeq    one sequence: a page table and a length. Its worst case is reserved from the pool when
+//            it is created (admission control: a sequence that was admitted never runs out), the
+//            pages themselves are taken as positions are written. Not thread-safe; returns its
+//            pages and its reservation to the pool when destroyed.
+//
+// Page layout (E = float or bf16): K[layer][pos in page][kv_dim], then V[layer][pos in page][kv_dim].
+// K is stored rotated (RoPE applied). bf16 storage halves the bytes per position and the attention
+// traffic of decode; fp32 keeps the results bit-identical to an fp32 cache (docs/engine.md states
+// the accuracy effect).
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+
+namespace fastvlm::text {
+
+enum class KVType : std::uint8_t { bf16, f32 };
+
+inline const char* to_string(KVType t) { return t == KVType::bf16 ? "bf16" : "f32"; }
+inline KVType parse_kv_type(std::string_view s) {
+    if (s == "bf16") return KVType::bf16;
+    if (s == "f32" || s == "fp32") return KVType::f32;
+    fail("unknown KV cache type '", s, "' (expected bf16 or f32)");
+}
+
+struct KVShape {
+    Index layers = 0, kv_dim = 0;
+};
+
+class KVPool {
+public:
+    // budget_bytes: most bytes the pages may take; at least one page.
+    KVPool(KVShape shape, KVType type, std::size_t budget_bytes, Index page_positions = 16)
+        : shape_(shape), type_(type), page_(page_positions) {
+        FASTVLM_CHECK(shape.layers > 0 && shape.kv_dim > 0, "KV pool: bad shape (", shape.layers, " layers, kv_dim ", shape.kv_dim, ")");
+        FASTVLM_CHECK(page_positions >= 1 && page_positions <= 4096, "KV pool: page_positions must be in 1..4096, got ", page_positions);
+        total_ = Index(budget_bytes / page_bytes());
+        FASTVLM_CHECK(total_ >= 1, "KV budget of ", budget_bytes, " bytes is less than one page (", page_bytes(), " bytes = ",
+                      page_positions, " positions × ", bytes_per_position(), " bytes)");
+    }
+    KVPool(const KVPool&) = delete;
+    KVPool& operator=(const KVPool&) = delete;
+    ~KVPool() {
+        for (void* p : free_) std::free(p);
+    }
+
+    KVShape shape() const { return shape_; }
+    KVType type() const { return type_; }
+    Index page_positions() const { return page_; }
+    std::size_t element_bytes() const { return type_ == KVType::bf16 ? 2 : 4; }
+    // Bytes per position over every layer, K and V.
+    std::size_t bytes_per_position() const { return 2 * std::size_t(shape_.layers * shape_.kv_dim) * element_bytes(); }
+    std::size_t page_bytes() const { return bytes_per_position() * std::size_t(page_); }
+    Index pages_for(Index positions) const { return (positions + page_ - 1) / page_; }
+
+    Index total_pages() const { return total_; }
+    Index used_pages() const {
+        std::lock_guard lk(mu_);
+        return used_;
+    }
+    Index reserved_pages() const {
+        std::lock_guard lk(mu_);
+        return reserved_;
+    }
+    std::size_t allocated_bytes() const {
+        std::lock_guard lk(mu_);
+        return std::size_t(allocated_) * page_bytes();
+    }
+
+    // Reserves `pages` for a sequence; false when they do not fit what is left of the budget.
+    bool try_reserve(Index pages) {
+        std::lock_guard lk(mu_);
+        if (pages < 0 || reserved_ + pages > total_) return false;
+        reserved_ += pages;
+        return true;
+    }
+    void unreserve(Index pages) {
+        std::lock_guard lk(mu_);
+        reserved_ -= pages;
+    }
+    // A page for a sequence that holds a reservation (64-byte aligned, contents undefined).
+    void* take_page() {
+        std::lock_guard lk(mu_);
+        FASTVLM_CHECK(used_ < total_, "KV pool: no page left (", total_, " pages in the budget)");
+        ++used_;
+        if (!free_.empty()) {
+            void* p = free_.back();
+            free_.pop_back();
+            return p;
+        }
+        const std::size_t bytes = (page_bytes() + kAlignment - 1) / kAlignment * kAlignment;
+        void* p = std::aligned_alloc(kAlignment, bytes);
+        if (!p) {
+            --used_;
+            throw std::bad_alloc();
+        }
+        ++allocated_;
+        return p;
+    }
+    void put_page(void* p) {
+        std::lock_guard lk(mu_);
+        free_.push_back(p);
+        --used_;
+    }
+
+private:
+    KVShape shape_;
+    KVType type_;
+    Index page_ = 16, total_ = 0;
+    mutable std::mutex mu_;
+    Index used_ = 0, reserved_ = 0, allocated_ = 0;
+    std::vector<void*> free_;
+};
+
+class KVSeq {
+public:
+    KVSeq() = default;
+    // Reserves room for `max_positions` (the sequence's worst case) or throws an Error that says
+    // how much is missing. try_create returns null instead.
+    KVSeq(std::shared_ptr<KVPool> pool, Index max_positions) : pool_(std::move(pool)) {
+        FASTVLM_CHECK(pool_ != nullptr, "KVSeq: no pool");
+        FASTVLM_CHECK(max_positions >= 1, "KVSeq: max_positions must be >= 1, got ", max_positions);
+        const Index need = pool_->pages_for(max_positions);
+        if (!pool_->try_reserve(need))
+            fail("the KV cache budget cannot hold ", max_positions, " more positions (", need, " pages of ", pool_->page_positions(),
+                 " positions needed, ", pool_->total_pages() - pool_->reserved_pages(), " of ", pool_->total_pages(),
+                 " free; ", pool_->bytes_per_position(), " bytes per position)");
+        reserved_ = need;
+        cap_ = max_positions;
+    }
+    static std::unique_ptr<KVSeq> try_create(const std::shared_ptr<KVPool>& pool, Index max_positions) {
+        if (!pool->try_reserve(pool->pages_for(max_positions))) return nullptr;
+        auto s = std::unique_ptr<KVSeq>(new KVSeq());
+        s->pool_ = pool;
+        s->reserved_ = pool->pages_for(max_positions);
+        s->cap_ = max_positions;
+        return s;
+    }
+    KVSeq(const KVSeq&) = delete;
+    KVSeq& operator=(const KVSeq&) = delete;
+    KVSeq(KVSeq&& o) noexcept { *this = std::move(o); }
+    KVSeq& operator=(KVSeq&& o) noexcept {
+        if (this != &o) {
+            release();
+            pool_ = std::move(o.pool_);
+            pages_ = std::move(o.pages_);
+            reserved_ = o.reserved_, cap_ = o.cap_, size_ = o.size_;
+            o.reserved_ = o.cap_ = o.size_ = 0;
+            o.pages_.clear();
+        }
+        return *this;
+    }
+    ~KVSeq() { release(); }
+
+    bool valid() const { return pool_ != nullptr; }
+    const KVPool& pool() const { return *pool_; }
+    Index size() const { return size_; }
+    Index capacity() const { return cap_; }
+    Index pages() const { return Index(pages_.size()); }
+    // Bytes reserved for this sequence.
+    std::size_t bytes() const { return pool_ ? std::size_t(reserved_) * pool_->page_bytes() : 0; }
+
+    // Makes room for positions [0, n): takes the pages they need (within the reservation).
+    void ensure(Index n) {
+        FASTVLM_CHECK(n <= cap_, "context overflow: ", n, " positions exceed the context of ", cap_, " tokens");
+        const Index need = pool_->pages_for(n);
+        while (Index(pages_.size()) < need) pages_.push_back(pool_->take_page());
+    }
+    void advance(Index n) {
+        FASTVLM_CHECK(size_ + n <= cap_ && pool_->pages_for(size_ + n) <= Index(pages_.size()), "KVSeq::advance past its pages");
+        size_ += n;
+    }
+    void clear() { truncate(0); }
+    // Drops positions >= n (e.g. to rewind a conversation); pages past them go back to the pool.
+    void truncate(Index n) {
+        FASTVLM_CHECK(n >= 0 && n <= size_, "KV cache: cannot truncate to ", n, " (holds ", size_, ")");
+        size_ = n;
+        const Index keep = pool_->pages_for(n);
+        while (Index(pages_.size()) > keep) {
+            pool_->put_page(pages_.back());
+            pages_.pop_back();
+        }
+    }
+
+    // Element pointers (E must match the pool's type).
+    template <class E>
+    E* k(Index layer, Index pos) {
+        return page_ptr<E>(pos) + (layer * pool_->page_positions() + pos % pool_->page_positions()) * pool_->shape().kv_dim;
+    }
+    template <class E>
+    E* v(Index layer, Index pos) {
+        const auto& s = pool_->shape();
+        return page_ptr<E>(pos) + ((s.layers + layer) * pool_->page_positions() + pos % pool_->page_positions()) * s.kv_dim;
+    }
+    template <class E>
+    KVRows<E> k_rows(Index layer) const {
+        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), pool_->shape().kv_dim,
+                layer * pool_->page_positions() * pool_->shape().kv_dim};
+    }
+    template <class E>
+    KVRows<E> v_rows(Index layer) const {
+        const auto& s = pool_->shape();
+        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), s.kv_dim,
+                (s.layers + layer) * pool_->page_positions() * s.kv_dim};
+    }
+
+private:
+    template <class E>
+    E* page_ptr(Index pos) {
+        FASTVLM_CHECK(pos >= 0 && pos / pool_->page_positions() < Index(pages_.size()), "KV cache: position ", pos,
+                      " has no page (", pages_.size(), " pages)");
+        return static_cast<E*>(pages_[std::size_t(pos / pool_->page_positions())]);
+    }
+    void release() {
+        if (!pool_) return;
+        for (void* p : pages_) pool_->put_page(p);
+        pages_.clear();
+        pool_->unreserve(reserved_);
+        reserved_ = 0;
+        pool_.reset();
+    }
+
+    std::shared_ptr<KVPool> pool_;
+    std::vector<void*> pages_;
+    Index reserved_ = 0, cap_ = 0, size_ = 0;
+};
+
+// A sequence with a pool of its own, sized for exactly `capacity` positions (a Session's cache,
+// or a test's). fp32 unless told otherwise.
+class KVCache : public KVSeq {
+public:
+    KVCache() = default;
+    KVCache(KVShape shape, Index capacity, KVType type = KVType::f32, Index page_positions = 16)
+        : KVSeq(std::make_shared<KVPool>(shape, type, budget(shape, capacity, type, page_positions), page_positions), capacity) {}
+
+private:
+    static std::size_t budget(KVShape s, Index capacity, KVType type, Index page) {
+        FASTVLM_CHECK(capacity >= 1, "KV cache: capacity must be >= 1, got ", capacity);
+        const Index pages = (capacity + page - 1) / page;
+        return std::size_t(pages * page) * 2 * std::size_t(s.layers * s.kv_dim) * (type == KVType::bf16 ? 2 : 4);
+    }
+};
+
+}  // namespace fastvlm::text
+// ---- end fastvlm/text/kv_cache.hpp
 // ---- begin fastvlm/text/qwen2.hpp ----------------------------------------------------------
 // fastvlm/text/qwen2.hpp — the Qwen2 decoder (spec §4) as a template over the precision policy,
 // with its KV cache. One layer, top to bottom:
@@ -4983,38 +5333,6 @@ private:
 
 namespace fastvlm::text {
 
-// Keys and values of every layer for positions [0, size): [layers][capacity][kv_dim] each,
-// allocated once. K is stored rotated.
-class KVCache {
-public:
-    KVCache() = default;
-    KVCache(Index layers, Index capacity, Index kv_dim)
-        : layers_(layers), cap_(capacity), kvd_(kv_dim),
-          k_(std::size_t(layers * capacity * kv_dim)), v_(std::size_t(layers * capacity * kv_dim)) {}
-
-    Index capacity() const { return cap_; }
-    Index size() const { return size_; }
-    Index layers() const { return layers_; }
-    Index kv_dim() const { return kvd_; }
-    std::size_t bytes() const { return 2 * k_.size() * sizeof(float); }
-    void clear() { size_ = 0; }
-    // Drops positions >= n (e.g. to rewind a conversation).
-    void truncate(Index n) {
-        FASTVLM_CHECK(n >= 0 && n <= size_, "KV cache: cannot truncate to ", n, " (holds ", size_, ")");
-        size_ = n;
-    }
-
-    float* k(Index layer, Index pos) { return k_.data() + (layer * cap_ + pos) * kvd_; }
-    float* v(Index layer, Index pos) { return v_.data() + (layer * cap_ + pos) * kvd_; }
-    const float* k(Index layer, Index pos) const { return k_.data() + (layer * cap_ + pos) * kvd_; }
-    const float* v(Index layer, Index pos) const { return v_.data() + (layer * cap_ + pos) * kvd_; }
-    void advance(Index n) { size_ += n; }
-
-private:
-    Index layers_ = 0, cap_ = 0, kvd_ = 0, size_ = 0;
-    AlignedBuffer<float> k_, v_;
-};
-
 // Per-session scratch for up to `rows` positions per forward chunk (no allocation per token).
 struct DecoderWorkspace {
     Index rows = 0;
@@ -5025,6 +5343,16 @@ enum class Logits {
     none,  // no logits (e.g. feeding the pending tokens of a chat turn)
     last,  // logits of the last position: out holds vocab_size floats
     all,   // logits of every position: out holds T × vocab_size floats
+};
+
+// The rows of one sequence in a batched forward step: `rows` consecutive rows of the input, at
+// positions kv->size() .. kv->size()+rows−1 of that sequence.
+struct BatchSeq {
+    KVSeq* kv = nullptr;
+    Index rows = 0;
+    bool decode = false;         // decode rows: every matrix product takes the GEMV path (RowKernel::gemv);
+                                 // prefill rows: the blocked GEMM (RowKernel::gemm), whatever the row count
+    Logits logits = Logits::none;  // logits written for this sequence (in batch order: none, 1 or rows rows)
 };
 
 // Called after every layer with the residual stream of a chunk of rows (layer = num_layers:
@@ -5130,10 +5458,12 @@ public:
     // Default context: min(8192, max_position_embeddings) (spec §4, §5.3).
     Index default_context() const { return std::min<Index>(8192, cfg_.max_position_embeddings); }
 
-    KVCache make_cache(Index capacity) const {
+    KVShape kv_shape() const { return {num_layers(), cfg_.kv_dim()}; }
+    // A single-sequence cache of `capacity` positions with a pool of its own.
+    KVCache make_cache(Index capacity, KVType type = KVType::f32) const {
         FASTVLM_CHECK(capacity >= 1 && capacity <= cfg_.max_position_embeddings, "context of ", capacity,
                       " tokens is outside 1..max_position_embeddings (", cfg_.max_position_embeddings, ")");
-        return KVCache(num_layers(), capacity, cfg_.kv_dim());
+        return KVCache(kv_shape(), capacity, type);
     }
     DecoderWorkspace make_workspace(Index rows = kDefaultChunk) const {
         DecoderWorkspace w;
@@ -5157,68 +5487,162 @@ public:
         emb_.row(id, out);
     }
 
-    // Runs T input rows x [T, H] (the residual stream; overwritten) at positions
+    // Runs T input rows x [T, H] (the residual stream; overwritten) of one sequence at positions
     // cache.size() .. cache.size()+T−1, appends their keys/values, and writes logits as asked.
-    void forward(float* x, Index T, KVCache& cache, DecoderWorkspace& ws, const RopeTable& rope, ThreadPool* pool,
+    // T = 1 runs as a decode row (GEMV), T > 1 as prefill rows in chunks of ws.rows (GEMM).
+    void forward(float* x, Index T, KVSeq& cache, DecoderWorkspace& ws, const RopeTable& rope, ThreadPool* pool,
                  Logits mode, float* logits, const HiddenHook& hook = {}) const {
-        FASTVLM_CHECK(cache.layers() == num_layers() && cache.kv_dim() == cfg_.kv_dim(), "KV cache does not belong to this model");
+        FASTVLM_CHECK(ws.rows > 0, "decoder workspace is empty");
         FASTVLM_CHECK(cache.size() + T <= cache.capacity(), "context overflow: ", cache.size(), " + ", T,
                       " positions exceed the context of ", cache.capacity(), " tokens");
-        FASTVLM_CHECK(rope.max_positions() >= cache.capacity() && rope.head_dim() == cfg_.head_dim,
-                      "RoPE table does not cover the KV cache");
-        FASTVLM_CHECK(ws.rows > 0, "decoder workspace is empty");
         const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
         for (Index r0 = 0; r0 < T; r0 += ws.rows) {
             const Index n = std::min(ws.rows, T - r0);
-            run_chunk(x + r0 * H, r0, n, cache, ws, rope, pool, hook);
             const bool want = mode == Logits::all || (mode == Logits::last && r0 + n == T);
-            if (!want) continue;
-            float* xn = ws.xn.data();
-            if (mode == Logits::all) {
-                rms_norm(x + r0 * H, xn, n, H, final_norm_.data(), float(cfg_.rms_norm_eps), pool);
-                if (hook) hook(int(num_layers()), r0, n, xn);
-                head_.forward(xn, n, H, logits + r0 * V, V, pool);
-            } else {
-                rms_norm(x + (T - 1) * H, xn, 1, H, final_norm_.data(), float(cfg_.rms_norm_eps), pool);
-                if (hook) hook(int(num_layers()), T - 1, 1, xn);
-                head_.forward(xn, 1, H, logits, V, pool);
+            const BatchSeq s{&cache, n, T == 1, want ? mode : Logits::none};
+            forward_batch(x + r0 * H, std::span<const BatchSeq>(&s, 1), ws, rope, pool,
+                          mode == Logits::all ? logits + r0 * V : logits, hook, r0);
+        }
+    }
+
+    // One batched step: the rows of several sequences (decode rows of any sequences first, then
+    // prefill rows), x [Σ rows, H]. Norms and matrix products run once over all rows (the weights
+    // stream from memory once per step), RoPE uses each row's own position and attention runs per
+    // sequence against its own keys/values. Each row's result is bit-identical to running its
+    // sequence alone. Logits of the sequences that ask for them go to `logits` in batch order.
+    void forward_batch(float* x, std::span<const BatchSeq> seqs, DecoderWorkspace& ws, const RopeTable& rope, ThreadPool* pool,
+                       float* logits, const HiddenHook& hook = {}, Index hook_row0 = 0) const {
+        const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
+        Index T = 0, n_dec = 0, n_logit_rows = 0;
+        bool seen_prefill = false;
+        for (const auto& s : seqs) {
+            FASTVLM_CHECK(s.kv && s.kv->valid() && s.kv->pool().shape().layers == num_layers() &&
+                              s.kv->pool().shape().kv_dim == cfg_.kv_dim(),
+                          "KV cache does not belong to this model");
+            FASTVLM_CHECK(s.rows >= 0, "forward_batch: negative row count");
+            FASTVLM_CHECK(!(s.decode && seen_prefill), "forward_batch: decode rows must come before prefill rows");
+            FASTVLM_CHECK(s.kv->size() + s.rows <= s.kv->capacity(), "context overflow: ", s.kv->size(), " + ", s.rows,
+                          " positions exceed the context of ", s.kv->capacity(), " tokens");
+            FASTVLM_CHECK(rope.max_positions() >= s.kv->size() + s.rows && rope.head_dim() == cfg_.head_dim,
+                          "RoPE table does not cover position ", s.kv->size() + s.rows - 1);
+            seen_prefill |= !s.decode;
+            if (s.decode) n_dec += s.rows;
+            T += s.rows;
+            n_logit_rows += s.logits == Logits::all ? s.rows : s.logits == Logits::last && s.rows > 0 ? 1 : 0;
+        }
+        FASTVLM_CHECK(T <= ws.rows, "forward_batch: ", T, " rows exceed the workspace of ", ws.rows, " rows");
+        if (T == 0) return;
+        for (const auto& s : seqs) s.kv->ensure(s.kv->size() + s.rows);
+        run_layers(x, seqs, T, n_dec, ws, rope, pool, hook, hook_row0);
+        if (n_logit_rows == 0) return;
+        // Final norm + head: rows of `last` sequences as GEMV rows (one per sequence), `all` as GEMM.
+        const float eps = float(cfg_.rms_norm_eps);
+        float* xn = ws.xn.data();
+        Index r = 0, out = 0;
+        for (const auto& s : seqs) {
+            if (s.logits == Logits::last && s.rows > 0) {
+                rms_norm(x + (r + s.rows - 1) * H, xn, 1, H, final_norm_.data(), eps, pool);
+                if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn);
+                head_.forward(xn, 1, H, logits + out * V, V, pool);
+                ++out;
+            } else if (s.logits == Logits::all && s.rows > 0) {
+                rms_norm(x + r * H, xn, s.rows, H, final_norm_.data(), eps, pool);
+                if (hook) hook(int(num_layers()), hook_row0 + r, s.rows, xn);
+                head_.forward(xn, s.rows, H, logits + out * V, V, pool);
+                out += s.rows;
+            }
+            r += s.rows;
+        }
+    }
+
+    // Logits of the last rows of several sequences at once (one GEMV pass over lm_head for all of
+    // them; each row bit-identical to a lone call). xlast [n, H] are the residual rows.
+    void head_rows(const float* xlast, Index n, DecoderWorkspace& ws, ThreadPool* pool, float* logits) const {
+        const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
+        FASTVLM_CHECK(n <= ws.rows, "head_rows: ", n, " rows exceed the workspace");
+        rms_norm(xlast, ws.xn.data(), n, H, final_norm_.data(), float(cfg_.rms_norm_eps), pool);
+        head_.forward(ws.xn.data(), n, H, logits, V, pool, {.rows = RowKernel::gemv});
+    }
+
+private:
+    // Runs a matrix product over the batch: decode rows [0, n_dec) through GEMV, the rest through GEMM.
+    template <class L>
+    static void linear_rows(const L& lin, const float* x, Index T, Index n_dec, Index ldx, float* y, Index ldy, ThreadPool* pool,
+                            bool accumulate = false) {
+        if (n_dec > 0) lin.forward(x, n_dec, ldx, y, ldy, pool, {.accumulate = accumulate, .rows = RowKernel::gemv});
+        if (T > n_dec)
+            lin.forward(x + n_dec * ldx, T - n_dec, ldx, y + n_dec * ldy, ldy, pool,
+                        {.accumulate = accumulate, .rows = RowKernel::gemm});
+    }
+
+    template <class E>
+    void store_kv(const float* qkv, Index nqkv, Index qd, Index l, std::span<const BatchSeq> seqs) const {
+        const Index kvd = cfg_.kv_dim();
+        Index r = 0;
+        for (const auto& s : seqs) {
+            const Index p0 = s.kv->size();
+            for (Index t = 0; t < s.rows; ++t, ++r) {
+                const float* row = qkv + r * nqkv + qd;
+                convert(row, s.kv->template k<E>(l, p0 + t), std::size_t(kvd));
+                convert(row + kvd, s.kv->template v<E>(l, p0 + t), std::size_t(kvd));
             }
         }
     }
 
-private:
-    void run_chunk(float* x, Index row0, Index T, KVCache& cache, DecoderWorkspace& ws, const RopeTable& rope,
-                   ThreadPool* pool, const HiddenHook& hook) const {
+    template <class E>
+    void attend(const float* qkv, Index nqkv, float* att, Index qd, Index l, std::span<const BatchSeq> seqs,
+                const AttentionDims& dims, ThreadPool* pool) const {
+        std::vector<AttentionSeq<E>> as;
+        as.reserve(seqs.size());
+        Index r = 0;
+        for (const auto& s : seqs) {
+            as.push_back({qkv + r * nqkv, nqkv, att + r * qd, qd, s.rows, s.kv->size(), s.kv->template k_rows<E>(l),
+                          s.kv->template v_rows<E>(l)});
+            r += s.rows;
+        }
+        attention_gqa_batch<E>(as, dims, pool);
+    }
+
+    void run_layers(float* x, std::span<const BatchSeq> seqs, Index T, Index n_dec, DecoderWorkspace& ws, const RopeTable& rope,
+                    ThreadPool* pool, const HiddenHook& hook, Index hook_row0) const {
         const Index H = cfg_.hidden_size, I = cfg_.intermediate_size, kvd = cfg_.kv_dim();
         const Index Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, d = cfg_.head_dim;
         const Index qd = Hq * d, nqkv = qd + 2 * kvd;
-        const Index p0 = cache.size();
         const float eps = float(cfg_.rms_norm_eps);
         const AttentionDims dims{Hq, Hkv, d};
+        const bool bf16_kv = seqs.front().kv->pool().type() == KVType::bf16;
+        for (const auto& s : seqs)
+            FASTVLM_CHECK((s.kv->pool().type() == KVType::bf16) == bf16_kv, "forward_batch: KV caches of one batch must share a type");
         float *xn = ws.xn.data(), *qkv = ws.qkv.data(), *att = ws.att.data(), *mlp = ws.mlp.data();
         for (Index l = 0; l < num_layers(); ++l) {
             const Block& b = blocks_[std::size_t(l)];
             // attention
             rms_norm(x, xn, T, H, b.in_norm.data(), eps, pool);
-            b.qkv.forward(xn, T, H, qkv, nqkv, pool);
-            rope.apply(qkv, T, nqkv, Hq, p0);
-            rope.apply(qkv + qd, T, nqkv, Hkv, p0);
-            for (Index t = 0; t < T; ++t) {
-                std::copy_n(qkv + t * nqkv + qd, kvd, cache.k(l, p0 + t));
-                std::copy_n(qkv + t * nqkv + qd + kvd, kvd, cache.v(l, p0 + t));
+            linear_rows(b.qkv, xn, T, n_dec, H, qkv, nqkv, pool);
+            Index r = 0;
+            for (const auto& s : seqs) {
+                rope.apply(qkv + r * nqkv, s.rows, nqkv, Hq, s.kv->size());
+                rope.apply(qkv + r * nqkv + qd, s.rows, nqkv, Hkv, s.kv->size());
+                r += s.rows;
             }
-            attention_gqa(qkv, nqkv, cache.k(l, 0), cache.v(l, 0), kvd, att, qd, T, p0, dims, pool);
-            b.o.forward(att, T, qd, x, H, pool, {.accumulate = true});
+            if (bf16_kv) {
+                store_kv<bf16>(qkv, nqkv, qd, l, seqs);
+                attend<bf16>(qkv, nqkv, att, qd, l, seqs, dims, pool);
+            } else {
+                store_kv<float>(qkv, nqkv, qd, l, seqs);
+                attend<float>(qkv, nqkv, att, qd, l, seqs, dims, pool);
+            }
+            linear_rows(b.o, att, T, n_dec, qd, x, H, pool, true);
             // MLP
             rms_norm(x, xn, T, H, b.post_norm.data(), eps, pool);
-            b.gate_up.forward(xn, T, H, mlp, 2 * I, pool);
+            linear_rows(b.gate_up, xn, T, n_dec, H, mlp, 2 * I, pool);
             parallel_for(pool, std::size_t(T), 1, [&](std::size_t t0, std::size_t t1) {
                 for (std::size_t t = t0; t < t1; ++t) silu_mul(mlp + Index(t) * 2 * I, mlp + Index(t) * 2 * I + I, std::size_t(I));
             });
-            b.down.forward(mlp, T, 2 * I, x, H, pool, {.accumulate = true});
-            if (hook) hook(int(l), row0, T, x);
+            linear_rows(b.down, mlp, T, n_dec, 2 * I, x, H, pool, true);
+            if (hook) hook(int(l), hook_row0, T, x);
         }
-        cache.advance(T);
+        for (const auto& s : seqs) s.kv->advance(s.rows);
     }
 
     io::TextConfig cfg_;
@@ -8160,3 +8584,537 @@ inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, co
 
 }  // namespace fastvlm
 // ---- end fastvlm/fastvlm.hpp
+// ---- begin fastvlm/engine/metrics.hpp ------------------------------------------------------
+// fastvlm/engine/metrics.hpp — latency histograms, counters and gauges for the inference engine, exported as
+// JSON or in the Prometheus text format, plus the process's resident memory.
+//
+// Design:
+//  * A Histogram records durations in seconds. Recording takes one short mutex (per histogram) and never
+//    allocates: the ring buffer for quantiles is reserved at construction. It keeps
+//      - count, sum, min, max over every sample ever recorded (min/max are all-time, like count and sum);
+//      - fixed cumulative buckets in the Prometheus sense (bucket i counts samples <= bounds[i], "le"), whose
+//        upper bounds are chosen at construction (+Inf is implicit);
+//      - the last `window` samples (default 4096). Quantiles p50/p95/p99 are computed on read from a sorted
+//        copy of that window by the nearest-rank method (rank = ceil(q·n), integer arithmetic), so they are
+//        exact values that were recorded, and they reflect recent behaviour rather than all of history.
+//  * A Registry owns named metrics. histogram()/counter()/gauge() create on first use and return the same
+//    object afterwards; references stay valid for the registry's lifetime (each metric lives in its own
+//    unique_ptr). A lookup takes the registry mutex and builds a key string, so a hot loop should keep the
+//    reference rather than look the metric up for every event.
+//  * Counters and gauges are lock-free atomics. A name may carry several label sets (a "family": one help
+//    text, one type); labels are sorted by name, so {a,b} and {b,a} are the same series.
+//  * Anomalies: a histogram created by a registry compares each new sample with the mean of all samples
+//    recorded before it; if at least min_samples (default 8) came before and the new value is strictly
+//    greater than factor (default 2) × that mean, the registry's anomaly callback is called on the recording
+//    thread, after the histogram's mutex is released and with no registry lock held. The callback may
+//    therefore read or update the registry (to_json, snapshot, counters, even set_anomaly_callback) without
+//    deadlocking. An exception thrown by the callback propagates out of record(); the sample is recorded.
+//  * Lock order is registry mutex → histogram mutex (exporters snapshot histograms while holding the
+//    registry mutex); record() never takes the registry mutex, only the small callback mutex when an
+//    anomaly fires, so there is no cycle.
+//  * Numbers are printed in their shortest round-trip form (std::to_chars, %g style); infinities as +Inf/-Inf.
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace fastvlm::metrics {
+
+// Label set of one series, e.g. {{"status", "ok"}}. Order does not matter (sorted by name on creation).
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+// A copy of a histogram's state. Quantiles come from the ring window; everything else is all-time.
+// bounds ends with +Inf and has the same size as cumulative; cumulative.back() == count.
+struct HistogramSnapshot {
+    std::uint64_t count = 0;
+    double sum = 0, mean = 0, min = 0, max = 0;  // all 0 when empty
+    double p50 = 0, p95 = 0, p99 = 0;            // seconds, nearest rank over the window; 0 when empty
+    std::vector<double> bounds;
+    std::vector<std::uint64_t> cumulative;
+};
+
+// Passed to the anomaly callback: `seconds` exceeded factor × `running_mean`, the mean of the `samples`
+// values recorded in histogram `stage` before this one.
+struct Anomaly {
+    std::string stage;
+    double seconds = 0;
+    double running_mean = 0;
+    std::uint64_t samples = 0;
+};
+
+namespace detail {
+
+inline bool valid_metric_name(std::string_view s) {
+    if (s.empty()) return false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const char c = s[i];
+        const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
+    }
+    return true;
+}
+
+// Label names: [a-zA-Z_][a-zA-Z0-9_]*, and names starting with "__" are reserved by Prometheus.
+inline bool valid_label_name(std::string_view s) {
+    if (s.empty() || s.starts_with("__")) return false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const char c = s[i];
+        const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
+    }
+    return true;
+}
+
+// Shortest text that parses back to the same double, %g style ("0.0005", "1e+06"); "+Inf", "-Inf", "NaN".
+inline std::string format_number(double v) {
+    if (std::isnan(v)) return "NaN";
+    if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+    char buf[64];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general);
+    return std::string(buf, r.ptr);
+}
+
+// Label value escaping of the text format 0.0.4: backslash, double quote and newline.
+inline std::string escape_label_value(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        if (c == '\\') out += "\\\\";
+        else if (c == '"') out += "\\\"";
+        else if (c == '\n') out += "\\n";
+        else out += c;
+    }
+    return out;
+}
+
+// HELP text escaping: backslash and newline only.
+inline std::string escape_help(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        if (c == '\\') out += "\\\\";
+        else if (c == '\n') out += "\\n";
+        else out += c;
+    }
+    return out;
+}
+
+// Nearest-rank quantile of a sorted, non-empty vector; q_permille in (0, 1000]. rank = ceil(q·n) ≥ 1.
+inline double nearest_rank(const std::vector<double>& sorted, std::uint64_t q_permille) {
+    const std::uint64_t n = sorted.size();
+    const std::uint64_t rank = std::max<std::uint64_t>(1, (q_permille * n + 999) / 1000);
+    return sorted[std::min(rank, n) - 1];
+}
+
+// Shared by a registry and the histograms it owns: the anomaly rule and the callback.
+struct AnomalyHook {
+    std::atomic<double> factor{2.0};
+    std::atomic<std::uint64_t> min_samples{8};
+    std::mutex mu;  // guards callback (the pointer, not the call)
+    std::shared_ptr<const std::function<void(const Anomaly&)>> callback;
+
+    void fire(const Anomaly& a) {
+        std::shared_ptr<const std::function<void(const Anomaly&)>> cb;
+        {
+            std::lock_guard lk(mu);
+            cb = callback;
+        }
+        if (cb && *cb) (*cb)(a);  // no lock held: the callback may re-enter the registry
+    }
+};
+
+}  // namespace detail
+
+class Histogram {
+public:
+    using Snapshot = HistogramSnapshot;
+
+    // 21 bounds from 0.5 ms to 120 s, roughly log-spaced (1-2.5-5-7.5 steps); a superset of the Prometheus
+    // client default buckets, with extra resolution at the ms end (per-token latency) and up to 2 minutes
+    // (whole requests).
+    static std::vector<double> default_bounds() {
+        return {0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
+                0.5,    0.75,  1.0,    2.5,   5.0,    7.5,  10.0, 30.0, 60.0,  120.0};
+    }
+
+    // bounds: finite, strictly increasing upper bounds in seconds (a trailing +Inf is accepted and ignored;
+    // +Inf is always implied). window: how many recent samples the quantiles are computed from (≥ 1).
+    explicit Histogram(std::vector<double> bounds = default_bounds(), std::size_t window = 4096)
+        : bounds_(std::move(bounds)), window_(window) {
+        if (!bounds_.empty() && bounds_.back() == std::numeric_limits<double>::infinity()) bounds_.pop_back();
+        for (std::size_t i = 0; i < bounds_.size(); ++i) {
+            FASTVLM_CHECK(std::isfinite(bounds_[i]), "metrics: histogram bound ", i, " is not finite (",
+                          bounds_[i], "); +Inf is implicit and may only come last");
+            FASTVLM_CHECK(i == 0 || bounds_[i] > bounds_[i - 1], "metrics: histogram bounds must be strictly "
+                          "increasing, but bound ", i, " (", bounds_[i], ") <= bound ", i - 1, " (",
+                          bounds_[i - 1], ")");
+        }
+        FASTVLM_CHECK(window_ >= 1, "metrics: histogram window must be at least 1 sample");
+        buckets_.assign(bounds_.size() + 1, 0);
+        ring_.reserve(window_);
+    }
+    Histogram(const Histogram&) = delete;
+    Histogram& operator=(const Histogram&) = delete;
+
+    // Records one value in seconds; must be finite (a NaN or infinity would poison sum and mean forever).
+    // No allocation. May call the owning registry's anomaly callback (see the top of this file).
+    void record(double seconds) {
+        FASTVLM_CHECK(std::isfinite(seconds), "metrics: histogram '", name_, "' got a non-finite value (",
+                      seconds, ")");
+        const std::size_t b = static_cast<std::size_t>(
+            std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin());  // first bound >= v
+        bool anomalous = false;
+        double prev_mean = 0;
+        std::uint64_t prev_count = 0;
+        {
+            std::lock_guard lk(mu_);
+            prev_count = count_;
+            if (hook_ && prev_count > 0) {
+                prev_mean = sum_ / static_cast<double>(prev_count);
+                anomalous = prev_count >= hook_->min_samples.load(std::memory_order_relaxed) &&
+                            seconds > hook_->factor.load(std::memory_order_relaxed) * prev_mean;
+            }
+            if (count_ == 0 || seconds < min_) min_ = seconds;
+            if (count_ == 0 || seconds > max_) max_ = seconds;
+            ++count_;
+            sum_ += seconds;
+            ++buckets_[b];
+            if (ring_.size() < window_) {
+                ring_.push_back(seconds);  // within the reserved capacity
+            } else {
+                ring_[head_] = seconds;
+                head_ = head_ + 1 == window_ ? 0 : head_ + 1;
+            }
+        }
+        if (anomalous) hook_->fire(Anomaly{name_, seconds, prev_mean, prev_count});
+    }
+
+    Snapshot snapshot() const {
+        Snapshot s;
+        std::vector<double> window;
+        std::vector<std::uint64_t> buckets;
+        {
+            std::lock_guard lk(mu_);
+            s.count = count_;
+            s.sum = sum_;
+            s.min = min_;
+            s.max = max_;
+            window = ring_;
+            buckets = buckets_;
+        }
+        s.mean = s.count ? s.sum / static_cast<double>(s.count) : 0.0;
+        if (!window.empty()) {
+            std::sort(window.begin(), window.end());
+            s.p50 = detail::nearest_rank(window, 500);
+            s.p95 = detail::nearest_rank(window, 950);
+            s.p99 = detail::nearest_rank(window, 990);
+        }
+        s.bounds = bounds_;
+        s.bounds.push_back(std::numeric_limits<double>::infinity());
+        s.cumulative.resize(buckets.size());
+        std::uint64_t acc = 0;
+        for (std::size_t i = 0; i < buckets.size(); ++i) s.cumulative[i] = acc += buckets[i];
+        return s;
+    }
+
+    // Mean of every sample recorded so far (0 when empty): the reference for anomaly detection.
+    double mean() const {
+        std::lock_guard lk(mu_);
+        return count_ ? sum_ / static_cast<double>(count_) : 0.0;
+    }
+    std::uint64_t count() const {
+        std::lock_guard lk(mu_);
+        return count_;
+    }
+    const std::vector<double>& bounds() const { return bounds_; }  // finite bounds, without +Inf
+    std::size_t window() const { return window_; }
+    const std::string& name() const { return name_; }  // empty unless owned by a registry
+
+private:
+    friend class Registry;
+
+    std::vector<double> bounds_;
+    std::size_t window_;
+    std::string name_;                        // set once by the registry before the histogram is shared
+    detail::AnomalyHook* hook_ = nullptr;     // the registry's, or null for a standalone histogram
+
+    mutable std::mutex mu_;
+    std::uint64_t count_ = 0;
+    double sum_ = 0, min_ = 0, max_ = 0;
+    std::vector<std::uint64_t> buckets_;      // per bucket (not cumulative); last = (bounds_.back(), +Inf)
+    std::vector<double> ring_;                // the last window_ samples
+    std::size_t head_ = 0;                    // oldest sample (next to overwrite) once ring_ is full
+};
+
+// Monotonic event count.
+class Counter {
+public:
+    void add(std::uint64_t n = 1) { v_.fetch_add(n, std::memory_order_relaxed); }
+    std::uint64_t value() const { return v_.load(std::memory_order_relaxed); }
+
+private:
+    std::atomic<std::uint64_t> v_{0};
+};
+
+// A value that goes up and down (queue depth, KV-cache bytes, ...).
+class Gauge {
+public:
+    void set(double v) { v_.store(v, std::memory_order_relaxed); }
+    void add(double d) {
+        double cur = v_.load(std::memory_order_relaxed);
+        while (!v_.compare_exchange_weak(cur, cur + d, std::memory_order_relaxed)) {
+        }
+    }
+    double value() const { return v_.load(std::memory_order_relaxed); }
+
+private:
+    std::atomic<double> v_{0.0};
+};
+
+class Registry {
+public:
+    Registry() = default;
+    Registry(const Registry&) = delete;
+    Registry& operator=(const Registry&) = delete;
+
+    // The histogram called `name`, created with the default bounds and a 4096-sample window on first use.
+    Histogram& histogram(std::string name, std::string help = "") {
+        return histogram_impl(std::move(name), std::move(help), nullptr, 0);
+    }
+    // Same, with explicit bounds and window for the first creation; a later call with different bounds
+    // or window for the same name is an error (calls without them return the existing histogram).
+    Histogram& histogram(std::string name, std::string help, std::vector<double> bounds, std::size_t window = 4096) {
+        return histogram_impl(std::move(name), std::move(help), &bounds, window);
+    }
+
+    Counter& counter(std::string name, std::string help = "", Labels labels = {}) {
+        return series<Counter>(Kind::counter, std::move(name), std::move(help), std::move(labels));
+    }
+    Gauge& gauge(std::string name, std::string help = "", Labels labels = {}) {
+        return series<Gauge>(Kind::gauge, std::move(name), std::move(help), std::move(labels));
+    }
+
+    // Called (on the recording thread, with no lock held) for every anomalous sample; empty = none.
+    void set_anomaly_callback(std::function<void(const Anomaly&)> cb) {
+        auto p = cb ? std::make_shared<const std::function<void(const Anomaly&)>>(std::move(cb)) : nullptr;
+        std::lock_guard lk(hook_.mu);
+        hook_.callback = std::move(p);
+    }
+    // A sample is anomalous when at least min_samples came before it and it exceeds factor × their mean.
+    void set_anomaly_threshold(double factor, std::uint64_t min_samples) {
+        FASTVLM_CHECK(std::isfinite(factor) && factor > 0, "metrics: anomaly factor must be finite and > 0, got ",
+                      factor);
+        FASTVLM_CHECK(min_samples >= 1, "metrics: anomaly min_samples must be at least 1");
+        hook_.factor.store(factor, std::memory_order_relaxed);
+        hook_.min_samples.store(min_samples, std::memory_order_relaxed);
+    }
+
+    // {"histograms": {name: {count, sum, mean, min, max, p50, p95, p99, p50_ms, p95_ms, p99_ms, mean_ms}},
+    //  "counters": {name: value | {"k=v,k2=v2": value, ...}}, "gauges": likewise}. A family whose only series
+    // is unlabelled is a plain number; otherwise an object (the unlabelled series, if any, under key "").
+    nlohmann::json to_json() const {
+        nlohmann::json out = {{"histograms", nlohmann::json::object()},
+                              {"counters", nlohmann::json::object()},
+                              {"gauges", nlohmann::json::object()}};
+        std::lock_guard lk(mu_);
+        for (const auto& [name, fam] : families_) {
+            if (fam.kind == Kind::histogram) {
+                const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
+                out["histograms"][name] = {{"count", s.count},      {"sum", s.sum},        {"mean", s.mean},
+                                           {"min", s.min},          {"max", s.max},        {"p50", s.p50},
+                                           {"p95", s.p95},          {"p99", s.p99},        {"p50_ms", s.p50 * 1e3},
+                                           {"p95_ms", s.p95 * 1e3}, {"p99_ms", s.p99 * 1e3}, {"mean_ms", s.mean * 1e3}};
+                continue;
+            }
+            auto& group = out[fam.kind == Kind::counter ? "counters" : "gauges"];
+            auto value = [&](const Series& se) -> nlohmann::json {
+                if (se.counter) return se.counter->value();
+                return se.gauge->value();
+            };
+            if (fam.series.size() == 1 && fam.series.begin()->first.empty()) {
+                group[name] = value(*fam.series.begin()->second);
+            } else {
+                nlohmann::json obj = nlohmann::json::object();
+                for (const auto& [key, se] : fam.series) obj[key] = value(*se);
+                group[name] = std::move(obj);
+            }
+        }
+        return out;
+    }
+
+    // Prometheus text exposition format 0.0.4, families in name order, each name prefixed by `prefix`.
+    std::string to_prometheus(std::string_view prefix = "fastvlm_") const {
+        FASTVLM_CHECK(prefix.empty() || detail::valid_metric_name(prefix), "metrics: invalid Prometheus prefix '",
+                      prefix, "' (must match [a-zA-Z_:][a-zA-Z0-9_:]*)");
+        std::string out;
+        std::lock_guard lk(mu_);
+        for (const auto& [name, fam] : families_) {
+            const std::string full = std::string(prefix) + name;
+            if (!fam.help.empty()) out += "# HELP " + full + " " + detail::escape_help(fam.help) + "\n";
+            out += "# TYPE " + full + " " + kind_name(fam.kind) + "\n";
+            if (fam.kind == Kind::histogram) {
+                const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
+                for (std::size_t i = 0; i < s.bounds.size(); ++i)
+                    out += full + "_bucket{le=\"" + detail::format_number(s.bounds[i]) + "\"} " +
+                           std::to_string(s.cumulative[i]) + "\n";
+                out += full + "_sum " + detail::format_number(s.sum) + "\n";
+                out += full + "_count " + std::to_string(s.count) + "\n";
+                continue;
+            }
+            for (const auto& [key, se] : fam.series) {
+                out += full + label_text(se->labels) + " ";
+                out += se->counter ? std::to_string(se->counter->value()) : detail::format_number(se->gauge->value());
+                out += "\n";
+            }
+        }
+        return out;
+    }
+
+private:
+    enum class Kind { histogram, counter, gauge };
+    static const char* kind_name(Kind k) {
+        return k == Kind::histogram ? "histogram" : k == Kind::counter ? "counter" : "gauge";
+    }
+
+    struct Series {
+        Labels labels;  // sorted by name
+        std::unique_ptr<Histogram> histogram;
+        std::unique_ptr<Counter> counter;
+        std::unique_ptr<Gauge> gauge;
+    };
+    struct Family {
+        Kind kind;
+        std::string help;
+        std::map<std::string, std::unique_ptr<Series>> series;  // key: "k=v,k2=v2" ("" = no labels)
+    };
+
+    static std::string label_text(const Labels& labels) {
+        if (labels.empty()) return "";
+        std::string s = "{";
+        for (std::size_t i = 0; i < labels.size(); ++i) {
+            if (i) s += ",";
+            s += labels[i].first + "=\"" + detail::escape_label_value(labels[i].second) + "\"";
+        }
+        return s + "}";
+    }
+
+    // Validates the name, finds or creates the family (checking its type) and fills in a missing help.
+    // Caller holds mu_.
+    Family& family(Kind kind, const std::string& name, std::string& help) {
+        FASTVLM_CHECK(detail::valid_metric_name(name), "metrics: invalid metric name '", name,
+                      "' (must match [a-zA-Z_:][a-zA-Z0-9_:]*)");
+        auto [it, inserted] = families_.try_emplace(name, Family{kind, {}, {}});
+        Family& fam = it->second;
+        FASTVLM_CHECK(fam.kind == kind, "metrics: '", name, "' is already registered as a ", kind_name(fam.kind),
+                      ", cannot use it as a ", kind_name(kind));
+        if (fam.help.empty() && !help.empty()) fam.help = std::move(help);
+        return fam;
+    }
+
+    Histogram& histogram_impl(std::string name, std::string help, const std::vector<double>* bounds,
+                              std::size_t window) {
+        std::lock_guard lk(mu_);
+        Family& fam = family(Kind::histogram, name, help);
+        auto it = fam.series.find("");
+        if (it != fam.series.end()) {
+            Histogram& h = *it->second->histogram;
+            if (bounds) {
+                std::vector<double> b = *bounds;
+                if (!b.empty() && b.back() == std::numeric_limits<double>::infinity()) b.pop_back();
+                FASTVLM_CHECK(b == h.bounds() && window == h.window(), "metrics: histogram '", name,
+                              "' already exists with different bounds or window");
+            }
+            return h;
+        }
+        // Construct before inserting, so invalid bounds leave the registry unchanged (except for the family,
+        // which we drop again if it is empty).
+        std::unique_ptr<Histogram> h;
+        try {
+            h = bounds ? std::make_unique<Histogram>(*bounds, window) : std::make_unique<Histogram>();
+        } catch (...) {
+            if (fam.series.empty()) families_.erase(name);
+            throw;
+        }
+        h->name_ = name;
+        h->hook_ = &hook_;
+        auto se = std::make_unique<Series>();
+        se->histogram = std::move(h);
+        Histogram& ref = *se->histogram;
+        fam.series.emplace("", std::move(se));
+        return ref;
+    }
+
+    template <class T>
+    T& series(Kind kind, std::string name, std::string help, Labels labels) {
+        std::sort(labels.begin(), labels.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        std::string key;
+        for (std::size_t i = 0; i < labels.size(); ++i) {
+            FASTVLM_CHECK(detail::valid_label_name(labels[i].first), "metrics: invalid label name '",
+                          labels[i].first, "' on metric '", name,
+                          "' (must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __)");
+            FASTVLM_CHECK(i == 0 || labels[i].first != labels[i - 1].first, "metrics: label '", labels[i].first,
+                          "' given twice on metric '", name, "'");
+            if (i) key += ",";
+            key += labels[i].first + "=" + labels[i].second;
+        }
+        std::lock_guard lk(mu_);
+        Family& fam = family(kind, name, help);
+        auto it = fam.series.find(key);
+        if (it == fam.series.end()) {
+            auto se = std::make_unique<Series>();
+            se->labels = std::move(labels);
+            if constexpr (std::is_same_v<T, Counter>) se->counter = std::make_unique<Counter>();
+            else se->gauge = std::make_unique<Gauge>();
+            it = fam.series.emplace(std::move(key), std::move(se)).first;
+        }
+        if constexpr (std::is_same_v<T, Counter>) return *it->second->counter;
+        else return *it->second->gauge;
+    }
+
+    mutable std::mutex mu_;                 // guards families_ (the maps and help texts, not the values)
+    std::map<std::string, Family> families_;
+    detail::AnomalyHook hook_;
+};
+
+namespace detail {
+// Value of a "Key:   123 kB" line of /proc/self/status, in bytes; 0 if the file or the line is missing.
+inline double proc_status_bytes(std::string_view key) {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    while (f && std::getline(f, line)) {
+        if (line.size() <= key.size() || line.compare(0, key.size(), key) != 0 || line[key.size()] != ':') continue;
+        std::size_t i = key.size() + 1;
+        while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+        double kb = 0;
+        const auto r = std::from_chars(line.data() + i, line.data() + line.size(), kb);
+        if (r.ec != std::errc()) return 0;
+        return kb * 1024.0;
+    }
+    return 0;
+}
+}  // namespace detail
+
+// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is unavailable.
+inline double peak_rss_bytes() { return detail::proc_status_bytes("VmHWM"); }
+// Current resident set size (VmRSS), in bytes; 0 where /proc is unavailable.
+inline double rss_bytes() { return detail::proc_status_bytes("VmRSS"); }
+
+}  // namespace fastvlm::metrics
+// ---- end fastvlm/engine/metrics.hpp
