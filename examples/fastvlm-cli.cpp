@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cli/args.hpp"
+#include "cli/batch.hpp"
 #include "cli/chat.hpp"
 #include "cli/dump.hpp"
 #include "cli/embed.hpp"
@@ -20,6 +21,7 @@ std::vector<fastvlm::cli::Command> commands() {
         fastvlm::cli::dump_command(),
         fastvlm::cli::tokenize_command(),
         fastvlm::cli::eval_command(),
+        fastvlm::cli::batch_command(),
     };
 }
 }  // namespace

@@ -26,6 +26,15 @@ function(fastvlm_scene_model_tests)
   # (3.5 logits, 1 % quantile 5.2; models/fastvlm-scenes/README.md). int4 (everything 4-bit): 90 %, its
   # error (3.7 logits, 0.24 of max|logit|) exceeds the smallest margins, so a few answers may flip
   # (measured 637/638).
+  # fastvlm-cli batch (Engine): --parallel 8 == --parallel 1 == run, line for line, on 100 scenes.
+  foreach(_p fp32 int8)
+    add_test(NAME scene_model.batch_equality_${_p}
+             COMMAND ${FASTVLM_PYTHON} ${_src}/tests/batch_equality.py --cli ${_cli} --model ${_model}
+                     --scenes ${_out}/scenes_500000 --precision ${_p} --scenes-count 100)
+    set_tests_properties(scene_model.batch_equality_${_p} PROPERTIES FIXTURES_REQUIRED scene_model_scenes
+                         LABELS "slow;python;scene" TIMEOUT 900)
+  endforeach()
+
   foreach(_p fp32 bf16 fp16 int8 int8_int4 int4)
     set(_min 0.95)
     if(_p STREQUAL "int4")

@@ -15,9 +15,11 @@
 #include <vector>
 
 #include "fastvlm/fastvlm.hpp"
+#include "support.hpp"
 
 namespace fs = std::filesystem;
 using namespace fastvlm;
+using namespace test_support;
 
 namespace {
 
@@ -43,47 +45,10 @@ std::vector<std::int32_t> golden_ids(const io::TensorStore& io) {
     return ids;
 }
 
-// A scratch folder under the build tree, removed at the end of the test.
-struct TempDir {
-    fs::path path;
-    explicit TempDir(const std::string& name) : path(fs::path(FASTVLM_BINARY_DIR) / ("test_pipeline_" + name)) {
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-};
-
-// tiny-vlm plus the small test tokenizer (276 ids < vocab_size 300): the whole text path.
-void make_text_model(const fs::path& dir) {
-    fs::copy_file(kTiny / "config.json", dir / "config.json");
-    fs::create_symlink(fs::absolute(kTiny / "model.safetensors"), dir / "model.safetensors");
-    const fs::path tok = fs::path(FASTVLM_TEST_DATA_DIR) / "tokenizer_tiny";
-    for (const char* f : {"vocab.json", "merges.txt", "added_tokens.json", "tokenizer_config.json"})
-        fs::copy_file(tok / f, dir / f);
-}
-
-io::Image test_image(int w, int h) {
-    io::Image img{w, h, std::vector<std::uint8_t>(std::size_t(w) * std::size_t(h) * 3)};
-    for (std::size_t i = 0; i < img.rgb.size(); ++i) img.rgb[i] = std::uint8_t((i * 37 + i / 7) % 251);
-    return img;
-}
-
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "(no error)";
-}
-
 // ---- golden, pixels to logits ---------------------------------------------------------------------------
 TEST(PipelineGolden, PixelsToLogitsAndGreedyIds) {
     const auto io = io::TensorStore::open(kTinyIo);
-    const auto model = Model<policy::fp32>::load(kTiny, {.threads = 2});
+    const auto model = Model<policy::fp32>::load(kTiny, {.threads = 2, .kv_type = text::KVType::f32});
     const auto& pv = io.at("pixel_values");
     Tensor<float, 3> px({pv.shape[1], pv.shape[2], pv.shape[3]});
     io.load_f32_into("pixel_values", pv.shape, px.span());
@@ -138,7 +103,7 @@ TEST(PipelineGolden, AnyModelPicksThePolicyAtRunTime) {
     io.load_f32_into("pixel_values", pv.shape, px.span());
     const auto ref_ids = io.load_i64("generated_ids");
     for (const char* prec : {"fp32", "bf16"}) {
-        auto m = load_model(kTiny, prec, {.threads = 1});
+        auto m = load_model(kTiny, prec, {.threads = 1, .kv_type = text::KVType::f32});
         EXPECT_STREQ(m->precision(), prec);
         EXPECT_EQ(m->tokenizer(), nullptr);
         auto s = m->new_session();
@@ -152,20 +117,20 @@ TEST(PipelineGolden, AnyModelPicksThePolicyAtRunTime) {
 // ---- bad model folders ---------------------------------------------------------------------------------
 TEST(PipelineErrors, BadModelFoldersNameTheProblem) {
     {
-        TempDir d("noconfig");
+        TempDir d("test_pipeline_", "noconfig");
         fs::create_symlink(fs::absolute(kTiny / "model.safetensors"), d.path / "model.safetensors");
         const auto e = error_of([&] { Model<>::load(d.path); });
         EXPECT_NE(e.find("config.json"), std::string::npos) << e;
     }
     {
-        TempDir d("badjson");
+        TempDir d("test_pipeline_", "badjson");
         std::ofstream(d.path / "config.json") << "{\"hidden_size\": 64,, }";
         fs::create_symlink(fs::absolute(kTiny / "model.safetensors"), d.path / "model.safetensors");
         const auto e = error_of([&] { Model<>::load(d.path); });
         EXPECT_NE(e.find("config.json"), std::string::npos) << e;
     }
     {
-        TempDir d("noweights");
+        TempDir d("test_pipeline_", "noweights");
         fs::copy_file(kTiny / "config.json", d.path / "config.json");
         const auto e = error_of([&] { Model<>::load(d.path); });
         EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
@@ -189,7 +154,7 @@ TEST(PipelineErrors, BadModelFoldersNameTheProblem) {
     };
     for (const std::string victim : {"model.layers.0.mlp.up_proj.weight", "model.mm_projector.0.weight", "model.norm.weight",
                                      "model.vision_tower.vision_tower.model.conv_exp.se.reduce.weight"}) {
-        TempDir d("missing");
+        TempDir d("test_pipeline_", "missing");
         write_variant(d.path, victim, "");
         const auto e = error_of([&] { Model<>::load(d.path); });
         EXPECT_NE(e.find(victim), std::string::npos) << e;
@@ -233,7 +198,7 @@ TEST(PipelineGeneration, SeededSamplingIsDeterministic) {
     const auto tokens = model.project(feats);
     auto draw = [&](std::uint64_t seed) {
         Session s(model);
-        return s.generate(golden_ids(io), tokens.view(), {.max_new_tokens = 24, .temperature = 1.0f, .top_k = 40, .seed = seed})
+        return s.generate(golden_ids(io), tokens.view(), {.max_new_tokens = 24, .sampling = {.temperature = 1.0f, .top_k = 40, .seed = seed}})
             .ids;
     };
     const auto a = draw(11);
@@ -291,7 +256,7 @@ TEST(PipelineGeneration, TwoThreadsTwoSessionsOneModel) {
 
 // ---- text path: tokenizer, prompt, multi-turn ---------------------------------------------------------
 TEST(PipelineText, DescribeAndMultiTurnReuseTheKvCache) {
-    TempDir d("text");
+    TempDir d("test_pipeline_", "text");
     make_text_model(d.path);
     const auto model = Model<>::load(d.path, {.threads = 2});
     const auto& tok = model.tokenizer();

@@ -186,7 +186,7 @@ struct DecodeRun {
 };
 
 template <class Policy>
-DecodeRun run_golden(const Golden& g, ThreadPool* pool, Index chunk = 256) {
+DecodeRun run_golden(const Golden& g, ThreadPool* pool, Index chunk = 256, text::KVType kv = text::KVType::f32) {
     const auto st = io::TensorStore::open(g.model);
     const auto cfg = io::ModelConfig::load(g.model);
     const auto io = io::TensorStore::open(g.io);
@@ -213,7 +213,7 @@ DecodeRun run_golden(const Golden& g, ThreadPool* pool, Index chunk = 256) {
             ++row;
         }
     }
-    auto cache = dec.make_cache(L + 32);
+    auto cache = dec.make_cache(L + 32, kv);
     auto ws = dec.make_workspace(chunk);
     const auto rope = dec.make_rope(cache.capacity());
     r.hidden.assign(std::size_t(dec.num_layers() + 1), std::vector<float>(std::size_t(L * H)));
@@ -283,6 +283,99 @@ TEST(Qwen2Golden, ChunkedPrefillEqualsOnePass) {
         EXPECT_LT(max_diff(a.prefill_logits.data(), b.prefill_logits.data(), a.prefill_logits.size()),
                   1e-5f * max_abs(a.prefill_logits.data(), a.prefill_logits.size()));
         EXPECT_EQ(a.ids, b.ids);
+    }
+}
+
+// The bf16 KV cache (the engine's default): keys/values rounded to bf16, attention in f32.
+TEST(Qwen2Golden, Bf16KvCacheKeepsGreedyIds) {
+    for (const auto& g : goldens()) {
+        SCOPED_TRACE(g.name);
+        const auto io = io::TensorStore::open(g.io);
+        const DecodeRun a = run_golden<policy::fp32>(g, nullptr, 256, text::KVType::f32);
+        const DecodeRun b = run_golden<policy::fp32>(g, nullptr, 256, text::KVType::bf16);
+        const Err el = compare(io, "prefill_logits", b.prefill_logits.data(), b.prefill_logits.size());
+        const Err es = compare(io, "step_logits", b.step_logits.data(), b.step_logits.size());
+        const float d = max_diff(a.step_logits.data(), b.step_logits.data(), a.step_logits.size());
+        std::printf("[%s bf16 KV] prefill_logits rel %.3g  step_logits rel %.3g (vs the original); step logits vs f32 KV %.3g "
+                    "(rel %.3g)\n",
+                    g.name.c_str(), el.rel(), es.rel(), d, d / es.ref_max);
+        EXPECT_LT(es.rel(), 2e-2f);
+        const auto ref_ids = io.load_i64("generated_ids");
+        ASSERT_EQ(b.ids.size(), ref_ids.size());
+        for (std::size_t i = 0; i < ref_ids.size(); ++i) EXPECT_EQ(b.ids[i], ref_ids[i]) << "step " << i;
+    }
+}
+
+// One forward_batch step with decode rows of two sequences and a prefill chunk of a third gives
+// each sequence the logits it gets alone (the Engine's step).
+TEST(Qwen2Batch, MixedPrefillAndDecodeOfThreeSequencesEqualAlone) {
+    for (const auto& g : goldens()) {
+        SCOPED_TRACE(g.name);
+        const auto st = io::TensorStore::open(g.model);
+        const auto cfg = io::ModelConfig::load(g.model);
+        const auto dec = text::Qwen2<policy::fp32>::load(st, cfg.text);
+        const Index H = dec.hidden_size(), V = dec.vocab_size();
+        ThreadPool pool(2);
+        const std::vector<std::vector<std::int32_t>> prompts = {{5, 17, 3, 99, 42, 7, 8}, {200, 1, 0, 33, 9}, {11, 12, 13, 14, 15, 16, 2, 4, 6}};
+        const std::vector<std::int32_t> next = {21, 22};  // decode tokens of sequences 0 and 1
+        auto embed = [&](std::span<const std::int32_t> ids) {
+            std::vector<float> x(ids.size() * std::size_t(H));
+            for (std::size_t i = 0; i < ids.size(); ++i) dec.embed(ids[i], x.data() + i * std::size_t(H));
+            return x;
+        };
+        const auto rope = dec.make_rope(64);
+        auto ws = dec.make_workspace(32);
+        for (auto kv : {text::KVType::f32, text::KVType::bf16}) {
+            // Alone: each sequence by itself.
+            std::vector<std::vector<float>> alone(3, std::vector<float>(std::size_t(V)));
+            for (int s = 0; s < 3; ++s) {
+                auto c = dec.make_cache(64, kv);
+                auto x = embed(prompts[std::size_t(s)]);
+                dec.forward(x.data(), Index(prompts[std::size_t(s)].size()), c, ws, rope, &pool, text::Logits::last,
+                            alone[std::size_t(s)].data());
+                if (s < 2) {
+                    auto e = embed(std::span(&next[std::size_t(s)], 1));
+                    dec.forward(e.data(), 1, c, ws, rope, &pool, text::Logits::last, alone[std::size_t(s)].data());
+                }
+            }
+            // Batched: sequences 0 and 1 prefilled, then one step = their decode rows + the prompt of 2.
+            auto pool_kv = std::make_shared<text::KVPool>(dec.kv_shape(), kv, std::size_t(1) << 22, 4);
+            std::vector<text::KVSeq> seqs;
+            for (int s = 0; s < 3; ++s) seqs.emplace_back(pool_kv, 40);
+            std::vector<float> scratch(static_cast<std::size_t>(V));
+            for (int s = 0; s < 2; ++s) {
+                auto x = embed(prompts[std::size_t(s)]);
+                dec.forward(x.data(), Index(prompts[std::size_t(s)].size()), seqs[std::size_t(s)], ws, rope, &pool,
+                            text::Logits::last, scratch.data());
+            }
+            std::vector<float> x = embed(next);
+            const auto x2 = embed(prompts[2]);
+            x.insert(x.end(), x2.begin(), x2.end());
+            const std::vector<text::BatchSeq> batch = {{&seqs[0], 1, true, text::Logits::last},
+                                                       {&seqs[1], 1, true, text::Logits::last},
+                                                       {&seqs[2], Index(prompts[2].size()), false, text::Logits::last}};
+            std::vector<float> out(static_cast<std::size_t>(3 * V));
+            dec.forward_batch(x.data(), batch, ws, rope, &pool, out.data());
+            for (int s = 0; s < 3; ++s) {
+                const float* got = out.data() + s * V;
+                const float m = max_abs(alone[std::size_t(s)].data(), std::size_t(V));
+                const float d = max_diff(got, alone[std::size_t(s)].data(), std::size_t(V));
+                EXPECT_LE(d, 1e-5f * m) << "sequence " << s << (kv == text::KVType::bf16 ? " (bf16 KV)" : " (f32 KV)");
+                EXPECT_EQ(d, 0.f) << "rows of a batch are meant to be bit-identical to running alone";
+            }
+            EXPECT_EQ(seqs[0].size(), Index(prompts[0].size()) + 1);
+            EXPECT_EQ(seqs[2].size(), Index(prompts[2].size()));
+        }
+        // Pages return to the pool when the sequences end.
+        auto p = std::make_shared<text::KVPool>(dec.kv_shape(), text::KVType::bf16, std::size_t(1) << 20, 4);
+        {
+            text::KVSeq a(p, 20);
+            a.ensure(9);
+            EXPECT_EQ(p->used_pages(), 3);
+            EXPECT_EQ(p->reserved_pages(), 5);
+        }
+        EXPECT_EQ(p->used_pages(), 0);
+        EXPECT_EQ(p->reserved_pages(), 0);
     }
 }
 

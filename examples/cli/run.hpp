@@ -26,7 +26,8 @@ inline std::vector<Option> generation_options() {
             {"seed", "S", "random seed for sampling (default 0)"},
             {"threads", "N", "threads (default: all cores)"},
             {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
-            {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"}};
+            {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"},
+            {"kv-cache", "TYPE", "KV cache storage: bf16 (default; half the bytes) or f32 (exact)"}};
 }
 
 inline double parse_double(const Args& a, const std::string& name, double def, double lo, double hi) {
@@ -41,13 +42,13 @@ inline double parse_double(const Args& a, const std::string& name, double def, d
 inline GenerateOptions generate_options(const Args& a) {
     GenerateOptions g;
     g.max_new_tokens = int(a.get_int("max-tokens", 256, 0, 1 << 24));
-    g.temperature = float(parse_double(a, "temp", 0.0, 0.0, 100.0));
-    g.top_k = int(a.get_int("top-k", 0, 0, 1 << 24));
-    g.top_p = float(parse_double(a, "top-p", 1.0, 1e-9, 1.0));
+    g.sampling.temperature = float(parse_double(a, "temp", 0.0, 0.0, 100.0));
+    g.sampling.top_k = int(a.get_int("top-k", 0, 0, 1 << 24));
+    g.sampling.top_p = float(parse_double(a, "top-p", 1.0, 1e-9, 1.0));
     const auto seed = a.get("seed");
     if (seed) {
         char* end = nullptr;
-        g.seed = std::strtoull(seed->c_str(), &end, 10);
+        g.sampling.seed = std::strtoull(seed->c_str(), &end, 10);
         if (seed->empty() || *end != '\0' || (*seed)[0] == '-') fail("option --seed: '", *seed, "' is not a non-negative integer");
     }
     return g;
@@ -58,6 +59,7 @@ inline std::unique_ptr<AnyModel> load_model_cli(const Args& a) {
     LoadOptions o;
     o.threads = unsigned(a.get_int("threads", long(std::max(1u, std::thread::hardware_concurrency())), 1, 1024));
     o.context = a.get_int("context", 0, 1, 1 << 24);
+    if (auto k = a.get("kv-cache")) o.kv_type = text::parse_kv_type(*k);
     const bool tty = isatty(STDERR_FILENO);
     if (tty)
         o.progress = [](float f, std::string_view stage) {

@@ -40,6 +40,540 @@ template <class... Args>
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/error.hpp
+// ---- begin fastvlm/engine/metrics.hpp ------------------------------------------------------
+// fastvlm/engine/metrics.hpp — latency histograms, counters and gauges for the inference engine, exported as
+// JSON or in the Prometheus text format, plus the process's resident memory.
+//
+// Design:
+//  * A Histogram records durations in seconds. Recording takes one short mutex (per histogram) and never
+//    allocates: the ring buffer for quantiles is reserved at construction. It keeps
+//      - count, sum, min, max over every sample ever recorded (min/max are all-time, like count and sum);
+//      - fixed cumulative buckets in the Prometheus sense (bucket i counts samples <= bounds[i], "le"), whose
+//        upper bounds are chosen at construction (+Inf is implicit);
+//      - the last `window` samples (default 4096). Quantiles p50/p95/p99 are computed on read from a sorted
+//        copy of that window by the nearest-rank method (rank = ceil(q·n), integer arithmetic), so they are
+//        exact values that were recorded, and they reflect recent behaviour rather than all of history.
+//  * A Registry owns named metrics. histogram()/counter()/gauge() create on first use and return the same
+//    object afterwards; references stay valid for the registry's lifetime (each metric lives in its own
+//    unique_ptr). A lookup takes the registry mutex and builds a key string, so a hot loop should keep the
+//    reference rather than look the metric up for every event.
+//  * Counters and gauges are lock-free atomics. A name may carry several label sets (a "family": one help
+//    text, one type); labels are sorted by name, so {a,b} and {b,a} are the same series.
+//  * Anomalies: a histogram created by a registry compares each new sample with the mean of all samples
+//    recorded before it; if at least min_samples (default 8) came before and the new value is strictly
+//    greater than factor (default 2) × that mean, the registry's anomaly callback is called on the recording
+//    thread, after the histogram's mutex is released and with no registry lock held. The callback may
+//    therefore read or update the registry (to_json, snapshot, counters, even set_anomaly_callback) without
+//    deadlocking. An exception thrown by the callback propagates out of record(); the sample is recorded.
+//  * Lock order is registry mutex → histogram mutex (exporters snapshot histograms while holding the
+//    registry mutex); record() never takes the registry mutex, only the small callback mutex when an
+//    anomaly fires, so there is no cycle.
+//  * Numbers are printed in their shortest round-trip form (std::to_chars, %g style); infinities as +Inf/-Inf.
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace fastvlm::metrics {
+
+// Label set of one series, e.g. {{"status", "ok"}}. Order does not matter (sorted by name on creation).
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+// A copy of a histogram's state. Quantiles come from the ring window; everything else is all-time.
+// bounds ends with +Inf and has the same size as cumulative; cumulative.back() == count.
+struct HistogramSnapshot {
+    std::uint64_t count = 0;
+    double sum = 0, mean = 0, min = 0, max = 0;  // all 0 when empty
+    double p50 = 0, p95 = 0, p99 = 0;            // seconds, nearest rank over the window; 0 when empty
+    std::vector<double> bounds;
+    std::vector<std::uint64_t> cumulative;
+};
+
+// Passed to the anomaly callback: `seconds` exceeded factor × `running_mean`, the mean of the `samples`
+// values recorded in histogram `stage` before this one.
+struct Anomaly {
+    std::string stage;
+    double seconds = 0;
+    double running_mean = 0;
+    std::uint64_t samples = 0;
+};
+
+namespace detail {
+
+inline bool valid_metric_name(std::string_view s) {
+    if (s.empty()) return false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const char c = s[i];
+        const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
+    }
+    return true;
+}
+
+// Label names: [a-zA-Z_][a-zA-Z0-9_]*, and names starting with "__" are reserved by Prometheus.
+inline bool valid_label_name(std::string_view s) {
+    if (s.empty() || s.starts_with("__")) return false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const char c = s[i];
+        const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
+    }
+    return true;
+}
+
+// Shortest text that parses back to the same double, %g style ("0.0005", "1e+06"); "+Inf", "-Inf", "NaN".
+inline std::string format_number(double v) {
+    if (std::isnan(v)) return "NaN";
+    if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+    char buf[64];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general);
+    return std::string(buf, r.ptr);
+}
+
+// Label value escaping of the text format 0.0.4: backslash, double quote and newline.
+inline std::string escape_label_value(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        if (c == '\\') out += "\\\\";
+        else if (c == '"') out += "\\\"";
+        else if (c == '\n') out += "\\n";
+        else out += c;
+    }
+    return out;
+}
+
+// HELP text escaping: backslash and newline only.
+inline std::string escape_help(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        if (c == '\\') out += "\\\\";
+        else if (c == '\n') out += "\\n";
+        else out += c;
+    }
+    return out;
+}
+
+// Nearest-rank quantile of a sorted, non-empty vector; q_permille in (0, 1000]. rank = ceil(q·n) ≥ 1.
+inline double nearest_rank(const std::vector<double>& sorted, std::uint64_t q_permille) {
+    const std::uint64_t n = sorted.size();
+    const std::uint64_t rank = std::max<std::uint64_t>(1, (q_permille * n + 999) / 1000);
+    return sorted[std::min(rank, n) - 1];
+}
+
+// Shared by a registry and the histograms it owns: the anomaly rule and the callback.
+struct AnomalyHook {
+    std::atomic<double> factor{2.0};
+    std::atomic<std::uint64_t> min_samples{8};
+    std::mutex mu;  // guards callback (the pointer, not the call)
+    std::shared_ptr<const std::function<void(const Anomaly&)>> callback;
+
+    void fire(const Anomaly& a) {
+        std::shared_ptr<const std::function<void(const Anomaly&)>> cb;
+        {
+            std::lock_guard lk(mu);
+            cb = callback;
+        }
+        if (cb && *cb) (*cb)(a);  // no lock held: the callback may re-enter the registry
+    }
+};
+
+}  // namespace detail
+
+class Histogram {
+public:
+    using Snapshot = HistogramSnapshot;
+
+    // 21 bounds from 0.5 ms to 120 s, roughly log-spaced (1-2.5-5-7.5 steps); a superset of the Prometheus
+    // client default buckets, with extra resolution at the ms end (per-token latency) and up to 2 minutes
+    // (whole requests).
+    static std::vector<double> default_bounds() {
+        return {0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
+                0.5,    0.75,  1.0,    2.5,   5.0,    7.5,  10.0, 30.0, 60.0,  120.0};
+    }
+
+    // bounds: finite, strictly increasing upper bounds in seconds (a trailing +Inf is accepted and ignored;
+    // +Inf is always implied). window: how many recent samples the quantiles are computed from (≥ 1).
+    explicit Histogram(std::vector<double> bounds = default_bounds(), std::size_t window = 4096)
+        : bounds_(std::move(bounds)), window_(window) {
+        if (!bounds_.empty() && bounds_.back() == std::numeric_limits<double>::infinity()) bounds_.pop_back();
+        for (std::size_t i = 0; i < bounds_.size(); ++i) {
+            FASTVLM_CHECK(std::isfinite(bounds_[i]), "metrics: histogram bound ", i, " is not finite (",
+                          bounds_[i], "); +Inf is implicit and may only come last");
+            FASTVLM_CHECK(i == 0 || bounds_[i] > bounds_[i - 1], "metrics: histogram bounds must be strictly "
+                          "increasing, but bound ", i, " (", bounds_[i], ") <= bound ", i - 1, " (",
+                          bounds_[i - 1], ")");
+        }
+        FASTVLM_CHECK(window_ >= 1, "metrics: histogram window must be at least 1 sample");
+        buckets_.assign(bounds_.size() + 1, 0);
+        ring_.reserve(window_);
+    }
+    Histogram(const Histogram&) = delete;
+    Histogram& operator=(const Histogram&) = delete;
+
+    // Records one value in seconds; must be finite (a NaN or infinity would poison sum and mean forever).
+    // No allocation. May call the owning registry's anomaly callback (see the top of this file).
+    void record(double seconds) {
+        FASTVLM_CHECK(std::isfinite(seconds), "metrics: histogram '", name_, "' got a non-finite value (",
+                      seconds, ")");
+        const std::size_t b = static_cast<std::size_t>(
+            std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin());  // first bound >= v
+        bool anomalous = false;
+        double prev_mean = 0;
+        std::uint64_t prev_count = 0;
+        {
+            std::lock_guard lk(mu_);
+            prev_count = count_;
+            if (hook_ && prev_count > 0) {
+                prev_mean = sum_ / static_cast<double>(prev_count);
+                anomalous = prev_count >= hook_->min_samples.load(std::memory_order_relaxed) &&
+                            seconds > hook_->factor.load(std::memory_order_relaxed) * prev_mean;
+            }
+            if (count_ == 0 || seconds < min_) min_ = seconds;
+            if (count_ == 0 || seconds > max_) max_ = seconds;
+            ++count_;
+            sum_ += seconds;
+            ++buckets_[b];
+            if (ring_.size() < window_) {
+                ring_.push_back(seconds);  // within the reserved capacity
+            } else {
+                ring_[head_] = seconds;
+                head_ = head_ + 1 == window_ ? 0 : head_ + 1;
+            }
+        }
+        if (anomalous) hook_->fire(Anomaly{name_, seconds, prev_mean, prev_count});
+    }
+
+    Snapshot snapshot() const {
+        Snapshot s;
+        std::vector<double> window;
+        std::vector<std::uint64_t> buckets;
+        {
+            std::lock_guard lk(mu_);
+            s.count = count_;
+            s.sum = sum_;
+            s.min = min_;
+            s.max = max_;
+            window = ring_;
+            buckets = buckets_;
+        }
+        s.mean = s.count ? s.sum / static_cast<double>(s.count) : 0.0;
+        if (!window.empty()) {
+            std::sort(window.begin(), window.end());
+            s.p50 = detail::nearest_rank(window, 500);
+            s.p95 = detail::nearest_rank(window, 950);
+            s.p99 = detail::nearest_rank(window, 990);
+        }
+        s.bounds = bounds_;
+        s.bounds.push_back(std::numeric_limits<double>::infinity());
+        s.cumulative.resize(buckets.size());
+        std::uint64_t acc = 0;
+        for (std::size_t i = 0; i < buckets.size(); ++i) s.cumulative[i] = acc += buckets[i];
+        return s;
+    }
+
+    // Mean of every sample recorded so far (0 when empty): the reference for anomaly detection.
+    double mean() const {
+        std::lock_guard lk(mu_);
+        return count_ ? sum_ / static_cast<double>(count_) : 0.0;
+    }
+    std::uint64_t count() const {
+        std::lock_guard lk(mu_);
+        return count_;
+    }
+    const std::vector<double>& bounds() const { return bounds_; }  // finite bounds, without +Inf
+    std::size_t window() const { return window_; }
+    const std::string& name() const { return name_; }  // empty unless owned by a registry
+
+private:
+    friend class Registry;
+
+    std::vector<double> bounds_;
+    std::size_t window_;
+    std::string name_;                        // set once by the registry before the histogram is shared
+    detail::AnomalyHook* hook_ = nullptr;     // the registry's, or null for a standalone histogram
+
+    mutable std::mutex mu_;
+    std::uint64_t count_ = 0;
+    double sum_ = 0, min_ = 0, max_ = 0;
+    std::vector<std::uint64_t> buckets_;      // per bucket (not cumulative); last = (bounds_.back(), +Inf)
+    std::vector<double> ring_;                // the last window_ samples
+    std::size_t head_ = 0;                    // oldest sample (next to overwrite) once ring_ is full
+};
+
+// Monotonic event count.
+class Counter {
+public:
+    void add(std::uint64_t n = 1) { v_.fetch_add(n, std::memory_order_relaxed); }
+    std::uint64_t value() const { return v_.load(std::memory_order_relaxed); }
+
+private:
+    std::atomic<std::uint64_t> v_{0};
+};
+
+// A value that goes up and down (queue depth, KV-cache bytes, ...).
+class Gauge {
+public:
+    void set(double v) { v_.store(v, std::memory_order_relaxed); }
+    void add(double d) {
+        double cur = v_.load(std::memory_order_relaxed);
+        while (!v_.compare_exchange_weak(cur, cur + d, std::memory_order_relaxed)) {
+        }
+    }
+    double value() const { return v_.load(std::memory_order_relaxed); }
+
+private:
+    std::atomic<double> v_{0.0};
+};
+
+class Registry {
+public:
+    Registry() = default;
+    Registry(const Registry&) = delete;
+    Registry& operator=(const Registry&) = delete;
+
+    // The histogram called `name`, created with the default bounds and a 4096-sample window on first use.
+    Histogram& histogram(std::string name, std::string help = "") {
+        return histogram_impl(std::move(name), std::move(help), nullptr, 0);
+    }
+    // Same, with explicit bounds and window for the first creation; a later call with different bounds
+    // or window for the same name is an error (calls without them return the existing histogram).
+    Histogram& histogram(std::string name, std::string help, std::vector<double> bounds, std::size_t window = 4096) {
+        return histogram_impl(std::move(name), std::move(help), &bounds, window);
+    }
+
+    Counter& counter(std::string name, std::string help = "", Labels labels = {}) {
+        return series<Counter>(Kind::counter, std::move(name), std::move(help), std::move(labels));
+    }
+    Gauge& gauge(std::string name, std::string help = "", Labels labels = {}) {
+        return series<Gauge>(Kind::gauge, std::move(name), std::move(help), std::move(labels));
+    }
+
+    // Called (on the recording thread, with no lock held) for every anomalous sample; empty = none.
+    void set_anomaly_callback(std::function<void(const Anomaly&)> cb) {
+        auto p = cb ? std::make_shared<const std::function<void(const Anomaly&)>>(std::move(cb)) : nullptr;
+        std::lock_guard lk(hook_.mu);
+        hook_.callback = std::move(p);
+    }
+    // A sample is anomalous when at least min_samples came before it and it exceeds factor × their mean.
+    void set_anomaly_threshold(double factor, std::uint64_t min_samples) {
+        FASTVLM_CHECK(std::isfinite(factor) && factor > 0, "metrics: anomaly factor must be finite and > 0, got ",
+                      factor);
+        FASTVLM_CHECK(min_samples >= 1, "metrics: anomaly min_samples must be at least 1");
+        hook_.factor.store(factor, std::memory_order_relaxed);
+        hook_.min_samples.store(min_samples, std::memory_order_relaxed);
+    }
+
+    // {"histograms": {name: {count, sum, mean, min, max, p50, p95, p99, p50_ms, p95_ms, p99_ms, mean_ms}},
+    //  "counters": {name: value | {"k=v,k2=v2": value, ...}}, "gauges": likewise}. A family whose only series
+    // is unlabelled is a plain number; otherwise an object (the unlabelled series, if any, under key "").
+    nlohmann::json to_json() const {
+        nlohmann::json out = {{"histograms", nlohmann::json::object()},
+                              {"counters", nlohmann::json::object()},
+                              {"gauges", nlohmann::json::object()}};
+        std::lock_guard lk(mu_);
+        for (const auto& [name, fam] : families_) {
+            if (fam.kind == Kind::histogram) {
+                const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
+                out["histograms"][name] = {{"count", s.count},      {"sum", s.sum},        {"mean", s.mean},
+                                           {"min", s.min},          {"max", s.max},        {"p50", s.p50},
+                                           {"p95", s.p95},          {"p99", s.p99},        {"p50_ms", s.p50 * 1e3},
+                                           {"p95_ms", s.p95 * 1e3}, {"p99_ms", s.p99 * 1e3}, {"mean_ms", s.mean * 1e3}};
+                continue;
+            }
+            auto& group = out[fam.kind == Kind::counter ? "counters" : "gauges"];
+            auto value = [&](const Series& se) -> nlohmann::json {
+                if (se.counter) return se.counter->value();
+                return se.gauge->value();
+            };
+            if (fam.series.size() == 1 && fam.series.begin()->first.empty()) {
+                group[name] = value(*fam.series.begin()->second);
+            } else {
+                nlohmann::json obj = nlohmann::json::object();
+                for (const auto& [key, se] : fam.series) obj[key] = value(*se);
+                group[name] = std::move(obj);
+            }
+        }
+        return out;
+    }
+
+    // Prometheus text exposition format 0.0.4, families in name order, each name prefixed by `prefix`.
+    std::string to_prometheus(std::string_view prefix = "fastvlm_") const {
+        FASTVLM_CHECK(prefix.empty() || detail::valid_metric_name(prefix), "metrics: invalid Prometheus prefix '",
+                      prefix, "' (must match [a-zA-Z_:][a-zA-Z0-9_:]*)");
+        std::string out;
+        std::lock_guard lk(mu_);
+        for (const auto& [name, fam] : families_) {
+            const std::string full = std::string(prefix) + name;
+            if (!fam.help.empty()) out += "# HELP " + full + " " + detail::escape_help(fam.help) + "\n";
+            out += "# TYPE " + full + " " + kind_name(fam.kind) + "\n";
+            if (fam.kind == Kind::histogram) {
+                const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
+                for (std::size_t i = 0; i < s.bounds.size(); ++i)
+                    out += full + "_bucket{le=\"" + detail::format_number(s.bounds[i]) + "\"} " +
+                           std::to_string(s.cumulative[i]) + "\n";
+                out += full + "_sum " + detail::format_number(s.sum) + "\n";
+                out += full + "_count " + std::to_string(s.count) + "\n";
+                continue;
+            }
+            for (const auto& [key, se] : fam.series) {
+                out += full + label_text(se->labels) + " ";
+                out += se->counter ? std::to_string(se->counter->value()) : detail::format_number(se->gauge->value());
+                out += "\n";
+            }
+        }
+        return out;
+    }
+
+private:
+    enum class Kind { histogram, counter, gauge };
+    static const char* kind_name(Kind k) {
+        return k == Kind::histogram ? "histogram" : k == Kind::counter ? "counter" : "gauge";
+    }
+
+    struct Series {
+        Labels labels;  // sorted by name
+        std::unique_ptr<Histogram> histogram;
+        std::unique_ptr<Counter> counter;
+        std::unique_ptr<Gauge> gauge;
+    };
+    struct Family {
+        Kind kind;
+        std::string help;
+        std::map<std::string, std::unique_ptr<Series>> series;  // key: "k=v,k2=v2" ("" = no labels)
+    };
+
+    static std::string label_text(const Labels& labels) {
+        if (labels.empty()) return "";
+        std::string s = "{";
+        for (std::size_t i = 0; i < labels.size(); ++i) {
+            if (i) s += ",";
+            s += labels[i].first + "=\"" + detail::escape_label_value(labels[i].second) + "\"";
+        }
+        return s + "}";
+    }
+
+    // Validates the name, finds or creates the family (checking its type) and fills in a missing help.
+    // Caller holds mu_.
+    Family& family(Kind kind, const std::string& name, std::string& help) {
+        FASTVLM_CHECK(detail::valid_metric_name(name), "metrics: invalid metric name '", name,
+                      "' (must match [a-zA-Z_:][a-zA-Z0-9_:]*)");
+        auto [it, inserted] = families_.try_emplace(name, Family{kind, {}, {}});
+        Family& fam = it->second;
+        FASTVLM_CHECK(fam.kind == kind, "metrics: '", name, "' is already registered as a ", kind_name(fam.kind),
+                      ", cannot use it as a ", kind_name(kind));
+        if (fam.help.empty() && !help.empty()) fam.help = std::move(help);
+        return fam;
+    }
+
+    Histogram& histogram_impl(std::string name, std::string help, const std::vector<double>* bounds,
+                              std::size_t window) {
+        std::lock_guard lk(mu_);
+        Family& fam = family(Kind::histogram, name, help);
+        auto it = fam.series.find("");
+        if (it != fam.series.end()) {
+            Histogram& h = *it->second->histogram;
+            if (bounds) {
+                std::vector<double> b = *bounds;
+                if (!b.empty() && b.back() == std::numeric_limits<double>::infinity()) b.pop_back();
+                FASTVLM_CHECK(b == h.bounds() && window == h.window(), "metrics: histogram '", name,
+                              "' already exists with different bounds or window");
+            }
+            return h;
+        }
+        // Construct before inserting, so invalid bounds leave the registry unchanged (except for the family,
+        // which we drop again if it is empty).
+        std::unique_ptr<Histogram> h;
+        try {
+            h = bounds ? std::make_unique<Histogram>(*bounds, window) : std::make_unique<Histogram>();
+        } catch (...) {
+            if (fam.series.empty()) families_.erase(name);
+            throw;
+        }
+        h->name_ = name;
+        h->hook_ = &hook_;
+        auto se = std::make_unique<Series>();
+        se->histogram = std::move(h);
+        Histogram& ref = *se->histogram;
+        fam.series.emplace("", std::move(se));
+        return ref;
+    }
+
+    template <class T>
+    T& series(Kind kind, std::string name, std::string help, Labels labels) {
+        std::sort(labels.begin(), labels.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        std::string key;
+        for (std::size_t i = 0; i < labels.size(); ++i) {
+            FASTVLM_CHECK(detail::valid_label_name(labels[i].first), "metrics: invalid label name '",
+                          labels[i].first, "' on metric '", name,
+                          "' (must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __)");
+            FASTVLM_CHECK(i == 0 || labels[i].first != labels[i - 1].first, "metrics: label '", labels[i].first,
+                          "' given twice on metric '", name, "'");
+            if (i) key += ",";
+            key += labels[i].first + "=" + labels[i].second;
+        }
+        std::lock_guard lk(mu_);
+        Family& fam = family(kind, name, help);
+        auto it = fam.series.find(key);
+        if (it == fam.series.end()) {
+            auto se = std::make_unique<Series>();
+            se->labels = std::move(labels);
+            if constexpr (std::is_same_v<T, Counter>) se->counter = std::make_unique<Counter>();
+            else se->gauge = std::make_unique<Gauge>();
+            it = fam.series.emplace(std::move(key), std::move(se)).first;
+        }
+        if constexpr (std::is_same_v<T, Counter>) return *it->second->counter;
+        else return *it->second->gauge;
+    }
+
+    mutable std::mutex mu_;                 // guards families_ (the maps and help texts, not the values)
+    std::map<std::string, Family> families_;
+    detail::AnomalyHook hook_;
+};
+
+namespace detail {
+// Value of a "Key:   123 kB" line of /proc/self/status, in bytes; 0 if the file or the line is missing.
+inline double proc_status_bytes(std::string_view key) {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    while (f && std::getline(f, line)) {
+        if (line.size() <= key.size() || line.compare(0, key.size(), key) != 0 || line[key.size()] != ':') continue;
+        std::size_t i = key.size() + 1;
+        while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+        double kb = 0;
+        const auto r = std::from_chars(line.data() + i, line.data() + line.size(), kb);
+        if (r.ec != std::errc()) return 0;
+        return kb * 1024.0;
+    }
+    return 0;
+}
+}  // namespace detail
+
+// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is unavailable.
+inline double peak_rss_bytes() { return detail::proc_status_bytes("VmHWM"); }
+// Current resident set size (VmRSS), in bytes; 0 where /proc is unavailable.
+inline double rss_bytes() { return detail::proc_status_bytes("VmRSS"); }
+
+}  // namespace fastvlm::metrics
+// ---- end fastvlm/engine/metrics.hpp
 // ---- begin fastvlm/core/dtypes.hpp ---------------------------------------------------------
 // fastvlm/core/dtypes.hpp — 16-bit floating types: IEEE binary16 (f16) and bfloat16 (bf16).
 // Scalar conversions are exact and round to nearest even; bulk conversions use F16C /
@@ -5520,6 +6054,7 @@ public:
                               s.kv->pool().shape().kv_dim == cfg_.kv_dim(),
                           "KV cache does not belong to this model");
             FASTVLM_CHECK(s.rows >= 0, "forward_batch: negative row count");
+            FASTVLM_CHECK(s.logits != Logits::all || seqs.size() == 1, "forward_batch: Logits::all needs a batch of one sequence");
             FASTVLM_CHECK(!(s.decode && seen_prefill), "forward_batch: decode rows must come before prefill rows");
             FASTVLM_CHECK(s.kv->size() + s.rows <= s.kv->capacity(), "context overflow: ", s.kv->size(), " + ", s.rows,
                           " positions exceed the context of ", s.kv->capacity(), " tokens");
@@ -5535,24 +6070,26 @@ public:
         for (const auto& s : seqs) s.kv->ensure(s.kv->size() + s.rows);
         run_layers(x, seqs, T, n_dec, ws, rope, pool, hook, hook_row0);
         if (n_logit_rows == 0) return;
-        // Final norm + head: rows of `last` sequences as GEMV rows (one per sequence), `all` as GEMM.
+        // Final norm + head. `last` rows of every sequence gathered and run as GEMV rows in one pass
+        // (lm_head streams once per step); an `all` sequence (alone in its batch) through the GEMM.
         const float eps = float(cfg_.rms_norm_eps);
         float* xn = ws.xn.data();
+        if (seqs.size() == 1 && seqs[0].logits == Logits::all) {
+            rms_norm(x, xn, T, H, final_norm_.data(), eps, pool);
+            if (hook) hook(int(num_layers()), hook_row0, T, xn);
+            head_.forward(xn, T, H, logits, V, pool);
+            return;
+        }
         Index r = 0, out = 0;
         for (const auto& s : seqs) {
             if (s.logits == Logits::last && s.rows > 0) {
-                rms_norm(x + (r + s.rows - 1) * H, xn, 1, H, final_norm_.data(), eps, pool);
-                if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn);
-                head_.forward(xn, 1, H, logits + out * V, V, pool);
+                rms_norm(x + (r + s.rows - 1) * H, xn + out * H, 1, H, final_norm_.data(), eps, pool);
+                if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn + out * H);
                 ++out;
-            } else if (s.logits == Logits::all && s.rows > 0) {
-                rms_norm(x + r * H, xn, s.rows, H, final_norm_.data(), eps, pool);
-                if (hook) hook(int(num_layers()), hook_row0 + r, s.rows, xn);
-                head_.forward(xn, s.rows, H, logits + out * V, V, pool);
-                out += s.rows;
             }
             r += s.rows;
         }
+        head_.forward(xn, out, H, logits, V, pool, {.rows = RowKernel::gemv});
     }
 
     // Logits of the last rows of several sequences at once (one GEMV pass over lm_head for all of
@@ -8020,16 +8557,10 @@ Tensor<float, 2> FastViTHD<P>::forward(TensorView<const float, 3> px, ThreadPool
 
 }  // namespace fastvlm::vision
 // ---- end fastvlm/vision/fastvithd.hpp
-// ---- begin fastvlm/fastvlm.hpp -------------------------------------------------------------
-// fastvlm/fastvlm.hpp — the umbrella header and the pipeline (docs/api.md):
-//   image → FastViTHD → mlp2x_gelu projector → spliced into the ChatML prompt → Qwen2 → text.
-//
-//   auto model = fastvlm::Model<>::load("FastVLM-0.5B");          // fp32 policy; one per process
-//   fastvlm::Session session(model);                              // one per thread (KV cache)
-//   auto r = session.describe("cat.jpg", "Describe the image.", {.on_token = print});
-//
-// A Model is immutable after load and shared (cheap copies of a handle); several threads may each
-// run their own Session on it. AnyModel / load_model(dir, "bf16") pick the policy at run time.
+// ---- begin fastvlm/model.hpp ---------------------------------------------------------------
+// fastvlm/model.hpp — Model<Policy>: a loaded model folder (tokenizer, FastViTHD, projector,
+// Qwen2 decoder, thread pool), immutable after load and shared by cheap copies of a handle;
+// plus the options and results of generation shared by Session and Engine (docs/api.md).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -8047,21 +8578,21 @@ Tensor<float, 2> FastViTHD<P>::forward(TensorView<const float, 3> px, ThreadPool
 
 namespace fastvlm {
 
+using text::SamplingOptions;
+
 struct LoadOptions {
     unsigned threads = 0;     // thread pool size (the caller included); 0 = all hardware threads
     unsigned spin_us = 2000;  // pool workers spin this long between parallel regions before they sleep (0 = never spin)
     Index context = 0;        // default KV-cache positions per session; 0 = min(8192, max_position_embeddings)
     bool load_vision = true;  // false: text only, or image features computed elsewhere
+    text::KVType kv_type = text::KVType::bf16;  // KV cache storage of sessions and engines (f32: exact)
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
 
 struct GenerateOptions {
     int max_new_tokens = 256;
-    float temperature = 0.f;  // 0 = greedy (deterministic reference, spec §5.4)
-    int top_k = 0;            // 0 = off
-    float top_p = 1.f;        // 1 = off
-    std::uint64_t seed = 0;
+    SamplingOptions sampling = {};  // greedy by default (deterministic reference, spec §5.4)
     std::vector<std::int32_t> stop_ids = {};  // empty: config eos ids + <|im_end|> + <|endoftext|>
     // Streaming: called for every generated token with the newly complete UTF-8 text (may be
     // empty while a character is split over tokens). The final call after the last token carries
@@ -8070,13 +8601,41 @@ struct GenerateOptions {
     const std::atomic<bool>* cancel = nullptr;  // set to true from any thread to stop after the current token
 };
 
-enum class StopReason { eos, max_tokens, cancelled };
+
+enum class StopReason { eos, max_tokens, cancelled, timeout, error };
 
 inline const char* to_string(StopReason s) {
     switch (s) {
         case StopReason::eos: return "eos";
         case StopReason::max_tokens: return "max_tokens";
         case StopReason::cancelled: return "cancelled";
+        case StopReason::timeout: return "timeout";
+        case StopReason::error: return "error";
+    }
+    return "?";
+}
+
+// Why a request of the engine failed (Result::error_kind); none when it did not.
+enum class ErrorKind {
+    none,
+    invalid_request,  // bad image, prompt, placeholder count, options, or a prompt over the context
+    too_large,        // its worst case can never fit the KV budget
+    queue_full,       // submit: the queue holds EngineOptions::max_queued requests
+    timeout,          // the request's deadline passed
+    cancelled,        // cancelled by the caller
+    shutdown,         // the engine was destroyed before the request ended
+    internal,         // anything else (a bug: please report)
+};
+inline const char* to_string(ErrorKind k) {
+    switch (k) {
+        case ErrorKind::none: return "none";
+        case ErrorKind::invalid_request: return "invalid_request";
+        case ErrorKind::too_large: return "too_large";
+        case ErrorKind::queue_full: return "queue_full";
+        case ErrorKind::timeout: return "timeout";
+        case ErrorKind::cancelled: return "cancelled";
+        case ErrorKind::shutdown: return "shutdown";
+        case ErrorKind::internal: return "internal";
     }
     return "?";
 }
@@ -8084,6 +8643,8 @@ inline const char* to_string(StopReason s) {
 // Milliseconds. ttft: from the start of the call to the first sampled token (preprocess, vision,
 // projector, prefill and the first sampling included).
 struct Timings {
+    double queue_ms = 0;  // engine: from submit to admission
+    double total_ms = 0;  // engine: from submit to the result
     double load_ms = 0, preprocess_ms = 0, vision_ms = 0, projector_ms = 0, prefill_ms = 0, ttft_ms = 0, decode_ms = 0;
     Index prefill_tokens = 0;  // positions run through the decoder in the prefill (image tokens included)
     Index decode_tokens = 0;   // single-token decoder steps
@@ -8096,6 +8657,10 @@ struct Result {
     std::vector<std::int32_t> ids;  // generated ids, the stop token excluded
     StopReason stop = StopReason::eos;
     Timings timings;
+    Index prompt_tokens = 0;                 // positions of the prompt (image tokens included)
+    ErrorKind error_kind = ErrorKind::none;  // engine requests: why it failed
+    std::string error;                       // and the message (empty when it did not fail)
+    bool ok() const { return error_kind == ErrorKind::none; }
 };
 
 namespace detail {
@@ -8118,6 +8683,7 @@ struct ModelParts {
     text::Qwen2<Policy> decoder;
     std::unique_ptr<ThreadPool> pool;
     Index context = 0;
+    text::KVType kv_type = text::KVType::bf16;
     double load_ms = 0;
     std::vector<std::int32_t> stop_ids;
 };
@@ -8147,6 +8713,7 @@ public:
         p->config = io::ModelConfig::load(dir);
         const auto& tc = p->config.text;
         p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
+        p->kv_type = opt.kv_type;
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
         FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
                       " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
@@ -8194,6 +8761,7 @@ public:
     const text::Projector<Policy>& projector() const { return parts().projector; }
     ThreadPool* pool() const { return parts().pool.get(); }
     Index context() const { return parts().context; }
+    text::KVType kv_type() const { return parts().kv_type; }
     double load_ms() const { return parts().load_ms; }
     // Bytes of the weights as held in memory (packed formats of the policy, f32 norms and biases).
     std::size_t weight_bytes() const {
@@ -8222,6 +8790,38 @@ public:
         return parts().projector.forward(features, pool ? pool : this->pool());
     }
 
+    // [T, hidden] decoder input of a prompt: text ids embedded, the k-th −200 slot replaced by the
+    // rows of images[k] (spec §5.3; several images as mlx-vlm does for FastVLM). Errors name the
+    // placeholder count and the shapes.
+    Tensor<float, 2> embed_prompt(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images) const {
+        const auto& dec = decoder();
+        const Index H = dec.hidden_size();
+        const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
+        FASTVLM_CHECK(n_img == Index(images.size()), "the prompt has ", n_img, " image placeholder", n_img == 1 ? "" : "s",
+                      " (<image> / ", text::kImageTokenIndex, ") but ", images.size(), " image", images.size() == 1 ? " was" : "s were",
+                      " given");
+        Index T = Index(ids.size()) - n_img;
+        for (const auto& im : images) {
+            FASTVLM_CHECK(im.dim(1) == H && im.is_contiguous(), "image tokens have shape ", shape_str(im.shape()),
+                          ", expected [N, ", H, "] (hidden_size)");
+            T += im.dim(0);
+        }
+        Tensor<float, 2> x({T, H});
+        Index row = 0;
+        std::size_t k = 0;
+        for (auto id : ids) {
+            if (id == text::kImageTokenIndex) {
+                const auto& im = images[k++];
+                std::copy_n(im.data(), im.dim(0) * H, x.data() + row * H);
+                row += im.dim(0);
+            } else {
+                dec.embed(id, x.data() + row * H);
+                ++row;
+            }
+        }
+        return x;
+    }
+
     // One-shot convenience: a fresh session per call.
     Result describe(const std::filesystem::path& image, std::string_view question = text::kDefaultQuestion,
                     const GenerateOptions& g = {}) const;
@@ -8235,9 +8835,868 @@ private:
     friend class Session<Policy>;
 };
 
+}  // namespace fastvlm
+// ---- end fastvlm/model.hpp
+// ---- begin fastvlm/engine.hpp --------------------------------------------------------------
+// fastvlm/engine.hpp — Engine: many requests at once on one loaded Model (docs/api.md, docs/architecture.md).
+//
+//   fastvlm::Engine engine(model, {.max_running = 8});
+//   auto h = engine.submit({.images = {fastvlm::ImageInput::file("a.png")}, .prompt = "What is it?"});
+//   fastvlm::Result r = h.wait();            // r.ok(), r.text, r.error_kind, r.error, r.timings
+//
+// Threads: submit() from any thread. A preparation thread tokenizes and decodes/resizes images of
+// queued requests; one scheduler thread runs continuous batching on the model's pool:
+//   admission  — FIFO; a request starts when a running slot is free and the KV pool can reserve its
+//                worst case (prompt + max_new_tokens positions). A request that can never fit fails
+//                with ErrorKind::too_large; one that does not fit now waits (head of line, no starvation).
+//   vision     — at most one image (FastViTHD + projector) per loop iteration, between steps.
+//   step       — one decode row of every decoding sequence (GEMV: the weights stream once for all of
+//                them) plus at most prefill_chunk prompt rows (GEMM) of the sequences still in prefill,
+//                in one Qwen2::forward_batch call; then per-sequence sampling (each request has its own
+//                Sampler and seed, so its tokens do not depend on the rest of the batch).
+// Every path gives the same greedy tokens as Session (rows of a batch are bit-identical to running
+// alone; tests/test_engine.cpp). Callbacks (on_token) run on the scheduler thread: keep them short.
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <variant>
+
+
+namespace fastvlm {
+
+// An engine error thrown by submit (queue_full, shutdown) or reported in Result::error_kind.
+class EngineError : public Error {
+public:
+    EngineError(ErrorKind kind, const std::string& msg) : Error(msg), kind_(kind) {}
+    ErrorKind kind() const { return kind_; }
+
+private:
+    ErrorKind kind_;
+};
+
+// One image of a request: a file, encoded bytes (PNG/JPEG/BMP/PNM…), decoded RGB pixels, or
+// model input already preprocessed ([3, S, S] floats, spec §6.1).
+struct ImageInput {
+    std::filesystem::path path;                           // file
+    std::shared_ptr<const std::string> bytes;             // encoded
+    std::shared_ptr<const io::Image> image;               // decoded
+    std::shared_ptr<const Tensor<float, 3>> pixels;       // preprocessed
+    std::string name;                                     // for error messages
+    static ImageInput file(std::filesystem::path p) {
+        ImageInput i;
+        i.name = p.string();
+        i.path = std::move(p);
+        return i;
+    }
+    static ImageInput encoded(std::string data, std::string name = "<image bytes>") {
+        ImageInput i;
+        i.bytes = std::make_shared<const std::string>(std::move(data));
+        i.name = std::move(name);
+        return i;
+    }
+    static ImageInput decoded(io::Image img, std::string name = "<image>") {
+        ImageInput i;
+        i.image = std::make_shared<const io::Image>(std::move(img));
+        i.name = std::move(name);
+        return i;
+    }
+    static ImageInput preprocessed(Tensor<float, 3> px, std::string name = "<pixels>") {
+        ImageInput i;
+        i.pixels = std::make_shared<const Tensor<float, 3>>(std::move(px));
+        i.name = std::move(name);
+        return i;
+    }
+    io::Image load() const {
+        if (image) return *image;
+        if (bytes)
+            return io::load_image_from_memory(
+                std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(bytes->data()), bytes->size()), name);
+        FASTVLM_CHECK(!path.empty(), "image input is empty (use ImageInput::file, ::encoded or ::decoded)");
+        return io::load_image(path);
+    }
+};
+
+struct Request {
+    std::vector<ImageInput> images;  // zero, one or several
+    // The user message. Each "<image>" takes the next image; without any, "<image>\n" per image is
+    // put in front. Ignored when `messages` or `prompt_ids` is given.
+    std::string prompt;
+    std::vector<text::ChatMessage> messages;  // a whole conversation (user/assistant turns), rendered as ChatML
+    std::string system = std::string(text::kDefaultSystem);
+    std::vector<std::int32_t> prompt_ids;  // raw ids (−200 = an image slot), no chat template; for tokenizer-less use
+    int max_new_tokens = 256;
+    SamplingOptions sampling = {};            // greedy by default; its seed is the request's own
+    std::vector<std::int32_t> stop_ids = {};  // empty: the model's (eos, <|im_end|>, <|endoftext|>)
+    std::vector<std::string> stop_strings = {};  // generation ends before the first occurrence (excluded)
+    // Streaming, on the scheduler thread: each generated token with its newly final text (text that
+    // might start a stop string is held back). A last call with id −1 carries what remains.
+    std::function<void(std::int32_t id, std::string_view text)> on_token = {};
+    double timeout_s = 0;  // from submit to the last token; 0 = the engine's default (EngineOptions::timeout_s)
+    std::string id;        // free-form, for logs
+};
+
+struct EngineOptions {
+    int max_running = 8;              // sequences decoding (or in prefill/vision) at once
+    int max_queued = 1024;            // submitted but not running; submit throws queue_full beyond it
+    std::size_t kv_budget_bytes = 0;  // KV pool; 0 = max_running × min(context, 4096) positions
+    std::optional<text::KVType> kv_type = {};  // unset: the model's LoadOptions::kv_type (bf16 by default)
+    Index kv_page = 16;              // positions per KV page
+    Index prefill_chunk = 256;       // most prompt rows per step (bounds the pause of running streams)
+    double timeout_s = 0;            // default per-request timeout; 0 = none
+    Index context = 0;               // most positions of one sequence; 0 = the model's context
+    // Called (on the thread that recorded it) when a stage takes more than 2× its running mean.
+    std::function<void(const metrics::Anomaly&)> on_anomaly = {};
+};
+
+// A point-in-time view of the engine (the same numbers as metrics_json()).
+struct EngineStats {
+    Index running = 0, queued = 0;
+    Index kv_pages_used = 0, kv_pages_reserved = 0, kv_pages_total = 0;
+    std::size_t kv_page_bytes = 0, kv_bytes_per_position = 0, weight_bytes = 0, peak_rss_bytes = 0;
+    std::uint64_t requests_ok = 0, requests_failed = 0, prompt_tokens = 0, generated_tokens = 0, images = 0;
+    double decode_busy_s = 0;  // summed wall time of steps that carried decode rows
+    std::map<std::string, metrics::HistogramSnapshot> stages;  // queue_wait, preprocess, vision, ... (seconds)
+    double aggregate_decode_tok_s() const { return decode_busy_s > 0 ? double(generated_tokens) / decode_busy_s : 0; }
+};
+
+namespace detail {
+using Clock = std::chrono::steady_clock;
+
+struct RequestState {
+    Request req;
+    Clock::time_point submitted = Clock::now(), deadline = Clock::time_point::max();
+    std::atomic<bool> cancel{false};
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Result result;
+    void finish(Result r) {
+        {
+            std::lock_guard lk(mu);
+            if (done) return;
+            result = std::move(r);
+            done = true;
+        }
+        cv.notify_all();
+    }
+};
+
+// Stop strings over streamed text: emits what can no longer become part of a stop string.
+class StopText {
+public:
+    explicit StopText(std::vector<std::string> stops) : stops_(std::move(stops)) {
+        std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
+    }
+    // Adds text; returns what may be emitted now. hit() tells whether a stop string was found (the
+    // text from it on is dropped).
+    std::string push(std::string_view piece) {
+        if (hit_) return {};
+        held_ += piece;
+        std::size_t cut = std::string::npos;
+        for (const auto& s : stops_) cut = std::min(cut, held_.find(s));
+        if (cut != std::string::npos) {
+            hit_ = true;
+            held_.resize(cut);
+            return take(held_.size());
+        }
+        // Hold back the longest suffix that is a prefix of a stop string.
+        std::size_t keep = 0;
+        for (const auto& s : stops_)
+            for (std::size_t k = std::min(s.size() - 1, held_.size()); k > keep; --k)
+                if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
+                    keep = k;
+                    break;
+                }
+        return take(held_.size() - keep);
+    }
+    std::string flush() { return hit_ ? std::string() : take(held_.size()); }
+    bool hit() const { return hit_; }
+    const std::string& text() const { return text_; }  // everything emitted so far
+
+private:
+    std::string take(std::size_t n) {
+        std::string out = held_.substr(0, n);
+        held_.erase(0, n);
+        text_ += out;
+        return out;
+    }
+    std::vector<std::string> stops_;
+    std::string held_, text_;
+    bool hit_ = false;
+};
+
+class EngineCore {
+public:
+    virtual ~EngineCore() = default;
+    virtual std::shared_ptr<RequestState> submit(Request r) = 0;
+    virtual EngineStats stats() const = 0;
+    virtual metrics::Registry& registry() = 0;
+    virtual const EngineOptions& options() const = 0;
+    virtual void drain() = 0;
+};
+}  // namespace detail
+
+// The caller's side of a submitted request.
+class RequestHandle {
+public:
+    RequestHandle() = default;
+    explicit RequestHandle(std::shared_ptr<detail::RequestState> s) : s_(std::move(s)) {}
+    bool valid() const { return s_ != nullptr; }
+    bool done() const {
+        std::lock_guard lk(s_->mu);
+        return s_->done;
+    }
+    // Blocks until the request ends; the result (also for failures: see Result::ok()).
+    Result wait() const {
+        std::unique_lock lk(s_->mu);
+        s_->cv.wait(lk, [&] { return s_->done; });
+        return s_->result;
+    }
+    std::optional<Result> wait_for(double seconds) const {
+        std::unique_lock lk(s_->mu);
+        if (!s_->cv.wait_for(lk, std::chrono::duration<double>(seconds), [&] { return s_->done; })) return std::nullopt;
+        return s_->result;
+    }
+    // Stops the request at the next step; it ends with ErrorKind::cancelled and what it had generated.
+    void cancel() const { s_->cancel.store(true, std::memory_order_relaxed); }
+    const std::string& id() const { return s_->req.id; }
+
+private:
+    std::shared_ptr<detail::RequestState> s_;
+};
+
+namespace detail {
+
+template <class Policy>
+class EngineImpl final : public EngineCore {
+    enum class Phase { vision, prefill, decode };
+    struct Seq {
+        std::shared_ptr<RequestState> st;
+        std::vector<std::int32_t> ids;             // prompt ids, −200 = image slot
+        std::vector<std::shared_ptr<const Tensor<float, 3>>> pixels;  // preprocessed images, dropped once encoded
+        std::vector<Tensor<float, 2>> img_tokens;  // projected image tokens
+        Tensor<float, 2> x;                        // embedded prompt [T, H] (prefill)
+        Index T = 0, prefilled = 0, need = 0;      // prompt positions, run so far, worst case
+        std::unique_ptr<text::KVSeq> kv;
+        std::optional<text::Sampler> sampler;
+        std::optional<text::Tokenizer::StreamDecoder> stream;
+        std::optional<StopText> stop_text;
+        const std::vector<std::int32_t>* stops = nullptr;
+        Phase phase = Phase::vision;
+        std::int32_t last = -1;  // token to feed at the next decode step
+        Result r;
+        Clock::time_point admitted, prefill_start, first_token;
+    };
+
+public:
+    EngineImpl(const Model<Policy>& m, EngineOptions o) : model_(m), opt_(std::move(o)) {
+        const auto& dec = model_.decoder();
+        FASTVLM_CHECK(opt_.max_running >= 1 && opt_.max_running <= 1024, "EngineOptions::max_running must be in 1..1024, got ",
+                      opt_.max_running);
+        FASTVLM_CHECK(opt_.max_queued >= 0, "EngineOptions::max_queued must be >= 0, got ", opt_.max_queued);
+        FASTVLM_CHECK(opt_.prefill_chunk >= 1, "EngineOptions::prefill_chunk must be >= 1, got ", opt_.prefill_chunk);
+        FASTVLM_CHECK(std::isfinite(opt_.timeout_s) && opt_.timeout_s >= 0, "EngineOptions::timeout_s must be >= 0");
+        context_ = opt_.context > 0 ? opt_.context : model_.context();
+        FASTVLM_CHECK(context_ <= model_.config().text.max_position_embeddings, "EngineOptions::context of ", context_,
+                      " exceeds max_position_embeddings (", model_.config().text.max_position_embeddings, ")");
+        const auto type = opt_.kv_type.value_or(model_.kv_type());
+        const std::size_t per_pos = 2 * std::size_t(dec.kv_shape().layers * dec.kv_shape().kv_dim) * (type == text::KVType::bf16 ? 2 : 4);
+        const std::size_t budget =
+            opt_.kv_budget_bytes ? opt_.kv_budget_bytes : std::size_t(opt_.max_running) * std::size_t(std::min<Index>(context_, 4096)) * per_pos;
+        kv_ = std::make_shared<text::KVPool>(dec.kv_shape(), type, budget, opt_.kv_page);
+        ws_ = dec.make_workspace(Index(opt_.max_running) + opt_.prefill_chunk);
+        rope_ = dec.make_rope(context_);
+        logits_.resize(std::size_t(opt_.max_running) * std::size_t(dec.vocab_size()));
+        xbuf_.resize(std::size_t((Index(opt_.max_running) + opt_.prefill_chunk) * dec.hidden_size()));
+        pool_ = model_.pool();
+        init_metrics();
+        prep_ = std::thread([this] { prep_loop(); });
+        sched_ = std::thread([this] { sched_loop(); });
+    }
+    ~EngineImpl() override {
+        {
+            std::lock_guard lk(mu_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        prep_cv_.notify_all();
+        if (prep_.joinable()) prep_.join();
+        if (sched_.joinable()) sched_.join();
+        // Nothing is lost: every request that has not ended gets a result.
+        for (auto& s : running_) finish(*s, ErrorKind::shutdown, "engine shut down before the request ended");
+        for (auto& s : ready_) finish(*s, ErrorKind::shutdown, "engine shut down before the request started");
+        for (auto& st : queue_) fail_state(st, ErrorKind::shutdown, "engine shut down before the request started");
+    }
+
+    std::shared_ptr<RequestState> submit(Request r) override {
+        auto st = std::make_shared<RequestState>();
+        const double t = r.timeout_s > 0 ? r.timeout_s : opt_.timeout_s;
+        if (std::isfinite(t) && t > 0 && t < 1e9) st->deadline = st->submitted + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
+        st->req = std::move(r);
+        {
+            std::lock_guard lk(mu_);
+            if (stop_) throw EngineError(ErrorKind::shutdown, "engine: shutting down, request not accepted");
+            if (waiting_ >= opt_.max_queued) {
+                m_.errors_queue_full->add();
+                throw EngineError(ErrorKind::queue_full, "engine: queue full (" + std::to_string(opt_.max_queued) +
+                                                             " requests waiting = EngineOptions::max_queued); retry later");
+            }
+            ++waiting_;
+            queue_.push_back(st);
+            m_.queued->set(double(waiting_));
+        }
+        prep_cv_.notify_one();
+        return st;
+    }
+
+    const EngineOptions& options() const override { return opt_; }
+    metrics::Registry& registry() override {
+        refresh_gauges();
+        return reg_;
+    }
+
+    void drain() override {
+        std::unique_lock lk(mu_);
+        idle_cv_.wait(lk, [&] { return stop_ || (waiting_ == 0 && n_running_ == 0); });
+    }
+
+    EngineStats stats() const override {
+        refresh_gauges();
+        EngineStats s;
+        s.running = Index(m_.running->value());
+        s.queued = Index(m_.queued->value());
+        s.kv_pages_used = kv_->used_pages();
+        s.kv_pages_reserved = kv_->reserved_pages();
+        s.kv_pages_total = kv_->total_pages();
+        s.kv_page_bytes = kv_->page_bytes();
+        s.kv_bytes_per_position = kv_->bytes_per_position();
+        s.weight_bytes = model_.weight_bytes();
+        s.peak_rss_bytes = std::size_t(m_.peak_rss->value());
+        s.requests_ok = m_.ok->value();
+        s.requests_failed = m_.failed_total();
+        s.prompt_tokens = m_.prompt_tokens->value();
+        s.generated_tokens = m_.generated_tokens->value();
+        s.images = m_.images->value();
+        s.decode_busy_s = m_.decode_busy->value();
+        for (const auto& [name, h] : m_.stage) s.stages[name] = h->snapshot();
+        return s;
+    }
+
+private:
+    // ---- metrics ------------------------------------------------------------------------------------
+    struct Metrics {
+        std::map<std::string, metrics::Histogram*> stage;
+        metrics::Histogram *queue_wait, *preprocess, *vision, *projector, *prefill, *ttft, *decode_token, *e2e, *step;
+        metrics::Counter *ok, *prompt_tokens, *generated_tokens, *images, *errors_queue_full;
+        std::map<ErrorKind, metrics::Counter*> failed;
+        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy;
+        std::uint64_t failed_total() const {
+            std::uint64_t n = 0;
+            for (const auto& [k, c] : failed) n += c->value();
+            return n;
+        }
+    };
+    void init_metrics() {
+        auto hist = [&](const char* name, const char* help) {
+            auto* h = &reg_.histogram(std::string(name) + "_seconds", help);
+            m_.stage[name] = h;
+            return h;
+        };
+        m_.queue_wait = hist("queue_wait", "Time from submit to admission");
+        m_.preprocess = hist("preprocess", "Tokenizing and image decoding/resizing per request");
+        m_.vision = hist("vision", "FastViTHD per image");
+        m_.projector = hist("projector", "Projector per image");
+        m_.prefill = hist("prefill", "Prompt prefill per request (wall time of its steps)");
+        m_.ttft = hist("ttft", "Time from submit to the first token");
+        m_.decode_token = hist("decode_token", "Decode latency per generated token");
+        m_.e2e = hist("e2e", "Time from submit to the result");
+        m_.step = hist("step", "One scheduler step (a batched decoder forward and sampling)");
+        m_.ok = &reg_.counter("requests_total", "Requests by outcome", {{"status", "ok"}});
+        for (ErrorKind k : {ErrorKind::invalid_request, ErrorKind::too_large, ErrorKind::timeout, ErrorKind::cancelled,
+                            ErrorKind::shutdown, ErrorKind::internal})
+            m_.failed[k] = &reg_.counter("requests_total", "Requests by outcome", {{"status", to_string(k)}});
+        m_.errors_queue_full = &reg_.counter("requests_total", "Requests by outcome", {{"status", "queue_full"}});
+        m_.prompt_tokens = &reg_.counter("prompt_tokens_total", "Prompt positions (image tokens included)");
+        m_.generated_tokens = &reg_.counter("generated_tokens_total", "Generated tokens");
+        m_.images = &reg_.counter("images_total", "Images encoded");
+        m_.running = &reg_.gauge("running", "Sequences running");
+        m_.queued = &reg_.gauge("queued", "Requests waiting for admission");
+        m_.kv_used = &reg_.gauge("kv_pages_used", "KV pages in use");
+        m_.kv_total = &reg_.gauge("kv_pages_total", "KV pages in the budget");
+        m_.weight_bytes = &reg_.gauge("weight_bytes", "Bytes of the weights in memory");
+        m_.peak_rss = &reg_.gauge("peak_rss_bytes", "Peak resident memory of the process");
+        m_.decode_busy = &reg_.gauge("decode_busy_seconds", "Summed wall time of steps with decode rows");
+        m_.kv_total->set(double(kv_->total_pages()));
+        m_.weight_bytes->set(double(model_.weight_bytes()));
+        if (opt_.on_anomaly) reg_.set_anomaly_callback(opt_.on_anomaly);
+    }
+    void refresh_gauges() const {
+        m_.kv_used->set(double(kv_->used_pages()));
+        m_.peak_rss->set(double(metrics::peak_rss_bytes()));
+    }
+    static double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+    static double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+    // ---- ending a request ------------------------------------------------------------------------------
+    void finish(Seq& s, ErrorKind kind = ErrorKind::none, std::string error = {}) {
+        auto now = Clock::now();
+        Result& r = s.r;
+        if (kind == ErrorKind::none && r.error_kind != ErrorKind::none) {  // set while running (a throwing callback)
+            kind = r.error_kind;
+            error = r.error;
+        }
+        r.error_kind = kind;
+        r.error = std::move(error);
+        if (kind == ErrorKind::timeout) r.stop = StopReason::timeout;
+        else if (kind == ErrorKind::cancelled) r.stop = StopReason::cancelled;
+        else if (kind != ErrorKind::none) r.stop = StopReason::error;
+        if (s.stream || s.stop_text) {
+            std::string tail = s.stream ? s.stream->flush() : std::string();
+            if (s.stop_text) tail = s.stop_text->push(tail) + s.stop_text->flush();
+            if (s.st->req.on_token && kind == ErrorKind::none) {
+                try {
+                    s.st->req.on_token(-1, tail);
+                } catch (...) {
+                }
+            }
+        }
+        if (s.stop_text && s.stop_text->hit()) r.text = s.stop_text->text();
+        else if (model_.has_tokenizer()) r.text = model_.tokenizer().decode(r.ids, true);
+        auto& t = r.timings;
+        t.total_ms = ms(now - s.st->submitted);
+        if (s.first_token != Clock::time_point{}) t.decode_ms = ms(now - s.first_token);
+        t.load_ms = model_.load_ms();
+        s.kv.reset();  // pages back to the pool
+        record(r);
+        s.st->finish(std::move(r));
+    }
+    void record(const Result& r) {
+        const auto& t = r.timings;
+        m_.e2e->record(t.total_ms / 1e3);
+        if (r.ok()) m_.ok->add();
+        else m_.failed.at(r.error_kind)->add();
+        if (t.ttft_ms > 0) m_.ttft->record(t.ttft_ms / 1e3);
+        if (t.decode_tokens > 0) m_.decode_token->record(t.decode_ms / 1e3 / double(t.decode_tokens));
+        m_.generated_tokens->add(r.ids.size());
+    }
+    void fail_state(const std::shared_ptr<RequestState>& st, ErrorKind kind, std::string msg, double queue_ms = -1) {
+        Seq s;
+        s.st = st;
+        if (queue_ms >= 0) s.r.timings.queue_ms = queue_ms;
+        finish(s, kind, std::move(msg));
+    }
+    // cancelled or past its deadline: the error to end it with.
+    static std::optional<std::pair<ErrorKind, std::string>> expired(const RequestState& st, Clock::time_point now) {
+        if (st.cancel.load(std::memory_order_relaxed)) return std::pair{ErrorKind::cancelled, std::string("request cancelled")};
+        if (now >= st.deadline)
+            return std::pair{ErrorKind::timeout, "request timed out after " + std::to_string(secs(now - st.submitted)) + " s"};
+        return std::nullopt;
+    }
+
+    // ---- preparation thread: tokenize, decode and resize images ---------------------------------------------
+    void prep_loop() {
+        for (;;) {
+            std::shared_ptr<RequestState> st;
+            {
+                std::unique_lock lk(mu_);
+                prep_cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+                if (stop_) break;
+                st = std::move(queue_.front());
+                queue_.pop_front();
+            }
+            std::unique_ptr<Seq> s;
+            try {
+                if (auto e = expired(*st, Clock::now())) throw EngineError(e->first, e->second);
+                s = prepare(st);
+            } catch (const EngineError& e) {
+                dequeue_failed(st, e.kind(), e.what());
+                continue;
+            } catch (const Error& e) {
+                dequeue_failed(st, ErrorKind::invalid_request, e.what());
+                continue;
+            } catch (const std::exception& e) {
+                dequeue_failed(st, ErrorKind::internal, std::string("internal error: ") + e.what());
+                continue;
+            }
+            {
+                std::lock_guard lk(mu_);
+                ready_.push_back(std::move(s));
+            }
+            cv_.notify_all();
+        }
+    }
+    void dequeue_failed(const std::shared_ptr<RequestState>& st, ErrorKind kind, std::string msg) {
+        fail_state(st, kind, std::move(msg), ms(Clock::now() - st->submitted));
+        std::lock_guard lk(mu_);
+        --waiting_;
+        m_.queued->set(double(waiting_));
+        idle_cv_.notify_all();
+    }
+
+    std::unique_ptr<Seq> prepare(const std::shared_ptr<RequestState>& st) {
+        const auto t0 = Clock::now();
+        const Request& q = st->req;
+        auto s = std::make_unique<Seq>();
+        s->st = st;
+        FASTVLM_CHECK(q.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", q.max_new_tokens);
+        FASTVLM_CHECK(std::isfinite(q.timeout_s) && q.timeout_s >= 0, "timeout_s must be >= 0, got ", q.timeout_s);
+        s->sampler.emplace(q.sampling);
+        const Index n_img = Index(q.images.size());
+        if (!q.prompt_ids.empty()) {
+            s->ids = q.prompt_ids;
+        } else {
+            std::vector<text::ChatMessage> msgs = q.messages;
+            if (msgs.empty()) msgs.push_back({"user", q.prompt});
+            Index slots = 0;
+            for (const auto& m : msgs)
+                for (std::size_t at = m.content.find(text::kImageToken); at != std::string::npos;
+                     at = m.content.find(text::kImageToken, at + 1))
+                    ++slots;
+            if (slots == 0 && n_img > 0) {
+                auto it = std::find_if(msgs.begin(), msgs.end(), [](const auto& m) { return m.role == "user"; });
+                FASTVLM_CHECK(it != msgs.end(), "the request has images but no user message to put them in");
+                std::string pre;
+                for (Index i = 0; i < n_img; ++i) pre += std::string(text::kImageToken) + "\n";
+                it->content = pre + it->content;
+            }
+            const auto& tok = model_.tokenizer();
+            const std::string prompt = text::chat_prompt(msgs, q.system);
+            s->ids = text::tokenize_with_image(prompt, [&](const std::string& c) { return tok.encode(c); });
+        }
+        const Index V = model_.decoder().vocab_size();
+        Index slots = 0;
+        for (auto id : s->ids) {
+            if (id == text::kImageTokenIndex) ++slots;
+            else FASTVLM_CHECK(id >= 0 && id < V, "prompt token id ", id, " is outside the vocabulary [0, ", V, ")");
+        }
+        FASTVLM_CHECK(slots == n_img, "the prompt has ", slots, " image placeholder", slots == 1 ? "" : "s", " (<image>) but ",
+                      n_img, " image", n_img == 1 ? " was" : "s were", " given");
+        FASTVLM_CHECK(n_img == 0 || model_.has_vision(), "the request has images but the model was loaded without its vision tower");
+        const Index per_img = n_img ? Index(model_.config().vision.num_tokens()) : 0;
+        s->T = Index(s->ids.size()) - n_img + n_img * per_img;
+        FASTVLM_CHECK(s->T >= 1, "the prompt is empty");
+        s->need = s->T + std::max(q.max_new_tokens - 1, 0);
+        if (s->need > context_)
+            fail("the prompt (", s->T, " positions after image expansion) plus up to ", q.max_new_tokens, " new tokens needs ",
+                 s->need, " positions, more than the context of ", context_, " tokens");
+        if (kv_->pages_for(s->need) > kv_->total_pages())
+            throw EngineError(ErrorKind::too_large,
+                              "the request needs " + std::to_string(s->need) + " KV positions (" +
+                                  std::to_string(kv_->pages_for(s->need) * Index(kv_->page_bytes())) +
+                                  " bytes), more than the whole KV budget of " +
+                                  std::to_string(kv_->total_pages() * Index(kv_->page_bytes())) +
+                                  " bytes (EngineOptions::kv_budget_bytes)");
+        for (Index i = 0; i < n_img; ++i) {
+            try {
+                const ImageInput& in = q.images[std::size_t(i)];
+                if (in.pixels) {
+                    const Index S = model_.config().vision.image_size;
+                    FASTVLM_CHECK(in.pixels->dim(0) == 3 && in.pixels->dim(1) == S && in.pixels->dim(2) == S, in.name,
+                                  ": pixels have shape ", shape_str(in.pixels->shape()), ", the vision tower expects [3, ", S, ", ", S, "]");
+                    s->pixels.push_back(in.pixels);
+                } else {
+                    s->pixels.push_back(std::make_shared<const Tensor<float, 3>>(model_.preprocess(in.load())));
+                }
+            } catch (const Error& e) {
+                fail("image ", i + 1, " of ", n_img, ": ", e.what());
+            }
+        }
+        s->stops = q.stop_ids.empty() ? &model_.stop_ids() : &q.stop_ids;
+        if (model_.has_tokenizer()) s->stream.emplace(model_.tokenizer(), true);
+        if (!q.stop_strings.empty()) s->stop_text.emplace(q.stop_strings);
+        s->phase = n_img ? Phase::vision : Phase::prefill;
+        s->r.prompt_tokens = s->T;
+        s->r.timings.prefill_tokens = s->T;
+        s->r.timings.preprocess_ms = ms(Clock::now() - t0);
+        m_.preprocess->record(secs(Clock::now() - t0));
+        m_.prompt_tokens->add(std::uint64_t(s->T));
+        return s;
+    }
+
+    // ---- scheduler thread ---------------------------------------------------------------------------------
+    void sched_loop() {
+        for (;;) {
+            {
+                std::unique_lock lk(mu_);
+                if (stop_) break;
+                admit(lk);
+                if (running_.empty()) {
+                    cv_.wait_for(lk, std::chrono::milliseconds(20), [&] { return stop_ || !ready_.empty(); });
+                    continue;
+                }
+            }
+            try {
+                sweep();
+                encode_one_image();
+                step();
+            } catch (const std::exception& e) {
+                // A failure of the batch itself (e.g. out of memory): every running sequence ends with it.
+                for (auto& s : running_) finish(*s, ErrorKind::internal, std::string("internal error in a batched step: ") + e.what());
+                running_.clear();
+            }
+            publish_running();
+        }
+    }
+    void publish_running() {
+        std::lock_guard lk(mu_);
+        n_running_ = Index(running_.size());
+        m_.running->set(double(n_running_));
+        if (n_running_ == 0 && waiting_ == 0) idle_cv_.notify_all();
+    }
+
+    // Under mu_: starts ready requests while slots and KV reservations allow (FIFO).
+    void admit(std::unique_lock<std::mutex>&) {
+        const auto now = Clock::now();
+        for (auto it = ready_.begin(); it != ready_.end();) {
+            if (auto e = expired(*(*it)->st, now)) {
+                (*it)->r.timings.queue_ms = ms(now - (*it)->st->submitted);
+                finish(**it, e->first, e->second);
+                it = ready_.erase(it);
+                --waiting_;
+            } else {
+                ++it;
+            }
+        }
+        while (!ready_.empty() && Index(running_.size()) < opt_.max_running) {
+            auto& s = ready_.front();
+            s->kv = text::KVSeq::try_create(kv_, s->need);
+            if (!s->kv) break;  // waits for pages (head of line)
+            s->admitted = now;
+            s->r.timings.queue_ms = ms(now - s->st->submitted);
+            m_.queue_wait->record(secs(now - s->st->submitted));
+            running_.push_back(std::move(s));
+            ready_.pop_front();
+            --waiting_;
+        }
+        n_running_ = Index(running_.size());
+        m_.queued->set(double(waiting_));
+        m_.running->set(double(n_running_));
+    }
+
+    // Ends cancelled and timed-out sequences (their KV pages go back).
+    void sweep() {
+        const auto now = Clock::now();
+        std::erase_if(running_, [&](std::unique_ptr<Seq>& s) {
+            if (auto e = expired(*s->st, now)) {
+                finish(*s, e->first, e->second);
+                return true;
+            }
+            return false;
+        });
+    }
+
+    void encode_one_image() {
+        for (auto& sp : running_) {
+            Seq& s = *sp;
+            if (s.phase != Phase::vision) continue;
+            try {
+                const std::size_t i = s.img_tokens.size();
+                const auto t0 = Clock::now();
+                auto feats = model_.encode_image(s.pixels[i]->view(), pool_);
+                const auto t1 = Clock::now();
+                s.img_tokens.push_back(model_.project(feats, pool_));
+                const auto t2 = Clock::now();
+                s.pixels[i].reset();
+                s.r.timings.vision_ms += ms(t1 - t0);
+                s.r.timings.projector_ms += ms(t2 - t1);
+                m_.vision->record(secs(t1 - t0));
+                m_.projector->record(secs(t2 - t1));
+                m_.images->add();
+                if (s.img_tokens.size() == s.pixels.size()) to_prefill(s);
+            } catch (const Error& e) {
+                fail_running(sp, ErrorKind::invalid_request, e.what());
+            }
+            return;
+        }
+    }
+    void to_prefill(Seq& s) {
+        std::vector<TensorView<const float, 2>> views;
+        for (const auto& t : s.img_tokens) views.push_back(t.view());
+        s.x = model_.embed_prompt(s.ids, views);
+        s.img_tokens.clear();
+        s.pixels.clear();
+        s.phase = Phase::prefill;
+    }
+    void fail_running(std::unique_ptr<Seq>& sp, ErrorKind kind, std::string msg) {
+        finish(*sp, kind, std::move(msg));
+        sp.reset();
+        std::erase(running_, nullptr);
+    }
+
+    void step() {
+        const auto& dec = model_.decoder();
+        const Index H = dec.hidden_size(), V = dec.vocab_size();
+        for (auto& sp : running_)
+            if (sp->phase == Phase::prefill && sp->x.size() == 0) to_prefill(*sp);
+        std::vector<text::BatchSeq> batch;
+        std::vector<Seq*> members, sampled;
+        Index rows = 0, budget = opt_.prefill_chunk;
+        bool has_decode = false;
+        for (auto& sp : running_) {
+            if (sp->phase != Phase::decode) continue;
+            dec.embed(sp->last, xbuf_.data() + rows * H);
+            batch.push_back({sp->kv.get(), 1, true, text::Logits::last});
+            members.push_back(sp.get());
+            sampled.push_back(sp.get());
+            ++rows;
+            has_decode = true;
+        }
+        const auto t0 = Clock::now();
+        for (auto& sp : running_) {
+            Seq& s = *sp;
+            if (s.phase != Phase::prefill || budget == 0) continue;
+            const Index n = std::min(budget, s.T - s.prefilled);
+            std::copy_n(s.x.data() + s.prefilled * H, n * H, xbuf_.data() + rows * H);
+            const bool last = s.prefilled + n == s.T;
+            batch.push_back({s.kv.get(), n, false, last && s.st->req.max_new_tokens > 0 ? text::Logits::last : text::Logits::none});
+            members.push_back(&s);
+            if (last && s.st->req.max_new_tokens > 0) sampled.push_back(&s);
+            if (s.prefilled == 0) s.prefill_start = t0;
+            rows += n;
+            budget -= n;
+        }
+        if (batch.empty()) return;
+        dec.forward_batch(xbuf_.data(), batch, ws_, rope_, pool_, logits_.data());
+        // Sampling, one task per sequence (own sampler: independent of the batch).
+        std::vector<std::int32_t> tok(sampled.size());
+        const std::size_t valid = std::size_t(model_.valid_vocab());
+        if (!sampled.empty()) pool_->run(sampled.size(), [&](std::size_t i, unsigned) {
+            tok[i] = sampled[i]->sampler->sample(std::span<const float>(logits_.data() + i * std::size_t(V), std::size_t(V)), valid);
+        });
+        const auto t1 = Clock::now();
+        m_.step->record(secs(t1 - t0));
+        if (has_decode) m_.decode_busy->add(secs(t1 - t0));
+        std::vector<Seq*> ended;
+        for (std::size_t b = 0; b < members.size(); ++b) {
+            Seq& s = *members[b];
+            if (s.phase == Phase::prefill) {
+                s.prefilled += batch[b].rows;
+                if (s.prefilled < s.T) continue;
+                s.x = Tensor<float, 2>();
+                s.r.timings.prefill_ms = ms(t1 - s.prefill_start);
+                m_.prefill->record(secs(t1 - s.prefill_start));
+                if (s.st->req.max_new_tokens == 0) {
+                    s.r.stop = StopReason::max_tokens;
+                    ended.push_back(&s);
+                    continue;
+                }
+                s.phase = Phase::decode;
+            } else {
+                ++s.r.timings.decode_tokens;
+            }
+            const std::size_t i = std::size_t(std::find(sampled.begin(), sampled.end(), &s) - sampled.begin());
+            if (!accept(s, tok[i], t1)) ended.push_back(&s);
+        }
+        for (Seq* s : ended) finish(*s);
+        std::erase_if(running_, [&](const std::unique_ptr<Seq>& s) { return std::find(ended.begin(), ended.end(), s.get()) != ended.end(); });
+    }
+
+    // A sampled token: false when the sequence ends with it.
+    bool accept(Seq& s, std::int32_t id, Clock::time_point now) {
+        if (s.first_token == Clock::time_point{}) {
+            s.first_token = now;
+            s.r.timings.ttft_ms = ms(now - s.st->submitted);
+        }
+        if (std::find(s.stops->begin(), s.stops->end(), id) != s.stops->end()) {
+            s.r.stop = StopReason::eos;
+            return false;
+        }
+        s.r.ids.push_back(id);
+        std::string piece = s.stream ? s.stream->push(id) : std::string();
+        if (s.stop_text) piece = s.stop_text->push(piece);
+        if (s.st->req.on_token) {
+            try {
+                s.st->req.on_token(id, piece);
+            } catch (const std::exception& e) {
+                s.r.error_kind = ErrorKind::invalid_request;
+                s.r.error = std::string("on_token callback threw: ") + e.what();
+            } catch (...) {
+                s.r.error_kind = ErrorKind::invalid_request;
+                s.r.error = "on_token callback threw";
+            }
+            if (s.r.error_kind != ErrorKind::none) {
+                s.st->req.on_token = nullptr;
+                return false;
+            }
+        }
+        if (s.stop_text && s.stop_text->hit()) {
+            s.r.stop = StopReason::eos;
+            return false;
+        }
+        if (Index(s.r.ids.size()) >= s.st->req.max_new_tokens) {
+            s.r.stop = StopReason::max_tokens;
+            return false;
+        }
+        s.last = id;
+        return true;
+    }
+
+    Model<Policy> model_;
+    EngineOptions opt_;
+    Index context_ = 0;
+    std::shared_ptr<text::KVPool> kv_;
+    text::DecoderWorkspace ws_;
+    RopeTable rope_;
+    std::vector<float> logits_, xbuf_;
+    ThreadPool* pool_ = nullptr;
+    metrics::Registry reg_;
+    Metrics m_;
+
+    mutable std::mutex mu_;
+    std::condition_variable cv_, prep_cv_, idle_cv_;
+    std::deque<std::shared_ptr<RequestState>> queue_;  // submitted, not prepared
+    std::deque<std::unique_ptr<Seq>> ready_;           // prepared, waiting for admission
+    Index waiting_ = 0;                                // queue_ + ready_ + the one in preparation
+    Index n_running_ = 0;
+    bool stop_ = false;
+    std::vector<std::unique_ptr<Seq>> running_;  // scheduler thread only
+    std::thread prep_, sched_;
+};
+}  // namespace detail
+
+// Continuous batching on one loaded model. Non-copyable, movable; the destructor ends every
+// request that has not finished with ErrorKind::shutdown (call drain() first to let them finish).
+class Engine {
+public:
+    template <class Policy>
+    explicit Engine(const Model<Policy>& model, EngineOptions opt = {})
+        : core_(std::make_unique<detail::EngineImpl<Policy>>(model, std::move(opt))) {}
+    explicit Engine(std::unique_ptr<detail::EngineCore> core) : core_(std::move(core)) {}
+
+    // Thread-safe. Throws EngineError (queue_full, shutdown); every other problem of the request
+    // comes back in its Result (error_kind, error).
+    RequestHandle submit(Request r) { return RequestHandle(core_->submit(std::move(r))); }
+    // submit + wait.
+    Result run(Request r) { return submit(std::move(r)).wait(); }
+    // Blocks until nothing is queued or running.
+    void drain() { core_->drain(); }
+
+    EngineStats stats() const { return core_->stats(); }
+    metrics::Registry& metrics() { return core_->registry(); }
+    nlohmann::json metrics_json() { return core_->registry().to_json(); }
+    const EngineOptions& options() const { return core_->options(); }
+
+private:
+    std::unique_ptr<detail::EngineCore> core_;
+};
+
+}  // namespace fastvlm
+// ---- end fastvlm/engine.hpp
+// ---- begin fastvlm/session.hpp -------------------------------------------------------------
+// fastvlm/session.hpp — Session<Policy>: one conversation on a Model (its own KV sequence,
+// position and sampler), run on the calling thread through the same batch-first decoder the Engine
+// uses (a batch of one sequence). Not thread-safe: one per thread; many may share one Model.
+
+namespace fastvlm {
+
 struct SessionOptions {
     Index context = 0;           // KV-cache positions; 0 = the model's LoadOptions::context
     ThreadPool* pool = nullptr;  // nullptr = the model's pool (shared; parallel regions then take turns)
+    std::optional<text::KVType> kv_type = {};  // KV storage; unset = the model's LoadOptions::kv_type
 };
 
 // A conversation: KV cache, position, sampler state. Not thread-safe; use one per thread.
@@ -8247,7 +9706,7 @@ public:
     explicit Session(const Model<Policy>& model, const SessionOptions& opt = {}) : model_(model) {
         const auto& dec = model_.decoder();
         const Index ctx = opt.context > 0 ? opt.context : model_.context();
-        cache_ = dec.make_cache(ctx);
+        cache_ = dec.make_cache(ctx, opt.kv_type.value_or(model_.kv_type()));
         ws_ = dec.make_workspace();
         rope_ = dec.make_rope(ctx);
         logits_.resize(std::size_t(dec.vocab_size()));
@@ -8311,6 +9770,11 @@ public:
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
                              bool all_logits = false) {
         Tensor<float, 2> x = embed(ids, image_tokens);
+        return run_prefill(x, all_logits);
+    }
+
+private:
+    Tensor<float, 2> run_prefill(Tensor<float, 2>& x, bool all_logits) {
         const Index T = x.dim(0), V = model_.decoder().vocab_size();
         check_fits(T, 0);
         pending_.reset();
@@ -8319,6 +9783,14 @@ public:
                                  out.data());
         std::copy(out.data() + (out.dim(0) - 1) * V, out.data() + out.dim(0) * V, logits_.begin());
         return out;
+    }
+
+public:
+    // Several images: the k-th −200 slot takes images[k].
+    Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
+                             bool all_logits = false) {
+        Tensor<float, 2> x = model_.embed_prompt(ids, images);
+        return run_prefill(x, all_logits);
     }
     // Feeds one token; returns the next logits (valid until the next call).
     std::span<const float> step(std::int32_t id) {
@@ -8348,34 +9820,10 @@ private:
                  model_.config().text.max_position_embeddings, ", or lower max_new_tokens)");
     }
 
-    // [T, hidden]: text ids embedded, the −200 slot replaced by the image tokens (spec §5.3).
+    // [T, hidden]: text ids embedded, the −200 slots replaced by the image tokens (spec §5.3).
     Tensor<float, 2> embed(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image) {
-        const auto& dec = model_.decoder();
-        const Index H = dec.hidden_size();
-        const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
-        FASTVLM_CHECK(n_img <= 1, "the prompt has ", n_img, " image placeholders (", text::kImageTokenIndex,
-                      "); one image per turn is supported");
-        FASTVLM_CHECK(n_img == 1 || !image, "image tokens were given but the prompt has no image placeholder (",
-                      text::kImageTokenIndex, " / <image>)");
-        FASTVLM_CHECK(n_img == 0 || image, "the prompt has an image placeholder (", text::kImageTokenIndex,
-                      ") but no image was given");
-        if (image)
-            FASTVLM_CHECK(image->dim(1) == H && image->is_contiguous(), "image tokens have shape ", shape_str(image->shape()),
-                          ", expected [N, ", H, "] (hidden_size)");
-        const Index N = image ? image->dim(0) : 0;
-        const Index T = Index(ids.size()) - n_img + N;
-        Tensor<float, 2> x({T, H});
-        Index row = 0;
-        for (auto id : ids) {
-            if (id == text::kImageTokenIndex) {
-                std::copy_n(image->data(), N * H, x.data() + row * H);
-                row += N;
-            } else {
-                dec.embed(id, x.data() + row * H);
-                ++row;
-            }
-        }
-        return x;
+        if (!image) return model_.embed_prompt(ids, {});
+        return model_.embed_prompt(ids, std::span<const TensorView<const float, 2>>(&*image, 1));
     }
 
     template <class Pixels>
@@ -8416,7 +9864,7 @@ private:
                detail::Stopwatch& sw, Timings t) {
         FASTVLM_CHECK(g.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", g.max_new_tokens);
         const auto& dec = model_.decoder();
-        text::Sampler sampler({g.temperature, g.top_k, g.top_p, g.seed});
+        text::Sampler sampler(g.sampling);
         const std::vector<std::int32_t>& stops = g.stop_ids.empty() ? model_.stop_ids() : g.stop_ids;
         const Index valid = model_.valid_vocab();
         Tensor<float, 2> x = embed(ids, image);
@@ -8490,6 +9938,16 @@ Result Model<Policy>::describe(const std::filesystem::path& image, std::string_v
     return s.describe(image, question, g);
 }
 
+}  // namespace fastvlm
+// ---- end fastvlm/session.hpp
+// ---- begin fastvlm/any_model.hpp -----------------------------------------------------------
+// fastvlm/any_model.hpp — the precision preset chosen at run time: AnyModel / AnySession /
+// load_model(dir, "int8"). Each wraps the Model<P> / Session<P> of one compiled preset.
+#include <memory>
+
+
+namespace fastvlm {
+
 // ---- run-time policy choice ---------------------------------------------------------------------------
 class AnySession {
 public:
@@ -8521,6 +9979,7 @@ public:
     virtual Tensor<float, 2> encode_image(TensorView<const float, 3> pixels) const = 0;
     virtual Tensor<float, 2> project(TensorView<const float, 2> features) const = 0;
     virtual std::unique_ptr<AnySession> new_session(const SessionOptions& opt = {}) const = 0;
+    virtual std::unique_ptr<Engine> new_engine(const EngineOptions& opt = {}) const = 0;
 };
 
 namespace detail {
@@ -8567,6 +10026,7 @@ public:
     std::unique_ptr<AnySession> new_session(const SessionOptions& o) const override {
         return std::make_unique<AnySessionImpl<Policy>>(m_, o);
     }
+    std::unique_ptr<Engine> new_engine(const EngineOptions& o) const override { return std::make_unique<Engine>(m_, o); }
     const Model<Policy>& model() const { return m_; }
 
 private:
@@ -8583,538 +10043,19 @@ inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, co
 }
 
 }  // namespace fastvlm
-// ---- end fastvlm/fastvlm.hpp
-// ---- begin fastvlm/engine/metrics.hpp ------------------------------------------------------
-// fastvlm/engine/metrics.hpp — latency histograms, counters and gauges for the inference engine, exported as
-// JSON or in the Prometheus text format, plus the process's resident memory.
+// ---- end fastvlm/any_model.hpp
+// ---- begin fastvlm/fastvlm.hpp -------------------------------------------------------------
+// fastvlm/fastvlm.hpp — the umbrella header (docs/api.md):
+//   image → FastViTHD → mlp2x_gelu projector → spliced into the ChatML prompt → Qwen2 → text.
 //
-// Design:
-//  * A Histogram records durations in seconds. Recording takes one short mutex (per histogram) and never
-//    allocates: the ring buffer for quantiles is reserved at construction. It keeps
-//      - count, sum, min, max over every sample ever recorded (min/max are all-time, like count and sum);
-//      - fixed cumulative buckets in the Prometheus sense (bucket i counts samples <= bounds[i], "le"), whose
-//        upper bounds are chosen at construction (+Inf is implicit);
-//      - the last `window` samples (default 4096). Quantiles p50/p95/p99 are computed on read from a sorted
-//        copy of that window by the nearest-rank method (rank = ceil(q·n), integer arithmetic), so they are
-//        exact values that were recorded, and they reflect recent behaviour rather than all of history.
-//  * A Registry owns named metrics. histogram()/counter()/gauge() create on first use and return the same
-//    object afterwards; references stay valid for the registry's lifetime (each metric lives in its own
-//    unique_ptr). A lookup takes the registry mutex and builds a key string, so a hot loop should keep the
-//    reference rather than look the metric up for every event.
-//  * Counters and gauges are lock-free atomics. A name may carry several label sets (a "family": one help
-//    text, one type); labels are sorted by name, so {a,b} and {b,a} are the same series.
-//  * Anomalies: a histogram created by a registry compares each new sample with the mean of all samples
-//    recorded before it; if at least min_samples (default 8) came before and the new value is strictly
-//    greater than factor (default 2) × that mean, the registry's anomaly callback is called on the recording
-//    thread, after the histogram's mutex is released and with no registry lock held. The callback may
-//    therefore read or update the registry (to_json, snapshot, counters, even set_anomaly_callback) without
-//    deadlocking. An exception thrown by the callback propagates out of record(); the sample is recorded.
-//  * Lock order is registry mutex → histogram mutex (exporters snapshot histograms while holding the
-//    registry mutex); record() never takes the registry mutex, only the small callback mutex when an
-//    anomaly fires, so there is no cycle.
-//  * Numbers are printed in their shortest round-trip form (std::to_chars, %g style); infinities as +Inf/-Inf.
-#include <algorithm>
-#include <atomic>
-#include <charconv>
-#include <cmath>
-#include <cstddef>
-#include <cstdint>
-#include <fstream>
-#include <functional>
-#include <limits>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <string_view>
-#include <system_error>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-#include <nlohmann/json.hpp>
-
-
-namespace fastvlm::metrics {
-
-// Label set of one series, e.g. {{"status", "ok"}}. Order does not matter (sorted by name on creation).
-using Labels = std::vector<std::pair<std::string, std::string>>;
-
-// A copy of a histogram's state. Quantiles come from the ring window; everything else is all-time.
-// bounds ends with +Inf and has the same size as cumulative; cumulative.back() == count.
-struct HistogramSnapshot {
-    std::uint64_t count = 0;
-    double sum = 0, mean = 0, min = 0, max = 0;  // all 0 when empty
-    double p50 = 0, p95 = 0, p99 = 0;            // seconds, nearest rank over the window; 0 when empty
-    std::vector<double> bounds;
-    std::vector<std::uint64_t> cumulative;
-};
-
-// Passed to the anomaly callback: `seconds` exceeded factor × `running_mean`, the mean of the `samples`
-// values recorded in histogram `stage` before this one.
-struct Anomaly {
-    std::string stage;
-    double seconds = 0;
-    double running_mean = 0;
-    std::uint64_t samples = 0;
-};
-
-namespace detail {
-
-inline bool valid_metric_name(std::string_view s) {
-    if (s.empty()) return false;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        const char c = s[i];
-        const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
-        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
-    }
-    return true;
-}
-
-// Label names: [a-zA-Z_][a-zA-Z0-9_]*, and names starting with "__" are reserved by Prometheus.
-inline bool valid_label_name(std::string_view s) {
-    if (s.empty() || s.starts_with("__")) return false;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        const char c = s[i];
-        const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-        if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
-    }
-    return true;
-}
-
-// Shortest text that parses back to the same double, %g style ("0.0005", "1e+06"); "+Inf", "-Inf", "NaN".
-inline std::string format_number(double v) {
-    if (std::isnan(v)) return "NaN";
-    if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-    char buf[64];
-    const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general);
-    return std::string(buf, r.ptr);
-}
-
-// Label value escaping of the text format 0.0.4: backslash, double quote and newline.
-inline std::string escape_label_value(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (char c : s) {
-        if (c == '\\') out += "\\\\";
-        else if (c == '"') out += "\\\"";
-        else if (c == '\n') out += "\\n";
-        else out += c;
-    }
-    return out;
-}
-
-// HELP text escaping: backslash and newline only.
-inline std::string escape_help(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (char c : s) {
-        if (c == '\\') out += "\\\\";
-        else if (c == '\n') out += "\\n";
-        else out += c;
-    }
-    return out;
-}
-
-// Nearest-rank quantile of a sorted, non-empty vector; q_permille in (0, 1000]. rank = ceil(q·n) ≥ 1.
-inline double nearest_rank(const std::vector<double>& sorted, std::uint64_t q_permille) {
-    const std::uint64_t n = sorted.size();
-    const std::uint64_t rank = std::max<std::uint64_t>(1, (q_permille * n + 999) / 1000);
-    return sorted[std::min(rank, n) - 1];
-}
-
-// Shared by a registry and the histograms it owns: the anomaly rule and the callback.
-struct AnomalyHook {
-    std::atomic<double> factor{2.0};
-    std::atomic<std::uint64_t> min_samples{8};
-    std::mutex mu;  // guards callback (the pointer, not the call)
-    std::shared_ptr<const std::function<void(const Anomaly&)>> callback;
-
-    void fire(const Anomaly& a) {
-        std::shared_ptr<const std::function<void(const Anomaly&)>> cb;
-        {
-            std::lock_guard lk(mu);
-            cb = callback;
-        }
-        if (cb && *cb) (*cb)(a);  // no lock held: the callback may re-enter the registry
-    }
-};
-
-}  // namespace detail
-
-class Histogram {
-public:
-    using Snapshot = HistogramSnapshot;
-
-    // 21 bounds from 0.5 ms to 120 s, roughly log-spaced (1-2.5-5-7.5 steps); a superset of the Prometheus
-    // client default buckets, with extra resolution at the ms end (per-token latency) and up to 2 minutes
-    // (whole requests).
-    static std::vector<double> default_bounds() {
-        return {0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
-                0.5,    0.75,  1.0,    2.5,   5.0,    7.5,  10.0, 30.0, 60.0,  120.0};
-    }
-
-    // bounds: finite, strictly increasing upper bounds in seconds (a trailing +Inf is accepted and ignored;
-    // +Inf is always implied). window: how many recent samples the quantiles are computed from (≥ 1).
-    explicit Histogram(std::vector<double> bounds = default_bounds(), std::size_t window = 4096)
-        : bounds_(std::move(bounds)), window_(window) {
-        if (!bounds_.empty() && bounds_.back() == std::numeric_limits<double>::infinity()) bounds_.pop_back();
-        for (std::size_t i = 0; i < bounds_.size(); ++i) {
-            FASTVLM_CHECK(std::isfinite(bounds_[i]), "metrics: histogram bound ", i, " is not finite (",
-                          bounds_[i], "); +Inf is implicit and may only come last");
-            FASTVLM_CHECK(i == 0 || bounds_[i] > bounds_[i - 1], "metrics: histogram bounds must be strictly "
-                          "increasing, but bound ", i, " (", bounds_[i], ") <= bound ", i - 1, " (",
-                          bounds_[i - 1], ")");
-        }
-        FASTVLM_CHECK(window_ >= 1, "metrics: histogram window must be at least 1 sample");
-        buckets_.assign(bounds_.size() + 1, 0);
-        ring_.reserve(window_);
-    }
-    Histogram(const Histogram&) = delete;
-    Histogram& operator=(const Histogram&) = delete;
-
-    // Records one value in seconds; must be finite (a NaN or infinity would poison sum and mean forever).
-    // No allocation. May call the owning registry's anomaly callback (see the top of this file).
-    void record(double seconds) {
-        FASTVLM_CHECK(std::isfinite(seconds), "metrics: histogram '", name_, "' got a non-finite value (",
-                      seconds, ")");
-        const std::size_t b = static_cast<std::size_t>(
-            std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin());  // first bound >= v
-        bool anomalous = false;
-        double prev_mean = 0;
-        std::uint64_t prev_count = 0;
-        {
-            std::lock_guard lk(mu_);
-            prev_count = count_;
-            if (hook_ && prev_count > 0) {
-                prev_mean = sum_ / static_cast<double>(prev_count);
-                anomalous = prev_count >= hook_->min_samples.load(std::memory_order_relaxed) &&
-                            seconds > hook_->factor.load(std::memory_order_relaxed) * prev_mean;
-            }
-            if (count_ == 0 || seconds < min_) min_ = seconds;
-            if (count_ == 0 || seconds > max_) max_ = seconds;
-            ++count_;
-            sum_ += seconds;
-            ++buckets_[b];
-            if (ring_.size() < window_) {
-                ring_.push_back(seconds);  // within the reserved capacity
-            } else {
-                ring_[head_] = seconds;
-                head_ = head_ + 1 == window_ ? 0 : head_ + 1;
-            }
-        }
-        if (anomalous) hook_->fire(Anomaly{name_, seconds, prev_mean, prev_count});
-    }
-
-    Snapshot snapshot() const {
-        Snapshot s;
-        std::vector<double> window;
-        std::vector<std::uint64_t> buckets;
-        {
-            std::lock_guard lk(mu_);
-            s.count = count_;
-            s.sum = sum_;
-            s.min = min_;
-            s.max = max_;
-            window = ring_;
-            buckets = buckets_;
-        }
-        s.mean = s.count ? s.sum / static_cast<double>(s.count) : 0.0;
-        if (!window.empty()) {
-            std::sort(window.begin(), window.end());
-            s.p50 = detail::nearest_rank(window, 500);
-            s.p95 = detail::nearest_rank(window, 950);
-            s.p99 = detail::nearest_rank(window, 990);
-        }
-        s.bounds = bounds_;
-        s.bounds.push_back(std::numeric_limits<double>::infinity());
-        s.cumulative.resize(buckets.size());
-        std::uint64_t acc = 0;
-        for (std::size_t i = 0; i < buckets.size(); ++i) s.cumulative[i] = acc += buckets[i];
-        return s;
-    }
-
-    // Mean of every sample recorded so far (0 when empty): the reference for anomaly detection.
-    double mean() const {
-        std::lock_guard lk(mu_);
-        return count_ ? sum_ / static_cast<double>(count_) : 0.0;
-    }
-    std::uint64_t count() const {
-        std::lock_guard lk(mu_);
-        return count_;
-    }
-    const std::vector<double>& bounds() const { return bounds_; }  // finite bounds, without +Inf
-    std::size_t window() const { return window_; }
-    const std::string& name() const { return name_; }  // empty unless owned by a registry
-
-private:
-    friend class Registry;
-
-    std::vector<double> bounds_;
-    std::size_t window_;
-    std::string name_;                        // set once by the registry before the histogram is shared
-    detail::AnomalyHook* hook_ = nullptr;     // the registry's, or null for a standalone histogram
-
-    mutable std::mutex mu_;
-    std::uint64_t count_ = 0;
-    double sum_ = 0, min_ = 0, max_ = 0;
-    std::vector<std::uint64_t> buckets_;      // per bucket (not cumulative); last = (bounds_.back(), +Inf)
-    std::vector<double> ring_;                // the last window_ samples
-    std::size_t head_ = 0;                    // oldest sample (next to overwrite) once ring_ is full
-};
-
-// Monotonic event count.
-class Counter {
-public:
-    void add(std::uint64_t n = 1) { v_.fetch_add(n, std::memory_order_relaxed); }
-    std::uint64_t value() const { return v_.load(std::memory_order_relaxed); }
-
-private:
-    std::atomic<std::uint64_t> v_{0};
-};
-
-// A value that goes up and down (queue depth, KV-cache bytes, ...).
-class Gauge {
-public:
-    void set(double v) { v_.store(v, std::memory_order_relaxed); }
-    void add(double d) {
-        double cur = v_.load(std::memory_order_relaxed);
-        while (!v_.compare_exchange_weak(cur, cur + d, std::memory_order_relaxed)) {
-        }
-    }
-    double value() const { return v_.load(std::memory_order_relaxed); }
-
-private:
-    std::atomic<double> v_{0.0};
-};
-
-class Registry {
-public:
-    Registry() = default;
-    Registry(const Registry&) = delete;
-    Registry& operator=(const Registry&) = delete;
-
-    // The histogram called `name`, created with the default bounds and a 4096-sample window on first use.
-    Histogram& histogram(std::string name, std::string help = "") {
-        return histogram_impl(std::move(name), std::move(help), nullptr, 0);
-    }
-    // Same, with explicit bounds and window for the first creation; a later call with different bounds
-    // or window for the same name is an error (calls without them return the existing histogram).
-    Histogram& histogram(std::string name, std::string help, std::vector<double> bounds, std::size_t window = 4096) {
-        return histogram_impl(std::move(name), std::move(help), &bounds, window);
-    }
-
-    Counter& counter(std::string name, std::string help = "", Labels labels = {}) {
-        return series<Counter>(Kind::counter, std::move(name), std::move(help), std::move(labels));
-    }
-    Gauge& gauge(std::string name, std::string help = "", Labels labels = {}) {
-        return series<Gauge>(Kind::gauge, std::move(name), std::move(help), std::move(labels));
-    }
-
-    // Called (on the recording thread, with no lock held) for every anomalous sample; empty = none.
-    void set_anomaly_callback(std::function<void(const Anomaly&)> cb) {
-        auto p = cb ? std::make_shared<const std::function<void(const Anomaly&)>>(std::move(cb)) : nullptr;
-        std::lock_guard lk(hook_.mu);
-        hook_.callback = std::move(p);
-    }
-    // A sample is anomalous when at least min_samples came before it and it exceeds factor × their mean.
-    void set_anomaly_threshold(double factor, std::uint64_t min_samples) {
-        FASTVLM_CHECK(std::isfinite(factor) && factor > 0, "metrics: anomaly factor must be finite and > 0, got ",
-                      factor);
-        FASTVLM_CHECK(min_samples >= 1, "metrics: anomaly min_samples must be at least 1");
-        hook_.factor.store(factor, std::memory_order_relaxed);
-        hook_.min_samples.store(min_samples, std::memory_order_relaxed);
-    }
-
-    // {"histograms": {name: {count, sum, mean, min, max, p50, p95, p99, p50_ms, p95_ms, p99_ms, mean_ms}},
-    //  "counters": {name: value | {"k=v,k2=v2": value, ...}}, "gauges": likewise}. A family whose only series
-    // is unlabelled is a plain number; otherwise an object (the unlabelled series, if any, under key "").
-    nlohmann::json to_json() const {
-        nlohmann::json out = {{"histograms", nlohmann::json::object()},
-                              {"counters", nlohmann::json::object()},
-                              {"gauges", nlohmann::json::object()}};
-        std::lock_guard lk(mu_);
-        for (const auto& [name, fam] : families_) {
-            if (fam.kind == Kind::histogram) {
-                const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
-                out["histograms"][name] = {{"count", s.count},      {"sum", s.sum},        {"mean", s.mean},
-                                           {"min", s.min},          {"max", s.max},        {"p50", s.p50},
-                                           {"p95", s.p95},          {"p99", s.p99},        {"p50_ms", s.p50 * 1e3},
-                                           {"p95_ms", s.p95 * 1e3}, {"p99_ms", s.p99 * 1e3}, {"mean_ms", s.mean * 1e3}};
-                continue;
-            }
-            auto& group = out[fam.kind == Kind::counter ? "counters" : "gauges"];
-            auto value = [&](const Series& se) -> nlohmann::json {
-                if (se.counter) return se.counter->value();
-                return se.gauge->value();
-            };
-            if (fam.series.size() == 1 && fam.series.begin()->first.empty()) {
-                group[name] = value(*fam.series.begin()->second);
-            } else {
-                nlohmann::json obj = nlohmann::json::object();
-                for (const auto& [key, se] : fam.series) obj[key] = value(*se);
-                group[name] = std::move(obj);
-            }
-        }
-        return out;
-    }
-
-    // Prometheus text exposition format 0.0.4, families in name order, each name prefixed by `prefix`.
-    std::string to_prometheus(std::string_view prefix = "fastvlm_") const {
-        FASTVLM_CHECK(prefix.empty() || detail::valid_metric_name(prefix), "metrics: invalid Prometheus prefix '",
-                      prefix, "' (must match [a-zA-Z_:][a-zA-Z0-9_:]*)");
-        std::string out;
-        std::lock_guard lk(mu_);
-        for (const auto& [name, fam] : families_) {
-            const std::string full = std::string(prefix) + name;
-            if (!fam.help.empty()) out += "# HELP " + full + " " + detail::escape_help(fam.help) + "\n";
-            out += "# TYPE " + full + " " + kind_name(fam.kind) + "\n";
-            if (fam.kind == Kind::histogram) {
-                const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
-                for (std::size_t i = 0; i < s.bounds.size(); ++i)
-                    out += full + "_bucket{le=\"" + detail::format_number(s.bounds[i]) + "\"} " +
-                           std::to_string(s.cumulative[i]) + "\n";
-                out += full + "_sum " + detail::format_number(s.sum) + "\n";
-                out += full + "_count " + std::to_string(s.count) + "\n";
-                continue;
-            }
-            for (const auto& [key, se] : fam.series) {
-                out += full + label_text(se->labels) + " ";
-                out += se->counter ? std::to_string(se->counter->value()) : detail::format_number(se->gauge->value());
-                out += "\n";
-            }
-        }
-        return out;
-    }
-
-private:
-    enum class Kind { histogram, counter, gauge };
-    static const char* kind_name(Kind k) {
-        return k == Kind::histogram ? "histogram" : k == Kind::counter ? "counter" : "gauge";
-    }
-
-    struct Series {
-        Labels labels;  // sorted by name
-        std::unique_ptr<Histogram> histogram;
-        std::unique_ptr<Counter> counter;
-        std::unique_ptr<Gauge> gauge;
-    };
-    struct Family {
-        Kind kind;
-        std::string help;
-        std::map<std::string, std::unique_ptr<Series>> series;  // key: "k=v,k2=v2" ("" = no labels)
-    };
-
-    static std::string label_text(const Labels& labels) {
-        if (labels.empty()) return "";
-        std::string s = "{";
-        for (std::size_t i = 0; i < labels.size(); ++i) {
-            if (i) s += ",";
-            s += labels[i].first + "=\"" + detail::escape_label_value(labels[i].second) + "\"";
-        }
-        return s + "}";
-    }
-
-    // Validates the name, finds or creates the family (checking its type) and fills in a missing help.
-    // Caller holds mu_.
-    Family& family(Kind kind, const std::string& name, std::string& help) {
-        FASTVLM_CHECK(detail::valid_metric_name(name), "metrics: invalid metric name '", name,
-                      "' (must match [a-zA-Z_:][a-zA-Z0-9_:]*)");
-        auto [it, inserted] = families_.try_emplace(name, Family{kind, {}, {}});
-        Family& fam = it->second;
-        FASTVLM_CHECK(fam.kind == kind, "metrics: '", name, "' is already registered as a ", kind_name(fam.kind),
-                      ", cannot use it as a ", kind_name(kind));
-        if (fam.help.empty() && !help.empty()) fam.help = std::move(help);
-        return fam;
-    }
-
-    Histogram& histogram_impl(std::string name, std::string help, const std::vector<double>* bounds,
-                              std::size_t window) {
-        std::lock_guard lk(mu_);
-        Family& fam = family(Kind::histogram, name, help);
-        auto it = fam.series.find("");
-        if (it != fam.series.end()) {
-            Histogram& h = *it->second->histogram;
-            if (bounds) {
-                std::vector<double> b = *bounds;
-                if (!b.empty() && b.back() == std::numeric_limits<double>::infinity()) b.pop_back();
-                FASTVLM_CHECK(b == h.bounds() && window == h.window(), "metrics: histogram '", name,
-                              "' already exists with different bounds or window");
-            }
-            return h;
-        }
-        // Construct before inserting, so invalid bounds leave the registry unchanged (except for the family,
-        // which we drop again if it is empty).
-        std::unique_ptr<Histogram> h;
-        try {
-            h = bounds ? std::make_unique<Histogram>(*bounds, window) : std::make_unique<Histogram>();
-        } catch (...) {
-            if (fam.series.empty()) families_.erase(name);
-            throw;
-        }
-        h->name_ = name;
-        h->hook_ = &hook_;
-        auto se = std::make_unique<Series>();
-        se->histogram = std::move(h);
-        Histogram& ref = *se->histogram;
-        fam.series.emplace("", std::move(se));
-        return ref;
-    }
-
-    template <class T>
-    T& series(Kind kind, std::string name, std::string help, Labels labels) {
-        std::sort(labels.begin(), labels.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-        std::string key;
-        for (std::size_t i = 0; i < labels.size(); ++i) {
-            FASTVLM_CHECK(detail::valid_label_name(labels[i].first), "metrics: invalid label name '",
-                          labels[i].first, "' on metric '", name,
-                          "' (must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __)");
-            FASTVLM_CHECK(i == 0 || labels[i].first != labels[i - 1].first, "metrics: label '", labels[i].first,
-                          "' given twice on metric '", name, "'");
-            if (i) key += ",";
-            key += labels[i].first + "=" + labels[i].second;
-        }
-        std::lock_guard lk(mu_);
-        Family& fam = family(kind, name, help);
-        auto it = fam.series.find(key);
-        if (it == fam.series.end()) {
-            auto se = std::make_unique<Series>();
-            se->labels = std::move(labels);
-            if constexpr (std::is_same_v<T, Counter>) se->counter = std::make_unique<Counter>();
-            else se->gauge = std::make_unique<Gauge>();
-            it = fam.series.emplace(std::move(key), std::move(se)).first;
-        }
-        if constexpr (std::is_same_v<T, Counter>) return *it->second->counter;
-        else return *it->second->gauge;
-    }
-
-    mutable std::mutex mu_;                 // guards families_ (the maps and help texts, not the values)
-    std::map<std::string, Family> families_;
-    detail::AnomalyHook hook_;
-};
-
-namespace detail {
-// Value of a "Key:   123 kB" line of /proc/self/status, in bytes; 0 if the file or the line is missing.
-inline double proc_status_bytes(std::string_view key) {
-    std::ifstream f("/proc/self/status");
-    std::string line;
-    while (f && std::getline(f, line)) {
-        if (line.size() <= key.size() || line.compare(0, key.size(), key) != 0 || line[key.size()] != ':') continue;
-        std::size_t i = key.size() + 1;
-        while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
-        double kb = 0;
-        const auto r = std::from_chars(line.data() + i, line.data() + line.size(), kb);
-        if (r.ec != std::errc()) return 0;
-        return kb * 1024.0;
-    }
-    return 0;
-}
-}  // namespace detail
-
-// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is unavailable.
-inline double peak_rss_bytes() { return detail::proc_status_bytes("VmHWM"); }
-// Current resident set size (VmRSS), in bytes; 0 where /proc is unavailable.
-inline double rss_bytes() { return detail::proc_status_bytes("VmRSS"); }
-
-}  // namespace fastvlm::metrics
-// ---- end fastvlm/engine/metrics.hpp
+//   auto model = fastvlm::Model<>::load("FastVLM-0.5B");          // fp32 policy; one per process
+//   fastvlm::Session session(model);                              // one per thread (KV cache)
+//   auto r = session.describe("cat.jpg", "Describe the image.", {.on_token = print});
+//
+//   fastvlm::Engine engine(model, {.max_running = 8});            // many requests at once
+//   auto h = engine.submit({.images = {fastvlm::ImageInput::file("cat.jpg")}, .prompt = "What is it?"});
+//   auto r2 = h.wait();
+//
+// model.hpp (Model, options, results), session.hpp (Session), engine.hpp (Engine: continuous
+// batching, paged KV cache, metrics), any_model.hpp (preset chosen at run time).
+// ---- end fastvlm/fastvlm.hpp

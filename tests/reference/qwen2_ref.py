@@ -112,19 +112,22 @@ class Qwen2Ref:
         return h @ w2.T + b2
 
     def merge(self, input_ids, projected):
-        """Spec §5.3: embed the text segments, put the image tokens where -200 stands."""
+        """Spec §5.3: embed the text segments, put the image tokens where -200 stands. With a list
+        of projected images, the k-th -200 takes the k-th (several images, as mlx-vlm does)."""
         parts = []
         ids = [int(v) for v in input_ids]
+        images = list(projected) if isinstance(projected, (list, tuple)) else None
         seg = []
         for v in ids:
             if v == IMAGE_TOKEN_INDEX:
                 if seg:
                     parts.append(self.embed[torch.tensor(seg)])
                     seg = []
-                assert projected is not None, "prompt has an image slot but no image"
-                parts.append(projected.to(self.dtype))
+                assert projected is not None and (images is None or images), "prompt has more image slots than images"
+                parts.append((images.pop(0) if images is not None else projected).to(self.dtype))
             else:
                 seg.append(v)
+        assert not images, "more images than image slots"
         if seg:
             parts.append(self.embed[torch.tensor(seg)])
         return torch.cat(parts, dim=0)
@@ -176,7 +179,10 @@ class Qwen2Ref:
         """Greedy decoding with a KV cache (spec §5.3 step 4). Logits of ids >= vocab_limit are
         masked before argmax (spec §5.5); stored step logits are unmasked.
         Returns dict with projected, embeds, prefill_logits, hidden, final_norm, ids, step_logits."""
-        projected = self.project(image_features) if image_features is not None else None
+        if isinstance(image_features, (list, tuple)):
+            projected = [self.project(f) for f in image_features]
+        else:
+            projected = self.project(image_features) if image_features is not None else None
         embeds = self.merge(input_ids, projected)
         cache = self.new_cache()
         with torch.no_grad():

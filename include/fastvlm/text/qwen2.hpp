@@ -220,6 +220,7 @@ public:
                               s.kv->pool().shape().kv_dim == cfg_.kv_dim(),
                           "KV cache does not belong to this model");
             FASTVLM_CHECK(s.rows >= 0, "forward_batch: negative row count");
+            FASTVLM_CHECK(s.logits != Logits::all || seqs.size() == 1, "forward_batch: Logits::all needs a batch of one sequence");
             FASTVLM_CHECK(!(s.decode && seen_prefill), "forward_batch: decode rows must come before prefill rows");
             FASTVLM_CHECK(s.kv->size() + s.rows <= s.kv->capacity(), "context overflow: ", s.kv->size(), " + ", s.rows,
                           " positions exceed the context of ", s.kv->capacity(), " tokens");
@@ -235,24 +236,26 @@ public:
         for (const auto& s : seqs) s.kv->ensure(s.kv->size() + s.rows);
         run_layers(x, seqs, T, n_dec, ws, rope, pool, hook, hook_row0);
         if (n_logit_rows == 0) return;
-        // Final norm + head: rows of `last` sequences as GEMV rows (one per sequence), `all` as GEMM.
+        // Final norm + head. `last` rows of every sequence gathered and run as GEMV rows in one pass
+        // (lm_head streams once per step); an `all` sequence (alone in its batch) through the GEMM.
         const float eps = float(cfg_.rms_norm_eps);
         float* xn = ws.xn.data();
+        if (seqs.size() == 1 && seqs[0].logits == Logits::all) {
+            rms_norm(x, xn, T, H, final_norm_.data(), eps, pool);
+            if (hook) hook(int(num_layers()), hook_row0, T, xn);
+            head_.forward(xn, T, H, logits, V, pool);
+            return;
+        }
         Index r = 0, out = 0;
         for (const auto& s : seqs) {
             if (s.logits == Logits::last && s.rows > 0) {
-                rms_norm(x + (r + s.rows - 1) * H, xn, 1, H, final_norm_.data(), eps, pool);
-                if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn);
-                head_.forward(xn, 1, H, logits + out * V, V, pool);
+                rms_norm(x + (r + s.rows - 1) * H, xn + out * H, 1, H, final_norm_.data(), eps, pool);
+                if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn + out * H);
                 ++out;
-            } else if (s.logits == Logits::all && s.rows > 0) {
-                rms_norm(x + r * H, xn, s.rows, H, final_norm_.data(), eps, pool);
-                if (hook) hook(int(num_layers()), hook_row0 + r, s.rows, xn);
-                head_.forward(xn, s.rows, H, logits + out * V, V, pool);
-                out += s.rows;
             }
             r += s.rows;
         }
+        head_.forward(xn, out, H, logits, V, pool, {.rows = RowKernel::gemv});
     }
 
     // Logits of the last rows of several sequences at once (one GEMV pass over lm_head for all of

@@ -1,0 +1,106 @@
+// fastvlm/any_model.hpp — the precision preset chosen at run time: AnyModel / AnySession /
+// load_model(dir, "int8"). Each wraps the Model<P> / Session<P> of one compiled preset.
+#pragma once
+#include <memory>
+
+#include "fastvlm/engine.hpp"
+#include "fastvlm/model.hpp"
+#include "fastvlm/session.hpp"
+
+namespace fastvlm {
+
+// ---- run-time policy choice ---------------------------------------------------------------------------
+class AnySession {
+public:
+    virtual ~AnySession() = default;
+    virtual Result describe(const io::Image& image, std::string_view question, const GenerateOptions& g) = 0;
+    virtual Result describe_pixels(TensorView<const float, 3> pixels, std::string_view question, const GenerateOptions& g) = 0;
+    virtual Result chat(std::string_view user_text, const GenerateOptions& g, const io::Image* image = nullptr) = 0;
+    virtual Result generate(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
+                            const GenerateOptions& g) = 0;
+    virtual Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
+                                     bool all_logits) = 0;
+    virtual std::span<const float> step(std::int32_t id) = 0;
+    virtual void reset() = 0;
+    virtual Index position() const = 0;
+    virtual Index context() const = 0;
+};
+
+class AnyModel {
+public:
+    virtual ~AnyModel() = default;
+    virtual const char* precision() const = 0;
+    virtual const io::ModelConfig& config() const = 0;
+    virtual const text::Tokenizer* tokenizer() const = 0;  // nullptr when the folder has none
+    virtual double load_ms() const = 0;
+    virtual std::size_t weight_bytes() const = 0;
+    virtual Index context() const = 0;
+    virtual Index valid_vocab() const = 0;
+    virtual Tensor<float, 3> preprocess(const io::Image& img) const = 0;
+    virtual Tensor<float, 2> encode_image(TensorView<const float, 3> pixels) const = 0;
+    virtual Tensor<float, 2> project(TensorView<const float, 2> features) const = 0;
+    virtual std::unique_ptr<AnySession> new_session(const SessionOptions& opt = {}) const = 0;
+    virtual std::unique_ptr<Engine> new_engine(const EngineOptions& opt = {}) const = 0;
+};
+
+namespace detail {
+template <class Policy>
+class AnySessionImpl final : public AnySession {
+public:
+    AnySessionImpl(const Model<Policy>& m, const SessionOptions& o) : s_(m, o) {}
+    Result describe(const io::Image& image, std::string_view q, const GenerateOptions& g) override { return s_.describe(image, q, g); }
+    Result describe_pixels(TensorView<const float, 3> px, std::string_view q, const GenerateOptions& g) override {
+        return s_.describe_pixels(px, q, g);
+    }
+    Result chat(std::string_view u, const GenerateOptions& g, const io::Image* image) override { return s_.chat(u, g, image); }
+    Result generate(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> img,
+                    const GenerateOptions& g) override {
+        return s_.generate(ids, img, g);
+    }
+    Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> img,
+                             bool all) override {
+        return s_.prefill(ids, img, all);
+    }
+    std::span<const float> step(std::int32_t id) override { return s_.step(id); }
+    void reset() override { s_.reset(); }
+    Index position() const override { return s_.position(); }
+    Index context() const override { return s_.context(); }
+
+private:
+    Session<Policy> s_;
+};
+
+template <class Policy>
+class AnyModelImpl final : public AnyModel {
+public:
+    explicit AnyModelImpl(Model<Policy> m) : m_(std::move(m)) {}
+    const char* precision() const override { return Policy::name; }
+    const io::ModelConfig& config() const override { return m_.config(); }
+    const text::Tokenizer* tokenizer() const override { return m_.has_tokenizer() ? &m_.tokenizer() : nullptr; }
+    double load_ms() const override { return m_.load_ms(); }
+    std::size_t weight_bytes() const override { return m_.weight_bytes(); }
+    Index context() const override { return m_.context(); }
+    Index valid_vocab() const override { return m_.valid_vocab(); }
+    Tensor<float, 3> preprocess(const io::Image& img) const override { return m_.preprocess(img); }
+    Tensor<float, 2> encode_image(TensorView<const float, 3> px) const override { return m_.encode_image(px); }
+    Tensor<float, 2> project(TensorView<const float, 2> f) const override { return m_.project(f); }
+    std::unique_ptr<AnySession> new_session(const SessionOptions& o) const override {
+        return std::make_unique<AnySessionImpl<Policy>>(m_, o);
+    }
+    std::unique_ptr<Engine> new_engine(const EngineOptions& o) const override { return std::make_unique<Engine>(m_, o); }
+    const Model<Policy>& model() const { return m_; }
+
+private:
+    Model<Policy> m_;
+};
+}  // namespace detail
+
+// Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4).
+inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, const std::string& precision = "fp32",
+                                            const LoadOptions& opt = {}) {
+    return with_preset(precision, [&]<class P>() -> std::unique_ptr<AnyModel> {
+        return std::make_unique<detail::AnyModelImpl<P>>(Model<P>::load(dir, opt));
+    });
+}
+
+}  // namespace fastvlm

@@ -1,0 +1,292 @@
+// fastvlm/model.hpp — Model<Policy>: a loaded model folder (tokenizer, FastViTHD, projector,
+// Qwen2 decoder, thread pool), immutable after load and shared by cheap copies of a handle;
+// plus the options and results of generation shared by Session and Engine (docs/api.md).
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "fastvlm/core/error.hpp"
+#include "fastvlm/core/policy.hpp"
+#include "fastvlm/core/tensor.hpp"
+#include "fastvlm/core/thread_pool.hpp"
+#include "fastvlm/io/config.hpp"
+#include "fastvlm/io/image.hpp"
+#include "fastvlm/io/safetensors.hpp"
+#include "fastvlm/text/chat.hpp"
+#include "fastvlm/text/projector.hpp"
+#include "fastvlm/text/qwen2.hpp"
+#include "fastvlm/text/sampling.hpp"
+#include "fastvlm/text/tokenizer.hpp"
+#include "fastvlm/vision/fastvithd.hpp"
+
+namespace fastvlm {
+
+using text::SamplingOptions;
+
+struct LoadOptions {
+    unsigned threads = 0;     // thread pool size (the caller included); 0 = all hardware threads
+    unsigned spin_us = 2000;  // pool workers spin this long between parallel regions before they sleep (0 = never spin)
+    Index context = 0;        // default KV-cache positions per session; 0 = min(8192, max_position_embeddings)
+    bool load_vision = true;  // false: text only, or image features computed elsewhere
+    text::KVType kv_type = text::KVType::bf16;  // KV cache storage of sessions and engines (f32: exact)
+    // Called while loading: fraction done in [0, 1] and the part being loaded.
+    std::function<void(float fraction, std::string_view stage)> progress = {};
+};
+
+struct GenerateOptions {
+    int max_new_tokens = 256;
+    SamplingOptions sampling = {};  // greedy by default (deterministic reference, spec §5.4)
+    std::vector<std::int32_t> stop_ids = {};  // empty: config eos ids + <|im_end|> + <|endoftext|>
+    // Streaming: called for every generated token with the newly complete UTF-8 text (may be
+    // empty while a character is split over tokens). The final call after the last token carries
+    // id −1 and any held-back bytes.
+    std::function<void(std::int32_t id, std::string_view text)> on_token = {};
+    const std::atomic<bool>* cancel = nullptr;  // set to true from any thread to stop after the current token
+};
+
+
+enum class StopReason { eos, max_tokens, cancelled, timeout, error };
+
+inline const char* to_string(StopReason s) {
+    switch (s) {
+        case StopReason::eos: return "eos";
+        case StopReason::max_tokens: return "max_tokens";
+        case StopReason::cancelled: return "cancelled";
+        case StopReason::timeout: return "timeout";
+        case StopReason::error: return "error";
+    }
+    return "?";
+}
+
+// Why a request of the engine failed (Result::error_kind); none when it did not.
+enum class ErrorKind {
+    none,
+    invalid_request,  // bad image, prompt, placeholder count, options, or a prompt over the context
+    too_large,        // its worst case can never fit the KV budget
+    queue_full,       // submit: the queue holds EngineOptions::max_queued requests
+    timeout,          // the request's deadline passed
+    cancelled,        // cancelled by the caller
+    shutdown,         // the engine was destroyed before the request ended
+    internal,         // anything else (a bug: please report)
+};
+inline const char* to_string(ErrorKind k) {
+    switch (k) {
+        case ErrorKind::none: return "none";
+        case ErrorKind::invalid_request: return "invalid_request";
+        case ErrorKind::too_large: return "too_large";
+        case ErrorKind::queue_full: return "queue_full";
+        case ErrorKind::timeout: return "timeout";
+        case ErrorKind::cancelled: return "cancelled";
+        case ErrorKind::shutdown: return "shutdown";
+        case ErrorKind::internal: return "internal";
+    }
+    return "?";
+}
+
+// Milliseconds. ttft: from the start of the call to the first sampled token (preprocess, vision,
+// projector, prefill and the first sampling included).
+struct Timings {
+    double queue_ms = 0;  // engine: from submit to admission
+    double total_ms = 0;  // engine: from submit to the result
+    double load_ms = 0, preprocess_ms = 0, vision_ms = 0, projector_ms = 0, prefill_ms = 0, ttft_ms = 0, decode_ms = 0;
+    Index prefill_tokens = 0;  // positions run through the decoder in the prefill (image tokens included)
+    Index decode_tokens = 0;   // single-token decoder steps
+    double prefill_tok_s() const { return prefill_ms > 0 ? 1e3 * double(prefill_tokens) / prefill_ms : 0; }
+    double decode_tok_s() const { return decode_ms > 0 ? 1e3 * double(decode_tokens) / decode_ms : 0; }
+};
+
+struct Result {
+    std::string text;               // decoded answer, special tokens skipped
+    std::vector<std::int32_t> ids;  // generated ids, the stop token excluded
+    StopReason stop = StopReason::eos;
+    Timings timings;
+    Index prompt_tokens = 0;                 // positions of the prompt (image tokens included)
+    ErrorKind error_kind = ErrorKind::none;  // engine requests: why it failed
+    std::string error;                       // and the message (empty when it did not fail)
+    bool ok() const { return error_kind == ErrorKind::none; }
+};
+
+namespace detail {
+class Stopwatch {
+public:
+    Stopwatch() : t0_(std::chrono::steady_clock::now()) {}
+    double ms() const { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count(); }
+
+private:
+    std::chrono::steady_clock::time_point t0_;
+};
+
+template <class Policy>
+struct ModelParts {
+    std::filesystem::path dir;
+    io::ModelConfig config;
+    std::optional<text::Tokenizer> tokenizer;
+    std::optional<vision::FastViTHD<Policy>> vision;
+    text::Projector<Policy> projector;
+    text::Qwen2<Policy> decoder;
+    std::unique_ptr<ThreadPool> pool;
+    Index context = 0;
+    text::KVType kv_type = text::KVType::bf16;
+    double load_ms = 0;
+    std::vector<std::int32_t> stop_ids;
+};
+}  // namespace detail
+
+template <class Policy>
+class Session;
+
+template <class Policy = policy::fp32>
+class Model {
+    static_assert(PrecisionPolicy<Policy>, "fastvlm::Model<Policy>: Policy must satisfy fastvlm::PrecisionPolicy");
+
+public:
+    using policy_type = Policy;
+    Model() = default;
+
+    // Loads a model folder (spec model-dir.md). Errors name the file, the tensor or the key.
+    static Model load(const std::filesystem::path& dir, const LoadOptions& opt = {}) {
+        namespace fs = std::filesystem;
+        detail::Stopwatch sw;
+        auto p = std::make_shared<detail::ModelParts<Policy>>();
+        p->dir = dir;
+        auto progress = [&](float f, std::string_view stage) {
+            if (opt.progress) opt.progress(f, stage);
+        };
+        progress(0.f, "config");
+        p->config = io::ModelConfig::load(dir);
+        const auto& tc = p->config.text;
+        p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
+        p->kv_type = opt.kv_type;
+        p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
+        FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
+                      " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
+        std::error_code ec;
+        if (fs::exists(dir / "vocab.json", ec) || fs::exists(dir / "merges.txt", ec) || fs::exists(dir / "tokenizer.json", ec)) {
+            progress(0.f, "tokenizer");
+            p->tokenizer = text::Tokenizer::load(dir);
+        }
+        const auto store = io::TensorStore::open(dir);
+        // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
+        if (opt.load_vision) {
+            progress(0.01f, "vision");
+            p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, "model.vision_tower.vision_tower.model.",
+                                                        p->pool.get());
+        }
+        progress(0.15f, "projector");
+        p->projector = text::Projector<Policy>::load(store, p->config);
+        progress(0.16f, "decoder");
+        p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
+            progress(0.16f + 0.84f * float(done) / float(total), "decoder");
+        }, p->pool.get());
+        // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
+        p->stop_ids = tc.eos_token_ids;
+        if (p->tokenizer)
+            for (const char* s : {"<|im_end|>", "<|endoftext|>"})
+                if (auto id = p->tokenizer->token_id(s)) p->stop_ids.push_back(*id);
+        p->load_ms = sw.ms();
+        progress(1.f, "done");
+        Model m;
+        m.p_ = std::move(p);
+        return m;
+    }
+
+    bool loaded() const { return p_ != nullptr; }
+    const io::ModelConfig& config() const { return parts().config; }
+    const std::filesystem::path& dir() const { return parts().dir; }
+    bool has_tokenizer() const { return parts().tokenizer.has_value(); }
+    const text::Tokenizer& tokenizer() const {
+        FASTVLM_CHECK(has_tokenizer(), parts().dir.string(),
+                      ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");
+        return *parts().tokenizer;
+    }
+    bool has_vision() const { return parts().vision.has_value(); }
+    const text::Qwen2<Policy>& decoder() const { return parts().decoder; }
+    const text::Projector<Policy>& projector() const { return parts().projector; }
+    ThreadPool* pool() const { return parts().pool.get(); }
+    Index context() const { return parts().context; }
+    text::KVType kv_type() const { return parts().kv_type; }
+    double load_ms() const { return parts().load_ms; }
+    // Bytes of the weights as held in memory (packed formats of the policy, f32 norms and biases).
+    std::size_t weight_bytes() const {
+        const auto& p = parts();
+        return (p.vision ? p.vision->weight_bytes() : 0) + p.projector.weight_bytes() + p.decoder.weight_bytes();
+    }
+    const std::vector<std::int32_t>& stop_ids() const { return parts().stop_ids; }
+    // Ids that may be generated: len(tokenizer) when there is one (spec §5.5), else vocab_size.
+    Index valid_vocab() const {
+        const Index v = parts().decoder.vocab_size();
+        return has_tokenizer() ? std::min<Index>(v, Index(parts().tokenizer->size())) : v;
+    }
+
+    // [3, S, S] pixels of an image (spec §6.1: pad to square, bicubic, /255).
+    Tensor<float, 3> preprocess(const io::Image& img) const { return io::preprocess_image(img, config().vision.image_size); }
+    // Vision tower: pixels [3, S, S] → image features [N, mm_hidden_size].
+    Tensor<float, 2> encode_image(TensorView<const float, 3> pixels, ThreadPool* pool = nullptr) const {
+        FASTVLM_CHECK(has_vision(), parts().dir.string(), ": the vision tower was not loaded (LoadOptions::load_vision)");
+        const Index S = config().vision.image_size;
+        FASTVLM_CHECK(pixels.dim(0) == 3 && pixels.dim(1) == S && pixels.dim(2) == S, "pixels have shape ",
+                      shape_str(pixels.shape()), ", the vision tower expects [3, ", S, ", ", S, "]");
+        return parts().vision->forward(pixels, pool ? pool : this->pool());
+    }
+    // Projector: image features [N, mm_hidden_size] → image tokens [N, hidden_size].
+    Tensor<float, 2> project(TensorView<const float, 2> features, ThreadPool* pool = nullptr) const {
+        return parts().projector.forward(features, pool ? pool : this->pool());
+    }
+
+    // [T, hidden] decoder input of a prompt: text ids embedded, the k-th −200 slot replaced by the
+    // rows of images[k] (spec §5.3; several images as mlx-vlm does for FastVLM). Errors name the
+    // placeholder count and the shapes.
+    Tensor<float, 2> embed_prompt(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images) const {
+        const auto& dec = decoder();
+        const Index H = dec.hidden_size();
+        const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
+        FASTVLM_CHECK(n_img == Index(images.size()), "the prompt has ", n_img, " image placeholder", n_img == 1 ? "" : "s",
+                      " (<image> / ", text::kImageTokenIndex, ") but ", images.size(), " image", images.size() == 1 ? " was" : "s were",
+                      " given");
+        Index T = Index(ids.size()) - n_img;
+        for (const auto& im : images) {
+            FASTVLM_CHECK(im.dim(1) == H && im.is_contiguous(), "image tokens have shape ", shape_str(im.shape()),
+                          ", expected [N, ", H, "] (hidden_size)");
+            T += im.dim(0);
+        }
+        Tensor<float, 2> x({T, H});
+        Index row = 0;
+        std::size_t k = 0;
+        for (auto id : ids) {
+            if (id == text::kImageTokenIndex) {
+                const auto& im = images[k++];
+                std::copy_n(im.data(), im.dim(0) * H, x.data() + row * H);
+                row += im.dim(0);
+            } else {
+                dec.embed(id, x.data() + row * H);
+                ++row;
+            }
+        }
+        return x;
+    }
+
+    // One-shot convenience: a fresh session per call.
+    Result describe(const std::filesystem::path& image, std::string_view question = text::kDefaultQuestion,
+                    const GenerateOptions& g = {}) const;
+
+private:
+    const detail::ModelParts<Policy>& parts() const {
+        FASTVLM_CHECK(p_ != nullptr, "fastvlm::Model: no model loaded (use Model::load)");
+        return *p_;
+    }
+    std::shared_ptr<const detail::ModelParts<Policy>> p_;
+    friend class Session<Policy>;
+};
+
+}  // namespace fastvlm

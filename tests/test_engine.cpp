@@ -1,0 +1,547 @@
+// The Engine (engine.hpp): continuous batching gives every request the tokens it gets alone through
+// a Session (greedy and seeded sampling, one or several images, chunked prefill mixed with decode
+// rows); bad requests (never fits, image count, undecodable image, context, options) fail alone with
+// their own error and free their KV pages; queue full, cancel, timeout, shutdown; several threads
+// submitting and cancelling (run under ThreadSanitizer by scripts/test.sh); metrics.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+
+#include "fastvlm/fastvlm.hpp"
+#include "support.hpp"
+
+using namespace fastvlm;
+using namespace test_support;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The tiny golden model with the test tokenizer, loaded once per process.
+const Model<>& tiny() {
+    static TempDir dir("test_engine_", "model");
+    static const Model<> m = [] {
+        make_text_model(dir.path);
+        return Model<>::load(dir.path, {.threads = 2});
+    }();
+    return m;
+}
+
+const std::vector<io::Image>& images() {
+    static const std::vector<io::Image> v = {test_image(40, 30, 1), test_image(17, 64, 2), test_image(64, 64, 3),
+                                             test_image(9, 9, 4)};
+    return v;
+}
+
+struct Ref {
+    std::vector<std::int32_t> ids;
+    std::string text;
+    StopReason stop;
+};
+
+// What a Session generates for `user` (with "<image>\n" per image in front when it has none).
+Ref session_ref(const Model<>& m, const std::string& user, const std::vector<const io::Image*>& imgs, int max_new,
+                const SamplingOptions& sampling = {}, std::optional<text::KVType> kv = {}) {
+    Session s(m, {.kv_type = kv});
+    std::string content = user;
+    if (content.find("<image>") == std::string::npos)
+        for (std::size_t i = 0; i < imgs.size(); ++i) content = "<image>\n" + content;
+    const text::ChatMessage msg{"user", content};
+    const auto prompt = text::chat_prompt(std::span(&msg, 1));
+    const auto ids = text::tokenize_with_image(prompt, [&](const std::string& c) { return m.tokenizer().encode(c); });
+    std::vector<Tensor<float, 2>> toks;
+    std::vector<TensorView<const float, 2>> views;
+    for (const auto* im : imgs) toks.push_back(m.project(m.encode_image(m.preprocess(*im).view())));
+    for (const auto& t : toks) views.push_back(t.view());
+    s.prefill(ids, views);
+    text::Sampler sampler(sampling);
+    Ref r{{}, {}, StopReason::max_tokens};
+    std::vector<float> logits(s.logits().begin(), s.logits().end());
+    for (int i = 0; i < max_new; ++i) {
+        const auto id = sampler.sample(logits, std::size_t(m.valid_vocab()));
+        if (std::find(m.stop_ids().begin(), m.stop_ids().end(), id) != m.stop_ids().end()) {
+            r.stop = StopReason::eos;
+            break;
+        }
+        r.ids.push_back(id);
+        if (i + 1 < max_new) {
+            const auto l = s.step(id);
+            logits.assign(l.begin(), l.end());
+        }
+    }
+    r.text = m.tokenizer().decode(r.ids, true);
+    return r;
+}
+
+Request request(const std::string& prompt, const std::vector<const io::Image*>& imgs, int max_new) {
+    Request q;
+    q.prompt = prompt;
+    for (const auto* im : imgs) q.images.push_back(ImageInput::decoded(*im));
+    q.max_new_tokens = max_new;
+    return q;
+}
+
+struct Case {
+    std::string prompt;
+    std::vector<const io::Image*> imgs;
+    int max_new;
+    SamplingOptions sampling = {};
+};
+
+std::vector<Case> mixed_cases() {
+    const auto& im = images();
+    return {
+        {"Describe the image.", {&im[0]}, 14},
+        {"hello there, what is this?", {}, 11},
+        {"<image>\nCompare it with <image> please.", {&im[1], &im[2]}, 12},
+        {"What colour?", {&im[3]}, 9},
+        {"Three: <image> <image> <image>", {&im[0], &im[2], &im[1]}, 10},
+        {"a b c d e f g h i j k l m n o p q r s t u v w x y z", {}, 13},
+        {"sample me", {&im[2]}, 12, {.temperature = 0.9f, .top_k = 40, .top_p = 0.95f, .seed = 7}},
+        {"sample me too", {}, 12, {.temperature = 1.3f, .seed = 99}},
+    };
+}
+
+void expect_same(const Result& r, const Ref& ref, const std::string& what) {
+    EXPECT_TRUE(r.ok()) << what << ": " << r.error;
+    EXPECT_EQ(r.ids, ref.ids) << what;
+    EXPECT_EQ(r.text, ref.text) << what;
+    EXPECT_EQ(r.stop, ref.stop) << what;
+}
+
+}  // namespace
+
+// Eight requests at once (one to three images, text only, seeded sampling) with short prefill
+// chunks, so prefill rows of new requests share steps with decode rows of running ones.
+TEST(Engine, BatchedRequestsEqualSessionTokens) {
+    const auto& m = tiny();
+    for (auto kv : {text::KVType::bf16, text::KVType::f32}) {
+        SCOPED_TRACE(kv == text::KVType::bf16 ? "bf16 KV" : "f32 KV");
+        const auto cases = mixed_cases();
+        for (Index chunk : {Index(7), Index(256)}) {
+            Engine e(m, {.max_running = 5, .kv_type = kv, .prefill_chunk = chunk});
+            std::vector<RequestHandle> hs;
+            for (const auto& c : cases) {
+                auto q = request(c.prompt, c.imgs, c.max_new);
+                q.sampling = c.sampling;
+                hs.push_back(e.submit(std::move(q)));
+            }
+            for (std::size_t i = 0; i < cases.size(); ++i) {
+                const auto& c = cases[i];
+                const Ref ref = session_ref(m, c.prompt, c.imgs, c.max_new, c.sampling, kv);
+                const Result r = hs[i].wait();
+                expect_same(r, ref, "case " + std::to_string(i) + " chunk " + std::to_string(chunk));
+                EXPECT_EQ(r.prompt_tokens, r.timings.prefill_tokens);
+                EXPECT_GT(r.timings.total_ms, 0);
+            }
+            e.drain();
+            const auto st = e.stats();
+            EXPECT_EQ(st.requests_ok, cases.size());
+            EXPECT_EQ(st.images, 8u);
+            EXPECT_EQ(st.kv_pages_used, 0);
+            EXPECT_EQ(st.kv_pages_reserved, 0);
+            EXPECT_EQ(st.running, 0);
+        }
+    }
+}
+
+// The same request alone and among others: same tokens (its sampler is its own).
+TEST(Engine, OneAtATimeEqualsBatched) {
+    const auto& m = tiny();
+    const auto cases = mixed_cases();
+    std::vector<Result> alone, together;
+    {
+        Engine e(m, {.max_running = 1});
+        for (const auto& c : cases) {
+            auto q = request(c.prompt, c.imgs, c.max_new);
+            q.sampling = c.sampling;
+            alone.push_back(e.run(std::move(q)));
+        }
+    }
+    {
+        Engine e(m, {.max_running = 8, .prefill_chunk = 16});
+        std::vector<RequestHandle> hs;
+        for (const auto& c : cases) {
+            auto q = request(c.prompt, c.imgs, c.max_new);
+            q.sampling = c.sampling;
+            hs.push_back(e.submit(std::move(q)));
+        }
+        for (auto& h : hs) together.push_back(h.wait());
+    }
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+        EXPECT_TRUE(alone[i].ok() && together[i].ok());
+        EXPECT_EQ(alone[i].ids, together[i].ids) << "case " << i;
+    }
+}
+
+TEST(Engine, StreamingAndStopStrings) {
+    const auto& m = tiny();
+    const auto& im = images();
+    Engine e(m);
+    std::string streamed;
+    int calls = 0;
+    auto q = request("Describe the image.", {&im[0]}, 20);
+    q.on_token = [&](std::int32_t, std::string_view t) {
+        streamed += t;
+        ++calls;
+    };
+    const Result r = e.run(std::move(q));
+    ASSERT_TRUE(r.ok()) << r.error;
+    EXPECT_EQ(streamed, r.text);
+    EXPECT_EQ(calls, int(r.ids.size()) + 1);  // one per token and the final −1
+    ASSERT_GE(r.text.size(), 6u) << "the tiny model's answer is too short for this test: " << r.text;
+    // A stop string from the middle of that answer: generation ends before it, the streamed text too.
+    const std::string stop = r.text.substr(3, 2);
+    const std::string expect = r.text.substr(0, r.text.find(stop));
+    std::string streamed2;
+    auto q2 = request("Describe the image.", {&im[0]}, 20);
+    q2.stop_strings = {"never appears in this text \x01", stop};
+    q2.on_token = [&](std::int32_t, std::string_view t) { streamed2 += t; };
+    const Result r2 = e.run(std::move(q2));
+    ASSERT_TRUE(r2.ok()) << r2.error;
+    EXPECT_EQ(r2.text, expect);
+    EXPECT_EQ(streamed2, expect);
+    EXPECT_EQ(r2.stop, StopReason::eos);
+    EXPECT_LE(r2.ids.size(), r.ids.size());
+}
+
+TEST(Engine, StopTextHoldsBackPrefixes) {
+    detail::StopText s({"END", "xy"});
+    EXPECT_EQ(s.push("abcE"), "abc");  // "E" may start END
+    EXPECT_EQ(s.push("N"), "");
+    EXPECT_EQ(s.push("Dzzz"), "");  // hit
+    EXPECT_TRUE(s.hit());
+    EXPECT_EQ(s.text(), "abc");
+    detail::StopText t({"END"});
+    EXPECT_EQ(t.push("aEN"), "a");
+    EXPECT_EQ(t.push("d"), "ENd");
+    EXPECT_EQ(t.flush(), "");
+    EXPECT_FALSE(t.hit());
+    EXPECT_EQ(t.text(), "aENd");
+}
+
+// Every kind of bad request ends alone, with its own error, and frees its pages; the good requests
+// submitted around them produce exactly what they produce alone.
+TEST(Engine, BadRequestsFailAloneWithClearErrors) {
+    const auto& m = tiny();
+    const auto& im = images();
+    const auto good0 = session_ref(m, "Describe the image.", {&im[0]}, 12);
+    const auto good1 = session_ref(m, "hello there", {}, 12);
+    // KV budget: 64 pages of 4 positions = 256 positions (each good request needs < 60).
+    const std::size_t per_pos = 2 * std::size_t(m.decoder().kv_shape().layers * m.decoder().kv_shape().kv_dim) * 2;
+    Engine e(m, {.max_running = 4, .kv_budget_bytes = 64 * 4 * per_pos, .kv_page = 4});
+
+    std::vector<std::pair<Request, std::pair<ErrorKind, std::string>>> bad;
+    bad.push_back({request("one <image> two <image>", {&im[0]}, 8), {ErrorKind::invalid_request, "2 image placeholders"}});
+    bad.push_back({request("no slots", {}, 8), {ErrorKind::none, ""}});  // replaced below
+    bad.back().first.prompt_ids = {1, 2, text::kImageTokenIndex, 3};
+    bad.back().second = {ErrorKind::invalid_request, "1 image placeholder"};
+    {
+        Request q = request("what is it?", {}, 8);
+        q.images.push_back(ImageInput::encoded("this is not an image at all", "junk.png"));
+        bad.push_back({q, {ErrorKind::invalid_request, "junk.png"}});
+    }
+    bad.push_back({request("Describe.", {&im[1]}, 400), {ErrorKind::too_large, "KV budget"}});
+    bad.push_back({request("Describe.", {}, 100000), {ErrorKind::invalid_request, "context of 8192"}});
+    {
+        Request q = request("x", {}, 8);
+        q.sampling.top_p = 0;
+        bad.push_back({q, {ErrorKind::invalid_request, "top_p"}});
+    }
+    {
+        Request q = request("x", {}, 8);
+        q.prompt_ids = {1, 2, 100000};
+        bad.push_back({q, {ErrorKind::invalid_request, "outside the vocabulary"}});
+    }
+    bad.push_back({request("x", {}, -1), {ErrorKind::invalid_request, "max_new_tokens"}});
+    {
+        Request q = request("x", {}, 8);
+        q.images.push_back(ImageInput::file("/nonexistent/dir/cat.png"));
+        bad.push_back({q, {ErrorKind::invalid_request, "/nonexistent/dir/cat.png"}});
+    }
+
+    auto h0 = e.submit(request("Describe the image.", {&im[0]}, 12));
+    std::vector<RequestHandle> hb;
+    for (auto& [q, _] : bad) hb.push_back(e.submit(q));
+    auto h1 = e.submit(request("hello there", {}, 12));
+    for (std::size_t i = 0; i < bad.size(); ++i) {
+        const Result r = hb[i].wait();
+        const auto& [kind, needle] = bad[i].second;
+        EXPECT_EQ(r.error_kind, kind) << "bad request " << i << ": " << r.error;
+        EXPECT_NE(r.error.find(needle), std::string::npos) << "bad request " << i << ": '" << r.error << "' lacks '" << needle << "'";
+        EXPECT_EQ(r.stop, StopReason::error);
+        EXPECT_TRUE(r.ids.empty());
+    }
+    expect_same(h0.wait(), good0, "good request before the bad ones");
+    expect_same(h1.wait(), good1, "good request after the bad ones");
+    e.drain();
+    const auto st = e.stats();
+    EXPECT_EQ(st.kv_pages_used, 0);
+    EXPECT_EQ(st.kv_pages_reserved, 0);
+    EXPECT_EQ(st.requests_ok, 2u);
+    EXPECT_EQ(st.requests_failed, bad.size());
+    const auto j = e.metrics_json();
+    EXPECT_EQ(j["counters"]["requests_total"]["status=too_large"], 1);
+    EXPECT_EQ(j["counters"]["requests_total"]["status=invalid_request"], int(bad.size()) - 1);
+}
+
+// A request whose worst case does not fit the pages left waits for them (admission control).
+TEST(Engine, AdmissionWaitsForKvPages) {
+    const auto& m = tiny();
+    const std::size_t per_pos = 2 * std::size_t(m.decoder().kv_shape().layers * m.decoder().kv_shape().kv_dim) * 2;
+    // Room for one request of ~40 positions at a time.
+    Engine e(m, {.max_running = 4, .kv_budget_bytes = 24 * 4 * per_pos, .kv_page = 4});
+    std::vector<RequestHandle> hs;
+    std::vector<Ref> refs;
+    for (int i = 0; i < 3; ++i) {
+        const std::string p = "request number " + std::to_string(i);
+        hs.push_back(e.submit(request(p, {}, 16)));
+        refs.push_back(session_ref(m, p, {}, 16));
+    }
+    for (int i = 0; i < 3; ++i) expect_same(hs[std::size_t(i)].wait(), refs[std::size_t(i)], "request " + std::to_string(i));
+    EXPECT_GT(hs[2].wait().timings.queue_ms, 0);
+    EXPECT_EQ(e.stats().kv_pages_reserved, 0);
+}
+
+// Queue full, cancel while queued, timeout while queued, cancel while running.
+TEST(Engine, QueueFullCancelAndTimeout) {
+    const auto& m = tiny();
+    Engine e(m, {.max_running = 1, .max_queued = 3});
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    std::atomic<int> first_tokens{0};
+    auto blocker = request("block the only slot", {}, 6);
+    blocker.on_token = [&](std::int32_t, std::string_view) {
+        if (first_tokens++ == 0) released.wait();
+    };
+    auto hb = e.submit(blocker);
+    while (first_tokens.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // The slot is taken: three wait, the fourth is refused.
+    auto hq1 = e.submit(request("queued one", {}, 5));
+    auto q2 = request("queued two", {}, 5);
+    q2.timeout_s = 0.02;
+    auto hq2 = e.submit(q2);
+    auto hq3 = e.submit(request("queued three", {}, 5));
+    try {
+        e.submit(request("one too many", {}, 5));
+        ADD_FAILURE() << "submit beyond max_queued did not throw";
+    } catch (const EngineError& err) {
+        EXPECT_EQ(err.kind(), ErrorKind::queue_full);
+        EXPECT_NE(std::string(err.what()).find("max_queued"), std::string::npos) << err.what();
+    }
+    hq1.cancel();
+    std::this_thread::sleep_for(std::chrono::milliseconds(40));  // past hq2's deadline
+    release.set_value();
+    const Result rb = hb.wait(), r1 = hq1.wait(), r2 = hq2.wait(), r3 = hq3.wait();
+    EXPECT_TRUE(rb.ok()) << rb.error;
+    EXPECT_EQ(rb.ids, session_ref(m, "block the only slot", {}, 6).ids);
+    EXPECT_EQ(r1.error_kind, ErrorKind::cancelled) << r1.error;
+    EXPECT_EQ(r1.stop, StopReason::cancelled);
+    EXPECT_EQ(r2.error_kind, ErrorKind::timeout) << r2.error;
+    EXPECT_EQ(r2.stop, StopReason::timeout);
+    EXPECT_NE(r2.error.find("timed out"), std::string::npos);
+    expect_same(r3, session_ref(m, "queued three", {}, 5), "the request behind the failed ones");
+
+    // Cancel while running: the request ends at the next step with what it has.
+    std::promise<RequestHandle> self;
+    std::shared_future<RequestHandle> me = self.get_future().share();
+    std::atomic<int> n{0};
+    auto qc = request("cancel me after three tokens", {}, 40);
+    qc.stop_ids = {-5};  // never stops by itself
+    qc.on_token = [&](std::int32_t, std::string_view) {
+        if (++n == 3) me.get().cancel();
+    };
+    self.set_value(e.submit(qc));
+    const Result rc = me.get().wait();
+    EXPECT_EQ(rc.error_kind, ErrorKind::cancelled);
+    EXPECT_EQ(rc.ids.size(), 3u);
+    e.drain();
+    EXPECT_EQ(e.stats().kv_pages_used, 0);
+}
+
+TEST(Engine, TimeoutWhileRunningAndThrowingCallback) {
+    const auto& m = tiny();
+    Engine e(m, {.max_running = 2});
+    auto q = request("slow consumer", {}, 200);
+    q.stop_ids = {-5};
+    q.timeout_s = 0.05;
+    q.on_token = [](std::int32_t, std::string_view) { std::this_thread::sleep_for(std::chrono::milliseconds(5)); };
+    auto ht = e.submit(q);
+    auto qt = request("throwing consumer", {}, 20);
+    qt.stop_ids = {-5};
+    qt.on_token = [](std::int32_t, std::string_view) { throw std::runtime_error("client went away"); };
+    auto hx = e.submit(qt);
+    auto hg = e.submit(request("bystander", {}, 10));
+    const Result rt = ht.wait(), rx = hx.wait(), rg = hg.wait();
+    EXPECT_EQ(rt.error_kind, ErrorKind::timeout) << rt.error;
+    EXPECT_GT(rt.ids.size(), 0u);
+    EXPECT_LT(rt.ids.size(), 200u);
+    EXPECT_EQ(rx.error_kind, ErrorKind::invalid_request);
+    EXPECT_NE(rx.error.find("client went away"), std::string::npos) << rx.error;
+    EXPECT_EQ(rx.ids.size(), 1u);
+    expect_same(rg, session_ref(m, "bystander", {}, 10), "bystander");
+}
+
+// Several threads submit and cancel at once (the ThreadSanitizer target).
+TEST(Engine, ManyThreadsSubmitAndCancel) {
+    const auto& m = tiny();
+    Engine e(m, {.max_running = 4, .prefill_chunk = 8});
+    const int threads = 4, per = 5;
+    std::vector<std::vector<Result>> out(threads);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t)
+        ts.emplace_back([&, t] {
+            for (int i = 0; i < per; ++i) {
+                auto q = request("thread " + std::to_string(t) + " request " + std::to_string(i), {}, 8);
+                auto h = e.submit(q);
+                if ((t + i) % 3 == 0) h.cancel();
+                out[std::size_t(t)].push_back(h.wait());
+            }
+        });
+    for (auto& t : ts) t.join();
+    for (int t = 0; t < threads; ++t)
+        for (int i = 0; i < per; ++i) {
+            const Result& r = out[std::size_t(t)][std::size_t(i)];
+            if ((t + i) % 3 == 0) {
+                EXPECT_TRUE(r.ok() || r.error_kind == ErrorKind::cancelled) << r.error;
+            } else {
+                expect_same(r, session_ref(m, "thread " + std::to_string(t) + " request " + std::to_string(i), {}, 8),
+                            "thread " + std::to_string(t) + " request " + std::to_string(i));
+            }
+        }
+    e.drain();
+    EXPECT_EQ(e.stats().kv_pages_used, 0);
+}
+
+TEST(Engine, ShutdownEndsEveryRequest) {
+    const auto& m = tiny();
+    std::vector<RequestHandle> hs;
+    {
+        Engine e(m, {.max_running = 1});
+        for (int i = 0; i < 6; ++i) {
+            auto q = request("long " + std::to_string(i), {}, 100);
+            q.stop_ids = {-5};
+            hs.push_back(e.submit(q));
+        }
+    }  // destroyed with work left
+    for (auto& h : hs) {
+        ASSERT_TRUE(h.done());
+        const Result r = h.wait();
+        EXPECT_TRUE(r.ok() || r.error_kind == ErrorKind::shutdown) << r.error;
+    }
+    EXPECT_EQ(hs.back().wait().error_kind, ErrorKind::shutdown);
+}
+
+TEST(Engine, MetricsCountWhatRan) {
+    const auto& m = tiny();
+    const auto& im = images();
+    std::atomic<int> anomalies{0};
+    Engine e(m, {.on_anomaly = [&](const metrics::Anomaly&) { ++anomalies; }});
+    std::uint64_t generated = 0, prompt = 0;
+    for (int i = 0; i < 4; ++i) {
+        const Result r = e.run(request("Describe the image.", {&im[std::size_t(i)]}, 6));
+        ASSERT_TRUE(r.ok()) << r.error;
+        generated += r.ids.size();
+        prompt += std::uint64_t(r.prompt_tokens);
+        EXPECT_GT(r.timings.ttft_ms, 0);
+        EXPECT_GT(r.timings.vision_ms, 0);
+        EXPECT_GE(r.timings.ttft_ms, r.timings.vision_ms);
+    }
+    const auto st = e.stats();
+    EXPECT_EQ(st.generated_tokens, generated);
+    EXPECT_EQ(st.prompt_tokens, prompt);
+    EXPECT_EQ(st.images, 4u);
+    EXPECT_EQ(st.requests_ok, 4u);
+    EXPECT_EQ(st.stages.at("e2e").count, 4u);
+    EXPECT_EQ(st.stages.at("vision").count, 4u);
+    EXPECT_EQ(st.stages.at("ttft").count, 4u);
+    EXPECT_GT(st.stages.at("ttft").p50, 0);
+    EXPECT_GT(st.weight_bytes, 0u);
+    EXPECT_GT(st.peak_rss_bytes, 0u);
+    EXPECT_GT(st.kv_pages_total, 0);
+    EXPECT_EQ(st.kv_bytes_per_position, 2u * 2u * 32u * 2u);  // K+V × 2 layers × kv_dim 32 × bf16
+    EXPECT_GT(st.decode_busy_s, 0);
+    const auto j = e.metrics_json();
+    EXPECT_EQ(j["histograms"]["ttft_seconds"]["count"], 4);
+    EXPECT_EQ(j["counters"]["generated_tokens_total"], generated);
+    const std::string prom = e.metrics().to_prometheus();
+    EXPECT_NE(prom.find("fastvlm_ttft_seconds_bucket"), std::string::npos);
+    EXPECT_NE(prom.find("fastvlm_requests_total{status=\"ok\"} 4"), std::string::npos) << prom;
+}
+
+// Half the KV bytes per position with the bf16 cache.
+TEST(Engine, KvBytesPerPositionHalveWithBf16) {
+    const auto& m = tiny();
+    Engine a(m, {.kv_type = text::KVType::f32});
+    Engine b(m, {.kv_type = text::KVType::bf16});
+    EXPECT_EQ(a.stats().kv_bytes_per_position, 2 * b.stats().kv_bytes_per_position);
+}
+
+// Two and three images in one prompt against the PyTorch reference (tests/reference/
+// make_multi_image_goldens.py, float64) on tests/data/tiny_vlm2: Session and Engine.
+TEST(MultiImage, MatchesPyTorchReference) {
+    const auto dir = fs::path(FASTVLM_TEST_DATA_DIR);
+    const auto io = io::TensorStore::open(dir / "multi_image_io.safetensors");
+    const auto m = Model<>::load(dir / "tiny_vlm2", {.threads = 2, .kv_type = text::KVType::f32});
+    const auto& pv = io.at("pixel_values");
+    const Index S = pv.shape[2];
+    const auto all_px = io.load_f32("pixel_values", pv.shape);
+    auto pixels = [&](Index i) {
+        Tensor<float, 3> t({3, S, S});
+        std::copy_n(all_px.begin() + i * 3 * S * S, 3 * S * S, t.data());
+        return t;
+    };
+    Engine e(m, {.kv_type = text::KVType::f32});
+    for (const std::string c : {"two", "three"}) {
+        SCOPED_TRACE(c);
+        std::vector<std::int32_t> ids;
+        for (auto v : io.load_i64(c + "_input_ids")) ids.push_back(std::int32_t(v));
+        const auto imgs = io.load_i64(c + "_images");
+        std::vector<Tensor<float, 2>> toks;
+        std::vector<TensorView<const float, 2>> views;
+        Request q;
+        q.prompt_ids = ids;
+        q.stop_ids = {-5};
+        for (auto i : imgs) {
+            toks.push_back(m.project(m.encode_image(pixels(i).view())));
+            q.images.push_back(ImageInput::preprocessed(pixels(i)));
+        }
+        for (const auto& t : toks) views.push_back(t.view());
+        const auto ref_prefill = io.load_f32(c + "_prefill_logits", io.at(c + "_prefill_logits").shape);
+        const auto ref_steps = io.load_f32(c + "_step_logits", io.at(c + "_step_logits").shape);
+        const auto ref_ids = io.load_i64(c + "_generated_ids");
+        Session s(m);
+        s.prefill(ids, views);
+        float scale = 0, err = 0;
+        for (std::size_t i = 0; i < ref_prefill.size(); ++i) {
+            scale = std::max(scale, std::fabs(ref_prefill[i]));
+            err = std::max(err, std::fabs(ref_prefill[i] - s.logits()[i]));
+        }
+        std::printf("[%s images] prefill logits max|diff| %.3g (max|ref| %.3g)\n", c.c_str(), err, scale);
+        EXPECT_LT(err, 1e-4f * scale);
+        std::vector<std::int64_t> got;
+        const std::size_t V = ref_prefill.size();
+        for (std::size_t k = 0; k < ref_ids.size(); ++k) {
+            float ek = 0;
+            for (std::size_t i = 0; i < V; ++i) ek = std::max(ek, std::fabs(ref_steps[k * V + i] - s.logits()[i]));
+            EXPECT_LT(ek, 1e-4f * scale) << "step " << k;
+            got.push_back(text::argmax(s.logits().data(), V));
+            s.step(std::int32_t(got.back()));
+        }
+        EXPECT_EQ(got, ref_ids);
+        q.max_new_tokens = int(ref_ids.size());
+        const Result r = e.run(q);
+        ASSERT_TRUE(r.ok()) << r.error;
+        EXPECT_EQ(std::vector<std::int64_t>(r.ids.begin(), r.ids.end()), ref_ids);
+        EXPECT_EQ(r.prompt_tokens, Index(ids.size()) + Index(imgs.size()) * (Index(toks[0].dim(0)) - 1));
+        // One image too few: a clear error, from the Session and from the Engine.
+        views.pop_back();
+        const std::string err_s = error_of([&] { s.prefill(ids, views); });
+        EXPECT_NE(err_s.find("image placeholders"), std::string::npos) << err_s;
+        q.images.pop_back();
+        const Result bad = e.run(q);
+        EXPECT_EQ(bad.error_kind, ErrorKind::invalid_request);
+        EXPECT_NE(bad.error.find(std::to_string(imgs.size()) + " image placeholders"), std::string::npos) << bad.error;
+    }
+}
