@@ -40,7 +40,8 @@ inline int run_dump(const Args& a) {
         feats = model->encode_image(px);
         tokens = model->project(feats);
     }
-    auto session = model->new_session();
+    // f32 KV cache unless asked: dump exists to compare logits with references.
+    auto session = model->new_session({.kv_type = text::parse_kv_type(a.get_or("kv-cache", "f32"))});
     std::optional<TensorView<const float, 2>> tv;
     if (has_image) tv = tokens.view();
     const Tensor<float, 2> logits = session->prefill(ids, tv, true);
@@ -90,6 +91,7 @@ inline Command dump_command() {
              {"out", "FILE", "output .safetensors"},
              {"generate", "N", "greedy steps (default 0)"},
              {"threads", "N", "threads (default: all cores)"},
+             {"kv-cache", "TYPE", "KV cache storage: f32 (default here: exact) or bf16"},
              {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
              {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"}},
             run_dump};
