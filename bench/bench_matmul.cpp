@@ -14,6 +14,7 @@
 //   bench_matmul --benchmark_filter='square_1024|Limit'
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <random>
@@ -125,6 +126,77 @@ void BM_OpenBLAS(benchmark::State& st) {
 }
 #endif
 
+// ---- small M: the matmuls of decode batches (issue 11) -------------------------------------------------
+// One Qwen2-0.5B decoder layer (q 896×896, k/v 128×896, o 896×896, gate/up 4864×896, down 896×4864)
+// or the lm_head (151936×896) at M = 1…32 rows, through the GEMV rows kernel (RowKernel::gemv: the
+// weights stream once for all M rows; what Qwen2::forward_batch uses for decode rows) or the blocked
+// GEMM (RowKernel::gemm). Layers rotate over copies (≥ 256 MB) so the weights come from DRAM, as in
+// a decode step. GB/s = packed weight bytes / time, against the read bandwidth of the same run.
+struct SmallMShape {
+    const char* name;
+    std::vector<std::pair<Index, Index>> mats;  // (n, k) of each matmul, run in order
+};
+const SmallMShape kSmallM[] = {
+    {"qwen2_0.5b_layer", {{896, 896}, {128, 896}, {128, 896}, {896, 896}, {4864, 896}, {4864, 896}, {896, 4864}}},
+    {"lm_head_151936x896", {{151936, 896}}},
+};
+constexpr int kSmallMRows[] = {1, 2, 4, 8, 16, 32};
+
+template <class W, class A>
+void BM_SmallM(benchmark::State& st) {
+    const SmallMShape& s = kSmallM[st.range(0)];
+    const Index m = st.range(1);
+    const bool gemv = st.range(2) == 0;
+    const unsigned threads = unsigned(st.range(3));
+    std::vector<std::vector<std::unique_ptr<const Linear<W, A>>>> copies(1);
+    std::size_t bytes = 0;
+    double flops = 0;
+    Index kmax = 0;
+    for (auto [n, k] : s.mats) {
+        const auto& w = data("w" + std::to_string(n) + "x" + std::to_string(k), std::size_t(n * k));
+        copies[0].push_back(std::make_unique<const Linear<W, A>>(w.data(), n, k));
+        bytes += copies[0].back()->weight_bytes();
+        flops += 2.0 * double(m) * double(n) * double(k);
+        kmax = std::max({kmax, n, k});
+    }
+    while (copies.size() < 64 && copies.size() * bytes < (std::size_t(256) << 20)) {
+        copies.emplace_back();
+        for (const auto& l : copies[0]) copies.back().push_back(std::make_unique<const Linear<W, A>>(*l));
+    }
+    const auto& x = data("x_smallm", std::size_t(32 * kmax));
+    std::vector<float> y(std::size_t(32 * kmax));
+    ThreadPool& pool = fb::pool_for(threads);
+    fb::observe_read_bw(threads);
+    Epilogue ep;
+    ep.rows = gemv ? RowKernel::gemv : RowKernel::gemm;
+    auto pass = [&](const auto& layer) {
+        for (const auto& l : layer) l->forward(x.data(), m, l->in_features(), y.data(), l->out_features(), &pool, ep);
+    };
+    for (const auto& layer : copies) pass(layer);  // warm-up
+    std::size_t next = 0;
+    const fb::LoopTimer timer;
+    for (auto _ : st) {
+        pass(copies[next]);
+        next = next + 1 == copies.size() ? 0 : next + 1;
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    const fb::Unit isa = std::is_same_v<A, fmt::BF16> ? fb::Unit::dpbf16 : std::is_same_v<A, fmt::Q8> ? fb::Unit::vnni : fb::Unit::fma;
+    fb::report(st, flops, double(bytes), timer.seconds(), threads, isa);
+    st.SetLabel(std::string(detail::mm::path_name(copies[0][0]->path())) + " x" + std::to_string(copies.size()) + " copies");
+}
+
+template <class W, class A>
+void register_small_m(const std::string& name) {
+    for (int i = 0; i < int(std::size(kSmallM)); ++i)
+        for (int kern = 0; kern < 2; ++kern) {
+            auto* b = benchmark::RegisterBenchmark(
+                ("SmallM/" + name + "/" + kSmallM[i].name + (kern == 0 ? "/gemv" : "/gemm")).c_str(), BM_SmallM<W, A>);
+            for (int m : kSmallMRows) b->Args({i, m, kern, 2});
+            b->ArgNames({"shape", "m", "kernel", "threads"})->UseRealTime()->Unit(benchmark::kMillisecond);
+        }
+}
+
 template <class W, class A>
 void register_format(const std::string& name) {
     for (int i = 0; i < int(std::size(kShapes)); ++i)
@@ -146,6 +218,11 @@ int main(int argc, char** argv) {
     register_format<fmt::BF16, fmt::BF16>("bf16");
     register_format<fmt::Q8, fmt::Q8>("q8");
     register_format<fmt::Q4, fmt::Q8>("q4");
+    register_small_m<fmt::F32, fmt::F32>("f32");
+    register_small_m<fmt::F16, fmt::F32>("f16w_f32");
+    register_small_m<fmt::BF16, fmt::BF16>("bf16");
+    register_small_m<fmt::Q8, fmt::Q8>("q8");
+    register_small_m<fmt::Q4, fmt::Q8>("q4");
 #if defined(FASTVLM_HAVE_BLAS)
     for (int i = 0; i < int(std::size(kShapes)); ++i)
         benchmark::RegisterBenchmark((std::string("OpenBLAS/f32/") + kShapes[i].name).c_str(), BM_OpenBLAS)

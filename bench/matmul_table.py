@@ -71,6 +71,31 @@ def main(path):
                       f"{fma:.0f} | {bw} | {ratio} |")
         print()
 
+    small = {}
+    for name, b in med.items():
+        m = re.match(r"SmallM/(\w+)/([\w.]+)/(gemv|gemm)/shape:\d+/m:(\d+)/kernel:\d/threads:(\d)", name)
+        if m:
+            small[(m.group(2), m.group(1), m.group(3), int(m.group(4)))] = (b, int(m.group(5)))
+    shapes = sorted({k[0] for k in small}, key=lambda s: (not s.startswith("qwen2"), s))
+    ms_ = sorted({k[3] for k in small})
+    for s in shapes:
+        print(f"**small M: {s}** — ms per pass · GB/s of packed weights (% of the read bandwidth)\n")
+        print("| format | kernel | " + " | ".join(f"M = {m}" for m in ms_) + " |\n|---|---|" + "---:|" * len(ms_))
+        for f in fmts:
+            for kern in ("gemv", "gemm"):
+                cells = []
+                for m in ms_:
+                    v = small.get((s, f, kern, m))
+                    if not v:
+                        cells.append("")
+                        continue
+                    b, t = v
+                    bw = 100.0 * b["GB/s"] / limits[("ReadBW_1GiB", t)]
+                    cells.append(f"{b['real_time']:.2f} · {b['GB/s']:.1f} ({bw:.0f} %)")
+                if any(cells):
+                    print(f"| {f} | {kern} | " + " | ".join(cells) + " |")
+        print()
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

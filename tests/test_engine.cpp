@@ -243,7 +243,7 @@ TEST(Engine, BadRequestsFailAloneWithClearErrors) {
         bad.push_back({q, {ErrorKind::invalid_request, "junk.png"}});
     }
     bad.push_back({request("Describe.", {&im[1]}, 400), {ErrorKind::too_large, "KV budget"}});
-    bad.push_back({request("Describe.", {}, 100000), {ErrorKind::invalid_request, "context of 8192"}});
+    bad.push_back({request("Describe.", {}, 100000), {ErrorKind::too_large, "context of 8192"}});
     {
         Request q = request("x", {}, 8);
         q.sampling.top_p = 0;
@@ -282,8 +282,8 @@ TEST(Engine, BadRequestsFailAloneWithClearErrors) {
     EXPECT_EQ(st.requests_ok, 2u);
     EXPECT_EQ(st.requests_failed, bad.size());
     const auto j = e.metrics_json();
-    EXPECT_EQ(j["counters"]["requests_total"]["status=too_large"], 1);
-    EXPECT_EQ(j["counters"]["requests_total"]["status=invalid_request"], int(bad.size()) - 1);
+    EXPECT_EQ(j["counters"]["requests_total"]["status=too_large"], 2);  // KV budget, context
+    EXPECT_EQ(j["counters"]["requests_total"]["status=invalid_request"], int(bad.size()) - 2);
 }
 
 // A request whose worst case does not fit the pages left waits for them (admission control).
@@ -304,19 +304,49 @@ TEST(Engine, AdmissionWaitsForKvPages) {
     EXPECT_EQ(e.stats().kv_pages_reserved, 0);
 }
 
+// Holds an engine's only running slot: its request ("block the only slot", `tokens` tokens) waits
+// in its first on_token call until release().
+struct SlotBlocker {
+    std::promise<void> go;
+    std::shared_future<void> released = go.get_future().share();
+    std::atomic<int> tokens{0};
+    RequestHandle h;
+    SlotBlocker(Engine& e, int n) {
+        auto r = request("block the only slot", {}, n);
+        r.on_token = [this](std::int32_t, std::string_view) {
+            if (tokens++ == 0) released.wait();
+        };
+        h = e.submit(r);
+        while (tokens.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    Result release() {
+        go.set_value();
+        return h.wait();
+    }
+};
+
+// max_queued = 0: a request for a free slot is accepted, one more while it runs is refused.
+TEST(Engine, ZeroQueueAcceptsWhileASlotIsFree) {
+    const auto& m = tiny();
+    Engine e(m, {.max_running = 1, .max_queued = 0});
+    EXPECT_TRUE(e.run(request("hello there", {}, 3)).ok());
+    SlotBlocker block(e, 4);
+    try {
+        e.submit(request("no room", {}, 3));
+        ADD_FAILURE() << "submit with the only slot taken and max_queued = 0 did not throw";
+    } catch (const EngineError& err) {
+        EXPECT_EQ(err.kind(), ErrorKind::queue_full);
+        EXPECT_NE(std::string(err.what()).find("max_queued = 0"), std::string::npos) << err.what();
+    }
+    EXPECT_TRUE(block.release().ok());
+    EXPECT_TRUE(e.run(request("hello again", {}, 3)).ok());
+}
+
 // Queue full, cancel while queued, timeout while queued, cancel while running.
 TEST(Engine, QueueFullCancelAndTimeout) {
     const auto& m = tiny();
     Engine e(m, {.max_running = 1, .max_queued = 3});
-    std::promise<void> release;
-    std::shared_future<void> released = release.get_future().share();
-    std::atomic<int> first_tokens{0};
-    auto blocker = request("block the only slot", {}, 6);
-    blocker.on_token = [&](std::int32_t, std::string_view) {
-        if (first_tokens++ == 0) released.wait();
-    };
-    auto hb = e.submit(blocker);
-    while (first_tokens.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    SlotBlocker block(e, 6);
     // The slot is taken: three wait, the fourth is refused.
     auto hq1 = e.submit(request("queued one", {}, 5));
     auto q2 = request("queued two", {}, 5);
@@ -332,8 +362,7 @@ TEST(Engine, QueueFullCancelAndTimeout) {
     }
     hq1.cancel();
     std::this_thread::sleep_for(std::chrono::milliseconds(40));  // past hq2's deadline
-    release.set_value();
-    const Result rb = hb.wait(), r1 = hq1.wait(), r2 = hq2.wait(), r3 = hq3.wait();
+    const Result rb = block.release(), r1 = hq1.wait(), r2 = hq2.wait(), r3 = hq3.wait();
     EXPECT_TRUE(rb.ok()) << rb.error;
     EXPECT_EQ(rb.ids, session_ref(m, "block the only slot", {}, 6).ids);
     EXPECT_EQ(r1.error_kind, ErrorKind::cancelled) << r1.error;

@@ -210,6 +210,7 @@ inline int run_batch(const Args& a) {
                             {"precision", model->precision()},
                             {"wall_s", wall_s},
                             {"aggregate_decode_tok_s", agg},
+                            {"decode_only_tok_s", st.decode_only_tok_s()},
                             {"requests_per_s", double(lines.size()) / wall_s},
                             {"generated_tokens", generated},
                             {"ttft_ms", quantiles_ms(ttft)},

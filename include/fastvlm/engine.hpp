@@ -50,6 +50,7 @@ struct ImageInput {
     std::shared_ptr<const io::Image> image;               // decoded
     std::shared_ptr<const Tensor<float, 3>> pixels;       // preprocessed
     std::string name;                                     // for error messages
+    io::ImageLimits limits = {};                          // checked from the header before decoding
     static ImageInput file(std::filesystem::path p) {
         ImageInput i;
         i.name = p.string();
@@ -78,9 +79,9 @@ struct ImageInput {
         if (image) return *image;
         if (bytes)
             return io::load_image_from_memory(
-                std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(bytes->data()), bytes->size()), name);
+                std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(bytes->data()), bytes->size()), name, limits);
         FASTVLM_CHECK(!path.empty(), "image input is empty (use ImageInput::file, ::encoded or ::decoded)");
-        return io::load_image(path);
+        return io::load_image(path, limits);
     }
 };
 
@@ -99,13 +100,16 @@ struct Request {
     // Streaming, on the scheduler thread: each generated token with its newly final text (text that
     // might start a stop string is held back). A last call with id −1 carries what remains.
     std::function<void(std::int32_t id, std::string_view text)> on_token = {};
+    // Called once when the request ends, whatever the outcome (failures before it ran included), on an
+    // engine thread, before wait() returns. Exceptions it throws are ignored.
+    std::function<void(const Result&)> on_finish = {};
     double timeout_s = 0;  // from submit to the last token; 0 = the engine's default (EngineOptions::timeout_s)
     std::string id;        // free-form, for logs
 };
 
 struct EngineOptions {
     int max_running = 8;              // sequences decoding (or in prefill/vision) at once
-    int max_queued = 1024;            // submitted but not running; submit throws queue_full beyond it
+    int max_queued = 1024;            // waiting beyond the running slots; submit throws queue_full beyond it
     std::size_t kv_budget_bytes = 0;  // KV pool; 0 = max_running × min(context, 4096) positions
     std::optional<text::KVType> kv_type = {};  // unset: the model's LoadOptions::kv_type (bf16 by default)
     Index kv_page = 16;              // positions per KV page
@@ -123,8 +127,14 @@ struct EngineStats {
     std::size_t kv_page_bytes = 0, kv_bytes_per_position = 0, weight_bytes = 0, peak_rss_bytes = 0;
     std::uint64_t requests_ok = 0, requests_failed = 0, prompt_tokens = 0, generated_tokens = 0, images = 0;
     double decode_busy_s = 0;  // summed wall time of steps that carried decode rows
+    // Steps of decode rows only (no prefill chunk in them): their wall time and the tokens they made.
+    // decode_only_tokens / decode_only_s is the batched decode rate without the prefill work of
+    // sequences that joined while others decoded.
+    double decode_only_s = 0;
+    std::uint64_t decode_only_tokens = 0;
     std::map<std::string, metrics::HistogramSnapshot> stages;  // queue_wait, preprocess, vision, ... (seconds)
     double aggregate_decode_tok_s() const { return decode_busy_s > 0 ? double(generated_tokens) / decode_busy_s : 0; }
+    double decode_only_tok_s() const { return decode_only_s > 0 ? double(decode_only_tokens) / decode_only_s : 0; }
 };
 
 namespace detail {
@@ -304,10 +314,14 @@ public:
         {
             std::lock_guard lk(mu_);
             if (stop_) throw EngineError(ErrorKind::shutdown, "engine: shutting down, request not accepted");
-            if (waiting_ >= opt_.max_queued) {
+            // Room: max_running slots plus max_queued places to wait (a request for a free slot passes
+            // through the queue too, so max_queued = 0 still accepts while a slot is free).
+            if (waiting_ + n_running_ >= Index(opt_.max_running) + opt_.max_queued) {
                 m_.errors_queue_full->add();
-                throw EngineError(ErrorKind::queue_full, "engine: queue full (" + std::to_string(opt_.max_queued) +
-                                                             " requests waiting = EngineOptions::max_queued); retry later");
+                throw EngineError(ErrorKind::queue_full, "engine: queue full (" + std::to_string(n_running_) + " running, " +
+                                                             std::to_string(waiting_) + " waiting; EngineOptions::max_running = " +
+                                                             std::to_string(opt_.max_running) + ", max_queued = " +
+                                                             std::to_string(opt_.max_queued) + "); retry later");
             }
             ++waiting_;
             queue_.push_back(st);
@@ -346,6 +360,8 @@ public:
         s.generated_tokens = m_.generated_tokens->value();
         s.images = m_.images->value();
         s.decode_busy_s = m_.decode_busy->value();
+        s.decode_only_s = m_.decode_only->value();
+        s.decode_only_tokens = m_.decode_only_tokens->value();
         for (const auto& [name, h] : m_.stage) s.stages[name] = h->snapshot();
         return s;
     }
@@ -355,9 +371,9 @@ private:
     struct Metrics {
         std::map<std::string, metrics::Histogram*> stage;
         metrics::Histogram *queue_wait, *preprocess, *vision, *projector, *prefill, *ttft, *decode_token, *e2e, *step;
-        metrics::Counter *ok, *prompt_tokens, *generated_tokens, *images, *errors_queue_full;
+        metrics::Counter *ok, *prompt_tokens, *generated_tokens, *images, *errors_queue_full, *decode_only_tokens;
         std::map<ErrorKind, metrics::Counter*> failed;
-        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy;
+        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only;
         std::uint64_t failed_total() const {
             std::uint64_t n = 0;
             for (const auto& [k, c] : failed) n += c->value();
@@ -387,13 +403,15 @@ private:
         m_.prompt_tokens = &reg_.counter("prompt_tokens_total", "Prompt positions (image tokens included)");
         m_.generated_tokens = &reg_.counter("generated_tokens_total", "Generated tokens");
         m_.images = &reg_.counter("images_total", "Images encoded");
-        m_.running = &reg_.gauge("running", "Sequences running");
-        m_.queued = &reg_.gauge("queued", "Requests waiting for admission");
+        m_.running = &reg_.gauge("running_sequences", "Sequences running (vision, prefill or decode)");
+        m_.queued = &reg_.gauge("queue_length", "Requests submitted and not yet running");
         m_.kv_used = &reg_.gauge("kv_pages_used", "KV pages in use");
         m_.kv_total = &reg_.gauge("kv_pages_total", "KV pages in the budget");
         m_.weight_bytes = &reg_.gauge("weight_bytes", "Bytes of the weights in memory");
         m_.peak_rss = &reg_.gauge("peak_rss_bytes", "Peak resident memory of the process");
         m_.decode_busy = &reg_.gauge("decode_busy_seconds", "Summed wall time of steps with decode rows");
+        m_.decode_only = &reg_.gauge("decode_only_busy_seconds", "Summed wall time of steps with decode rows only");
+        m_.decode_only_tokens = &reg_.counter("decode_only_tokens_total", "Tokens generated by steps with decode rows only");
         m_.kv_total->set(double(kv_->total_pages()));
         m_.weight_bytes->set(double(model_.weight_bytes()));
         if (opt_.on_anomaly) reg_.set_anomaly_callback(opt_.on_anomaly);
@@ -436,6 +454,17 @@ private:
         t.load_ms = model_.load_ms();
         s.kv.reset();  // pages back to the pool
         record(r);
+        if (s.admitted != Clock::time_point{}) {  // leaves its slot before the caller learns it ended, so
+            std::lock_guard lk(mu_);              // a submit right after wait() sees the slot free
+            n_running_ = std::max<Index>(0, n_running_ - 1);
+            m_.running->set(double(n_running_));
+        }
+        if (s.st->req.on_finish) {
+            try {
+                s.st->req.on_finish(r);
+            } catch (...) {  // the caller's problem; the request still ends
+            }
+        }
         s.st->finish(std::move(r));
     }
     void record(const Result& r) {
@@ -545,8 +574,9 @@ private:
         FASTVLM_CHECK(s->T >= 1, "the prompt is empty");
         s->need = s->T + std::max(q.max_new_tokens - 1, 0);
         if (s->need > context_)
-            fail("the prompt (", s->T, " positions after image expansion) plus up to ", q.max_new_tokens, " new tokens needs ",
-                 s->need, " positions, more than the context of ", context_, " tokens");
+            throw EngineError(ErrorKind::too_large, "the prompt (" + std::to_string(s->T) + " positions after image expansion) plus up to " +
+                                                        std::to_string(q.max_new_tokens) + " new tokens needs " + std::to_string(s->need) +
+                                                        " positions, more than the context of " + std::to_string(context_) + " tokens");
         if (kv_->pages_for(s->need) > kv_->total_pages())
             throw EngineError(ErrorKind::too_large,
                               "the request needs " + std::to_string(s->need) + " KV positions (" +
@@ -734,6 +764,10 @@ private:
         const auto t1 = Clock::now();
         m_.step->record(secs(t1 - t0));
         if (has_decode) m_.decode_busy->add(secs(t1 - t0));
+        if (has_decode && Index(batch.size()) == rows) {  // decode rows only
+            m_.decode_only->add(secs(t1 - t0));
+            m_.decode_only_tokens->add(batch.size());
+        }
         std::vector<Seq*> ended;
         for (std::size_t b = 0; b < members.size(); ++b) {
             Seq& s = *members[b];

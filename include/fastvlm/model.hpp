@@ -73,7 +73,7 @@ inline const char* to_string(StopReason s) {
 enum class ErrorKind {
     none,
     invalid_request,  // bad image, prompt, placeholder count, options, or a prompt over the context
-    too_large,        // its worst case can never fit the KV budget
+    too_large,        // its worst case can never fit (the context, or the KV budget)
     queue_full,       // submit: the queue holds EngineOptions::max_queued requests
     timeout,          // the request's deadline passed
     cancelled,        // cancelled by the caller

@@ -1,0 +1,22 @@
+# cmake -P script of the ctest fixture server_npm_setup (tests/server.cmake): installs the official
+# `openai` npm package VERSION into PREFIX once per build directory.
+foreach(v NPM PREFIX VERSION)
+  if(NOT ${v})
+    message(FATAL_ERROR "server_npm_setup needs ${v} (Debian: nodejs npm); found '${${v}}'")
+  endif()
+endforeach()
+if(EXISTS "${PREFIX}/node_modules/openai/package.json")
+  file(READ "${PREFIX}/node_modules/openai/package.json" _pkg)
+  string(JSON _have GET "${_pkg}" version)
+  if(_have STREQUAL VERSION)
+    message(STATUS "openai@${VERSION} already in ${PREFIX}")
+    return()
+  endif()
+endif()
+file(MAKE_DIRECTORY "${PREFIX}")
+message(STATUS "npm install --prefix ${PREFIX} openai@${VERSION}")
+execute_process(COMMAND ${NPM} install --prefix ${PREFIX} --no-audit --no-fund --loglevel=error openai@${VERSION}
+                RESULT_VARIABLE rc TIMEOUT 500)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "npm install of openai@${VERSION} failed (rc ${rc}); is the npm registry reachable?")
+endif()
