@@ -3,6 +3,7 @@
 #                         disconnects mid-stream) then a right answer; runs in the sanitizer build too
 #   server_npm_setup      installs the official `openai` npm package into <build>/npm-openai (once)
 #   server.openai_client  that client: plain + streaming answers == fastvlm-cli batch, 32 concurrent streams
+#   server.scaleout       two replicas behind HAProxy (server/haproxy.cfg), one killed mid-run
 if(NOT TARGET fastvlm-server OR NOT FASTVLM_PYTHON)
   return()
 endif()
@@ -25,3 +26,16 @@ add_test(NAME server.openai_client
                  --node ${FASTVLM_NODE} --npm-prefix ${PROJECT_BINARY_DIR}/npm-openai)
 set_tests_properties(server.openai_client PROPERTIES FIXTURES_REQUIRED server_npm LABELS "server;slow" TIMEOUT 900
                      RUN_SERIAL TRUE)
+
+# Scale-out: two replicas (1 thread each) behind HAProxy with server/haproxy.cfg; 40 requests, one
+# replica killed mid-run, every answer right (tests/server/scaleout_test.py).
+find_program(FASTVLM_HAPROXY NAMES haproxy PATHS /usr/sbin /sbin)
+if(FASTVLM_HAPROXY)
+  add_test(NAME server.scaleout
+           COMMAND ${FASTVLM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/server/scaleout_test.py --server $<TARGET_FILE:fastvlm-server>
+                   --cli $<TARGET_FILE:fastvlm-cli> --haproxy ${FASTVLM_HAPROXY}
+                   --model ${PROJECT_SOURCE_DIR}/models/fastvlm-scenes --work ${PROJECT_BINARY_DIR}/tests/server_scaleout)
+  set_tests_properties(server.scaleout PROPERTIES LABELS "server;slow" TIMEOUT 300 RUN_SERIAL TRUE)
+else()
+  message(WARNING "haproxy not found (Debian: haproxy): the server.scaleout test is skipped")
+endif()

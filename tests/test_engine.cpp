@@ -229,7 +229,7 @@ TEST(Engine, BadRequestsFailAloneWithClearErrors) {
     const auto good0 = session_ref(m, "Describe the image.", {&im[0]}, 12);
     const auto good1 = session_ref(m, "hello there", {}, 12);
     // KV budget: 64 pages of 4 positions = 256 positions (each good request needs < 60).
-    const std::size_t per_pos = 2 * std::size_t(m.decoder().kv_shape().layers * m.decoder().kv_shape().kv_dim) * 2;
+    const std::size_t per_pos = text::KVPool::bytes_per_position(m.decoder().kv_shape(), text::KVType::bf16);
     Engine e(m, {.max_running = 4, .kv_budget_bytes = 64 * 4 * per_pos, .kv_page = 4});
 
     std::vector<std::pair<Request, std::pair<ErrorKind, std::string>>> bad;
@@ -289,7 +289,7 @@ TEST(Engine, BadRequestsFailAloneWithClearErrors) {
 // A request whose worst case does not fit the pages left waits for them (admission control).
 TEST(Engine, AdmissionWaitsForKvPages) {
     const auto& m = tiny();
-    const std::size_t per_pos = 2 * std::size_t(m.decoder().kv_shape().layers * m.decoder().kv_shape().kv_dim) * 2;
+    const std::size_t per_pos = text::KVPool::bytes_per_position(m.decoder().kv_shape(), text::KVType::bf16);
     // Room for one request of ~40 positions at a time.
     Engine e(m, {.max_running = 4, .kv_budget_bytes = 24 * 4 * per_pos, .kv_page = 4});
     std::vector<RequestHandle> hs;

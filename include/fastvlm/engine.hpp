@@ -278,7 +278,7 @@ public:
         FASTVLM_CHECK(context_ <= model_.config().text.max_position_embeddings, "EngineOptions::context of ", context_,
                       " exceeds max_position_embeddings (", model_.config().text.max_position_embeddings, ")");
         const auto type = opt_.kv_type.value_or(model_.kv_type());
-        const std::size_t per_pos = 2 * std::size_t(dec.kv_shape().layers * dec.kv_shape().kv_dim) * (type == text::KVType::bf16 ? 2 : 4);
+        const std::size_t per_pos = text::KVPool::bytes_per_position(dec.kv_shape(), type);
         const std::size_t budget =
             opt_.kv_budget_bytes ? opt_.kv_budget_bytes : std::size_t(opt_.max_running) * std::size_t(std::min<Index>(context_, 4096)) * per_pos;
         kv_ = std::make_shared<text::KVPool>(dec.kv_shape(), type, budget, opt_.kv_page);

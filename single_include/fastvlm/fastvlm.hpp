@@ -5649,9 +5649,11 @@ public:
     KVShape shape() const { return shape_; }
     KVType type() const { return type_; }
     Index page_positions() const { return page_; }
-    std::size_t element_bytes() const { return type_ == KVType::bf16 ? 2 : 4; }
+    static std::size_t element_bytes(KVType t) { return t == KVType::bf16 ? 2 : 4; }
+    std::size_t element_bytes() const { return element_bytes(type_); }
     // Bytes per position over every layer, K and V.
-    std::size_t bytes_per_position() const { return 2 * std::size_t(shape_.layers * shape_.kv_dim) * element_bytes(); }
+    static std::size_t bytes_per_position(KVShape s, KVType t) { return 2 * std::size_t(s.layers * s.kv_dim) * element_bytes(t); }
+    std::size_t bytes_per_position() const { return bytes_per_position(shape_, type_); }
     std::size_t page_bytes() const { return bytes_per_position() * std::size_t(page_); }
     Index pages_for(Index positions) const { return (positions + page_ - 1) / page_; }
 
@@ -9114,7 +9116,7 @@ public:
         FASTVLM_CHECK(context_ <= model_.config().text.max_position_embeddings, "EngineOptions::context of ", context_,
                       " exceeds max_position_embeddings (", model_.config().text.max_position_embeddings, ")");
         const auto type = opt_.kv_type.value_or(model_.kv_type());
-        const std::size_t per_pos = 2 * std::size_t(dec.kv_shape().layers * dec.kv_shape().kv_dim) * (type == text::KVType::bf16 ? 2 : 4);
+        const std::size_t per_pos = text::KVPool::bytes_per_position(dec.kv_shape(), type);
         const std::size_t budget =
             opt_.kv_budget_bytes ? opt_.kv_budget_bytes : std::size_t(opt_.max_running) * std::size_t(std::min<Index>(context_, 4096)) * per_pos;
         kv_ = std::make_shared<text::KVPool>(dec.kv_shape(), type, budget, opt_.kv_page);

@@ -63,9 +63,11 @@ public:
     KVShape shape() const { return shape_; }
     KVType type() const { return type_; }
     Index page_positions() const { return page_; }
-    std::size_t element_bytes() const { return type_ == KVType::bf16 ? 2 : 4; }
+    static std::size_t element_bytes(KVType t) { return t == KVType::bf16 ? 2 : 4; }
+    std::size_t element_bytes() const { return element_bytes(type_); }
     // Bytes per position over every layer, K and V.
-    std::size_t bytes_per_position() const { return 2 * std::size_t(shape_.layers * shape_.kv_dim) * element_bytes(); }
+    static std::size_t bytes_per_position(KVShape s, KVType t) { return 2 * std::size_t(s.layers * s.kv_dim) * element_bytes(t); }
+    std::size_t bytes_per_position() const { return bytes_per_position(shape_, type_); }
     std::size_t page_bytes() const { return bytes_per_position() * std::size_t(page_); }
     Index pages_for(Index positions) const { return (positions + page_ - 1) / page_; }
 
