@@ -4,7 +4,7 @@
 //
 // Listens at once (GET /health answers 503 "loading" until the model is in memory), then serves
 // POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics. SIGINT/SIGTERM stop it:
-// requests still running end with a 503 "shutting_down" error.
+// no new connections; the requests being served finish, then the engine shuts down.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>

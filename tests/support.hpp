@@ -8,6 +8,8 @@
 #include <system_error>
 #include <vector>
 
+#include <unistd.h>
+
 #include "fastvlm/core/error.hpp"
 #include "fastvlm/io/image.hpp"
 
@@ -17,10 +19,12 @@ namespace fs = std::filesystem;
 // The tiny random model of the original implementation (../shared/golden/tiny-vlm).
 inline const fs::path kTinyDir = fs::path(FASTVLM_SHARED_DIR) / "golden" / "tiny-vlm";
 
-// A scratch folder under the build tree, removed at the end of the test.
+// A scratch folder under the build tree, removed at the end of the test. Its name carries the process
+// id: ctest runs each test of an executable as its own process, several at once.
 struct TempDir {
     fs::path path;
-    TempDir(const std::string& prefix, const std::string& name) : path(fs::path(FASTVLM_BINARY_DIR) / (prefix + name)) {
+    TempDir(const std::string& prefix, const std::string& name)
+        : path(fs::path(FASTVLM_BINARY_DIR) / (prefix + name + "." + std::to_string(::getpid()))) {
         fs::remove_all(path);
         fs::create_directories(path);
     }
