@@ -17,82 +17,11 @@
 
 #include "args.hpp"
 #include "eval.hpp"
+#include "fastvlm/batch_jsonl.hpp"
 #include "fastvlm/fastvlm.hpp"
 #include "run.hpp"
 
 namespace fastvlm::cli {
-
-struct BatchLine {
-    std::size_t line = 0;          // 1-based line number in the JSONL
-    nlohmann::json id;             // the line's "id", else its line number
-    std::optional<Request> req;    // empty when the line itself is malformed
-    std::string error;             // why the line is malformed
-    std::optional<std::string> answer;
-};
-
-// Parses one line. Never throws: a malformed line becomes an error entry.
-inline BatchLine parse_batch_line(const std::string& text, std::size_t n, const std::filesystem::path& base, int default_max) {
-    BatchLine b;
-    b.line = n;
-    b.id = n;
-    try {
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(text);
-        } catch (const nlohmann::json::exception& e) {
-            fail("not a valid JSON object (", e.what(), ")");
-        }
-        if (!j.is_object()) fail("expected a JSON object {\"image\", \"prompt\", ...}, got ", j.type_name());
-        if (auto f = j.find("id"); f != j.end()) b.id = *f;
-        Request q;
-        q.max_new_tokens = default_max;
-        q.prompt = std::string(text::kDefaultQuestion);
-        q.id = b.id.is_string() ? b.id.get<std::string>() : b.id.dump();
-        auto str = [&](const char* key) -> std::optional<std::string> {
-            const auto f = j.find(key);
-            if (f == j.end() || f->is_null()) return std::nullopt;
-            if (!f->is_string()) fail("field \"", key, "\" must be a string, got ", f->type_name());
-            return f->get<std::string>();
-        };
-        auto num = [&](const char* key, double lo, double hi) -> std::optional<double> {
-            const auto f = j.find(key);
-            if (f == j.end() || f->is_null()) return std::nullopt;
-            if (!f->is_number()) fail("field \"", key, "\" must be a number, got ", f->type_name());
-            const double v = f->get<double>();
-            if (!(v >= lo && v <= hi)) fail("field \"", key, "\" = ", v, " is outside ", lo, "..", hi);
-            return v;
-        };
-        if (auto p = str("prompt")) q.prompt = *p;
-        if (auto f = j.find("image"); f != j.end() && !f->is_null()) {
-            std::vector<std::string> names;
-            if (f->is_string()) names.push_back(f->get<std::string>());
-            else if (f->is_array()) {
-                for (const auto& e : *f) {
-                    if (!e.is_string()) fail("field \"image\" must hold file names (strings), got ", e.type_name());
-                    names.push_back(e.get<std::string>());
-                }
-            } else {
-                fail("field \"image\" must be a file name or a list of file names, got ", f->type_name());
-            }
-            for (const auto& nm : names) {
-                const std::filesystem::path p = std::filesystem::path(nm).is_absolute() ? std::filesystem::path(nm) : base / nm;
-                q.images.push_back(ImageInput::file(p));
-            }
-        }
-        if (auto v = num("max_tokens", 0, 1 << 24)) q.max_new_tokens = int(*v);
-        if (auto v = num("temperature", 0, 100)) q.sampling.temperature = float(*v);
-        if (auto v = num("top_k", 0, 1 << 24)) q.sampling.top_k = int(*v);
-        if (auto v = num("top_p", 1e-9, 1)) q.sampling.top_p = float(*v);
-        if (auto v = num("seed", 0, 18446744073709551615.0)) q.sampling.seed = std::uint64_t(*v);
-        b.answer = str("answer");
-        b.req = std::move(q);
-    } catch (const Error& e) {
-        b.error = e.what();
-    } catch (const std::exception& e) {
-        b.error = e.what();
-    }
-    return b;
-}
 
 inline nlohmann::json quantiles_ms(std::vector<double> v) {
     if (v.empty()) return {{"p50", nullptr}, {"p95", nullptr}, {"p99", nullptr}};
@@ -109,13 +38,13 @@ inline int run_batch(const Args& a) {
     const int max_tokens = int(a.get_int("max-tokens", 256, 0, 1 << 24));
     std::ifstream in(file, std::ios::binary);
     if (!in) fail(file.string(), ": cannot open the JSONL file");
-    std::vector<BatchLine> lines;
+    std::vector<batch::Line> lines;
     {
         std::string s;
         for (std::size_t n = 1; std::getline(in, s); ++n) {
             if (n == 1 && s.size() >= 3 && s.compare(0, 3, "\xEF\xBB\xBF") == 0) s.erase(0, 3);
             if (trim_ws(s).empty()) continue;
-            lines.push_back(parse_batch_line(s, n, file.parent_path(), max_tokens));
+            lines.push_back(batch::parse_line(s, n, file.parent_path(), max_tokens));
         }
     }
     if (lines.empty()) fail(file.string(), ": no requests (expected one {\"image\", \"prompt\"} object per line)");
@@ -152,32 +81,21 @@ inline int run_batch(const Args& a) {
                      std::string(std::size_t(w - n), ' ').c_str(), done, lines.size(), wall.ms() / 1e3, errors);
         std::fflush(stderr);
     };
-    auto emit = [&](const BatchLine& b, const Result* r) {
-        nlohmann::json j = {{"id", b.id}};
+    auto emit = [&](const batch::Line& b, const Result* r) {
+        const nlohmann::json j = batch::output(b, r);
         if (!r || !r->ok()) {
             ++errors;
-            j["error"] = r ? r->error : b.error;
-            if (r) j["error_kind"] = to_string(r->error_kind);
         } else {
-            j["text"] = r->text;
-            j["stop"] = to_string(r->stop);
-            j["prompt_tokens"] = r->prompt_tokens;
-            j["generated_tokens"] = r->ids.size();
-            j["queue_ms"] = r->timings.queue_ms;
-            j["ttft_ms"] = r->timings.ttft_ms;
-            j["total_ms"] = r->timings.total_ms;
             generated += r->ids.size();
             queue.push_back(r->timings.queue_ms);
             if (r->timings.ttft_ms > 0) ttft.push_back(r->timings.ttft_ms);
-            if (b.answer) {
-                ++answered;
-                if (trim_ws(r->text) == trim_ws(*b.answer)) ++correct;
-            }
         }
-        if (b.answer && (!r || !r->ok())) ++answered;  // a failed line counts as wrong
+        if (b.answer) {
+            ++answered;  // a failed line counts as wrong
+            if (r && r->ok() && batch::correct(b, *r)) ++correct;
+        }
         if (out) {
-            const std::string s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-            std::fprintf(out, "%s\n", s.c_str());
+            std::fprintf(out, "%s\n", batch::dump(j).c_str());
             std::fflush(out);
         }
         ++done;

@@ -1,0 +1,245 @@
+"""The fastvlm Python module against the C++ front ends: round trips, streaming, image inputs,
+errors as exceptions, threads, batch, chat, features, metrics, Ctrl-C."""
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CLI, MODEL, cli_batch
+
+
+def first_images(scenes, n):
+    d, items = scenes
+    seen = []
+    for it in items:
+        if it["image"] not in seen:
+            seen.append(it["image"])
+    return [str(d / name) for name in seen[:n]]
+
+
+def test_load_and_properties(fastvlm, model):
+    assert model.precision == "fp32"
+    assert model.parallel == 8
+    assert model.weight_bytes > 0 and model.context > 0
+    assert "fastvlm-scenes" in repr(model)
+    assert set(fastvlm.PRECISIONS) == {"fp32", "bf16", "fp16", "int8", "int8_int4", "int4"}
+
+
+def test_load_errors(fastvlm, tmp_path):
+    with pytest.raises(fastvlm.Error, match="no_such_folder"):
+        fastvlm.Model(tmp_path / "no_such_folder")
+    with pytest.raises(fastvlm.Error, match="precision|preset"):
+        fastvlm.Model(MODEL, precision="int3")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(fastvlm.Error, match="config.json"):
+        fastvlm.Model(tmp_path)
+
+
+def test_describe_matches_cli_run(model, scenes):
+    for img in first_images(scenes, 2):
+        r = subprocess.run([CLI, "run", "--model", MODEL, "--image", img, "--threads", "2", "--max-tokens", "64", "--json"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        want = json.loads(r.stdout)["text"]
+        got = model.describe(img, max_tokens=64)
+        assert got.ok and got.text == want
+        assert got.stop == "eos" and got.generated_tokens == len(got.ids) > 0
+        t = got.timings
+        assert t["vision_ms"] > 0 and t["prefill_tokens"] == got.prompt_tokens and t["total_ms"] >= t["ttft_ms"] > 0
+
+
+def test_answers_are_right(model, scenes):
+    d, items = scenes
+    asked = [it for it in items[:12]]
+    res = model.batch([{"image": str(d / it["image"]), "prompt": it["prompt"], "max_tokens": 64} for it in asked])
+    right = sum(r.text.strip() == it["answer"] for r, it in zip(res, asked))
+    assert right >= 11, [(r.text, it["answer"]) for r, it in zip(res, asked)]
+
+
+def test_image_inputs_agree(model, scenes):
+    img = first_images(scenes, 1)[0]
+    pil = Image.open(img)
+    rgb = np.asarray(pil.convert("RGB"))
+    ref = model.preprocess(img)
+    assert ref.dtype == np.float32 and ref.shape == (3, model.image_size, model.image_size)
+    data = open(img, "rb").read()
+    for x in (pathlib.Path(img), data, bytearray(data), memoryview(data), pil, rgb, np.ascontiguousarray(rgb[:, :, :])):
+        np.testing.assert_array_equal(model.preprocess(x), ref)
+    # Non-contiguous arrays and other PIL modes are converted as Pillow's convert("RGB") does.
+    np.testing.assert_array_equal(model.preprocess(np.asfortranarray(rgb)), ref)
+    gray = pil.convert("L")
+    np.testing.assert_array_equal(model.preprocess(gray), model.preprocess(np.asarray(gray.convert("RGB"))))
+    np.testing.assert_array_equal(model.preprocess(np.asarray(gray)), model.preprocess(np.asarray(gray.convert("RGB"))))
+    rgba = pil.convert("RGBA")
+    np.testing.assert_array_equal(model.preprocess(rgba), ref)
+    want = model.describe(img, max_tokens=64).text
+    assert model.describe(pil, max_tokens=64).text == want
+    assert model.describe(rgb, max_tokens=64).text == want
+    assert model.describe(data, max_tokens=64).text == want
+
+
+def test_bad_images_raise(fastvlm, model, tmp_path):
+    with pytest.raises(fastvlm.Error, match="dtype uint8"):
+        model.describe(np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(fastvlm.Error, match="H x W x 3"):
+        model.describe(np.zeros((32, 32, 4), np.uint8))
+    with pytest.raises(fastvlm.Error, match="empty"):
+        model.describe(np.zeros((0, 32, 3), np.uint8))
+    with pytest.raises(fastvlm.Error, match="cannot decode") as e:
+        model.describe(b"not an image at all")
+    assert e.value.kind == "invalid_request"
+    with pytest.raises(fastvlm.Error, match="missing.png"):
+        model.describe(str(tmp_path / "missing.png"))
+    with pytest.raises(fastvlm.Error, match="expected a path, bytes"):
+        model.describe(12345)
+    bad = tmp_path / "trunc.png"
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, "PNG")
+    bad.write_bytes(buf.getvalue()[:40])
+    with pytest.raises(fastvlm.Error, match="trunc.png"):
+        model.describe(bad)
+
+
+def test_request_errors_raise(fastvlm, model, scenes):
+    img = first_images(scenes, 1)[0]
+    with pytest.raises(fastvlm.Error, match="2 image placeholders"):
+        model.describe(img, prompt="<image> and <image>: compare them.")
+    with pytest.raises(fastvlm.Error, match="max_tokens"):
+        model.describe(img, max_tokens=-1)
+    with pytest.raises(fastvlm.Error, match="top_p"):
+        model.describe(img, top_p=0)
+    small = fastvlm.Model(MODEL, threads=1, context=64)
+    with pytest.raises(fastvlm.Error, match="context") as e:
+        small.describe(img, prompt="word " * 200)
+    assert e.value.kind == "too_large"
+    # The model keeps working after every failure above.
+    assert model.describe(img, max_tokens=64).ok
+
+
+def test_several_images(model, scenes):
+    a, b = first_images(scenes, 2)
+    r = model.describe([a, b], prompt="<image>\n<image>\nDescribe the image.", max_tokens=64)
+    assert r.ok and r.text
+    assert r.prompt_tokens > 2 * (model.image_size // 64) ** 2
+
+
+def test_streaming(fastvlm, model, scenes):
+    img = first_images(scenes, 1)[0]
+    want = model.describe(img, max_tokens=64)
+    s = model.describe(img, max_tokens=64, stream=True)
+    pieces = list(s)
+    assert "".join(pieces) == want.text and len(pieces) > 1
+    assert s.result.text == want.text and s.result.ids == want.ids
+    # Stopping early cancels the request (its KV pages go back) and the model goes on.
+    s = model.describe(img, max_tokens=1000, ignore_eos=True, stream=True)
+    next(iter(s))
+    s.close()
+    assert model.describe(img, max_tokens=64).text == want.text
+    # A stream that fails raises at the point of failure.
+    with pytest.raises(fastvlm.Error):
+        list(model.describe(b"garbage", stream=True))
+
+
+def test_threads_share_the_engine(model, scenes):
+    imgs = first_images(scenes, 8)
+    want = [model.describe(i, max_tokens=64).text for i in imgs]
+    got = [None] * len(imgs)
+
+    def work(k):
+        got[k] = model.describe(imgs[k], max_tokens=64).text
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(len(imgs))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert got == want
+
+
+def test_batch_keeps_order_and_failures(model, scenes):
+    imgs = first_images(scenes, 4)
+    reqs = [{"image": imgs[0]}, {"image": "/nonexistent/x.png"}, {"image": imgs[1], "prompt": "How many shapes are there?"},
+            {"image": 3}, {"prompt": "<image>", "image": None}, {"image": imgs[2], "max_tokens": "many"}, {"image": imgs[3]}]
+    res = model.batch(reqs, parallel=3)
+    assert len(res) == len(reqs)
+    assert res[0].ok and res[0].text == model.describe(imgs[0], max_tokens=256).text
+    assert not res[1].ok and "x.png" in res[1].error
+    assert res[2].ok and res[2].text.endswith(".")
+    assert not res[3].ok and "expected a path" in res[3].error
+    assert not res[4].ok and "placeholder" in res[4].error
+    assert not res[5].ok and "wrong type" in res[5].error
+    assert res[6].ok
+
+
+def test_batch_jsonl_equals_cli(model, scenes, tmp_path):
+    d, items = scenes
+    lines = [json.dumps({"id": k, "image": it["image"], "prompt": it["prompt"]}) for k, it in enumerate(items[:10])]
+    lines += ['{"image": "nope.png"}', "not json", '{"image": 5}']
+    jl = d / "py_batch.jsonl"
+    jl.write_text("\n".join(lines) + "\n")
+    want = cli_batch(jl, tmp_path / "out.jsonl")
+    got = model.batch_jsonl([(n + 1, s) for n, s in enumerate(lines)], str(d), 64)
+    strip = lambda s: {k: v for k, v in json.loads(s).items() if not k.endswith("_ms")}
+    assert [strip(s) for s in got] == [strip(s) for s in want]
+
+
+def test_chat(fastvlm, model, scenes):
+    img = first_images(scenes, 1)[0]
+    c = model.chat()
+    r1 = c.send("Describe the image.", image=img, max_tokens=64)
+    assert r1.text == model.describe(img, max_tokens=64).text
+    p1 = c.position
+    assert p1 > r1.prompt_tokens
+    r2 = c.send("How many shapes are there?", max_tokens=16)
+    assert r2.ok and r2.text and c.position > p1
+    s = c.send("Describe the image.", max_tokens=16, stream=True)
+    assert "".join(s) == s.result.text
+    c.reset()
+    assert c.position == 0
+    assert c.send("Describe the image.", image=img, max_tokens=64).text == r1.text
+    with pytest.raises(fastvlm.Error, match="cannot decode"):
+        c.send("What is it?", image=b"junk")
+
+
+def test_encode_image(model, scenes):
+    img = first_images(scenes, 1)[0]
+    tokens = (model.image_size // 64) ** 2
+    f = model.encode_image(img)
+    v = model.encode_image(img, projected=False)
+    assert f.dtype == np.float32 and f.shape[0] == tokens and v.shape[0] == tokens
+    assert np.isfinite(f).all() and np.isfinite(v).all()
+    np.testing.assert_array_equal(model.encode_image(img), f)
+
+
+def test_tokenize_roundtrip(model):
+    ids = model.tokenize("A red circle on the left.")
+    assert ids and model.detokenize(ids) == "A red circle on the left."
+
+
+def test_metrics(model):
+    m = model.metrics()
+    assert {"counters", "gauges", "histograms"} <= set(m)
+    assert json.dumps(m)
+
+
+def test_ctrl_c_cancels(fastvlm, scenes):
+    m = fastvlm.Model(MODEL, threads=2, parallel=2)
+    img = first_images(scenes, 1)[0]
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        m.describe(img, max_tokens=1900, ignore_eos=True)
+    assert time.monotonic() - t0 < 10
+    # The cancelled request ended and freed its slot: the model answers the next one.
+    assert m.describe(img, max_tokens=64).ok
+    counters = m.metrics()["counters"]
+    assert any("cancel" in json.dumps(v) for v in counters.values()) or "cancelled" in json.dumps(counters)
