@@ -10,6 +10,7 @@
 #include "cli/embed.hpp"
 #include "cli/eval.hpp"
 #include "cli/run.hpp"
+#include "cli/stream.hpp"
 #include "cli/tokenize.hpp"
 
 namespace {
@@ -22,6 +23,7 @@ std::vector<fastvlm::cli::Command> commands() {
         fastvlm::cli::tokenize_command(),
         fastvlm::cli::eval_command(),
         fastvlm::cli::batch_command(),
+        fastvlm::cli::stream_command(),
     };
 }
 }  // namespace

@@ -18,10 +18,12 @@ cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=None -DFASTVLM_SANITIZE=ON -DFASTVLM
 cmake --build build/asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build/asan --output-on-failure -j"$jobs" -LE slow
-# ThreadSanitizer: the engine (several threads submitting and cancelling, the scheduler, the pool) and metrics.
+# ThreadSanitizer: the engine (several threads submitting and cancelling, the scheduler, the pool, the image
+# cache), metrics, and the frame stream (a pushing thread against its answering thread).
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=None -DFASTVLM_BUILD_BENCH=OFF -DFASTVLM_BUILD_EXAMPLES=OFF -DFASTVLM_BUILD_SERVER=OFF -DFASTVLM_BUILD_PYTHON=OFF \
       -DCMAKE_CXX_FLAGS="-O1 -g1 -fsanitize=thread" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" >/dev/null
-cmake --build build/tsan -j"$jobs" --target test_engine test_metrics
+cmake --build build/tsan -j"$jobs" --target test_engine test_metrics test_frames
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build/tsan/tests/test_engine
 TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/test_metrics
+TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/test_frames
 echo "all tests passed"

@@ -28,6 +28,7 @@ const std::vector<Option> kOptions = {
     {"threads", "N", "compute threads (default: all hardware threads)"},
     {"max-queue", "N", "requests waiting beyond the running ones; more get 429 (default 64)"},
     {"kv-budget-mb", "N", "KV cache budget in MB (default: parallel x min(context, 4096) positions)"},
+    {"image-cache-mb", "N", "image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"},
     {"kv-cache", "T", "KV cache storage: bf16 (default) or f32"},
     {"context", "N", "most positions of one request (default: the model's)"},
     {"api-key", "KEY", "require 'Authorization: Bearer KEY' on /v1/* (default: env FASTVLM_API_KEY, else none)"},
@@ -75,6 +76,7 @@ int run(const cli::Args& a) {
     eo.max_running = int(a.get_int("parallel", 8, 1, 1024));
     eo.max_queued = int(a.get_int("max-queue", 64, 0, 1 << 20));
     eo.kv_budget_bytes = std::size_t(a.get_int("kv-budget-mb", 0, 0, 1l << 24)) << 20;
+    eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
     if (auto t = a.get("timeout-s")) {
         char* end = nullptr;
         eo.timeout_s = std::strtod(t->c_str(), &end);

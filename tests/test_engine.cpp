@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "fastvlm/fastvlm.hpp"
+#include "model_support.hpp"
 #include "support.hpp"
 
 using namespace fastvlm;
@@ -19,14 +20,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // The tiny golden model with the test tokenizer, loaded once per process.
-const Model<>& tiny() {
-    static TempDir dir("test_engine_", "model");
-    static const Model<> m = [] {
-        make_text_model(dir.path);
-        return Model<>::load(dir.path, {.threads = 2});
-    }();
-    return m;
-}
+const Model<>& tiny() { return tiny_text_model("test_engine_"); }
 
 const std::vector<io::Image>& images() {
     static const std::vector<io::Image> v = {test_image(40, 30, 1), test_image(17, 64, 2), test_image(64, 64, 3),
@@ -509,6 +503,79 @@ TEST(Engine, KvBytesPerPositionHalveWithBf16) {
 
 // Two and three images in one prompt against the PyTorch reference (tests/reference/
 // make_multi_image_goldens.py, float64) on tests/data/tiny_vlm2: Session and Engine.
+// The image-feature cache: a repeated image skips vision (and gives the same tokens as a Session);
+// distinct images never share an entry; the LRU holds its byte budget; 0 turns it off.
+TEST(Engine, ImageCacheSkipsVisionWithSameTokens) {
+    const auto& m = tiny();
+    const auto& im = images();
+    const std::size_t entry = std::size_t(m.config().vision.num_tokens() * m.decoder().hidden_size()) * sizeof(float) + 128;
+    {
+        Engine e(m, {.max_running = 4});
+        const Result a = e.run(request("Describe the image.", {&im[0]}, 10));
+        const Result b = e.run(request("What colour?", {&im[0]}, 10));
+        expect_same(a, session_ref(m, "Describe the image.", {&im[0]}, 10), "first");
+        expect_same(b, session_ref(m, "What colour?", {&im[0]}, 10), "repeat");
+        EXPECT_EQ(a.timings.image_cache_hits, 0);
+        EXPECT_GT(a.timings.vision_ms, 0);
+        EXPECT_EQ(b.timings.image_cache_hits, 1);
+        EXPECT_EQ(b.timings.vision_ms, 0);
+        const Result c = e.run(request("<image> and <image>", {&im[1], &im[0]}, 8));
+        expect_same(c, session_ref(m, "<image> and <image>", {&im[1], &im[0]}, 8), "one cached of two");
+        EXPECT_EQ(c.timings.image_cache_hits, 1);
+        // Six at once of one new image: every one equals the Session; each lookup is a hit or a miss.
+        std::vector<RequestHandle> hs;
+        for (int i = 0; i < 6; ++i) hs.push_back(e.submit(request("Describe the image.", {&im[2]}, 6)));
+        const Ref ref = session_ref(m, "Describe the image.", {&im[2]}, 6);
+        for (auto& h : hs) expect_same(h.wait(), ref, "same image at once");
+        const auto st = e.stats().image_cache;
+        EXPECT_EQ(st.hits + st.misses, 10u);
+        EXPECT_GE(st.hits, 2u + 1u);
+        EXPECT_EQ(st.entries, 3u);
+        EXPECT_EQ(st.bytes, 3 * entry);
+        EXPECT_EQ(e.stats().images, 10u);
+        const auto j = e.metrics_json().dump();
+        EXPECT_NE(j.find("image_cache_hits_total"), std::string::npos);
+    }
+    {  // Off: nothing is cached or counted, results unchanged.
+        Engine e(m, {.max_running = 2, .image_cache_bytes = 0});
+        for (int i = 0; i < 2; ++i) {
+            const Result r = e.run(request("Describe the image.", {&im[0]}, 10));
+            expect_same(r, session_ref(m, "Describe the image.", {&im[0]}, 10), "cache off");
+            EXPECT_EQ(r.timings.image_cache_hits, 0);
+        }
+        const auto st = e.stats().image_cache;
+        EXPECT_EQ(st.hits + st.misses + st.entries + st.bytes, 0u);
+    }
+    for (std::size_t n : {std::size_t(1), std::size_t(2)}) {  // LRU: room for n entries; A, B, A
+        Engine e(m, {.max_running = 1, .image_cache_bytes = n * entry});
+        for (int k : {0, 1, 0}) EXPECT_TRUE(e.run(request("x", {&im[std::size_t(k)]}, 2)).ok());
+        const auto st = e.stats().image_cache;
+        EXPECT_EQ(st.hits, n == 1 ? 0u : 1u) << n;
+        EXPECT_EQ(st.evictions, n == 1 ? 2u : 0u) << n;
+        EXPECT_LE(st.bytes, n * entry);
+    }
+}
+
+TEST(ImageCache, KeysSeparatePixelsSizesAndPresets) {
+    Tensor<float, 3> a({3, 8, 8}), b({3, 8, 8}), c({3, 4, 4});
+    for (Index i = 0; i < a.size(); ++i) a.data()[i] = b.data()[i] = float(i) / 192.f;
+    for (Index i = 0; i < c.size(); ++i) c.data()[i] = float(i) / 192.f;
+    EXPECT_EQ(image_key(a.view(), "fp32"), image_key(b.view(), "fp32"));
+    EXPECT_NE(image_key(a.view(), "fp32"), image_key(a.view(), "int8"));
+    EXPECT_NE(image_key(a.view(), "fp32"), image_key(c.view(), "fp32"));
+    b.data()[77] = std::nextafter(b.data()[77], 1.f);  // one ulp of one pixel
+    EXPECT_NE(image_key(a.view(), "fp32"), image_key(b.view(), "fp32"));
+    ImageFeatureCache cache(1 << 20);
+    EXPECT_EQ(cache.get(image_key(a.view(), "fp32")), nullptr);
+    auto t = std::make_shared<const Tensor<float, 2>>(Shape<2>{4, 4});
+    cache.put(image_key(a.view(), "fp32"), t);
+    EXPECT_EQ(cache.get(image_key(a.view(), "fp32")), t);
+    EXPECT_EQ(cache.get(image_key(b.view(), "fp32")), nullptr);
+    ImageFeatureCache tiny(16);  // smaller than one entry: never stores
+    tiny.put(image_key(a.view(), "fp32"), t);
+    EXPECT_EQ(tiny.stats().entries, 0u);
+}
+
 TEST(MultiImage, MatchesPyTorchReference) {
     const auto dir = fs::path(FASTVLM_TEST_DATA_DIR);
     const auto io = io::TensorStore::open(dir / "multi_image_io.safetensors");

@@ -65,6 +65,7 @@ inline int run_batch(const Args& a) {
     eo.max_running = parallel;
     eo.max_queued = parallel + 8;
     eo.prefill_chunk = a.get_int("prefill-chunk", 256, 1, 1 << 16);
+    eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
     eo.context = a.get_int("context", 0, 1, 1 << 24);
     auto engine = model->new_engine(eo);
 
@@ -164,7 +165,8 @@ inline Command batch_command() {
              {"threads", "N", "threads (default: all cores)"},
              {"context", "N", "most positions of one sequence (default min(8192, max_position_embeddings))"},
              {"kv-cache", "TYPE", "KV cache storage: bf16 (default) or f32"},
-             {"prefill-chunk", "N", "most prompt rows per step (default 256)"}},
+             {"prefill-chunk", "N", "most prompt rows per step (default 256)"},
+             {"image-cache-mb", "N", "image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"}},
             run_batch};
 }
 

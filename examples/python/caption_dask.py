@@ -30,9 +30,10 @@ class FastVLMPlugin(WorkerPlugin):
 
     name = "fastvlm"
 
-    def __init__(self, model, precision="int8", threads=0, parallel=8, module_dir=None):
+    def __init__(self, model, precision="int8", threads=0, parallel=8, module_dir=None, model_options=None):
         self.model, self.precision, self.threads = model, precision, threads
         self.parallel, self.module_dir = parallel, module_dir
+        self.model_options = dict(model_options or {})  # further fastvlm.Model keywords (e.g. image_cache_mb)
 
     def setup(self, worker):
         if self.module_dir and self.module_dir not in sys.path:
@@ -41,7 +42,8 @@ class FastVLMPlugin(WorkerPlugin):
 
         # 0 threads: as many compute threads as the worker runs tasks (dask-worker --nthreads).
         threads = self.threads or max(1, worker.state.nthreads)
-        worker.fastvlm_model = fastvlm.Model(self.model, precision=self.precision, threads=threads, parallel=self.parallel)
+        worker.fastvlm_model = fastvlm.Model(self.model, precision=self.precision, threads=threads, parallel=self.parallel,
+                                             **self.model_options)
 
     def teardown(self, worker):
         worker.__dict__.pop("fastvlm_model", None)

@@ -26,6 +26,7 @@
 #include <thread>
 #include <variant>
 
+#include "fastvlm/engine/image_cache.hpp"
 #include "fastvlm/engine/metrics.hpp"
 #include "fastvlm/model.hpp"
 #include "fastvlm/text/kv_cache.hpp"
@@ -116,6 +117,8 @@ struct EngineOptions {
     Index prefill_chunk = 256;       // most prompt rows per step (bounds the pause of running streams)
     double timeout_s = 0;            // default per-request timeout; 0 = none
     Index context = 0;               // most positions of one sequence; 0 = the model's context
+    // Image-feature cache (projected image tokens by a hash of the preprocessed pixels, LRU); 0 = off.
+    std::size_t image_cache_bytes = std::size_t(256) << 20;
     // Called (on the thread that recorded it) when a stage takes more than 2× its running mean.
     std::function<void(const metrics::Anomaly&)> on_anomaly = {};
 };
@@ -132,6 +135,7 @@ struct EngineStats {
     // sequences that joined while others decoded.
     double decode_only_s = 0;
     std::uint64_t decode_only_tokens = 0;
+    ImageFeatureCache::Stats image_cache;  // hits, misses, evictions, bytes, entries
     std::map<std::string, metrics::HistogramSnapshot> stages;  // queue_wait, preprocess, vision, ... (seconds)
     double aggregate_decode_tok_s() const { return decode_busy_s > 0 ? double(generated_tokens) / decode_busy_s : 0; }
     double decode_only_tok_s() const { return decode_only_s > 0 ? double(decode_only_tokens) / decode_only_s : 0; }
@@ -252,7 +256,8 @@ class EngineImpl final : public EngineCore {
         std::shared_ptr<RequestState> st;
         std::vector<std::int32_t> ids;             // prompt ids, −200 = image slot
         std::vector<std::shared_ptr<const Tensor<float, 3>>> pixels;  // preprocessed images, dropped once encoded
-        std::vector<Tensor<float, 2>> img_tokens;  // projected image tokens
+        std::vector<ImageKey> keys;                     // their cache keys (when the cache is on)
+        std::vector<ImageFeatureCache::Tokens> img_tokens;  // projected image tokens (nullptr: not yet)
         Tensor<float, 2> x;                        // embedded prompt [T, H] (prefill)
         Index T = 0, prefilled = 0, need = 0;      // prompt positions, run so far, worst case
         std::unique_ptr<text::KVSeq> kv;
@@ -287,6 +292,7 @@ public:
         logits_.resize(std::size_t(opt_.max_running) * std::size_t(dec.vocab_size()));
         xbuf_.resize(std::size_t((Index(opt_.max_running) + opt_.prefill_chunk) * dec.hidden_size()));
         pool_ = model_.pool();
+        image_cache_ = std::make_unique<ImageFeatureCache>(opt_.image_cache_bytes);
         init_metrics();
         prep_ = std::thread([this] { prep_loop(); });
         sched_ = std::thread([this] { sched_loop(); });
@@ -362,6 +368,7 @@ public:
         s.decode_busy_s = m_.decode_busy->value();
         s.decode_only_s = m_.decode_only->value();
         s.decode_only_tokens = m_.decode_only_tokens->value();
+        s.image_cache = image_cache_->stats();
         for (const auto& [name, h] : m_.stage) s.stages[name] = h->snapshot();
         return s;
     }
@@ -372,8 +379,9 @@ private:
         std::map<std::string, metrics::Histogram*> stage;
         metrics::Histogram *queue_wait, *preprocess, *vision, *projector, *prefill, *ttft, *decode_token, *e2e, *step;
         metrics::Counter *ok, *prompt_tokens, *generated_tokens, *images, *errors_queue_full, *decode_only_tokens;
+        metrics::Counter *cache_hits, *cache_misses;
         std::map<ErrorKind, metrics::Counter*> failed;
-        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only;
+        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only, *cache_bytes;
         std::uint64_t failed_total() const {
             std::uint64_t n = 0;
             for (const auto& [k, c] : failed) n += c->value();
@@ -402,7 +410,10 @@ private:
         m_.errors_queue_full = &reg_.counter("requests_total", "Requests by outcome", {{"status", "queue_full"}});
         m_.prompt_tokens = &reg_.counter("prompt_tokens_total", "Prompt positions (image tokens included)");
         m_.generated_tokens = &reg_.counter("generated_tokens_total", "Generated tokens");
-        m_.images = &reg_.counter("images_total", "Images encoded");
+        m_.images = &reg_.counter("images_total", "Images in requests (encoded or taken from the image-feature cache)");
+        m_.cache_hits = &reg_.counter("image_cache_hits_total", "Images whose tokens came from the image-feature cache");
+        m_.cache_misses = &reg_.counter("image_cache_misses_total", "Images encoded while the image-feature cache is on");
+        m_.cache_bytes = &reg_.gauge("image_cache_bytes", "Bytes held by the image-feature cache");
         m_.running = &reg_.gauge("running_sequences", "Sequences running (vision, prefill or decode)");
         m_.queued = &reg_.gauge("queue_length", "Requests submitted and not yet running");
         m_.kv_used = &reg_.gauge("kv_pages_used", "KV pages in use");
@@ -595,6 +606,7 @@ private:
                 } else {
                     s->pixels.push_back(std::make_shared<const Tensor<float, 3>>(model_.preprocess(in.load())));
                 }
+                if (image_cache_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), Policy::name));
             } catch (const Error& e) {
                 fail("image ", i + 1, " of ", n_img, ": ", e.what());
             }
@@ -683,42 +695,65 @@ private:
         });
     }
 
+    // Fills image tokens from the cache for every sequence in its vision phase, and encodes at most one
+    // image (vision tower + projector) per step, so running streams pause for one image at a time.
     void encode_one_image() {
+        bool encoded = false;
         for (auto& sp : running_) {
+            if (!sp || sp->phase != Phase::vision) continue;
             Seq& s = *sp;
-            if (s.phase != Phase::vision) continue;
+            s.img_tokens.resize(s.pixels.size());
             try {
-                const std::size_t i = s.img_tokens.size();
-                const auto t0 = Clock::now();
-                auto feats = model_.encode_image(s.pixels[i]->view(), pool_);
-                const auto t1 = Clock::now();
-                s.img_tokens.push_back(model_.project(feats, pool_));
-                const auto t2 = Clock::now();
-                s.pixels[i].reset();
-                s.r.timings.vision_ms += ms(t1 - t0);
-                s.r.timings.projector_ms += ms(t2 - t1);
-                m_.vision->record(secs(t1 - t0));
-                m_.projector->record(secs(t2 - t1));
-                m_.images->add();
-                if (s.img_tokens.size() == s.pixels.size()) to_prefill(s);
+                for (std::size_t i = 0; i < s.pixels.size(); ++i) {
+                    if (s.img_tokens[i]) continue;
+                    if (!s.keys.empty()) {
+                        if (auto t = image_cache_->get(s.keys[i])) {
+                            s.img_tokens[i] = std::move(t);
+                            s.pixels[i].reset();
+                            ++s.r.timings.image_cache_hits;
+                            m_.cache_hits->add();
+                            m_.images->add();
+                            continue;
+                        }
+                    }
+                    if (encoded) break;  // one encode per step
+                    if (!s.keys.empty()) m_.cache_misses->add();
+                    const auto t0 = Clock::now();
+                    auto feats = model_.encode_image(s.pixels[i]->view(), pool_);
+                    const auto t1 = Clock::now();
+                    s.img_tokens[i] = std::make_shared<const Tensor<float, 2>>(model_.project(feats, pool_));
+                    const auto t2 = Clock::now();
+                    if (!s.keys.empty()) {
+                        image_cache_->put(s.keys[i], s.img_tokens[i]);
+                        m_.cache_bytes->set(double(image_cache_->stats().bytes));
+                    }
+                    s.pixels[i].reset();
+                    s.r.timings.vision_ms += ms(t1 - t0);
+                    s.r.timings.projector_ms += ms(t2 - t1);
+                    m_.vision->record(secs(t1 - t0));
+                    m_.projector->record(secs(t2 - t1));
+                    m_.images->add();
+                    encoded = true;
+                }
+                if (std::all_of(s.img_tokens.begin(), s.img_tokens.end(), [](const auto& t) { return t != nullptr; })) to_prefill(s);
             } catch (const Error& e) {
                 fail_running(sp, ErrorKind::invalid_request, e.what());
             }
-            return;
         }
+        std::erase(running_, nullptr);
     }
     void to_prefill(Seq& s) {
         std::vector<TensorView<const float, 2>> views;
-        for (const auto& t : s.img_tokens) views.push_back(t.view());
+        for (const auto& t : s.img_tokens) views.push_back(t->view());
         s.x = model_.embed_prompt(s.ids, views);
         s.img_tokens.clear();
         s.pixels.clear();
         s.phase = Phase::prefill;
     }
+    // Ends a running sequence with an error; the caller removes the null entry from running_.
     void fail_running(std::unique_ptr<Seq>& sp, ErrorKind kind, std::string msg) {
         finish(*sp, kind, std::move(msg));
         sp.reset();
-        std::erase(running_, nullptr);
     }
 
     void step() {
@@ -841,6 +876,7 @@ private:
     RopeTable rope_;
     std::vector<float> logits_, xbuf_;
     ThreadPool* pool_ = nullptr;
+    std::unique_ptr<ImageFeatureCache> image_cache_;
     metrics::Registry reg_;
     Metrics m_;
 

@@ -102,6 +102,7 @@ struct Timings {
     double load_ms = 0, preprocess_ms = 0, vision_ms = 0, projector_ms = 0, prefill_ms = 0, ttft_ms = 0, decode_ms = 0;
     Index prefill_tokens = 0;  // positions run through the decoder in the prefill (image tokens included)
     Index decode_tokens = 0;   // single-token decoder steps
+    Index image_cache_hits = 0;  // engine: images whose tokens came from the image-feature cache (no vision time)
     double prefill_tok_s() const { return prefill_ms > 0 ? 1e3 * double(prefill_tokens) / prefill_ms : 0; }
     double decode_tok_s() const { return decode_ms > 0 ? 1e3 * double(decode_tokens) / decode_ms : 0; }
 };

@@ -40,6 +40,340 @@ template <class... Args>
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/error.hpp
+// ---- begin fastvlm/core/tensor.hpp ---------------------------------------------------------
+// fastvlm/core/tensor.hpp — typed tensors. The element type and the rank are template parameters;
+// shapes are run-time values. Tensor<T, R> owns 64-byte aligned storage (row-major);
+// TensorView<T, R> is a non-owning strided view. Shape and index checks throw fastvlm::Error.
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <span>
+#include <string>
+#include <type_traits>
+
+
+namespace fastvlm {
+
+inline constexpr std::size_t kAlignment = 64;
+
+using Index = std::int64_t;
+template <std::size_t R>
+using Shape = std::array<Index, R>;
+
+template <std::size_t R>
+std::string shape_str(const Shape<R>& s) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < R; ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+}
+
+// ---- aligned storage ------------------------------------------------------------------------
+struct AlignedFree {
+    void operator()(void* p) const noexcept { std::free(p); }
+};
+
+template <class T>
+class AlignedBuffer {
+    static_assert(std::is_trivially_copyable_v<T>, "AlignedBuffer holds trivially copyable types");
+
+public:
+    AlignedBuffer() = default;
+    explicit AlignedBuffer(std::size_t n) : n_(n) {
+        if (n == 0) return;
+        if (n > (std::size_t(-1) - kAlignment) / sizeof(T)) fail("AlignedBuffer: ", n, " elements overflow size_t");
+        const std::size_t bytes = (n * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
+        void* p = std::aligned_alloc(kAlignment, bytes);
+        if (!p) fail("out of memory allocating ", bytes, " bytes");
+        p_.reset(static_cast<T*>(p));
+    }
+    T* data() { return p_.get(); }
+    const T* data() const { return p_.get(); }
+    std::size_t size() const { return n_; }
+    T& operator[](std::size_t i) { return p_.get()[i]; }
+    const T& operator[](std::size_t i) const { return p_.get()[i]; }
+    std::span<T> span() { return {data(), n_}; }
+    std::span<const T> span() const { return {data(), n_}; }
+
+private:
+    std::unique_ptr<T, AlignedFree> p_;
+    std::size_t n_ = 0;
+};
+
+// ---- strided view -----------------------------------------------------------------------------
+template <class T, std::size_t R>
+class TensorView {
+    static_assert(R >= 1, "rank must be at least 1");
+
+public:
+    using value_type = std::remove_const_t<T>;
+    static constexpr std::size_t rank = R;
+
+    TensorView() = default;
+    // Contiguous row-major view.
+    TensorView(T* data, const Shape<R>& shape) : data_(data), shape_(shape) {
+        Index s = 1;
+        for (std::size_t i = R; i-- > 0;) {
+            FASTVLM_CHECK(shape[i] >= 0, "tensor shape ", shape_str(shape), " has a negative extent");
+            stride_[i] = s;
+            s *= shape[i];
+        }
+    }
+    TensorView(T* data, const Shape<R>& shape, const Shape<R>& stride) : data_(data), shape_(shape), stride_(stride) {}
+    // A view of const T from a view of T.
+    template <class U>
+        requires(std::is_const_v<T> && std::is_same_v<const U, T>)
+    TensorView(const TensorView<U, R>& o) : data_(o.data()), shape_(o.shape()), stride_(o.strides()) {}
+
+    T* data() const { return data_; }
+    const Shape<R>& shape() const { return shape_; }
+    const Shape<R>& strides() const { return stride_; }
+    Index dim(std::size_t i) const { return shape_[i]; }
+    Index stride(std::size_t i) const { return stride_[i]; }
+    Index size() const {
+        Index n = 1;
+        for (auto d : shape_) n *= d;
+        return n;
+    }
+    bool is_contiguous() const {
+        Index s = 1;
+        for (std::size_t i = R; i-- > 0;) {
+            if (shape_[i] != 1 && stride_[i] != s) return false;
+            s *= shape_[i];
+        }
+        return true;
+    }
+
+    template <class... I>
+        requires(sizeof...(I) == R)
+    T& operator()(I... idx) const {
+        const Index ii[R] = {Index(idx)...};
+        Index off = 0;
+        for (std::size_t d = 0; d < R; ++d) off += ii[d] * stride_[d];
+        return data_[off];
+    }
+    // Bounds-checked access (throws).
+    template <class... I>
+        requires(sizeof...(I) == R)
+    T& at(I... idx) const {
+        const Index ii[R] = {Index(idx)...};
+        for (std::size_t d = 0; d < R; ++d)
+            FASTVLM_CHECK(ii[d] >= 0 && ii[d] < shape_[d], "index ", ii[d], " out of range for dimension ", d,
+                          " of tensor ", shape_str(shape_));
+        return (*this)(idx...);
+    }
+
+    // Sub-view [begin, end) along dimension d.
+    TensorView slice(std::size_t d, Index begin, Index end) const {
+        FASTVLM_CHECK(d < R && 0 <= begin && begin <= end && end <= shape_[d], "slice [", begin, ", ", end,
+                      ") of dimension ", d, " is out of range for tensor ", shape_str(shape_));
+        TensorView v = *this;
+        v.data_ = data_ + begin * stride_[d];
+        v.shape_[d] = end - begin;
+        return v;
+    }
+    // Drops the first dimension at index i.
+    TensorView<T, R - 1> operator[](Index i) const
+        requires(R > 1)
+    {
+        FASTVLM_CHECK(i >= 0 && i < shape_[0], "index ", i, " out of range for tensor ", shape_str(shape_));
+        Shape<R - 1> s, st;
+        for (std::size_t k = 1; k < R; ++k) s[k - 1] = shape_[k], st[k - 1] = stride_[k];
+        return TensorView<T, R - 1>(data_ + i * stride_[0], s, st);
+    }
+    // Same elements, new shape (contiguous views only).
+    template <std::size_t R2>
+    TensorView<T, R2> reshape(const Shape<R2>& s) const {
+        Index n = 1;
+        for (auto d : s) n *= d;
+        FASTVLM_CHECK(is_contiguous(), "reshape of a non-contiguous tensor ", shape_str(shape_));
+        FASTVLM_CHECK(n == size(), "cannot reshape tensor ", shape_str(shape_), " to ", shape_str(s));
+        return TensorView<T, R2>(data_, s);
+    }
+    std::span<T> span() const {
+        FASTVLM_CHECK(is_contiguous(), "span() of a non-contiguous tensor ", shape_str(shape_));
+        return {data_, std::size_t(size())};
+    }
+
+private:
+    T* data_ = nullptr;
+    Shape<R> shape_{};
+    Shape<R> stride_{};
+};
+
+// ---- owning tensor ----------------------------------------------------------------------------
+template <class T, std::size_t R>
+class Tensor {
+public:
+    using value_type = T;
+    static constexpr std::size_t rank = R;
+
+    Tensor() = default;
+    explicit Tensor(const Shape<R>& shape) : shape_(shape) {
+        Index n = 1;
+        for (auto d : shape) {
+            FASTVLM_CHECK(d >= 0, "tensor shape ", shape_str(shape), " has a negative extent");
+            n *= d;
+        }
+        buf_ = AlignedBuffer<T>(std::size_t(n));
+    }
+    // Zero-initialised.
+    static Tensor zeros(const Shape<R>& shape) {
+        Tensor t(shape);
+        for (auto& v : t.span()) v = T{};
+        return t;
+    }
+
+    T* data() { return buf_.data(); }
+    const T* data() const { return buf_.data(); }
+    const Shape<R>& shape() const { return shape_; }
+    Index dim(std::size_t i) const { return shape_[i]; }
+    Index size() const { return Index(buf_.size()); }
+    std::span<T> span() { return buf_.span(); }
+    std::span<const T> span() const { return buf_.span(); }
+
+    TensorView<T, R> view() { return TensorView<T, R>(data(), shape_); }
+    TensorView<const T, R> view() const { return TensorView<const T, R>(data(), shape_); }
+    operator TensorView<T, R>() { return view(); }
+    operator TensorView<const T, R>() const { return view(); }
+
+    template <class... I>
+        requires(sizeof...(I) == R)
+    T& operator()(I... idx) { return view()(idx...); }
+    template <class... I>
+        requires(sizeof...(I) == R)
+    const T& operator()(I... idx) const { return view()(idx...); }
+
+    // Same storage, new shape with the same number of elements.
+    template <std::size_t R2>
+    Tensor<T, R2> reshaped(const Shape<R2>& s) && {
+        Index n = 1;
+        for (auto d : s) n *= d;
+        FASTVLM_CHECK(n == size(), "cannot reshape tensor ", shape_str(shape_), " to ", shape_str(s));
+        Tensor<T, R2> out;
+        out.adopt(std::move(buf_), s);
+        return out;
+    }
+
+    // Internal: used by reshaped().
+    void adopt(AlignedBuffer<T>&& b, const Shape<R>& s) {
+        buf_ = std::move(b);
+        shape_ = s;
+    }
+
+private:
+    AlignedBuffer<T> buf_;
+    Shape<R> shape_{};
+};
+
+// Throws unless `v` has exactly the expected shape; `what` names the tensor.
+template <class V, std::size_t R>
+void check_shape(const V& v, const Shape<R>& expected, const std::string& what) {
+    FASTVLM_CHECK(v.shape() == expected, what, ": expected shape ", shape_str(expected), ", got ",
+                  shape_str(v.shape()));
+}
+
+}  // namespace fastvlm
+// ---- end fastvlm/core/tensor.hpp
+// ---- begin fastvlm/engine/image_cache.hpp --------------------------------------------------
+// fastvlm/engine/image_cache.hpp — the image-feature cache: projected image tokens by a 128-bit hash
+// of the preprocessed pixels (Debian libxxhash-dev, XXH3, used header-only), LRU-bounded in bytes.
+// A repeated image (a second question about it, a frame equal to an earlier one, the same picture in
+// several requests) skips the vision tower and the projector. Thread-safe.
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+
+namespace fastvlm {
+
+struct ImageKey {
+    std::uint64_t lo = 0, hi = 0;
+    bool operator==(const ImageKey&) const = default;
+};
+
+// Hash of preprocessed pixels [3, S, S] (their float bits: equal keys mean equal inputs to the
+// vision tower) salted with `salt` (the policy name: features differ between presets).
+inline ImageKey image_key(TensorView<const float, 3> px, std::string_view salt) {
+    const std::uint64_t seed = XXH3_64bits(salt.data(), salt.size()) ^ (std::uint64_t(px.dim(1)) << 32 | std::uint64_t(px.dim(2)));
+    const XXH128_hash_t h = XXH3_128bits_withSeed(px.data(), std::size_t(px.size()) * sizeof(float), seed);
+    return {h.low64, h.high64};
+}
+
+class ImageFeatureCache {
+public:
+    using Tokens = std::shared_ptr<const Tensor<float, 2>>;
+    struct Stats {
+        std::uint64_t hits = 0, misses = 0, evictions = 0;
+        std::size_t bytes = 0, entries = 0, max_bytes = 0;
+    };
+
+    explicit ImageFeatureCache(std::size_t max_bytes) : max_bytes_(max_bytes) {}
+
+    bool enabled() const { return max_bytes_ > 0; }
+
+    // The tokens of `k`, or nullptr (counted as a miss when `count`).
+    Tokens get(const ImageKey& k, bool count = true) {
+        std::lock_guard lk(mu_);
+        const auto it = map_.find(k);
+        if (it == map_.end()) {
+            if (count) ++st_.misses;
+            return nullptr;
+        }
+        if (count) ++st_.hits;
+        lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first
+        return it->second->second;
+    }
+
+    // Stores `t` under `k` (a no-op when disabled or when `t` alone exceeds the budget), evicting the
+    // least recently used entries beyond the budget. Entries in use elsewhere stay alive (shared).
+    void put(const ImageKey& k, Tokens t) {
+        const std::size_t b = bytes_of(*t);
+        std::lock_guard lk(mu_);
+        if (b > max_bytes_ || map_.count(k)) return;
+        lru_.emplace_front(k, std::move(t));
+        map_.emplace(k, lru_.begin());
+        st_.bytes += b;
+        while (st_.bytes > max_bytes_) {
+            auto& [key, tok] = lru_.back();
+            st_.bytes -= bytes_of(*tok);
+            map_.erase(key);
+            lru_.pop_back();
+            ++st_.evictions;
+        }
+    }
+
+    Stats stats() const {
+        std::lock_guard lk(mu_);
+        Stats s = st_;
+        s.entries = map_.size();
+        s.max_bytes = max_bytes_;
+        return s;
+    }
+
+private:
+    static std::size_t bytes_of(const Tensor<float, 2>& t) { return std::size_t(t.size()) * sizeof(float) + 128; }
+    struct Hash {
+        std::size_t operator()(const ImageKey& k) const { return std::size_t(k.lo ^ (k.hi * 0x9E3779B97F4A7C15ull)); }
+    };
+    std::size_t max_bytes_;
+    mutable std::mutex mu_;
+    std::list<std::pair<ImageKey, Tokens>> lru_;
+    std::unordered_map<ImageKey, std::list<std::pair<ImageKey, Tokens>>::iterator, Hash> map_;
+    Stats st_;
+};
+
+}  // namespace fastvlm
+// ---- end fastvlm/engine/image_cache.hpp
 // ---- begin fastvlm/engine/metrics.hpp ------------------------------------------------------
 // fastvlm/engine/metrics.hpp — latency histograms, counters and gauges for the inference engine, exported as
 // JSON or in the Prometheus text format, plus the process's resident memory.
@@ -967,243 +1301,6 @@ decltype(auto) with_preset(const std::string& name, Fn&& fn) {
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/policy.hpp
-// ---- begin fastvlm/core/tensor.hpp ---------------------------------------------------------
-// fastvlm/core/tensor.hpp — typed tensors. The element type and the rank are template parameters;
-// shapes are run-time values. Tensor<T, R> owns 64-byte aligned storage (row-major);
-// TensorView<T, R> is a non-owning strided view. Shape and index checks throw fastvlm::Error.
-#include <array>
-#include <cstddef>
-#include <cstdint>
-#include <cstdlib>
-#include <memory>
-#include <new>
-#include <span>
-#include <string>
-#include <type_traits>
-
-
-namespace fastvlm {
-
-inline constexpr std::size_t kAlignment = 64;
-
-using Index = std::int64_t;
-template <std::size_t R>
-using Shape = std::array<Index, R>;
-
-template <std::size_t R>
-std::string shape_str(const Shape<R>& s) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < R; ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + "]";
-}
-
-// ---- aligned storage ------------------------------------------------------------------------
-struct AlignedFree {
-    void operator()(void* p) const noexcept { std::free(p); }
-};
-
-template <class T>
-class AlignedBuffer {
-    static_assert(std::is_trivially_copyable_v<T>, "AlignedBuffer holds trivially copyable types");
-
-public:
-    AlignedBuffer() = default;
-    explicit AlignedBuffer(std::size_t n) : n_(n) {
-        if (n == 0) return;
-        if (n > (std::size_t(-1) - kAlignment) / sizeof(T)) fail("AlignedBuffer: ", n, " elements overflow size_t");
-        const std::size_t bytes = (n * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
-        void* p = std::aligned_alloc(kAlignment, bytes);
-        if (!p) fail("out of memory allocating ", bytes, " bytes");
-        p_.reset(static_cast<T*>(p));
-    }
-    T* data() { return p_.get(); }
-    const T* data() const { return p_.get(); }
-    std::size_t size() const { return n_; }
-    T& operator[](std::size_t i) { return p_.get()[i]; }
-    const T& operator[](std::size_t i) const { return p_.get()[i]; }
-    std::span<T> span() { return {data(), n_}; }
-    std::span<const T> span() const { return {data(), n_}; }
-
-private:
-    std::unique_ptr<T, AlignedFree> p_;
-    std::size_t n_ = 0;
-};
-
-// ---- strided view -----------------------------------------------------------------------------
-template <class T, std::size_t R>
-class TensorView {
-    static_assert(R >= 1, "rank must be at least 1");
-
-public:
-    using value_type = std::remove_const_t<T>;
-    static constexpr std::size_t rank = R;
-
-    TensorView() = default;
-    // Contiguous row-major view.
-    TensorView(T* data, const Shape<R>& shape) : data_(data), shape_(shape) {
-        Index s = 1;
-        for (std::size_t i = R; i-- > 0;) {
-            FASTVLM_CHECK(shape[i] >= 0, "tensor shape ", shape_str(shape), " has a negative extent");
-            stride_[i] = s;
-            s *= shape[i];
-        }
-    }
-    TensorView(T* data, const Shape<R>& shape, const Shape<R>& stride) : data_(data), shape_(shape), stride_(stride) {}
-    // A view of const T from a view of T.
-    template <class U>
-        requires(std::is_const_v<T> && std::is_same_v<const U, T>)
-    TensorView(const TensorView<U, R>& o) : data_(o.data()), shape_(o.shape()), stride_(o.strides()) {}
-
-    T* data() const { return data_; }
-    const Shape<R>& shape() const { return shape_; }
-    const Shape<R>& strides() const { return stride_; }
-    Index dim(std::size_t i) const { return shape_[i]; }
-    Index stride(std::size_t i) const { return stride_[i]; }
-    Index size() const {
-        Index n = 1;
-        for (auto d : shape_) n *= d;
-        return n;
-    }
-    bool is_contiguous() const {
-        Index s = 1;
-        for (std::size_t i = R; i-- > 0;) {
-            if (shape_[i] != 1 && stride_[i] != s) return false;
-            s *= shape_[i];
-        }
-        return true;
-    }
-
-    template <class... I>
-        requires(sizeof...(I) == R)
-    T& operator()(I... idx) const {
-        const Index ii[R] = {Index(idx)...};
-        Index off = 0;
-        for (std::size_t d = 0; d < R; ++d) off += ii[d] * stride_[d];
-        return data_[off];
-    }
-    // Bounds-checked access (throws).
-    template <class... I>
-        requires(sizeof...(I) == R)
-    T& at(I... idx) const {
-        const Index ii[R] = {Index(idx)...};
-        for (std::size_t d = 0; d < R; ++d)
-            FASTVLM_CHECK(ii[d] >= 0 && ii[d] < shape_[d], "index ", ii[d], " out of range for dimension ", d,
-                          " of tensor ", shape_str(shape_));
-        return (*this)(idx...);
-    }
-
-    // Sub-view [begin, end) along dimension d.
-    TensorView slice(std::size_t d, Index begin, Index end) const {
-        FASTVLM_CHECK(d < R && 0 <= begin && begin <= end && end <= shape_[d], "slice [", begin, ", ", end,
-                      ") of dimension ", d, " is out of range for tensor ", shape_str(shape_));
-        TensorView v = *this;
-        v.data_ = data_ + begin * stride_[d];
-        v.shape_[d] = end - begin;
-        return v;
-    }
-    // Drops the first dimension at index i.
-    TensorView<T, R - 1> operator[](Index i) const
-        requires(R > 1)
-    {
-        FASTVLM_CHECK(i >= 0 && i < shape_[0], "index ", i, " out of range for tensor ", shape_str(shape_));
-        Shape<R - 1> s, st;
-        for (std::size_t k = 1; k < R; ++k) s[k - 1] = shape_[k], st[k - 1] = stride_[k];
-        return TensorView<T, R - 1>(data_ + i * stride_[0], s, st);
-    }
-    // Same elements, new shape (contiguous views only).
-    template <std::size_t R2>
-    TensorView<T, R2> reshape(const Shape<R2>& s) const {
-        Index n = 1;
-        for (auto d : s) n *= d;
-        FASTVLM_CHECK(is_contiguous(), "reshape of a non-contiguous tensor ", shape_str(shape_));
-        FASTVLM_CHECK(n == size(), "cannot reshape tensor ", shape_str(shape_), " to ", shape_str(s));
-        return TensorView<T, R2>(data_, s);
-    }
-    std::span<T> span() const {
-        FASTVLM_CHECK(is_contiguous(), "span() of a non-contiguous tensor ", shape_str(shape_));
-        return {data_, std::size_t(size())};
-    }
-
-private:
-    T* data_ = nullptr;
-    Shape<R> shape_{};
-    Shape<R> stride_{};
-};
-
-// ---- owning tensor ----------------------------------------------------------------------------
-template <class T, std::size_t R>
-class Tensor {
-public:
-    using value_type = T;
-    static constexpr std::size_t rank = R;
-
-    Tensor() = default;
-    explicit Tensor(const Shape<R>& shape) : shape_(shape) {
-        Index n = 1;
-        for (auto d : shape) {
-            FASTVLM_CHECK(d >= 0, "tensor shape ", shape_str(shape), " has a negative extent");
-            n *= d;
-        }
-        buf_ = AlignedBuffer<T>(std::size_t(n));
-    }
-    // Zero-initialised.
-    static Tensor zeros(const Shape<R>& shape) {
-        Tensor t(shape);
-        for (auto& v : t.span()) v = T{};
-        return t;
-    }
-
-    T* data() { return buf_.data(); }
-    const T* data() const { return buf_.data(); }
-    const Shape<R>& shape() const { return shape_; }
-    Index dim(std::size_t i) const { return shape_[i]; }
-    Index size() const { return Index(buf_.size()); }
-    std::span<T> span() { return buf_.span(); }
-    std::span<const T> span() const { return buf_.span(); }
-
-    TensorView<T, R> view() { return TensorView<T, R>(data(), shape_); }
-    TensorView<const T, R> view() const { return TensorView<const T, R>(data(), shape_); }
-    operator TensorView<T, R>() { return view(); }
-    operator TensorView<const T, R>() const { return view(); }
-
-    template <class... I>
-        requires(sizeof...(I) == R)
-    T& operator()(I... idx) { return view()(idx...); }
-    template <class... I>
-        requires(sizeof...(I) == R)
-    const T& operator()(I... idx) const { return view()(idx...); }
-
-    // Same storage, new shape with the same number of elements.
-    template <std::size_t R2>
-    Tensor<T, R2> reshaped(const Shape<R2>& s) && {
-        Index n = 1;
-        for (auto d : s) n *= d;
-        FASTVLM_CHECK(n == size(), "cannot reshape tensor ", shape_str(shape_), " to ", shape_str(s));
-        Tensor<T, R2> out;
-        out.adopt(std::move(buf_), s);
-        return out;
-    }
-
-    // Internal: used by reshaped().
-    void adopt(AlignedBuffer<T>&& b, const Shape<R>& s) {
-        buf_ = std::move(b);
-        shape_ = s;
-    }
-
-private:
-    AlignedBuffer<T> buf_;
-    Shape<R> shape_{};
-};
-
-// Throws unless `v` has exactly the expected shape; `what` names the tensor.
-template <class V, std::size_t R>
-void check_shape(const V& v, const Shape<R>& expected, const std::string& what) {
-    FASTVLM_CHECK(v.shape() == expected, what, ": expected shape ", shape_str(expected), ", got ",
-                  shape_str(v.shape()));
-}
-
-}  // namespace fastvlm
-// ---- end fastvlm/core/tensor.hpp
 // ---- begin fastvlm/core/thread_pool.hpp ----------------------------------------------------
 // fastvlm/core/thread_pool.hpp — a small fork/join pool. No global pool: the user owns one and
 // passes it (by pointer; nullptr = run on the calling thread) to every kernel and model.
@@ -8650,6 +8747,7 @@ struct Timings {
     double load_ms = 0, preprocess_ms = 0, vision_ms = 0, projector_ms = 0, prefill_ms = 0, ttft_ms = 0, decode_ms = 0;
     Index prefill_tokens = 0;  // positions run through the decoder in the prefill (image tokens included)
     Index decode_tokens = 0;   // single-token decoder steps
+    Index image_cache_hits = 0;  // engine: images whose tokens came from the image-feature cache (no vision time)
     double prefill_tok_s() const { return prefill_ms > 0 ? 1e3 * double(prefill_tokens) / prefill_ms : 0; }
     double decode_tok_s() const { return decode_ms > 0 ? 1e3 * double(decode_tokens) / decode_ms : 0; }
 };
@@ -8954,6 +9052,8 @@ struct EngineOptions {
     Index prefill_chunk = 256;       // most prompt rows per step (bounds the pause of running streams)
     double timeout_s = 0;            // default per-request timeout; 0 = none
     Index context = 0;               // most positions of one sequence; 0 = the model's context
+    // Image-feature cache (projected image tokens by a hash of the preprocessed pixels, LRU); 0 = off.
+    std::size_t image_cache_bytes = std::size_t(256) << 20;
     // Called (on the thread that recorded it) when a stage takes more than 2× its running mean.
     std::function<void(const metrics::Anomaly&)> on_anomaly = {};
 };
@@ -8970,6 +9070,7 @@ struct EngineStats {
     // sequences that joined while others decoded.
     double decode_only_s = 0;
     std::uint64_t decode_only_tokens = 0;
+    ImageFeatureCache::Stats image_cache;  // hits, misses, evictions, bytes, entries
     std::map<std::string, metrics::HistogramSnapshot> stages;  // queue_wait, preprocess, vision, ... (seconds)
     double aggregate_decode_tok_s() const { return decode_busy_s > 0 ? double(generated_tokens) / decode_busy_s : 0; }
     double decode_only_tok_s() const { return decode_only_s > 0 ? double(decode_only_tokens) / decode_only_s : 0; }
@@ -9090,7 +9191,8 @@ class EngineImpl final : public EngineCore {
         std::shared_ptr<RequestState> st;
         std::vector<std::int32_t> ids;             // prompt ids, −200 = image slot
         std::vector<std::shared_ptr<const Tensor<float, 3>>> pixels;  // preprocessed images, dropped once encoded
-        std::vector<Tensor<float, 2>> img_tokens;  // projected image tokens
+        std::vector<ImageKey> keys;                     // their cache keys (when the cache is on)
+        std::vector<ImageFeatureCache::Tokens> img_tokens;  // projected image tokens (nullptr: not yet)
         Tensor<float, 2> x;                        // embedded prompt [T, H] (prefill)
         Index T = 0, prefilled = 0, need = 0;      // prompt positions, run so far, worst case
         std::unique_ptr<text::KVSeq> kv;
@@ -9125,6 +9227,7 @@ public:
         logits_.resize(std::size_t(opt_.max_running) * std::size_t(dec.vocab_size()));
         xbuf_.resize(std::size_t((Index(opt_.max_running) + opt_.prefill_chunk) * dec.hidden_size()));
         pool_ = model_.pool();
+        image_cache_ = std::make_unique<ImageFeatureCache>(opt_.image_cache_bytes);
         init_metrics();
         prep_ = std::thread([this] { prep_loop(); });
         sched_ = std::thread([this] { sched_loop(); });
@@ -9200,6 +9303,7 @@ public:
         s.decode_busy_s = m_.decode_busy->value();
         s.decode_only_s = m_.decode_only->value();
         s.decode_only_tokens = m_.decode_only_tokens->value();
+        s.image_cache = image_cache_->stats();
         for (const auto& [name, h] : m_.stage) s.stages[name] = h->snapshot();
         return s;
     }
@@ -9210,8 +9314,9 @@ private:
         std::map<std::string, metrics::Histogram*> stage;
         metrics::Histogram *queue_wait, *preprocess, *vision, *projector, *prefill, *ttft, *decode_token, *e2e, *step;
         metrics::Counter *ok, *prompt_tokens, *generated_tokens, *images, *errors_queue_full, *decode_only_tokens;
+        metrics::Counter *cache_hits, *cache_misses;
         std::map<ErrorKind, metrics::Counter*> failed;
-        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only;
+        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only, *cache_bytes;
         std::uint64_t failed_total() const {
             std::uint64_t n = 0;
             for (const auto& [k, c] : failed) n += c->value();
@@ -9240,7 +9345,10 @@ private:
         m_.errors_queue_full = &reg_.counter("requests_total", "Requests by outcome", {{"status", "queue_full"}});
         m_.prompt_tokens = &reg_.counter("prompt_tokens_total", "Prompt positions (image tokens included)");
         m_.generated_tokens = &reg_.counter("generated_tokens_total", "Generated tokens");
-        m_.images = &reg_.counter("images_total", "Images encoded");
+        m_.images = &reg_.counter("images_total", "Images in requests (encoded or taken from the image-feature cache)");
+        m_.cache_hits = &reg_.counter("image_cache_hits_total", "Images whose tokens came from the image-feature cache");
+        m_.cache_misses = &reg_.counter("image_cache_misses_total", "Images encoded while the image-feature cache is on");
+        m_.cache_bytes = &reg_.gauge("image_cache_bytes", "Bytes held by the image-feature cache");
         m_.running = &reg_.gauge("running_sequences", "Sequences running (vision, prefill or decode)");
         m_.queued = &reg_.gauge("queue_length", "Requests submitted and not yet running");
         m_.kv_used = &reg_.gauge("kv_pages_used", "KV pages in use");
@@ -9433,6 +9541,7 @@ private:
                 } else {
                     s->pixels.push_back(std::make_shared<const Tensor<float, 3>>(model_.preprocess(in.load())));
                 }
+                if (image_cache_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), Policy::name));
             } catch (const Error& e) {
                 fail("image ", i + 1, " of ", n_img, ": ", e.what());
             }
@@ -9521,42 +9630,65 @@ private:
         });
     }
 
+    // Fills image tokens from the cache for every sequence in its vision phase, and encodes at most one
+    // image (vision tower + projector) per step, so running streams pause for one image at a time.
     void encode_one_image() {
+        bool encoded = false;
         for (auto& sp : running_) {
+            if (!sp || sp->phase != Phase::vision) continue;
             Seq& s = *sp;
-            if (s.phase != Phase::vision) continue;
+            s.img_tokens.resize(s.pixels.size());
             try {
-                const std::size_t i = s.img_tokens.size();
-                const auto t0 = Clock::now();
-                auto feats = model_.encode_image(s.pixels[i]->view(), pool_);
-                const auto t1 = Clock::now();
-                s.img_tokens.push_back(model_.project(feats, pool_));
-                const auto t2 = Clock::now();
-                s.pixels[i].reset();
-                s.r.timings.vision_ms += ms(t1 - t0);
-                s.r.timings.projector_ms += ms(t2 - t1);
-                m_.vision->record(secs(t1 - t0));
-                m_.projector->record(secs(t2 - t1));
-                m_.images->add();
-                if (s.img_tokens.size() == s.pixels.size()) to_prefill(s);
+                for (std::size_t i = 0; i < s.pixels.size(); ++i) {
+                    if (s.img_tokens[i]) continue;
+                    if (!s.keys.empty()) {
+                        if (auto t = image_cache_->get(s.keys[i])) {
+                            s.img_tokens[i] = std::move(t);
+                            s.pixels[i].reset();
+                            ++s.r.timings.image_cache_hits;
+                            m_.cache_hits->add();
+                            m_.images->add();
+                            continue;
+                        }
+                    }
+                    if (encoded) break;  // one encode per step
+                    if (!s.keys.empty()) m_.cache_misses->add();
+                    const auto t0 = Clock::now();
+                    auto feats = model_.encode_image(s.pixels[i]->view(), pool_);
+                    const auto t1 = Clock::now();
+                    s.img_tokens[i] = std::make_shared<const Tensor<float, 2>>(model_.project(feats, pool_));
+                    const auto t2 = Clock::now();
+                    if (!s.keys.empty()) {
+                        image_cache_->put(s.keys[i], s.img_tokens[i]);
+                        m_.cache_bytes->set(double(image_cache_->stats().bytes));
+                    }
+                    s.pixels[i].reset();
+                    s.r.timings.vision_ms += ms(t1 - t0);
+                    s.r.timings.projector_ms += ms(t2 - t1);
+                    m_.vision->record(secs(t1 - t0));
+                    m_.projector->record(secs(t2 - t1));
+                    m_.images->add();
+                    encoded = true;
+                }
+                if (std::all_of(s.img_tokens.begin(), s.img_tokens.end(), [](const auto& t) { return t != nullptr; })) to_prefill(s);
             } catch (const Error& e) {
                 fail_running(sp, ErrorKind::invalid_request, e.what());
             }
-            return;
         }
+        std::erase(running_, nullptr);
     }
     void to_prefill(Seq& s) {
         std::vector<TensorView<const float, 2>> views;
-        for (const auto& t : s.img_tokens) views.push_back(t.view());
+        for (const auto& t : s.img_tokens) views.push_back(t->view());
         s.x = model_.embed_prompt(s.ids, views);
         s.img_tokens.clear();
         s.pixels.clear();
         s.phase = Phase::prefill;
     }
+    // Ends a running sequence with an error; the caller removes the null entry from running_.
     void fail_running(std::unique_ptr<Seq>& sp, ErrorKind kind, std::string msg) {
         finish(*sp, kind, std::move(msg));
         sp.reset();
-        std::erase(running_, nullptr);
     }
 
     void step() {
@@ -9679,6 +9811,7 @@ private:
     RopeTable rope_;
     std::vector<float> logits_, xbuf_;
     ThreadPool* pool_ = nullptr;
+    std::unique_ptr<ImageFeatureCache> image_cache_;
     metrics::Registry reg_;
     Metrics m_;
 
@@ -10080,6 +10213,188 @@ inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, co
 
 }  // namespace fastvlm
 // ---- end fastvlm/any_model.hpp
+// ---- begin fastvlm/stream.hpp --------------------------------------------------------------
+// fastvlm/stream.hpp — FrameStream: answers a live stream of frames on an Engine, one frame at a time.
+// While a frame is being answered, a newer frame replaces the one waiting (latest frame wins; the
+// replaced ones are counted as skipped), so answers follow the scene instead of falling behind it. A
+// frame whose pixels equal an earlier one hits the engine's image-feature cache (no vision time).
+//
+//   fastvlm::FrameStream fs(engine, {.prompt = "What is on the table?"}, [](const fastvlm::FrameAnswer& a) {
+//       std::printf("frame %lld: %s\n", (long long)a.frame, a.text.c_str());
+//   });
+//   for (...) fs.push(i, jpeg_bytes);      // from any one thread; never blocks in latest-wins mode
+//   fs.finish();                           // answers the frame still waiting, then returns
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+
+namespace fastvlm {
+
+struct StreamOptions {
+    std::string prompt = std::string(text::kDefaultQuestion);
+    int max_new_tokens = 64;
+    SamplingOptions sampling = {};
+    double fps_limit = 0;      // most frames answered per second (0 = as fast as answers come)
+    bool every_frame = false;  // answer every frame in order (offline input); push() then waits while 8 are queued
+};
+
+struct FrameAnswer {
+    std::int64_t frame = 0;  // the frame's index as given to push()
+    double t_ms = 0;         // when it was pushed, from the stream's start
+    double latency_ms = 0;   // from push() to its answer
+    std::string text;        // the answer (empty on error)
+    std::string error;       // why the frame has no answer (undecodable, …)
+    std::int64_t skipped = 0;  // frames replaced by newer ones since the previous answer
+    bool cached = false;       // its image tokens came from the image-feature cache
+    Result result;             // the engine's result (timings, ids)
+};
+
+class FrameStream {
+public:
+    struct Stats {
+        std::int64_t frames = 0, answered = 0, skipped = 0, errors = 0, cache_hits = 0;
+    };
+
+    FrameStream(Engine& engine, StreamOptions opt, std::function<void(const FrameAnswer&)> on_answer)
+        : engine_(engine), opt_(std::move(opt)), on_answer_(std::move(on_answer)) {
+        FASTVLM_CHECK(std::isfinite(opt_.fps_limit) && opt_.fps_limit >= 0, "fps_limit must be >= 0, got ", opt_.fps_limit);
+        FASTVLM_CHECK(opt_.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", opt_.max_new_tokens);
+        worker_ = std::thread([this] { loop(); });
+    }
+    FrameStream(const FrameStream&) = delete;
+    FrameStream& operator=(const FrameStream&) = delete;
+    ~FrameStream() { finish(); }
+
+    // A frame (encoded JPEG/PNG/… bytes). In latest-wins mode it replaces the frame waiting, if any.
+    void push(std::int64_t index, std::string encoded) { add({index, std::move(encoded), {}, Clock::now()}); }
+    // A frame that could not be read (a broken or truncated image): answered with `error` if its turn comes.
+    void push_error(std::int64_t index, std::string error) { add({index, {}, std::move(error), Clock::now()}); }
+
+    // Answers what is still waiting, then stops; returns once the last answer was delivered.
+    void finish() {
+        {
+            std::lock_guard lk(mu_);
+            finishing_ = true;
+        }
+        cv_.notify_all();
+        if (worker_.joinable()) worker_.join();
+    }
+    Stats stats() const {
+        std::lock_guard lk(mu_);
+        return st_;
+    }
+
+private:
+    using Clock = std::chrono::steady_clock;
+    struct Item {
+        std::int64_t index;
+        std::string bytes, error;
+        Clock::time_point at;
+    };
+
+    void add(Item it) {
+        std::unique_lock lk(mu_);
+        FASTVLM_CHECK(!finishing_, "FrameStream: push after finish()");
+        ++st_.frames;
+        if (opt_.every_frame) {
+            room_cv_.wait(lk, [&] { return waiting_.size() < 8; });
+        } else if (!waiting_.empty()) {
+            waiting_.clear();  // latest frame wins
+            ++st_.skipped;
+            ++skipped_since_;
+        }
+        waiting_.push_back(std::move(it));
+        lk.unlock();
+        cv_.notify_all();
+    }
+
+    void loop() {
+        std::optional<Clock::time_point> last_start;
+        for (;;) {
+            Item it;
+            std::int64_t skipped = 0;
+            {
+                std::unique_lock lk(mu_);
+                cv_.wait(lk, [&] { return finishing_ || !waiting_.empty(); });
+                if (waiting_.empty()) return;  // finishing, nothing left
+                if (opt_.fps_limit > 0 && last_start) {
+                    // Keep the rate: newer frames arriving meanwhile replace the waiting one.
+                    const auto next = *last_start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / opt_.fps_limit));
+                    cv_.wait_until(lk, next, [&] { return finishing_ && waiting_.empty(); });
+                    if (waiting_.empty()) return;
+                }
+                it = std::move(waiting_.front());
+                waiting_.pop_front();
+                skipped = skipped_since_;
+                skipped_since_ = 0;
+            }
+            room_cv_.notify_all();
+            last_start = Clock::now();
+            answer(std::move(it), skipped);
+        }
+    }
+
+    void answer(Item it, std::int64_t skipped) {
+        FrameAnswer a;
+        a.frame = it.index;
+        a.t_ms = ms(it.at - t0_);
+        a.skipped = skipped;
+        if (!it.error.empty()) {
+            a.error = it.error;
+        } else {
+            Request q;
+            q.images.push_back(ImageInput::encoded(std::move(it.bytes), "frame " + std::to_string(it.index)));
+            q.prompt = opt_.prompt;
+            q.max_new_tokens = opt_.max_new_tokens;
+            q.sampling = opt_.sampling;
+            q.id = "frame " + std::to_string(it.index);
+            try {
+                a.result = engine_.run(std::move(q));
+            } catch (const std::exception& e) {  // queue full / shutdown
+                a.result.error_kind = ErrorKind::internal;
+                a.result.error = e.what();
+            }
+            if (a.result.ok()) a.text = a.result.text;
+            else a.error = a.result.error;
+            a.cached = a.result.timings.image_cache_hits > 0;
+        }
+        a.latency_ms = ms(Clock::now() - it.at);
+        {
+            std::lock_guard lk(mu_);
+            if (a.error.empty()) ++st_.answered;
+            else ++st_.errors;
+            if (a.cached) ++st_.cache_hits;
+        }
+        if (on_answer_) {
+            try {
+                on_answer_(a);
+            } catch (...) {  // a throwing callback must not stop the stream
+            }
+        }
+    }
+    static double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+    Engine& engine_;
+    StreamOptions opt_;
+    std::function<void(const FrameAnswer&)> on_answer_;
+    const Clock::time_point t0_ = Clock::now();
+    mutable std::mutex mu_;
+    std::condition_variable cv_, room_cv_;
+    std::deque<Item> waiting_;
+    std::int64_t skipped_since_ = 0;
+    bool finishing_ = false;
+    Stats st_;
+    std::thread worker_;
+};
+
+}  // namespace fastvlm
+// ---- end fastvlm/stream.hpp
 // ---- begin fastvlm/fastvlm.hpp -------------------------------------------------------------
 // fastvlm/fastvlm.hpp — the umbrella header (docs/api.md):
 //   image → FastViTHD → mlp2x_gelu projector → spliced into the ChatML prompt → Qwen2 → text.
@@ -10093,7 +10408,9 @@ inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, co
 //   auto r2 = h.wait();
 //
 // model.hpp (Model, options, results), session.hpp (Session), engine.hpp (Engine: continuous
-// batching, paged KV cache, metrics), any_model.hpp (preset chosen at run time).
+// batching, paged KV cache, image-feature cache, metrics), stream.hpp (FrameStream: a live frame
+// stream, latest frame wins), any_model.hpp (preset chosen at run time), batch_jsonl.hpp (the batch
+// line format), io/frames.hpp (splitting concatenated JPEG/PNG).
 // ---- end fastvlm/fastvlm.hpp
 // ---- begin fastvlm/batch_jsonl.hpp ---------------------------------------------------------
 // fastvlm/batch_jsonl.hpp — the batch-request line format shared by `fastvlm-cli batch`, the Python
@@ -10222,3 +10539,237 @@ inline bool correct(const Line& b, const Result& r) { return b.answer && trim(r.
 
 }  // namespace fastvlm::batch
 // ---- end fastvlm/batch_jsonl.hpp
+// ---- begin fastvlm/io/frames.hpp -----------------------------------------------------------
+// fastvlm/io/frames.hpp — splits a byte stream of concatenated JPEG and PNG images (what
+// `ffmpeg ... -f image2pipe -vcodec mjpeg -` or `-vcodec png -` writes) into single images, incrementally.
+//
+// JPEG: marker segments are walked by their lengths (so an EXIF thumbnail's own FF D8 … FF D9 inside
+// APP1 is skipped), entropy-coded data after each SOS is scanned for the next marker (FF followed by
+// anything but 00 or RST0-7), and the image ends at EOI (FF D9). PNG: chunks are walked by their
+// lengths up to IEND. Bytes that start neither are garbage: skipped up to the next image start and
+// reported. A frame that breaks its own structure, exceeds the size limit, or is cut off by the end
+// of the input is returned with an error and the splitter resynchronises on the next image start.
+// Every image start found gets the next frame index (0-based), broken ones included.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fastvlm::io {
+
+struct Frame {
+    std::int64_t index = -1;  // 0-based position in the input; −1 for garbage between frames
+    std::string bytes;        // the encoded image (empty for errors)
+    std::string error;        // non-empty: the frame (or the garbage run) was not a complete image
+    bool ok() const { return error.empty(); }
+};
+
+class FrameSplitter {
+public:
+    explicit FrameSplitter(std::size_t max_frame_bytes = std::size_t(64) << 20) : max_(max_frame_bytes) {}
+
+    // Appends `data`; returns what it completed, in input order.
+    std::vector<Frame> push(std::string_view data) {
+        buf_.append(data.data(), data.size());
+        std::vector<Frame> out;
+        run(out, false);
+        compact();
+        return out;
+    }
+    // End of input: a frame in progress is reported as truncated, trailing garbage as garbage.
+    std::vector<Frame> finish() {
+        std::vector<Frame> out;
+        run(out, true);
+        if (kind_ != Kind::none) {
+            out.push_back(broken("truncated: the input ended " + std::to_string(buf_.size() - start_) + " bytes into the " +
+                                 name() + " image"));
+            kind_ = Kind::none;
+            skip_from_ = buf_.size();
+        }
+        garbage_upto(buf_.size(), out, true);
+        buf_.clear();
+        start_ = at_ = 0;
+        return out;
+    }
+    std::int64_t frames() const { return next_index_; }
+    std::uint64_t garbage_bytes() const { return garbage_total_; }
+
+private:
+    enum class Kind { none, jpeg, png };
+    static constexpr unsigned char kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+
+    unsigned char b(std::size_t i) const { return static_cast<unsigned char>(buf_[i]); }
+    const char* name() const { return kind_ == Kind::jpeg ? "JPEG" : "PNG"; }
+
+    // Offset of the next JPEG (FF D8 FF) or PNG signature at or after `from`, or npos.
+    std::size_t find_start(std::size_t from) const {
+        for (std::size_t i = from; i < buf_.size(); ++i) {
+            if (b(i) == 0xFF && i + 2 < buf_.size() && b(i + 1) == 0xD8 && b(i + 2) == 0xFF) return i;
+            if (b(i) == 0x89 && i + 8 <= buf_.size() && std::string_view(buf_).substr(i, 8) == std::string_view(reinterpret_cast<const char*>(kPng), 8))
+                return i;
+        }
+        return std::string::npos;
+    }
+    // Skips [skip_from_, end) as garbage; one report per run of garbage (when the next image starts,
+    // at the end of the input, or every MiB of a long run).
+    void garbage_upto(std::size_t end, std::vector<Frame>& out, bool run_ends = false) {
+        if (end > skip_from_ && broken_tail_) {  // the rest of a broken frame, already reported
+            skip_from_ = end;
+        } else if (end > skip_from_) {
+            garbage_total_ += end - skip_from_;
+            garbage_run_ += end - skip_from_;
+            skip_from_ = end;
+        }
+        if (garbage_run_ > 0 && (run_ends || garbage_run_ >= (std::size_t(1) << 20))) {
+            out.push_back({-1, {}, std::to_string(garbage_run_) + " bytes between images are neither JPEG nor PNG (skipped)"});
+            garbage_run_ = 0;
+        }
+    }
+    Frame broken(std::string why) {
+        Frame f{index_, {}, std::move(why)};
+        return f;
+    }
+
+    void run(std::vector<Frame>& out, bool eof) {
+        for (;;) {
+            if (kind_ == Kind::none) {
+                const std::size_t s = find_start(skip_from_);
+                if (s == std::string::npos) {
+                    // Keep a possible partial signature (up to 7 bytes) for the next push.
+                    const std::size_t keep = eof ? 0 : std::min<std::size_t>(7, buf_.size() - skip_from_);
+                    garbage_upto(buf_.size() - keep, out);
+                    return;
+                }
+                garbage_upto(s, out, true);
+                broken_tail_ = false;
+                start_ = s;
+                kind_ = b(s) == 0xFF ? Kind::jpeg : Kind::png;
+                at_ = s + (kind_ == Kind::jpeg ? 2 : 8);
+                in_scan_ = false;
+                index_ = next_index_++;
+            }
+            const int r = kind_ == Kind::jpeg ? step_jpeg() : step_png();
+            if (r == 0) {  // needs more bytes
+                if (at_ - start_ > max_ || buf_.size() - start_ > max_ + 16) resync(out, "larger than the limit of " + std::to_string(max_) + " bytes");
+                else return;
+            } else if (r > 0) {  // complete: [start_, at_)
+                if (at_ - start_ > max_) {
+                    resync(out, "larger than the limit of " + std::to_string(max_) + " bytes");
+                    continue;
+                }
+                out.push_back({index_, buf_.substr(start_, at_ - start_), {}});
+                kind_ = Kind::none;
+                skip_from_ = at_;
+            } else {
+                resync(out, error_);
+            }
+        }
+    }
+    // A broken frame: report it and look for the next start after its first byte.
+    void resync(std::vector<Frame>& out, const std::string& why) {
+        out.push_back(broken(std::string(name()) + " image broken: " + why));
+        kind_ = Kind::none;
+        skip_from_ = start_ + 1;
+        broken_tail_ = true;  // what lies between this start and the next is part of the broken frame, not garbage
+    }
+
+    // 1 complete, 0 need more, −1 broken (error_ says why).
+    int step_jpeg() {
+        for (;;) {
+            if (in_scan_) {  // entropy-coded data: up to the next marker that is not a stuffed 00 or RSTn
+                for (;;) {
+                    if (at_ + 1 >= buf_.size()) return 0;
+                    if (b(at_) == 0xFF) {
+                        const unsigned char m = b(at_ + 1);
+                        if (m == 0x00 || (m >= 0xD0 && m <= 0xD7) || m == 0xFF) {
+                            at_ += m == 0xFF ? 1 : 2;
+                            continue;
+                        }
+                        in_scan_ = false;
+                        break;
+                    }
+                    ++at_;
+                }
+            }
+            if (at_ + 1 >= buf_.size()) return 0;
+            if (b(at_) != 0xFF) {
+                error_ = "expected a marker at byte " + std::to_string(at_ - start_);
+                return -1;
+            }
+            const unsigned char m = b(at_ + 1);
+            if (m == 0xFF) {  // fill byte
+                ++at_;
+                continue;
+            }
+            if (m == 0xD9) {
+                at_ += 2;
+                return 1;
+            }
+            if (m == 0xD8) {
+                error_ = "a new image starts before the end of this one (no EOI)";
+                return -1;
+            }
+            if ((m >= 0xD0 && m <= 0xD7) || m == 0x01) {
+                at_ += 2;
+                continue;
+            }
+            if (at_ + 3 >= buf_.size()) return 0;
+            const std::size_t len = std::size_t(b(at_ + 2)) << 8 | b(at_ + 3);
+            if (len < 2) {
+                error_ = "marker segment length " + std::to_string(len) + " < 2";
+                return -1;
+            }
+            at_ += 2 + len;
+            if (m == 0xDA) in_scan_ = true;
+            if (at_ > buf_.size()) {
+                // Not all here yet; step back so the segment is re-read once complete.
+                at_ -= 2 + len;
+                if (m == 0xDA) in_scan_ = false;
+                return 0;
+            }
+        }
+    }
+    int step_png() {
+        for (;;) {
+            if (at_ + 8 > buf_.size()) return 0;
+            const std::uint64_t len = std::uint64_t(b(at_)) << 24 | std::uint64_t(b(at_ + 1)) << 16 | std::uint64_t(b(at_ + 2)) << 8 | b(at_ + 3);
+            if (len > 0x7FFFFFFFu || len > max_) {
+                error_ = "chunk length " + std::to_string(len) + " is too large";
+                return -1;
+            }
+            for (int k = 4; k < 8; ++k) {
+                const unsigned char c = b(at_ + std::size_t(k));
+                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))) {
+                    error_ = "chunk type at byte " + std::to_string(at_ - start_ + 4) + " is not 4 letters";
+                    return -1;
+                }
+            }
+            const bool iend = std::string_view(buf_).substr(at_ + 4, 4) == "IEND";
+            if (at_ + 12 + len > buf_.size()) return 0;
+            at_ += 12 + std::size_t(len);
+            if (iend) return 1;
+        }
+    }
+    // Drops consumed bytes from the front of the buffer.
+    void compact() {
+        const std::size_t keep_from = kind_ != Kind::none ? start_ : skip_from_;
+        if (keep_from == 0) return;
+        buf_.erase(0, keep_from);
+        start_ -= std::min(start_, keep_from);
+        at_ -= std::min(at_, keep_from);
+        skip_from_ -= keep_from;
+    }
+
+    std::size_t max_;
+    std::string buf_;
+    Kind kind_ = Kind::none;
+    std::size_t start_ = 0, at_ = 0, skip_from_ = 0;
+    bool in_scan_ = false, broken_tail_ = false;
+    std::int64_t index_ = -1, next_index_ = 0;
+    std::uint64_t garbage_total_ = 0;
+    std::size_t garbage_run_ = 0;
+    std::string error_;
+};
+
+}  // namespace fastvlm::io
+// ---- end fastvlm/io/frames.hpp
