@@ -56,6 +56,13 @@ def overhead(a):
     return out
 
 
+def worker_cpu_s():
+    """CPU seconds (user + system) of this worker process, all its threads."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def dask(a):
     sys.path.insert(0, os.path.join(SOURCE, "examples", "python"))
     import caption_dask
@@ -84,15 +91,18 @@ def dask(a):
                                           name="fastvlm")
             load_s = time.monotonic() - t0
             res = io.StringIO()
+            cpu0 = sum(client.run(worker_cpu_s).values())
             t0 = time.monotonic()
             caption_dask.run(client, lines, tmp, res, max_tokens=a.max_tokens, chunk_size=a.chunk_size)
             wall = time.monotonic() - t0
+            cpu = sum(client.run(worker_cpu_s).values()) - cpu0
         finally:
             client.close()
             cluster.close()
         got = [json.loads(s) for s in res.getvalue().splitlines()]
         texts[workers] = [g.get("text", g.get("error")) for g in got]
         out[f"workers_{workers}"] = {"wall_s": wall, "images_per_s": a.lines / wall, "plugin_setup_s": load_s,
+                                     "worker_cpu_s": cpu, "cores_busy": cpu / wall,
                                      "errors": sum("error" in g for g in got)}
     out["speedup_2_vs_1"] = out["workers_2"]["images_per_s"] / out["workers_1"]["images_per_s"]
     out["same_text"] = texts[1] == texts[2]
