@@ -227,7 +227,9 @@ TEST(FrameStream, LatestFrameWins) {
     EXPECT_EQ(got.back().frame, 39);  // the last frame is always answered
     std::int64_t skipped = 0;
     for (std::size_t i = 0; i < got.size(); ++i) {
-        if (i) EXPECT_GT(got[i].frame, got[i - 1].frame);
+        if (i) {
+            EXPECT_GT(got[i].frame, got[i - 1].frame);
+        }
         skipped += got[i].skipped;
         EXPECT_TRUE(got[i].error.empty()) << got[i].error;
     }

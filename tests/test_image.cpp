@@ -419,6 +419,43 @@ TEST(ImageDecode, OversizedJpegHuffmanTableIsRefused) {
     EXPECT_ERROR_WITH(load_image_from_memory(jpg, "bad_dht.jpg"), "bad_dht.jpg", "Huffman table with 512 codes");
 }
 
+// Fill bytes before SOI (FF FF … D8): stb_image accepts them, libjpeg does not; both decoders get a
+// plain SOI, so the file decodes as without them and the Huffman-table guard still applies.
+TEST(ImageDecode, JpegFillBytesBeforeSoi) {
+    const auto jpg = read_bytes(kData / "formats" / "rgb.jpg");
+    std::vector<std::uint8_t> filled = {0xFF, 0xFF, 0xFF};
+    filled.insert(filled.end(), jpg.begin() + 1, jpg.end());  // FF FF FF + D8 …
+    const Image ref = load_image_from_memory(jpg, "rgb.jpg");
+    const Image got = load_image_from_memory(filled, "filled.jpg");
+    EXPECT_EQ(got.width, ref.width);
+    EXPECT_EQ(got.rgb, ref.rgb);
+    std::size_t dht = 0;
+    for (std::size_t i = 2; i + 1 < filled.size(); ++i)
+        if (filled[i] == 0xFF && filled[i + 1] == 0xC4) {
+            dht = i;
+            break;
+        }
+    ASSERT_GT(dht, 0u);
+    for (std::size_t k = 0; k < 16; ++k) filled[dht + 5 + k] = 0x20;
+    EXPECT_ERROR_WITH(load_image_from_memory(filled, "filled_dht.jpg"), "filled_dht.jpg", "Huffman table with 512 codes");
+    // One or two bytes that look like the start of a JPEG: a clear error, nothing read past them.
+    for (std::vector<std::uint8_t> tiny : {std::vector<std::uint8_t>{0xFF}, {0xFF, 0xD8}, {0xFF, 0xFF}, {0xD8}}) {
+        EXPECT_ERROR_WITH(load_image_from_memory(tiny, "tiny.jpg"), "tiny.jpg", "decode");
+    }
+}
+
+// A thin image pads to a huge square before resizing: refused before the canvas is allocated.
+TEST(ImagePreprocess, PaddedCanvasIsBounded) {
+    const Image thin{1, 40000, std::vector<std::uint8_t>(40000 * 3, 128)};
+    EXPECT_ERROR_WITH(preprocess_image(thin, 64), "1x40000", "max_padded_pixels");
+    const Image wide{30000, 2, std::vector<std::uint8_t>(60000 * 3, 9)};
+    EXPECT_ERROR_WITH(expand_to_square(wide), "30000x30000", "max_padded_pixels");
+    ImageLimits lim;
+    lim.max_padded_pixels = 40000ll * 40000;
+    const Image small{2, 300, std::vector<std::uint8_t>(600 * 3, 7)};
+    EXPECT_EQ(preprocess_image(small, 64, lim).dim(1), 64);
+}
+
 TEST(ImageDecode, HugeAndZeroDimensionsAreRefusedBeforeDecoding) {
     // PNG header claiming 100000x100000 RGB (no pixel data follows).
     std::vector<std::uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R'};

@@ -382,6 +382,47 @@ TEST(Matmul, WeightQuantizersMatchFormats) {
     EXPECT_THROW((Linear<fmt::Q4, fmt::Q8>(w.data(), 16, 40)), Error);
 }
 
+// Extreme finite weights and non-finite activations: every float → int conversion stays in range
+// (run under UBSan by scripts/test.sh), quantized values stay in their range, SIMD = scalar.
+TEST(Matmul, QuantizersAreOverflowFreeForAnyInput) {
+    const float cases[][4] = {{3.4e38f, -3.4e38f, 1e-45f, 0.f},  // largest finite, smallest subnormal
+                              {1e-40f, -2e-40f, 1e-44f, 0.f},    // block of subnormals only: 1/d overflows
+                              {1e-38f, 5e-39f, -1e-38f, 1e-45f},
+                              {-0.f, 0.f, 1e-45f, -1e-45f}};
+    for (const auto& c : cases) {
+        float x[32];
+        for (int j = 0; j < 32; ++j) x[j] = c[j % 4] * (j % 3 == 0 ? 1.f : 0.5f);
+        f16 d[4];
+        std::uint8_t q8a[32], q8b[32], q4a[16], q4b[16];
+        ASSERT_TRUE(detail::mm::quantize_block_q8(x, d[0], q8a));
+        ASSERT_TRUE(detail::mm::quantize_block_q8_ref(x, d[1], q8b));
+        ASSERT_TRUE(detail::mm::quantize_block_q4(x, d[2], q4a));
+        ASSERT_TRUE(detail::mm::quantize_block_q4_ref(x, d[3], q4b));
+        EXPECT_EQ(d[0].bits, d[1].bits);
+        EXPECT_EQ(d[2].bits, d[3].bits);
+        for (int j = 0; j < 32; ++j) {
+            EXPECT_EQ(q8a[j], q8b[j]) << j;
+            EXPECT_GE(int(q8a[j]) - 128, -127);  // within ±127 (stored + 128)
+            EXPECT_LE(int(q8a[j]) - 128, 127);
+        }
+        for (int j = 0; j < 16; ++j) EXPECT_EQ(q4a[j], q4b[j]) << j;
+    }
+    // Activations that overflowed upstream (±inf, NaN) and extreme finite ones: q within ±127.
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> a = {inf, -inf, nan, 3.4e38f, -3.4e38f, 1e-45f, 1.f, 0.f};
+    a.resize(96, 1e-40f);
+    a[40] = 3.4e38f;
+    a[41] = -1e-45f;
+    std::vector<std::int8_t> q1(96), q2(96);
+    std::vector<float> d1(3), d2(3);
+    std::vector<std::int32_t> c1(3), c2(3);
+    detail::mm::quantize_act_ref(a.data(), 96, 128, q1.data(), d1.data(), c1.data());
+    detail::mm::quantize_act(a.data(), 96, 128, q2.data(), d2.data(), c2.data());
+    EXPECT_EQ(q1, q2);
+    EXPECT_EQ(c1, c2);
+    for (auto v : q1) EXPECT_GE(int(v), -127);
+}
+
 // Constructing from bf16 equals constructing from the same values as f32; row() returns them.
 TEST(Matmul, Bf16ConstructorAndRow) {
     std::mt19937 g(3);

@@ -28,6 +28,13 @@ struct BlockQ4 {
 };
 static_assert(sizeof(BlockQ4) == 18, "BlockQ4 must be 18 bytes (4.5 bits per weight)");
 
+// 1/d, or 0 for d = 0; capped at FLT_MAX where 1/d overflows (subnormal d), so x·(1/d) stays within
+// ±128 for |x| ≤ 128·|d| and the float → int conversions below never leave the int range.
+inline float finite_inverse(float d) {
+    if (d == 0.f) return 0.f;
+    const float id = 1.f / d;
+    return std::fabs(id) <= 3.4e38f ? id : std::copysign(3.4e38f, id);
+}
 // ---- quantize / dequantize (scalar reference; k must be a multiple of kQBlock) -------------------
 inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
     FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q8): length ", k, " is not a multiple of ", kQBlock);
@@ -35,7 +42,7 @@ inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
         float amax = 0.f;
         for (std::size_t j = 0; j < kQBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
         const float d = amax / 127.f;
-        const float id = d != 0.f ? 1.f / d : 0.f;
+        const float id = finite_inverse(d);
         y[b].d = to_f16(d);
         for (std::size_t j = 0; j < kQBlock; ++j) y[b].qs[j] = std::int8_t(std::lround(x[j] * id));
     }
@@ -55,7 +62,7 @@ inline void quantize_row(const float* x, BlockQ4* y, std::size_t k) {
         for (std::size_t j = 0; j < kQBlock; ++j)
             if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
         const float d = vmax / -8.f;
-        const float id = d != 0.f ? 1.f / d : 0.f;
+        const float id = finite_inverse(d);
         y[b].d = to_f16(d);
         for (std::size_t j = 0; j < kQBlock / 2; ++j) {
             const int q0 = std::clamp(int(std::lround(x[j] * id)) + 8, 0, 15);

@@ -92,6 +92,9 @@ struct Image {
 // Decoding refuses images with more pixels than this, checked from the header before decoding.
 struct ImageLimits {
     std::int64_t max_pixels = 64ll * 1024 * 1024;
+    // Preprocessing pads to a max(W, H)² square before resizing (as the original does): a 1×40,000
+    // image would need a 1.6 G-pixel canvas. 128 Mi pixels (384 MiB RGB, sides up to 11,585) bounds it.
+    std::int64_t max_padded_pixels = 128ll * 1024 * 1024;
 };
 
 namespace detail {
@@ -400,12 +403,20 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
     if (bytes.size() >= 2 && bytes[0] == 'P' && (bytes[1] == '5' || bytes[1] == '6'))
         return detail::decode_pnm(bytes, name, limits);
 
-    if (bytes.size() >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8) detail::check_jpeg_tables(bytes, name);
+    // A JPEG may start with fill bytes (FF FF … D8), which stb_image accepts and libjpeg does not:
+    // decode from the last FF before D8, so both decoders and the table check see a plain SOI.
+    {
+        std::size_t k = 0;
+        while (k + 1 < bytes.size() && bytes[k] == 0xFF && bytes[k + 1] == 0xFF) ++k;
+        if (k > 0 && k + 1 < bytes.size() && bytes[k + 1] == 0xD8) bytes = bytes.subspan(k);
+    }
+    const bool jpeg = bytes.size() >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
+    if (jpeg) detail::check_jpeg_tables(bytes, name);
     std::uint32_t pw = 0, ph = 0;
     const bool peeked = detail::peek_dimensions(bytes, pw, ph);
     if (peeked && ph != 0) detail::check_dimensions(pw, ph, name, limits);  // JPEG height 0: set by a DNL marker
 #if defined(FASTVLM_USE_LIBJPEG)
-    if (bytes[0] == 0xFF && bytes[1] == 0xD8) {
+    if (jpeg) {
         detail::JpegError err;
         const detail::JpegPixels px = detail::jpeg_decode(bytes.data(), bytes.size(), limits.max_pixels, err);
         std::unique_ptr<unsigned char, detail::CFree> owned(px.rgb);
@@ -472,10 +483,15 @@ inline Image load_image(const std::filesystem::path& file, const ImageLimits& li
 
 // spec §6.1 expand2square: a max(W,H)² canvas filled with `background`, the image pasted at
 // ((S-W)//2, (S-H)//2). A square image is returned unchanged.
-inline Image expand_to_square(const Image& img, std::array<std::uint8_t, 3> background = {0, 0, 0}) {
+inline Image expand_to_square(const Image& img, std::array<std::uint8_t, 3> background = {0, 0, 0},
+                              const ImageLimits& limits = {}) {
     detail::check_image(img, "expand_to_square");
     if (img.width == img.height) return img;
     const int side = std::max(img.width, img.height);
+    const std::int64_t padded = std::int64_t(side) * side;
+    FASTVLM_CHECK(padded <= limits.max_padded_pixels, "image ", img.width, "x", img.height, " pads to a ", side, "x", side,
+                  " square (", padded, " pixels) before resizing, more than the limit of ", limits.max_padded_pixels,
+                  " pixels (ImageLimits::max_padded_pixels)");
     const std::size_t s = std::size_t(side), w = std::size_t(img.width), h = std::size_t(img.height);
     const std::size_t x0 = (s - w) / 2, y0 = (s - h) / 2;
     Image out{side, side, std::vector<std::uint8_t>(s * s * 3)};
@@ -669,11 +685,11 @@ inline Tensor<float, 3> to_chw_float(const Image& img) {
 }
 
 // spec §6.1 (predict.py): expand_to_square (black) -> resize_bicubic to image_size² -> to_chw_float.
-inline Tensor<float, 3> preprocess_image(const Image& img, int image_size) {
+inline Tensor<float, 3> preprocess_image(const Image& img, int image_size, const ImageLimits& limits = {}) {
     detail::check_image(img, "preprocess_image");
     FASTVLM_CHECK(image_size > 0, "preprocess_image: image_size must be positive, got ", image_size);
     if (img.width == img.height) return to_chw_float(resize_bicubic(img, image_size, image_size));
-    return to_chw_float(resize_bicubic(expand_to_square(img), image_size, image_size));
+    return to_chw_float(resize_bicubic(expand_to_square(img, {0, 0, 0}, limits), image_size, image_size));
 }
 
 }  // namespace fastvlm::io

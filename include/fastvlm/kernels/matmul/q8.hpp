@@ -38,6 +38,17 @@ inline float round_half_away(float v) {
     const float t = std::trunc(v);  // v − t is exact
     return t + (std::fabs(v - t) >= 0.5f ? std::copysign(1.f, v) : 0.f);
 }
+// 127/amax for activation blocks, capped the same way (amax ≥ 0; NaN or ±inf amax: 0).
+inline float act_scale(float amax) {
+    if (!(amax > 0.f) || !(amax <= 3.4e38f)) return 0.f;
+    return std::min(127.f / amax, 3.4e38f);
+}
+// Rounds y to nearest even and saturates to ±127 (NaN → 0): no out-of-range conversion.
+inline int act_q(float y) {
+    if (!(y == y)) return 0;
+    return int(std::nearbyint(std::clamp(y, -127.f, 127.f)));
+}
+
 // One block of 32 weights, exactly as quantize_row(BlockQ8) of core/formats.hpp; stored bytes q + 128.
 // Returns false for a non-finite input. (Scalar reference; quantize_block_q8 below may use AVX-512.)
 inline bool quantize_block_q8_ref(const float* x, f16& d16, std::uint8_t* out) {
@@ -48,7 +59,7 @@ inline bool quantize_block_q8_ref(const float* x, f16& d16, std::uint8_t* out) {
         finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
     }
     if (!finite) return false;
-    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+    const float d = amax / 127.f, id = finite_inverse(d);
     d16 = to_f16(d);
     for (Index j = 0; j < kQB; ++j) out[j] = std::uint8_t(int(round_half_away(x[j] * id)) + 128);
     return true;
@@ -61,7 +72,7 @@ inline bool quantize_block_q4_ref(const float* x, f16& d16, std::uint8_t* out) {
     bool finite = true;
     for (Index j = 0; j < kQB; ++j) finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
     if (!finite) return false;
-    const float d = vmax / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+    const float d = vmax / -8.f, id = finite_inverse(d);
     d16 = to_f16(d);
     for (Index j = 0; j < kQB / 2; ++j) {
         const int q0 = std::clamp(int(round_half_away(x[j] * id)) + 8, 0, 15);
@@ -94,7 +105,7 @@ inline bool quantize_block_q8(const float* x, f16& d16, std::uint8_t* out) {
     if (!qv::finite(v0, v1)) return false;
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
-    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+    const float d = amax / 127.f, id = finite_inverse(d);
     d16 = to_f16(d);
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i off = _mm512_set1_epi32(128);
@@ -121,7 +132,7 @@ inline bool quantize_block_q4(const float* x, f16& d16, std::uint8_t* out) {
                                 (std::uint32_t(_mm512_cmp_ps_mask(a1, _mm512_set1_ps(amax), _CMP_EQ_OQ)) << 16);
         vmax = x[std::countr_zero(m)];
     }
-    const float d = vmax / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+    const float d = vmax / -8.f, id = finite_inverse(d);
     d16 = to_f16(d);
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i eight = _mm512_set1_epi32(8), zero = _mm512_setzero_si512(), fifteen = _mm512_set1_epi32(15);
@@ -216,10 +227,10 @@ inline void quantize_act_ref(const float* x, Index k, int c, std::int8_t* q, flo
         for (Index j = 0; j < kQB; ++j) v[j] = b * kQB + j < k ? x[b * kQB + j] : 0.f;
         float amax = 0.f;
         for (float e : v) amax = std::max(amax, std::fabs(e));
-        const float id = amax > 0.f ? 127.f / amax : 0.f;
+        const float id = act_scale(amax);
         int sum = 0;
         for (Index j = 0; j < kQB; ++j) {
-            const int qi = int(std::nearbyint(v[j] * id));  // round to nearest even (default mode)
+            const int qi = act_q(v[j] * id);  // round to nearest even (default mode)
             q[b * kQB + j] = std::int8_t(qi);
             sum += qi;
         }
@@ -238,8 +249,16 @@ inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* 
         const __mmask16 m1 = rem >= 32 ? __mmask16(0xffff) : rem <= 16 ? __mmask16(0) : __mmask16((1u << (rem - 16)) - 1u);
         const __m512 v0 = _mm512_maskz_loadu_ps(m0, x + b * kQB), v1 = _mm512_maskz_loadu_ps(m1, x + b * kQB + 16);
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
-        const __m512 id = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+        const __m512 id = _mm512_set1_ps(act_scale(amax));
+        // As act_q: NaN → 0, saturate to ±127, then round (±inf or NaN inputs come from activations that
+        // overflowed upstream; without this they would convert to INT_MIN).
+        const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+        auto conv = [&](__m512 v) {
+            __m512 y = _mm512_mul_ps(v, id);
+            y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), y);
+            return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(y, lo), hi));
+        };
+        const __m512i q0 = conv(v0), q1 = conv(v1);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQB), _mm512_cvtepi32_epi8(q0));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQB + 16), _mm512_cvtepi32_epi8(q1));
         d[b] = amax / 127.f;
