@@ -1090,6 +1090,13 @@ struct BlockQ4 {
 };
 static_assert(sizeof(BlockQ4) == 18, "BlockQ4 must be 18 bytes (4.5 bits per weight)");
 
+// 1/d, or 0 for d = 0; capped at FLT_MAX where 1/d overflows (subnormal d), so x·(1/d) stays within
+// ±128 for |x| ≤ 128·|d| and the float → int conversions below never leave the int range.
+inline float finite_inverse(float d) {
+    if (d == 0.f) return 0.f;
+    const float id = 1.f / d;
+    return std::fabs(id) <= 3.4e38f ? id : std::copysign(3.4e38f, id);
+}
 // ---- quantize / dequantize (scalar reference; k must be a multiple of kQBlock) -------------------
 inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
     FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q8): length ", k, " is not a multiple of ", kQBlock);
@@ -1097,7 +1104,7 @@ inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
         float amax = 0.f;
         for (std::size_t j = 0; j < kQBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
         const float d = amax / 127.f;
-        const float id = d != 0.f ? 1.f / d : 0.f;
+        const float id = finite_inverse(d);
         y[b].d = to_f16(d);
         for (std::size_t j = 0; j < kQBlock; ++j) y[b].qs[j] = std::int8_t(std::lround(x[j] * id));
     }
@@ -1117,7 +1124,7 @@ inline void quantize_row(const float* x, BlockQ4* y, std::size_t k) {
         for (std::size_t j = 0; j < kQBlock; ++j)
             if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
         const float d = vmax / -8.f;
-        const float id = d != 0.f ? 1.f / d : 0.f;
+        const float id = finite_inverse(d);
         y[b].d = to_f16(d);
         for (std::size_t j = 0; j < kQBlock / 2; ++j) {
             const int q0 = std::clamp(int(std::lround(x[j] * id)) + 8, 0, 15);
@@ -2669,6 +2676,9 @@ struct Image {
 // Decoding refuses images with more pixels than this, checked from the header before decoding.
 struct ImageLimits {
     std::int64_t max_pixels = 64ll * 1024 * 1024;
+    // Preprocessing pads to a max(W, H)² square before resizing (as the original does): a 1×40,000
+    // image would need a 1.6 G-pixel canvas. 128 Mi pixels (384 MiB RGB, sides up to 11,585) bounds it.
+    std::int64_t max_padded_pixels = 128ll * 1024 * 1024;
 };
 
 namespace detail {
@@ -2977,12 +2987,20 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
     if (bytes.size() >= 2 && bytes[0] == 'P' && (bytes[1] == '5' || bytes[1] == '6'))
         return detail::decode_pnm(bytes, name, limits);
 
-    if (bytes.size() >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8) detail::check_jpeg_tables(bytes, name);
+    // A JPEG may start with fill bytes (FF FF … D8), which stb_image accepts and libjpeg does not:
+    // decode from the last FF before D8, so both decoders and the table check see a plain SOI.
+    {
+        std::size_t k = 0;
+        while (k + 1 < bytes.size() && bytes[k] == 0xFF && bytes[k + 1] == 0xFF) ++k;
+        if (k > 0 && k + 1 < bytes.size() && bytes[k + 1] == 0xD8) bytes = bytes.subspan(k);
+    }
+    const bool jpeg = bytes.size() >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
+    if (jpeg) detail::check_jpeg_tables(bytes, name);
     std::uint32_t pw = 0, ph = 0;
     const bool peeked = detail::peek_dimensions(bytes, pw, ph);
     if (peeked && ph != 0) detail::check_dimensions(pw, ph, name, limits);  // JPEG height 0: set by a DNL marker
 #if defined(FASTVLM_USE_LIBJPEG)
-    if (bytes[0] == 0xFF && bytes[1] == 0xD8) {
+    if (jpeg) {
         detail::JpegError err;
         const detail::JpegPixels px = detail::jpeg_decode(bytes.data(), bytes.size(), limits.max_pixels, err);
         std::unique_ptr<unsigned char, detail::CFree> owned(px.rgb);
@@ -3049,10 +3067,15 @@ inline Image load_image(const std::filesystem::path& file, const ImageLimits& li
 
 // spec §6.1 expand2square: a max(W,H)² canvas filled with `background`, the image pasted at
 // ((S-W)//2, (S-H)//2). A square image is returned unchanged.
-inline Image expand_to_square(const Image& img, std::array<std::uint8_t, 3> background = {0, 0, 0}) {
+inline Image expand_to_square(const Image& img, std::array<std::uint8_t, 3> background = {0, 0, 0},
+                              const ImageLimits& limits = {}) {
     detail::check_image(img, "expand_to_square");
     if (img.width == img.height) return img;
     const int side = std::max(img.width, img.height);
+    const std::int64_t padded = std::int64_t(side) * side;
+    FASTVLM_CHECK(padded <= limits.max_padded_pixels, "image ", img.width, "x", img.height, " pads to a ", side, "x", side,
+                  " square (", padded, " pixels) before resizing, more than the limit of ", limits.max_padded_pixels,
+                  " pixels (ImageLimits::max_padded_pixels)");
     const std::size_t s = std::size_t(side), w = std::size_t(img.width), h = std::size_t(img.height);
     const std::size_t x0 = (s - w) / 2, y0 = (s - h) / 2;
     Image out{side, side, std::vector<std::uint8_t>(s * s * 3)};
@@ -3246,11 +3269,11 @@ inline Tensor<float, 3> to_chw_float(const Image& img) {
 }
 
 // spec §6.1 (predict.py): expand_to_square (black) -> resize_bicubic to image_size² -> to_chw_float.
-inline Tensor<float, 3> preprocess_image(const Image& img, int image_size) {
+inline Tensor<float, 3> preprocess_image(const Image& img, int image_size, const ImageLimits& limits = {}) {
     detail::check_image(img, "preprocess_image");
     FASTVLM_CHECK(image_size > 0, "preprocess_image: image_size must be positive, got ", image_size);
     if (img.width == img.height) return to_chw_float(resize_bicubic(img, image_size, image_size));
-    return to_chw_float(resize_bicubic(expand_to_square(img), image_size, image_size));
+    return to_chw_float(resize_bicubic(expand_to_square(img, {0, 0, 0}, limits), image_size, image_size));
 }
 
 }  // namespace fastvlm::io
@@ -4410,6 +4433,17 @@ inline float round_half_away(float v) {
     const float t = std::trunc(v);  // v − t is exact
     return t + (std::fabs(v - t) >= 0.5f ? std::copysign(1.f, v) : 0.f);
 }
+// 127/amax for activation blocks, capped the same way (amax ≥ 0; NaN or ±inf amax: 0).
+inline float act_scale(float amax) {
+    if (!(amax > 0.f) || !(amax <= 3.4e38f)) return 0.f;
+    return std::min(127.f / amax, 3.4e38f);
+}
+// Rounds y to nearest even and saturates to ±127 (NaN → 0): no out-of-range conversion.
+inline int act_q(float y) {
+    if (!(y == y)) return 0;
+    return int(std::nearbyint(std::clamp(y, -127.f, 127.f)));
+}
+
 // One block of 32 weights, exactly as quantize_row(BlockQ8) of core/formats.hpp; stored bytes q + 128.
 // Returns false for a non-finite input. (Scalar reference; quantize_block_q8 below may use AVX-512.)
 inline bool quantize_block_q8_ref(const float* x, f16& d16, std::uint8_t* out) {
@@ -4420,7 +4454,7 @@ inline bool quantize_block_q8_ref(const float* x, f16& d16, std::uint8_t* out) {
         finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
     }
     if (!finite) return false;
-    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+    const float d = amax / 127.f, id = finite_inverse(d);
     d16 = to_f16(d);
     for (Index j = 0; j < kQB; ++j) out[j] = std::uint8_t(int(round_half_away(x[j] * id)) + 128);
     return true;
@@ -4433,7 +4467,7 @@ inline bool quantize_block_q4_ref(const float* x, f16& d16, std::uint8_t* out) {
     bool finite = true;
     for (Index j = 0; j < kQB; ++j) finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
     if (!finite) return false;
-    const float d = vmax / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+    const float d = vmax / -8.f, id = finite_inverse(d);
     d16 = to_f16(d);
     for (Index j = 0; j < kQB / 2; ++j) {
         const int q0 = std::clamp(int(round_half_away(x[j] * id)) + 8, 0, 15);
@@ -4466,7 +4500,7 @@ inline bool quantize_block_q8(const float* x, f16& d16, std::uint8_t* out) {
     if (!qv::finite(v0, v1)) return false;
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
-    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+    const float d = amax / 127.f, id = finite_inverse(d);
     d16 = to_f16(d);
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i off = _mm512_set1_epi32(128);
@@ -4493,7 +4527,7 @@ inline bool quantize_block_q4(const float* x, f16& d16, std::uint8_t* out) {
                                 (std::uint32_t(_mm512_cmp_ps_mask(a1, _mm512_set1_ps(amax), _CMP_EQ_OQ)) << 16);
         vmax = x[std::countr_zero(m)];
     }
-    const float d = vmax / -8.f, id = d != 0.f ? 1.f / d : 0.f;
+    const float d = vmax / -8.f, id = finite_inverse(d);
     d16 = to_f16(d);
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i eight = _mm512_set1_epi32(8), zero = _mm512_setzero_si512(), fifteen = _mm512_set1_epi32(15);
@@ -4588,10 +4622,10 @@ inline void quantize_act_ref(const float* x, Index k, int c, std::int8_t* q, flo
         for (Index j = 0; j < kQB; ++j) v[j] = b * kQB + j < k ? x[b * kQB + j] : 0.f;
         float amax = 0.f;
         for (float e : v) amax = std::max(amax, std::fabs(e));
-        const float id = amax > 0.f ? 127.f / amax : 0.f;
+        const float id = act_scale(amax);
         int sum = 0;
         for (Index j = 0; j < kQB; ++j) {
-            const int qi = int(std::nearbyint(v[j] * id));  // round to nearest even (default mode)
+            const int qi = act_q(v[j] * id);  // round to nearest even (default mode)
             q[b * kQB + j] = std::int8_t(qi);
             sum += qi;
         }
@@ -4610,8 +4644,16 @@ inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* 
         const __mmask16 m1 = rem >= 32 ? __mmask16(0xffff) : rem <= 16 ? __mmask16(0) : __mmask16((1u << (rem - 16)) - 1u);
         const __m512 v0 = _mm512_maskz_loadu_ps(m0, x + b * kQB), v1 = _mm512_maskz_loadu_ps(m1, x + b * kQB + 16);
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
-        const __m512 id = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+        const __m512 id = _mm512_set1_ps(act_scale(amax));
+        // As act_q: NaN → 0, saturate to ±127, then round (±inf or NaN inputs come from activations that
+        // overflowed upstream; without this they would convert to INT_MIN).
+        const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+        auto conv = [&](__m512 v) {
+            __m512 y = _mm512_mul_ps(v, id);
+            y = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), y);
+            return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(y, lo), hi));
+        };
+        const __m512i q0 = conv(v0), q1 = conv(v1);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQB), _mm512_cvtepi32_epi8(q0));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQB + 16), _mm512_cvtepi32_epi8(q1));
         d[b] = amax / 127.f;
