@@ -336,11 +336,22 @@ struct PyChat {
     std::shared_ptr<Job> running;
     std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
     std::thread worker;  // the running turn
+    // Held from start() (before the GIL is first released) to the end of the turn's thread: a second
+    // send() from another Python thread fails instead of racing for `worker` and the Session.
+    std::shared_ptr<std::atomic<bool>> busy = std::make_shared<std::atomic<bool>>(false);
 
     std::shared_ptr<Job> start(const std::string& text, const py::handle& image, const GenArgs& g) {
         g.check();
-        if (running && !running->is_done()) raise_error("this chat is still answering the previous message (finish or close its stream first)");
         if (!model->model->tokenizer()) raise_error(model->path + ": the model folder has no tokenizer files");
+        if (busy->exchange(true)) raise_error("this chat is still answering the previous message (finish or close its stream first)");
+        try {
+            return start_turn(text, image, g);
+        } catch (...) {
+            busy->store(false);
+            throw;
+        }
+    }
+    std::shared_ptr<Job> start_turn(const std::string& text, const py::handle& image, const GenArgs& g) {
         std::optional<io::Image> img;
         if (!image.is_none()) {
             const ImageInput in = image_input(image, "image");
@@ -367,17 +378,20 @@ struct PyChat {
         go.sampling = g.sampling();
         go.on_token = [job](std::int32_t, std::string_view t) { job->push(t); };
         go.cancel = cancel.get();
-        worker = std::thread([job, s = session, c = cancel, text, img = std::move(img), go]() {
+        worker = std::thread([job, s = session, c = cancel, b = busy, text, img = std::move(img), go]() {
+            Result r;
+            std::exception_ptr e;
             try {
-                Result r = s->chat(text, go, img ? &*img : nullptr);
+                r = s->chat(text, go, img ? &*img : nullptr);
                 if (r.stop == StopReason::cancelled) {
                     r.error_kind = ErrorKind::cancelled;
                     r.error = "cancelled";
                 }
-                job->finish(std::move(r));
             } catch (...) {
-                job->finish(Result{}, std::current_exception());
+                e = std::current_exception();
             }
+            b->store(false);  // before finish(): whoever sees the result may send the next turn
+            job->finish(std::move(r), e);
         });
         running = job;
         return job;
@@ -395,27 +409,36 @@ struct PyChat {
 // Runs requests 0..n-1 on the engine with at most `window` in flight, in order: take(i) gives request
 // i (nullopt: it failed before submission), done(i, r) gets its result (nullptr for those). Ctrl-C
 // cancels every request in flight.
+// Requests in flight for batch(): `parallel` (default and at most the engine's max_running) plus a few
+// waiting, far below the engine's queue limit.
+std::size_t batch_window(const PyModel& m, std::optional<int> parallel) {
+    return std::size_t(std::clamp(parallel.value_or(m.eopt.max_running), 1, m.eopt.max_running)) + 4;
+}
+
 template <class Take, class Done>
 void run_window(PyModel& m, std::size_t n, std::size_t window, Take take, Done done) {
     std::deque<std::pair<std::size_t, std::shared_ptr<Job>>> live;
-    std::size_t next = 0;
-    while (next < n || !live.empty()) {
-        while (next < n && live.size() < window) {
-            if (std::optional<Request> q = take(next)) live.emplace_back(next, submit(m, std::move(*q)));
-            else done(next, nullptr);
-            ++next;
+    try {
+        std::size_t next = 0;
+        while (next < n || !live.empty()) {
+            while (next < n && live.size() < window) {
+                if (std::optional<Request> q = take(next)) live.emplace_back(next, submit(m, std::move(*q)));
+                else done(next, nullptr);
+                ++next;
+            }
+            if (live.empty()) continue;
+            live.front().second->wait();
+            auto [i, job] = std::move(live.front());
+            live.pop_front();
+            const Result r = job->take(false);
+            done(i, &r);
         }
-        if (live.empty()) continue;
-        auto [i, job] = live.front();
-        try {
-            job->wait();
-        } catch (...) {
-            for (auto& [k, j] : live) j->abort_and_wait();
-            throw;
-        }
-        live.pop_front();
-        const Result r = job->take(false);
-        done(i, &r);
+    } catch (...) {
+        // Ctrl-C or a failed submission: stop every request still in flight (all first, then wait).
+        for (auto& [k, j] : live)
+            if (j->cancel) j->cancel();
+        for (auto& [k, j] : live) j->abort_and_wait();
+        throw;
     }
 }
 
@@ -483,10 +506,12 @@ PYBIND11_MODULE(fastvlm, mod) {
             },
             py::arg("text"), py::arg("image") = py::none(), py::arg("max_tokens") = 256, py::arg("temperature") = 0.f,
             py::arg("top_k") = 0, py::arg("top_p") = 1.f, py::arg("seed") = 0, py::arg("stream") = false,
+            py::keep_alive<0, 1>(),  // a Stream keeps its Chat (and its thread) alive
             "Next user turn (with an optional image); returns a Result, or a Stream when stream=True.")
         .def("reset", [](PyChat& c) {
-            if (c.running && !c.running->is_done()) raise_error("this chat is still answering");
+            if (c.busy->exchange(true)) raise_error("this chat is still answering");
             c.session->reset();
+            c.busy->store(false);
         })
         .def_property_readonly("position", [](const PyChat& c) { return c.session->position(); }, "positions in the KV cache")
         .def_property_readonly("context", [](const PyChat& c) { return c.session->context(); });
@@ -545,7 +570,7 @@ PYBIND11_MODULE(fastvlm, mod) {
         .def(
             "batch",
             [](const ModelPtr& m, const py::list& requests, std::optional<int> parallel) {
-                const std::size_t window = std::size_t(std::max(1, parallel.value_or(m->eopt.max_running))) + 4;
+                const std::size_t window = batch_window(*m, parallel);
                 std::vector<std::optional<Request>> reqs;
                 std::vector<std::string> errors;
                 for (std::size_t i = 0; i < requests.size(); ++i) {
@@ -603,7 +628,7 @@ PYBIND11_MODULE(fastvlm, mod) {
                int max_tokens, std::optional<int> parallel) {
                 const std::filesystem::path dir = std::string(py::str(py::module_::import("os").attr("fspath")(base)));
                 if (!m->model->tokenizer()) raise_error(m->path + ": the model folder has no tokenizer files");
-                const std::size_t window = std::size_t(std::max(1, parallel.value_or(m->eopt.max_running))) + 4;
+                const std::size_t window = batch_window(*m, parallel);
                 std::vector<batch::Line> parsed;
                 for (const auto& [n, s] : lines) parsed.push_back(batch::parse_line(s, n, dir, max_tokens));
                 std::vector<std::string> out(parsed.size());

@@ -137,7 +137,8 @@ def main():
     # 2. latest frame wins
     got, err = run_stream(a, frames, ["--fps-limit", "5"], pace=0.02)
     nums = [g["frame"] for g in got]
-    if not nums or nums != sorted(set(nums)) or nums[-1] != n - 1 or nums[0] != 0:
+    # (The first frames may queue up in the pipe while the model loads, so frame 0 may be skipped too.)
+    if not nums or nums != sorted(set(nums)) or nums[-1] != n - 1:
         fail(f"latest-wins answered frames {nums}")
     skipped = sum(g["skipped"] for g in got)
     if skipped == 0 or len(got) + skipped != n:

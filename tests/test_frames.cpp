@@ -138,6 +138,30 @@ TEST(FrameSplitter, GarbageBrokenTruncatedAndOversizedFramesAreReported) {
     }
 }
 
+// After finish() the splitter takes a new stream; a truncated frame whose length field swallowed the
+// frames after it does not take them along.
+TEST(FrameSplitter, FinishResetsAndRecoversSwallowedFrames) {
+    const std::string a = png(test_image(10, 10, 1)), b = jpeg(test_image(24, 24, 2));
+    io::FrameSplitter sp;
+    auto f1 = sp.push(a + a.substr(0, 20));
+    auto f2 = sp.finish();
+    ASSERT_EQ(f1.size(), 1u);
+    ASSERT_EQ(f2.size(), 1u);
+    EXPECT_NE(f2[0].error.find("truncated"), std::string::npos);
+    auto f3 = sp.push(b);
+    auto f4 = sp.finish();
+    ASSERT_EQ(f3.size(), 1u);
+    EXPECT_EQ(f3[0].bytes, b);
+    EXPECT_TRUE(f4.empty());
+    // A PNG chunk that claims 1 MB: the frames after it are found when the input ends.
+    std::string lying = a.substr(0, 33) + std::string("\x00\x10\x00\x00IDAT", 8);
+    const auto fr = split_all(lying + b + a, 7);
+    ASSERT_EQ(fr.size(), 3u);
+    EXPECT_NE(fr[0].error.find("truncated"), std::string::npos);
+    EXPECT_EQ(fr[1].bytes, b);
+    EXPECT_EQ(fr[2].bytes, a);
+}
+
 TEST(FrameSplitter, RandomBytesNeverCrashAndStayBounded) {
     std::mt19937 rng(5);
     const std::string good = png(test_image(8, 8, 1)) + jpeg(test_image(9, 9, 2));

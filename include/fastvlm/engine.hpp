@@ -641,7 +641,8 @@ private:
                 step();
             } catch (const std::exception& e) {
                 // A failure of the batch itself (e.g. out of memory): every running sequence ends with it.
-                for (auto& s : running_) finish(*s, ErrorKind::internal, std::string("internal error in a batched step: ") + e.what());
+                for (auto& s : running_)
+                    if (s) finish(*s, ErrorKind::internal, std::string("internal error in a batched step: ") + e.what());
                 running_.clear();
             }
             publish_running();
@@ -708,6 +709,7 @@ private:
                     if (s.img_tokens[i]) continue;
                     if (!s.keys.empty()) {
                         if (auto t = image_cache_->get(s.keys[i])) {
+                            image_cache_->record(true);
                             s.img_tokens[i] = std::move(t);
                             s.pixels[i].reset();
                             ++s.r.timings.image_cache_hits;
@@ -716,8 +718,11 @@ private:
                             continue;
                         }
                     }
-                    if (encoded) break;  // one encode per step
-                    if (!s.keys.empty()) m_.cache_misses->add();
+                    if (encoded) break;  // one encode per step (a miss is counted when it is encoded)
+                    if (!s.keys.empty()) {
+                        image_cache_->record(false);
+                        m_.cache_misses->add();
+                    }
                     const auto t0 = Clock::now();
                     auto feats = model_.encode_image(s.pixels[i]->view(), pool_);
                     const auto t1 = Clock::now();

@@ -69,6 +69,7 @@ public:
             finishing_ = true;
         }
         cv_.notify_all();
+        room_cv_.notify_all();
         if (worker_.joinable()) worker_.join();
     }
     Stats stats() const {
@@ -87,10 +88,12 @@ private:
     void add(Item it) {
         std::unique_lock lk(mu_);
         FASTVLM_CHECK(!finishing_, "FrameStream: push after finish()");
-        ++st_.frames;
         if (opt_.every_frame) {
-            room_cv_.wait(lk, [&] { return waiting_.size() < 8; });
-        } else if (!waiting_.empty()) {
+            room_cv_.wait(lk, [&] { return waiting_.size() < 8 || finishing_; });
+            FASTVLM_CHECK(!finishing_, "FrameStream: push during finish()");
+        }
+        ++st_.frames;
+        if (!opt_.every_frame && !waiting_.empty()) {
             waiting_.clear();  // latest frame wins
             ++st_.skipped;
             ++skipped_since_;
@@ -112,8 +115,8 @@ private:
                 if (opt_.fps_limit > 0 && last_start) {
                     // Keep the rate: newer frames arriving meanwhile replace the waiting one.
                     const auto next = *last_start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / opt_.fps_limit));
-                    cv_.wait_until(lk, next, [&] { return finishing_ && waiting_.empty(); });
-                    if (waiting_.empty()) return;
+                    // The limit holds to the end (it bounds the work); finish() waits for it too.
+                    while (Clock::now() < next) cv_.wait_until(lk, next);
                 }
                 it = std::move(waiting_.front());
                 waiting_.pop_front();

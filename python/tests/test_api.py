@@ -209,6 +209,30 @@ def test_chat(fastvlm, model, scenes):
         c.send("What is it?", image=b"junk")
 
 
+def test_chat_from_threads_and_temporary_chat(fastvlm, model, scenes):
+    img = first_images(scenes, 1)[0]
+    # A stream keeps its chat alive: the temporary Chat is not destroyed (and cancelled) under it.
+    text = "".join(model.chat().send("Describe the image.", image=img, max_tokens=64, stream=True))
+    assert text == model.describe(img, max_tokens=64).text
+    # Two threads sending on one chat: each send either runs or is refused; nothing crashes.
+    c = model.chat()
+    outcomes = []
+
+    def send():
+        try:
+            outcomes.append(c.send("Describe the image.", image=img, max_tokens=32).ok)
+        except fastvlm.Error as e:
+            outcomes.append(str(e))
+
+    ts = [threading.Thread(target=send) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert len(outcomes) == 4 and True in outcomes
+    assert all(o is True or "still answering" in o for o in outcomes)
+
+
 def test_encode_image(model, scenes):
     img = first_images(scenes, 1)[0]
     tokens = (model.image_size // 64) ** 2

@@ -321,17 +321,19 @@ public:
 
     bool enabled() const { return max_bytes_ > 0; }
 
-    // The tokens of `k`, or nullptr (counted as a miss when `count`).
-    Tokens get(const ImageKey& k, bool count = true) {
+    // The tokens of `k` (now the most recently used), or nullptr. Not counted: see record().
+    Tokens get(const ImageKey& k) {
         std::lock_guard lk(mu_);
         const auto it = map_.find(k);
-        if (it == map_.end()) {
-            if (count) ++st_.misses;
-            return nullptr;
-        }
-        if (count) ++st_.hits;
+        if (it == map_.end()) return nullptr;
         lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first
         return it->second->second;
+    }
+    // Counts one image served from the cache (hit) or encoded (miss). The engine looks an image up
+    // at every step until it is encoded, so lookups and outcomes are counted apart.
+    void record(bool hit) {
+        std::lock_guard lk(mu_);
+        ++(hit ? st_.hits : st_.misses);
     }
 
     // Stores `t` under `k` (a no-op when disabled or when `t` alone exceeds the budget), evicting the
@@ -9618,7 +9620,8 @@ private:
                 step();
             } catch (const std::exception& e) {
                 // A failure of the batch itself (e.g. out of memory): every running sequence ends with it.
-                for (auto& s : running_) finish(*s, ErrorKind::internal, std::string("internal error in a batched step: ") + e.what());
+                for (auto& s : running_)
+                    if (s) finish(*s, ErrorKind::internal, std::string("internal error in a batched step: ") + e.what());
                 running_.clear();
             }
             publish_running();
@@ -9685,6 +9688,7 @@ private:
                     if (s.img_tokens[i]) continue;
                     if (!s.keys.empty()) {
                         if (auto t = image_cache_->get(s.keys[i])) {
+                            image_cache_->record(true);
                             s.img_tokens[i] = std::move(t);
                             s.pixels[i].reset();
                             ++s.r.timings.image_cache_hits;
@@ -9693,8 +9697,11 @@ private:
                             continue;
                         }
                     }
-                    if (encoded) break;  // one encode per step
-                    if (!s.keys.empty()) m_.cache_misses->add();
+                    if (encoded) break;  // one encode per step (a miss is counted when it is encoded)
+                    if (!s.keys.empty()) {
+                        image_cache_->record(false);
+                        m_.cache_misses->add();
+                    }
                     const auto t0 = Clock::now();
                     auto feats = model_.encode_image(s.pixels[i]->view(), pool_);
                     const auto t1 = Clock::now();
@@ -10325,6 +10332,7 @@ public:
             finishing_ = true;
         }
         cv_.notify_all();
+        room_cv_.notify_all();
         if (worker_.joinable()) worker_.join();
     }
     Stats stats() const {
@@ -10343,10 +10351,12 @@ private:
     void add(Item it) {
         std::unique_lock lk(mu_);
         FASTVLM_CHECK(!finishing_, "FrameStream: push after finish()");
-        ++st_.frames;
         if (opt_.every_frame) {
-            room_cv_.wait(lk, [&] { return waiting_.size() < 8; });
-        } else if (!waiting_.empty()) {
+            room_cv_.wait(lk, [&] { return waiting_.size() < 8 || finishing_; });
+            FASTVLM_CHECK(!finishing_, "FrameStream: push during finish()");
+        }
+        ++st_.frames;
+        if (!opt_.every_frame && !waiting_.empty()) {
             waiting_.clear();  // latest frame wins
             ++st_.skipped;
             ++skipped_since_;
@@ -10368,8 +10378,8 @@ private:
                 if (opt_.fps_limit > 0 && last_start) {
                     // Keep the rate: newer frames arriving meanwhile replace the waiting one.
                     const auto next = *last_start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / opt_.fps_limit));
-                    cv_.wait_until(lk, next, [&] { return finishing_ && waiting_.empty(); });
-                    if (waiting_.empty()) return;
+                    // The limit holds to the end (it bounds the work); finish() waits for it too.
+                    while (Clock::now() < next) cv_.wait_until(lk, next);
                 }
                 it = std::move(waiting_.front());
                 waiting_.pop_front();
@@ -10619,18 +10629,25 @@ public:
         return out;
     }
     // End of input: a frame in progress is reported as truncated, trailing garbage as garbage.
+    // Afterwards the splitter is empty and may take a new stream.
     std::vector<Frame> finish() {
         std::vector<Frame> out;
         run(out, true);
-        if (kind_ != Kind::none) {
+        while (kind_ != Kind::none) {
+            // Cut off (or a length field swallowed what followed): report it, then look for images
+            // inside the rest, as after any broken frame.
             out.push_back(broken("truncated: the input ended " + std::to_string(buf_.size() - start_) + " bytes into the " +
                                  name() + " image"));
             kind_ = Kind::none;
-            skip_from_ = buf_.size();
+            skip_from_ = start_ + 1;
+            broken_tail_ = true;
+            run(out, true);
         }
         garbage_upto(buf_.size(), out, true);
         buf_.clear();
-        start_ = at_ = 0;
+        start_ = at_ = skip_from_ = 0;
+        broken_tail_ = false;
+        garbage_run_ = 0;
         return out;
     }
     std::int64_t frames() const { return next_index_; }
@@ -10695,8 +10712,11 @@ private:
                 if (at_ - start_ > max_ || buf_.size() - start_ > max_ + 16) resync(out, "larger than the limit of " + std::to_string(max_) + " bytes");
                 else return;
             } else if (r > 0) {  // complete: [start_, at_)
-                if (at_ - start_ > max_) {
-                    resync(out, "larger than the limit of " + std::to_string(max_) + " bytes");
+                if (at_ - start_ > max_) {  // whole but too large: skip all of it (not a resync inside it)
+                    out.push_back(broken(std::string(name()) + " image of " + std::to_string(at_ - start_) +
+                                         " bytes is larger than the limit of " + std::to_string(max_) + " bytes"));
+                    kind_ = Kind::none;
+                    skip_from_ = at_;
                     continue;
                 }
                 out.push_back({index_, buf_.substr(start_, at_ - start_), {}});

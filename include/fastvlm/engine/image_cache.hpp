@@ -43,17 +43,19 @@ public:
 
     bool enabled() const { return max_bytes_ > 0; }
 
-    // The tokens of `k`, or nullptr (counted as a miss when `count`).
-    Tokens get(const ImageKey& k, bool count = true) {
+    // The tokens of `k` (now the most recently used), or nullptr. Not counted: see record().
+    Tokens get(const ImageKey& k) {
         std::lock_guard lk(mu_);
         const auto it = map_.find(k);
-        if (it == map_.end()) {
-            if (count) ++st_.misses;
-            return nullptr;
-        }
-        if (count) ++st_.hits;
+        if (it == map_.end()) return nullptr;
         lru_.splice(lru_.begin(), lru_, it->second);  // most recently used first
         return it->second->second;
+    }
+    // Counts one image served from the cache (hit) or encoded (miss). The engine looks an image up
+    // at every step until it is encoded, so lookups and outcomes are counted apart.
+    void record(bool hit) {
+        std::lock_guard lk(mu_);
+        ++(hit ? st_.hits : st_.misses);
     }
 
     // Stores `t` under `k` (a no-op when disabled or when `t` alone exceeds the budget), evicting the

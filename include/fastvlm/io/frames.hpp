@@ -36,18 +36,25 @@ public:
         return out;
     }
     // End of input: a frame in progress is reported as truncated, trailing garbage as garbage.
+    // Afterwards the splitter is empty and may take a new stream.
     std::vector<Frame> finish() {
         std::vector<Frame> out;
         run(out, true);
-        if (kind_ != Kind::none) {
+        while (kind_ != Kind::none) {
+            // Cut off (or a length field swallowed what followed): report it, then look for images
+            // inside the rest, as after any broken frame.
             out.push_back(broken("truncated: the input ended " + std::to_string(buf_.size() - start_) + " bytes into the " +
                                  name() + " image"));
             kind_ = Kind::none;
-            skip_from_ = buf_.size();
+            skip_from_ = start_ + 1;
+            broken_tail_ = true;
+            run(out, true);
         }
         garbage_upto(buf_.size(), out, true);
         buf_.clear();
-        start_ = at_ = 0;
+        start_ = at_ = skip_from_ = 0;
+        broken_tail_ = false;
+        garbage_run_ = 0;
         return out;
     }
     std::int64_t frames() const { return next_index_; }
@@ -112,8 +119,11 @@ private:
                 if (at_ - start_ > max_ || buf_.size() - start_ > max_ + 16) resync(out, "larger than the limit of " + std::to_string(max_) + " bytes");
                 else return;
             } else if (r > 0) {  // complete: [start_, at_)
-                if (at_ - start_ > max_) {
-                    resync(out, "larger than the limit of " + std::to_string(max_) + " bytes");
+                if (at_ - start_ > max_) {  // whole but too large: skip all of it (not a resync inside it)
+                    out.push_back(broken(std::string(name()) + " image of " + std::to_string(at_ - start_) +
+                                         " bytes is larger than the limit of " + std::to_string(max_) + " bytes"));
+                    kind_ = Kind::none;
+                    skip_from_ = at_;
                     continue;
                 }
                 out.push_back({index_, buf_.substr(start_, at_ - start_), {}});
