@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fastvlm/engine.hpp"
+#include "fastvlm/io/json.hpp"
 
 namespace fastvlm::server {
 
@@ -175,9 +176,9 @@ inline ChatRequest parse_chat_request(std::string_view body_text, const Limits& 
     using detail::bad_field;
     json body;
     try {
-        body = json::parse(body_text);
-    } catch (const json::parse_error& e) {
-        throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what(), "invalid_request_error", "invalid_json");
+        body = io::parse_json(body_text, "the request body", {.reject_duplicate_keys = false});  // depth-limited
+    } catch (const Error& e) {
+        throw ApiError(400, e.what(), "invalid_request_error", "invalid_json");
     }
     if (!body.is_object()) throw ApiError(400, std::string("the request body must be a JSON object, got ") + body.type_name());
     ChatRequest out;

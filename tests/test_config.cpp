@@ -233,9 +233,9 @@ TEST(Config, GoldenTinyVlm) {
 
 TEST(Config, LoadErrors) {
     TempDir dir;
-    expect_error([&] { ModelConfig::load(dir.path); }, {(dir.path / "config.json").string(), "not found"});
+    expect_error([&] { ModelConfig::load(dir.path); }, {(dir.path / "config.json").string(), "no such file"});
     write_text(dir.path / "config.json", "{\"hidden_size\": 64,");
-    expect_error([&] { ModelConfig::load(dir.path); }, {"config.json", "invalid JSON"});
+    expect_error([&] { ModelConfig::load(dir.path); }, {"config.json", "not valid JSON"});
     write_text(dir.path / "config.json", "[1, 2]");
     expect_error([&] { ModelConfig::load(dir.path); }, {"config.json", "expected a JSON object"});
     write_text(dir.path / "config.json", R"({"hidden_size": 64, "hidden_size": 65})");

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
@@ -16,8 +18,21 @@
 #include <vector>
 
 #include "fastvlm/core/error.hpp"
+#include "fastvlm/io/files.hpp"
 
 namespace fastvlm::cli {
+
+// Opens a line-oriented input file (JSONL, a list of texts) for io::read_line. A FIFO is fine (a
+// pipe from another program); a directory or a symlink loop is refused with a clear error.
+inline void open_input(std::ifstream& in, const std::filesystem::path& file, std::string_view what) {
+    std::error_code ec;
+    const auto st = std::filesystem::status(file, ec);
+    if (ec == std::errc::too_many_symbolic_link_levels) fail(file.string(), ": cannot open ", what, ": a symlink loop");
+    if (ec || !std::filesystem::exists(st)) fail(file.string(), ": cannot open ", what, ": no such file");
+    if (std::filesystem::is_directory(st)) fail(file.string(), ": is a directory, expected ", what);
+    in.open(file, std::ios::binary);
+    if (!in) fail(file.string(), ": cannot open ", what);
+}
 
 struct Option {
     std::string name;        // without the leading "--"

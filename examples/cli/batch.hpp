@@ -36,16 +36,24 @@ inline int run_batch(const Args& a) {
     const bool json = a.flag("json");
     const int parallel = int(a.get_int("parallel", 8, 1, 1024));
     const int max_tokens = int(a.get_int("max-tokens", 256, 0, 1 << 24));
-    std::ifstream in(file, std::ios::binary);
-    if (!in) fail(file.string(), ": cannot open the JSONL file");
+    const std::size_t max_line = std::size_t(a.get_int("max-line-bytes", long(batch::kMaxLineBytes), 1, 1l << 30));
+    std::ifstream in;
+    open_input(in, file, "the JSONL file");
     std::vector<batch::Line> lines;
     {
         std::string s;
-        for (std::size_t n = 1; std::getline(in, s); ++n) {
+        for (std::size_t n = 1;; ++n) {
+            const io::LineStatus st = io::read_line(in, s, max_line, file.string());
+            if (st == io::LineStatus::eof) break;
+            if (st == io::LineStatus::too_long) {
+                lines.push_back(batch::too_long_line(n, max_line));
+                continue;
+            }
             if (n == 1 && s.size() >= 3 && s.compare(0, 3, "\xEF\xBB\xBF") == 0) s.erase(0, 3);
             if (trim_ws(s).empty()) continue;
             lines.push_back(batch::parse_line(s, n, file.parent_path(), max_tokens));
         }
+        if (in.bad()) fail(file.string(), ": read error");
     }
     if (lines.empty()) fail(file.string(), ": no requests (expected one {\"image\", \"prompt\"} object per line)");
 
@@ -157,6 +165,7 @@ inline Command batch_command() {
             "--model DIR --jsonl FILE [--parallel N] [--out FILE] [--json] [options]",
             {{"model", "DIR", "model folder (config.json, model.safetensors, tokenizer files)"},
              {"jsonl", "FILE", "requests, one JSON object per line"},
+             {"max-line-bytes", "N", "longest input line; a longer one gets an error line (default 1048576)"},
              {"parallel", "N", "sequences decoded together (default 8)"},
              {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
              {"max-tokens", "N", "default maximum new tokens per request (default 256; a line's max_tokens wins)"},

@@ -28,9 +28,16 @@ inline int run_chat(const Args& a) {
     auto session = model->new_session();
     bool image_pending = img.has_value();
     std::string line;
+    const std::size_t max_line = std::size_t(a.get_int("max-line-bytes", 1l << 20, 1, 1l << 30));
     for (;;) {
         if (tty) std::fprintf(stdout, "> "), std::fflush(stdout);
-        if (!std::getline(std::cin, line)) break;
+        const io::LineStatus st = io::read_line(std::cin, line, max_line, "stdin");
+        if (st == io::LineStatus::eof) break;
+        if (st == io::LineStatus::too_long) {
+            std::fprintf(stderr, "error: the turn is longer than the %zu-byte limit (--max-line-bytes); skipped\n", max_line);
+            continue;
+        }
+        if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.empty()) continue;
         if (line == "/quit" || line == "/exit") break;
         if (line == "/reset") {
@@ -52,6 +59,7 @@ inline Command chat_command() {
     auto opts = generation_options();
     opts.insert(opts.begin() + 1, {"image", "FILE", "image for the first turn (optional)"});
     opts.push_back({"quiet", "", "no timing line after each answer"});
+    opts.push_back({"max-line-bytes", "N", "longest turn read from stdin; a longer one is skipped with an error (default 1048576)"});
     return {"chat",
             "Multi-turn chat read from stdin (one user turn per line; /reset, /quit). The first turn sees the image.",
             "--model DIR [--image FILE] [options] < turns.txt", opts, run_chat};

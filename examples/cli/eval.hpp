@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "args.hpp"
+#include "fastvlm/batch_jsonl.hpp"
 #include "fastvlm/fastvlm.hpp"
 #include "run.hpp"
 
@@ -36,19 +37,22 @@ inline std::string trim_ws(std::string_view s) {
 
 // Reads every non-blank line (at most `limit` items; 0 = all). Errors name the file and line.
 inline std::vector<EvalItem> read_eval_jsonl(const std::filesystem::path& file, std::size_t limit = 0) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) fail(file.string(), ": cannot open the JSONL file");
+    std::ifstream in;
+    open_input(in, file, "the JSONL file");
     const std::filesystem::path base = file.parent_path();
     std::vector<EvalItem> items;
     std::string line;
-    for (std::size_t n = 1; std::getline(in, line); ++n) {
+    for (std::size_t n = 1;; ++n) {
+        const std::string where = file.string() + ":" + std::to_string(n);
+        const io::LineStatus st = io::read_line(in, line, batch::kMaxLineBytes, file.string());
+        if (st == io::LineStatus::eof) break;
+        if (st == io::LineStatus::too_long) fail(where, ": the line is longer than the ", batch::kMaxLineBytes, "-byte limit");
         if (n == 1 && line.size() >= 3 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);  // UTF-8 BOM
         if (trim_ws(line).empty()) continue;
-        const std::string where = file.string() + ":" + std::to_string(n);
         nlohmann::json j;
         try {
-            j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
+            j = io::parse_json(line, "JSON", {.reject_duplicate_keys = false});
+        } catch (const Error& e) {
             fail(where, ": not a valid JSON object (", e.what(), ")");
         }
         if (!j.is_object()) fail(where, ": expected a JSON object {\"image\", \"prompt\", \"answer\"}, got ", j.type_name());

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "args.hpp"
+#include "fastvlm/batch_jsonl.hpp"
 #include "fastvlm/text/chat.hpp"
 #include "fastvlm/text/tokenizer.hpp"
 
@@ -37,16 +38,19 @@ inline int run_tokenize(const Args& a) {
         return 0;
     }
     const std::string path = a.require("jsonl");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(path, ": cannot open");
+    std::ifstream in;
+    open_input(in, path, "the JSONL file");
     std::string line, out;
-    for (std::size_t n = 1; std::getline(in, line); ++n) {
+    for (std::size_t n = 1;; ++n) {
+        const io::LineStatus st = io::read_line(in, line, batch::kMaxLineBytes, path);
+        if (st == io::LineStatus::eof) break;
+        if (st == io::LineStatus::too_long) fail(path, ":", n, ": the line is longer than the ", batch::kMaxLineBytes, "-byte limit");
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.empty()) continue;
         nlohmann::json j;
         try {
-            j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
+            j = io::parse_json(line, "JSON", {.reject_duplicate_keys = false});
+        } catch (const Error& e) {
             fail(path, ":", n, ": not valid JSON: ", e.what());
         }
         if (!j.is_string()) fail(path, ":", n, ": expected a JSON string, got ", j.type_name());

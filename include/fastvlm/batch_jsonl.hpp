@@ -17,6 +17,8 @@
 #include <nlohmann/json.hpp>
 
 #include "fastvlm/engine.hpp"
+#include "fastvlm/io/files.hpp"
+#include "fastvlm/io/json.hpp"
 
 namespace fastvlm::batch {
 
@@ -27,6 +29,18 @@ struct Line {
     std::string error;           // why the line is malformed
     std::optional<std::string> answer;
 };
+
+// Longest input line read (`--max-line-bytes`): a request is a prompt and image paths, not data.
+inline constexpr std::size_t kMaxLineBytes = std::size_t(1) << 20;
+
+// The Line of an input line longer than `max_bytes` (its text was not kept).
+inline Line too_long_line(std::size_t n, std::size_t max_bytes) {
+    Line b;
+    b.line = n;
+    b.id = n;
+    b.error = ::fastvlm::detail::concat("the line is longer than the ", max_bytes, "-byte limit (--max-line-bytes)");
+    return b;
+}
 
 // Leading/trailing ASCII white space removed.
 inline std::string_view trim(std::string_view s) {
@@ -45,8 +59,8 @@ inline Line parse_line(std::string_view text, std::size_t n, const std::filesyst
     try {
         nlohmann::json j;
         try {
-            j = nlohmann::json::parse(text);
-        } catch (const nlohmann::json::exception& e) {
+            j = io::parse_json(text, "JSON", {.reject_duplicate_keys = false});
+        } catch (const Error& e) {
             fail("not a valid JSON object (", e.what(), ")");
         }
         if (!j.is_object()) fail("expected a JSON object {\"image\", \"prompt\", ...}, got ", j.type_name());
@@ -91,7 +105,7 @@ inline Line parse_line(std::string_view text, std::size_t n, const std::filesyst
         if (auto v = num("temperature", 0, 100)) q.sampling.temperature = float(*v);
         if (auto v = num("top_k", 0, 1 << 24)) q.sampling.top_k = int(*v);
         if (auto v = num("top_p", 1e-9, 1)) q.sampling.top_p = float(*v);
-        if (auto v = num("seed", 0, 18446744073709551615.0)) q.sampling.seed = std::uint64_t(*v);
+        if (auto v = num("seed", 0, 18446744073709549568.0)) q.sampling.seed = std::uint64_t(*v);  // the largest double < 2^64
         b.answer = str("answer");
         b.req = std::move(q);
     } catch (const std::exception& e) {

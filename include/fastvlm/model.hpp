@@ -40,6 +40,7 @@ struct LoadOptions {
     Index context = 0;        // default KV-cache positions per session; 0 = min(8192, max_position_embeddings)
     bool load_vision = true;  // false: text only, or image features computed elsewhere
     text::KVType kv_type = text::KVType::bf16;  // KV cache storage of sessions and engines (f32: exact)
+    io::LoadLimits limits = {};  // file sizes, JSON depth, tensor counts, image_size (docs/reliability.md)
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
@@ -165,19 +166,18 @@ public:
             if (opt.progress) opt.progress(f, stage);
         };
         progress(0.f, "config");
-        p->config = io::ModelConfig::load(dir);
+        p->config = io::ModelConfig::load(dir, opt.limits);
         const auto& tc = p->config.text;
         p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
         p->kv_type = opt.kv_type;
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
         FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
                       " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
-        std::error_code ec;
-        if (fs::exists(dir / "vocab.json", ec) || fs::exists(dir / "merges.txt", ec) || fs::exists(dir / "tokenizer.json", ec)) {
+        if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
             progress(0.f, "tokenizer");
-            p->tokenizer = text::Tokenizer::load(dir);
+            p->tokenizer = text::Tokenizer::load(dir, opt.limits);
         }
-        const auto store = io::TensorStore::open(dir);
+        const auto store = io::TensorStore::open(dir, opt.limits);
         // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
         if (opt.load_vision) {
             progress(0.01f, "vision");

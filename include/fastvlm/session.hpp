@@ -82,6 +82,7 @@ public:
     // all_logits. Throws before running when the context would overflow.
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
                              bool all_logits = false) {
+        check_fits(Index(ids.size()) + (image_tokens ? image_tokens->dim(0) - 1 : 0), 0);  // before embedding
         Tensor<float, 2> x = embed(ids, image_tokens);
         return run_prefill(x, all_logits);
     }
@@ -102,6 +103,9 @@ public:
     // Several images: the k-th −200 slot takes images[k].
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
                              bool all_logits = false) {
+        Index T = Index(ids.size());
+        for (const auto& im : images) T += im.dim(0) - 1;
+        check_fits(T, 0);  // before embedding: a long prompt fails without allocating T x hidden
         Tensor<float, 2> x = model_.embed_prompt(ids, images);
         return run_prefill(x, all_logits);
     }
@@ -180,6 +184,7 @@ private:
         text::Sampler sampler(g.sampling);
         const std::vector<std::int32_t>& stops = g.stop_ids.empty() ? model_.stop_ids() : g.stop_ids;
         const Index valid = model_.valid_vocab();
+        check_fits(Index(ids.size()) + (image ? image->dim(0) - 1 : 0), g.max_new_tokens);  // before embedding
         Tensor<float, 2> x = embed(ids, image);
         const Index T = x.dim(0);
         check_fits(T, g.max_new_tokens);

@@ -24,12 +24,27 @@ std::string concat(Args&&... args) {
     (os << ... << std::forward<Args>(args));
     return os.str();
 }
+
+// Error messages quote names and values from the input; a hostile input could make them megabytes.
+// Longer messages keep their head and tail (cut at UTF-8 character boundaries).
+inline constexpr std::size_t kMaxErrorMessageBytes = 4096;
+
+inline std::string cap_message(std::string s) {
+    if (s.size() <= kMaxErrorMessageBytes) return s;
+    auto boundary = [&](std::size_t i) {
+        while (i > 0 && i < s.size() && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) --i;
+        return i;
+    };
+    const std::size_t head = boundary(kMaxErrorMessageBytes * 3 / 4);
+    const std::size_t tail = boundary(s.size() - kMaxErrorMessageBytes / 4);
+    return s.substr(0, head) + " ...[" + std::to_string(tail - head) + " bytes left out]... " + s.substr(tail);
+}
 }  // namespace detail
 
 // throw Error(concat(args...)); kept out of line of the caller's hot path.
 template <class... Args>
 [[noreturn]] void fail(Args&&... args) {
-    throw Error(detail::concat(std::forward<Args>(args)...));
+    throw Error(detail::cap_message(detail::concat(std::forward<Args>(args)...)));
 }
 
 // Checks an invariant that depends on user input (files, shapes, options).
@@ -1476,43 +1491,194 @@ inline unsigned pool_size(const ThreadPool* pool) { return pool ? pool->size() :
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/thread_pool.hpp
-// ---- begin fastvlm/io/safetensors.hpp ------------------------------------------------------
-// fastvlm/io/safetensors.hpp — memory-mapped safetensors reader, sharded model folders, writer.
+// ---- begin fastvlm/io/files.hpp ------------------------------------------------------------
+// fastvlm/io/files.hpp — reading files and lines that come from outside, within named limits.
 //
-// File layout (safetensors): u64 little-endian N | N bytes JSON header | data section.
-// Header: {"__metadata__": {str: str}?, name: {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...};
-// offsets are relative to the data section. Every field is validated before any data pointer is
-// formed (docs/model-folder.md lists the rules); a bad file throws fastvlm::Error naming the file
-// and the tensor. Gaps between tensors are allowed, overlaps are not.
-//
-// Alignment: TensorRef::data points into the mapping and may be unaligned for its dtype (files
-// written by the official writer are aligned, hand-made ones need not be). Never dereference it as
-// T*; use the TensorStore::load_* helpers or data_as<T>(), which copy when needed.
-// A file truncated by another process while mapped raises SIGBUS on access (POSIX mmap semantics).
+// Every file fastvlm reads whole (config.json, tokenizer files, index.json, images) goes through
+// read_file(): it refuses directories, FIFOs, devices and sockets and symlink loops with an error
+// naming the file, checks the size against a limit before reading, and never blocks on a FIFO.
+// read_line() reads one line of a JSONL or chat input with a length limit, in bounded memory.
+// docs/reliability.md lists every limit with the reason for its default.
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <optional>
-#include <set>
-#include <span>
+#include <istream>
 #include <string>
 #include <string_view>
-#include <system_error>
-#include <type_traits>
-#include <utility>
+
+
+namespace fastvlm::io {
+
+// Limits on the model folder's files (LoadOptions::limits, fastvlm-cli --max-* flags).
+struct LoadLimits {
+    // config.json, model.safetensors.index.json, tokenizer_config.json, added_tokens.json,
+    // special_tokens_map.json: real ones are a few KB.
+    std::size_t max_json_file_bytes = std::size_t(16) << 20;
+    // tokenizer.json / vocab.json / merges.txt: Qwen2's tokenizer.json is 11 MB.
+    std::size_t max_tokenizer_file_bytes = std::size_t(128) << 20;
+    // One safetensors file's JSON header: FastVLM-7B's is ~100 KB.
+    std::size_t max_header_bytes = std::size_t(16) << 20;
+    // Tensors per safetensors file and in a whole folder: FastVLM-7B has ~700.
+    std::size_t max_tensors = 65536;
+    // Added (special) tokens: Qwen2 has 22; each is tried at every position of a prompt.
+    std::size_t max_added_tokens = 4096;
+    // Nesting of any JSON file: the deepest real one (tokenizer.json) has 6 levels.
+    int max_json_depth = 64;
+    // config.json image_size (FastViTHD's work grows with its square; the official models use 1024).
+    int max_image_size = 2048;
+};
+
+namespace detail {
+
+// What kind of file system object `st` is, for error messages.
+inline const char* file_kind(const struct stat& st) {
+    if (S_ISDIR(st.st_mode)) return "a directory";
+    if (S_ISFIFO(st.st_mode)) return "a FIFO (named pipe)";
+    if (S_ISCHR(st.st_mode)) return "a character device";
+    if (S_ISBLK(st.st_mode)) return "a block device";
+    if (S_ISSOCK(st.st_mode)) return "a socket";
+    return "not a regular file";
+}
+
+inline std::string open_error(int e) {
+    if (e == ELOOP) return "a symlink loop (too many levels of symbolic links)";
+    if (e == ENOENT) return "no such file";
+    return std::strerror(e);
+}
+
+// An open file descriptor that closes itself.
+class Fd {
+public:
+    explicit Fd(int fd) : fd_(fd) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    int get() const { return fd_; }
+
+private:
+    int fd_;
+};
+
+}  // namespace detail
+
+// True when something (a file, directory, FIFO, even a dangling or looping symlink) is at `path`:
+// the caller then opens it and gets the precise error. Never throws.
+inline bool present(const std::filesystem::path& path) noexcept {
+    std::error_code ec;
+    return std::filesystem::exists(std::filesystem::symlink_status(path, ec));
+}
+
+// Opens `path` read-only for a whole-file read or a mapping: the returned descriptor is a regular
+// file of st.st_size bytes. Never blocks (O_NONBLOCK: a FIFO is refused, not waited on). `what`
+// prefixes every error ("config.json", "image 'x.png'"); it defaults to the path.
+inline int open_regular_file(const std::filesystem::path& path, struct stat& st, std::string_view what = {}) {
+    const std::string p = path.string();
+    const std::string_view w = what.empty() ? std::string_view(p) : what;
+    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        const int e = errno;
+        if (e == EISDIR) fail(w, ": is a directory, expected a file");
+        fail(w, ": cannot open: ", detail::open_error(e));
+    }
+    if (::fstat(fd, &st) != 0) {
+        const int e = errno;
+        ::close(fd);
+        fail(w, ": cannot stat: ", std::strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        fail(w, ": is ", detail::file_kind(st), ", expected a regular file");
+    }
+    return fd;
+}
+
+// The whole of a regular file, at most `limit` bytes (else an error naming the file and the limit).
+inline std::string read_file(const std::filesystem::path& path, std::size_t limit, std::string_view what = {}) {
+    const std::string p = path.string();
+    const std::string_view w = what.empty() ? std::string_view(p) : what;
+    struct stat st {};
+    detail::Fd fd(open_regular_file(path, st, w));
+    if (std::uint64_t(st.st_size) > limit)
+        fail(w, ": ", std::uint64_t(st.st_size), " bytes is larger than the ", limit, "-byte limit for this file");
+    std::string out(std::size_t(st.st_size), '\0');
+    std::size_t got = 0;
+    for (;;) {  // the file may change size under us: read until EOF, never past the limit
+        if (got == out.size()) {
+            if (out.size() >= limit + 1) break;
+            out.resize(std::min(limit + 1, std::max<std::size_t>(4096, out.size() * 2)));
+        }
+        const ssize_t n = ::read(fd.get(), out.data() + got, out.size() - got);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            fail(w, ": read error: ", std::strerror(errno));
+        }
+        if (n == 0) break;
+        got += std::size_t(n);
+    }
+    if (got > limit) fail(w, ": grew past the ", limit, "-byte limit for this file while it was read");
+    out.resize(got);
+    return out;
+}
+
+enum class LineStatus { ok, eof, too_long };
+
+// Reads one line (without its '\n'; a trailing '\r' is kept) into `line`. A line longer than
+// `max_bytes` is not stored: the rest of it is skipped in bounded memory and too_long is returned.
+// An input that never ends its line (a pipe from /dev/zero) is skipped for at most
+// `max_skip_bytes`; past that, reading throws, naming `what` and the limit.
+inline LineStatus read_line(std::istream& in, std::string& line, std::size_t max_bytes, std::string_view what,
+                            std::size_t max_skip_bytes = std::size_t(256) << 20) {
+    line.clear();
+    std::streambuf* sb = in.rdbuf();
+    bool any = false;
+    for (;;) {
+        const int c = sb->sbumpc();
+        if (c == std::char_traits<char>::eof()) {
+            in.setstate(std::ios::eofbit);
+            return any ? LineStatus::ok : LineStatus::eof;
+        }
+        any = true;
+        if (c == '\n') return LineStatus::ok;
+        if (line.size() == max_bytes) break;
+        line.push_back(char(c));
+    }
+    line.clear();
+    for (std::size_t skipped = 0;; ++skipped) {
+        const int c = sb->sbumpc();
+        if (c == std::char_traits<char>::eof()) {
+            in.setstate(std::ios::eofbit);
+            break;
+        }
+        if (c == '\n') break;
+        if (skipped >= max_skip_bytes)
+            fail(what, ": a line runs on for more than ", max_skip_bytes, " bytes without a newline; the input is not read further");
+    }
+    return LineStatus::too_long;
+}
+
+}  // namespace fastvlm::io
+// ---- end fastvlm/io/files.hpp
+// ---- begin fastvlm/io/json.hpp -------------------------------------------------------------
+// fastvlm/io/json.hpp — the one JSON parser for input from outside: bounded depth, no duplicate keys,
+// linear time, messages that never echo unbounded input.
+//
+// nlohmann::json::parse alone accepts any nesting (and code that walks the result recursively, or
+// dumps it into an error message, can then overflow the stack) and keeps the last of duplicate keys
+// silently. parse_json() builds the same DOM from nlohmann's SAX events with an explicit stack: a
+// value nested deeper than `max_depth` and a repeated key are errors naming the source and the byte.
+#include <cstddef>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -1520,666 +1686,117 @@ inline unsigned pool_size(const ThreadPool* pool) { return pool ? pool->size() :
 
 namespace fastvlm::io {
 
-static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian; big-endian hosts are not supported");
+inline constexpr int kMaxJsonDepth = 64;  // LoadLimits::max_json_depth, the server's and JSONL's default
 
-// ---- dtypes -----------------------------------------------------------------------------------
-enum class DType { F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL };
-
-inline std::size_t dtype_size(DType d) {
-    switch (d) {
-        case DType::F64: case DType::I64: return 8;
-        case DType::F32: case DType::I32: return 4;
-        case DType::F16: case DType::BF16: case DType::I16: return 2;
-        case DType::I8: case DType::U8: case DType::BOOL: return 1;
-    }
-    return 0;
-}
-
-inline const char* dtype_name(DType d) {
-    switch (d) {
-        case DType::F32: return "F32";
-        case DType::F16: return "F16";
-        case DType::BF16: return "BF16";
-        case DType::F64: return "F64";
-        case DType::I64: return "I64";
-        case DType::I32: return "I32";
-        case DType::I16: return "I16";
-        case DType::I8: return "I8";
-        case DType::U8: return "U8";
-        case DType::BOOL: return "BOOL";
-    }
-    return "?";
-}
-
-// The safetensors spelling ("F32", "BF16", ...); nullopt for anything else.
-inline std::optional<DType> dtype_from_name(std::string_view s) {
-    for (DType d : {DType::F32, DType::F16, DType::BF16, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8,
-                    DType::U8, DType::BOOL})
-        if (s == dtype_name(d)) return d;
-    return std::nullopt;
-}
-
-inline bool is_float_dtype(DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16 || d == DType::F64; }
-
-// The dtype whose elements have C++ type T (float, bf16, f16, double, signed ints, uint8_t).
-template <class T>
-inline constexpr DType dtype_of = [] {
-    if constexpr (std::is_same_v<T, float>) return DType::F32;
-    else if constexpr (std::is_same_v<T, f16>) return DType::F16;
-    else if constexpr (std::is_same_v<T, bf16>) return DType::BF16;
-    else if constexpr (std::is_same_v<T, double>) return DType::F64;
-    else if constexpr (std::is_same_v<T, std::int64_t>) return DType::I64;
-    else if constexpr (std::is_same_v<T, std::int32_t>) return DType::I32;
-    else if constexpr (std::is_same_v<T, std::int16_t>) return DType::I16;
-    else if constexpr (std::is_same_v<T, std::int8_t>) return DType::I8;
-    else if constexpr (std::is_same_v<T, std::uint8_t>) return DType::U8;
-    else static_assert(sizeof(T) == 0, "no safetensors dtype for this element type (bool is read with load_i64)");
-}();
-
-inline std::string shape_to_string(std::span<const Index> s) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + "]";
-}
-
-// ---- tensor view ------------------------------------------------------------------------------
-struct TensorRef {
-    std::string name;
-    DType dtype = DType::F32;
-    std::vector<Index> shape;
-    const std::byte* data = nullptr;  // into the mapping; possibly unaligned (see top of file)
-    std::size_t nbytes = 0;
-    std::string file;  // path of the file it lives in, for error messages
-
-    Index numel() const {
-        Index n = 1;
-        for (Index d : shape) n *= d;  // validated at open: no overflow
-        return n;
-    }
-    std::string shape_str() const { return shape_to_string(shape); }
-    // "file: tensor 'name'" — the prefix of every error about this tensor.
-    std::string where() const { return ::fastvlm::detail::concat(file, ": tensor '", name, "'"); }
+struct JsonOptions {
+    int max_depth = kMaxJsonDepth;
+    bool reject_duplicate_keys = true;
 };
 
 namespace detail {
 
-// Read-only POSIX mapping of a whole regular file; empty files map to nothing.
-class MappedFile {
-public:
-    MappedFile() = default;
-    static MappedFile open(const std::filesystem::path& path) {
-        const std::string p = path.string();
-        const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) fail(p, ": cannot open: ", std::strerror(errno));
-        struct stat st {};
-        if (::fstat(fd, &st) != 0) {
-            const int e = errno;
-            ::close(fd);
-            fail(p, ": cannot stat: ", std::strerror(e));
-        }
-        if (!S_ISREG(st.st_mode)) {
-            ::close(fd);
-            fail(p, ": not a regular file");
-        }
-        MappedFile m;
-        m.size_ = static_cast<std::size_t>(st.st_size);
-        if (m.size_ > 0) {
-            void* a = ::mmap(nullptr, m.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-            if (a == MAP_FAILED) {
-                const int e = errno;
-                ::close(fd);
-                fail(p, ": cannot mmap ", m.size_, " bytes: ", std::strerror(e));
-            }
-            m.data_ = static_cast<const std::byte*>(a);
-        }
-        ::close(fd);  // the mapping keeps the file alive
-        return m;
-    }
-    MappedFile(MappedFile&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-    MappedFile& operator=(MappedFile&& o) noexcept {
-        if (this != &o) {
-            reset();
-            data_ = std::exchange(o.data_, nullptr);
-            size_ = std::exchange(o.size_, 0);
-        }
-        return *this;
-    }
-    MappedFile(const MappedFile&) = delete;
-    MappedFile& operator=(const MappedFile&) = delete;
-    ~MappedFile() { reset(); }
-
-    const std::byte* data() const { return data_; }
-    std::size_t size() const { return size_; }
-
-private:
-    void reset() noexcept {
-        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
-        data_ = nullptr;
-        size_ = 0;
-    }
-    const std::byte* data_ = nullptr;
-    std::size_t size_ = 0;
-};
-
-inline constexpr std::size_t kMaxHeaderBytes = std::size_t(100) << 20;  // 100 MiB; real 7B headers are ~100 KB
-
-// Parses JSON text, rejecting duplicate object keys (nlohmann would keep the last one silently).
-// `what` prefixes every error message.
-inline nlohmann::json parse_json_strict(const char* first, const char* last, const std::string& what) {
-    std::vector<std::set<std::string>> keys;  // one set per open object
-    auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
-        using E = nlohmann::json::parse_event_t;
-        if (ev == E::object_start) keys.emplace_back();
-        else if (ev == E::object_end) { if (!keys.empty()) keys.pop_back(); }
-        else if (ev == E::key && !keys.empty()) {
-            const auto& k = parsed.get_ref<const std::string&>();
-            if (!keys.back().insert(k).second) fail(what, ": duplicate JSON key '", k, "'");
-        }
-        return true;
-    };
-    try {
-        return nlohmann::json::parse(first, last, cb);
-    } catch (const nlohmann::json::exception& e) {
-        fail(what, ": invalid JSON: ", e.what());
-    }
-}
-
-// Reads a small text file whole (config.json, index.json); `limit` bytes at most.
-inline std::string read_text_file(const std::filesystem::path& path, std::size_t limit) {
-    std::error_code ec;
-    const auto st = std::filesystem::status(path, ec);
-    if (ec || !std::filesystem::exists(st)) fail(path.string(), ": file not found");
-    if (!std::filesystem::is_regular_file(st)) fail(path.string(), ": not a regular file");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(path.string(), ": cannot open: ", std::strerror(errno));
-    std::string text;
-    char buf[1 << 16];
-    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-        text.append(buf, std::size_t(in.gcount()));
-        if (text.size() > limit) fail(path.string(), ": larger than the ", limit, "-byte limit for this file");
-    }
-    if (in.bad()) fail(path.string(), ": read error");
-    return text;
-}
-
+// "integer" / "float" / nlohmann's type name, for "expected X, got Y" messages.
 inline std::string json_type(const nlohmann::json& j) {
     if (j.is_number_integer()) return "integer";
     if (j.is_number_float()) return "float";
     return j.type_name();
 }
 
-// Element-wise copy of an unaligned source into typed storage: out[i] = Dst(load<Src>(src + i)).
-template <class Src, class Dst>
-void copy_elements(const std::byte* src, Dst* out, std::size_t n) {
-    constexpr std::size_t kChunk = 1024;
-    Src tmp[kChunk];
-    for (std::size_t i = 0; i < n; i += kChunk) {
-        const std::size_t m = std::min(kChunk, n - i);
-        std::memcpy(tmp, src + i * sizeof(Src), m * sizeof(Src));
-        for (std::size_t k = 0; k < m; ++k) {
-            if constexpr (std::is_same_v<Src, bf16> || std::is_same_v<Src, f16>) out[i + k] = Dst(to_float(tmp[k]));
-            else out[i + k] = Dst(tmp[k]);
-        }
-    }
-}
+class JsonDomBuilder {
+public:
+    using json = nlohmann::json;
+    JsonDomBuilder(std::string_view what, JsonOptions opt) : what_(what), opt_(opt) {}
 
-// Converts a 16-bit float tensor to f32 with the bulk (SIMD) converters; copies through an aligned
-// buffer when the source is not 2-byte aligned.
-template <class H>
-void convert_half(const std::byte* src, float* out, std::size_t n) {
-    if (reinterpret_cast<std::uintptr_t>(src) % alignof(H) == 0) {
-        convert(reinterpret_cast<const H*>(src), out, n);
-        return;
+    bool null() { return put(json()); }
+    bool boolean(bool v) { return put(json(v)); }
+    bool number_integer(json::number_integer_t v) { return put(json(v)); }
+    bool number_unsigned(json::number_unsigned_t v) { return put(json(v)); }
+    bool number_float(json::number_float_t v, const std::string&) { return put(json(v)); }
+    bool string(std::string& v) { return put(json(std::move(v))); }
+    bool binary(json::binary_t& v) { return put(json::binary(std::move(v))); }
+    bool start_object(std::size_t) { return open(json::object()); }
+    bool start_array(std::size_t) { return open(json::array()); }
+    bool end_object() { return close(); }
+    bool end_array() { return close(); }
+    bool key(std::string& k) {
+        if (opt_.reject_duplicate_keys && stack_.back()->contains(k))
+            fail(what_, ": duplicate JSON key '", brief(k), "'");
+        key_ = std::move(k);
+        return true;
     }
-    constexpr std::size_t kChunk = 4096;
-    H tmp[kChunk];
-    for (std::size_t i = 0; i < n; i += kChunk) {
-        const std::size_t m = std::min(kChunk, n - i);
-        std::memcpy(tmp, src + i * sizeof(H), m * sizeof(H));
-        convert(tmp, out + i, m);
+    bool parse_error(std::size_t pos, const std::string&, const json::exception& e) {
+        // e.what() quotes the offending token, which a hostile input can make long: it is capped by fail().
+        fail(what_, " is not valid JSON (byte ", pos, "): ", e.what());
     }
-}
+
+    json take() { return std::move(root_); }
+
+    // `s` shortened to `max` bytes (at a UTF-8 boundary) with the count of the bytes left out.
+    static std::string brief(std::string_view s, std::size_t max = 80) {
+        if (s.size() <= max) return std::string(s);
+        std::size_t n = max;
+        while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+        return std::string(s.substr(0, n)) + "...(" + std::to_string(s.size() - n) + " more bytes)";
+    }
+
+private:
+    json* slot(json&& v) {
+        if (stack_.empty()) {
+            root_ = std::move(v);
+            return &root_;
+        }
+        json& top = *stack_.back();
+        if (top.is_object()) return &(top[key_] = std::move(v));
+        top.push_back(std::move(v));
+        return &top.back();
+    }
+    bool put(json&& v) {
+        slot(std::move(v));
+        return true;
+    }
+    bool open(json&& v) {
+        if (int(stack_.size()) >= opt_.max_depth)
+            fail(what_, ": JSON nested deeper than ", opt_.max_depth, " levels");
+        stack_.push_back(slot(std::move(v)));  // the parents of the open value never move while it is open
+        return true;
+    }
+    bool close() {
+        stack_.pop_back();
+        return true;
+    }
+
+    std::string what_;
+    JsonOptions opt_;
+    json root_;
+    std::vector<json*> stack_;
+    std::string key_;
+};
 
 }  // namespace detail
 
-// ---- one file -----------------------------------------------------------------------------------
-class SafeTensorsFile {
-public:
-    SafeTensorsFile() = default;
-    SafeTensorsFile(SafeTensorsFile&&) noexcept = default;
-    SafeTensorsFile& operator=(SafeTensorsFile&&) noexcept = default;
-    SafeTensorsFile(const SafeTensorsFile&) = delete;
-    SafeTensorsFile& operator=(const SafeTensorsFile&) = delete;
-
-    static SafeTensorsFile open(const std::filesystem::path& path) {
-        SafeTensorsFile f;
-        f.path_ = path.string();
-        f.map_ = detail::MappedFile::open(path);
-        f.parse();
-        return f;
-    }
-
-    const std::string& path() const { return path_; }
-    std::size_t size() const { return tensors_.size(); }
-    bool contains(std::string_view name) const { return tensors_.find(name) != tensors_.end(); }
-    const TensorRef& at(std::string_view name) const {
-        auto it = tensors_.find(name);
-        if (it == tensors_.end()) fail(path_, ": tensor '", name, "' not found (the file has ", tensors_.size(), " tensors)");
-        return it->second;
-    }
-    // Sorted.
-    std::vector<std::string> names() const {
-        std::vector<std::string> out;
-        out.reserve(tensors_.size());
-        for (const auto& kv : tensors_) out.push_back(kv.first);
-        return out;
-    }
-    const std::map<std::string, std::string>& metadata() const { return metadata_; }
-    const std::map<std::string, TensorRef, std::less<>>& tensors() const { return tensors_; }
-    // The whole mapped file (header included).
-    std::span<const std::byte> bytes() const { return {map_.data(), map_.size()}; }
-    // Offset of the data section inside bytes().
-    std::size_t data_offset() const { return data_offset_; }
-
-private:
-    void parse() {
-        const std::size_t size = map_.size();
-        const std::byte* base = map_.data();
-        if (size < 8) fail(path_, ": not a safetensors file: ", size, " bytes, shorter than the 8-byte header length");
-        std::uint64_t n = 0;
-        std::memcpy(&n, base, 8);  // little-endian u64
-        if (n > detail::kMaxHeaderBytes)
-            fail(path_, ": safetensors header length ", n, " exceeds the ", detail::kMaxHeaderBytes, "-byte limit (corrupt file?)");
-        if (n > size - 8) fail(path_, ": safetensors header length ", n, " runs past the end of the ", size, "-byte file");
-        if (n < 2) fail(path_, ": safetensors header length ", n, " is too short for a JSON object");
-        data_offset_ = 8 + std::size_t(n);
-        const std::size_t data_len = size - data_offset_;
-        const char* h = reinterpret_cast<const char*>(base + 8);
-        const nlohmann::json header = detail::parse_json_strict(h, h + n, path_ + ": safetensors header");
-        if (!header.is_object()) fail(path_, ": safetensors header is a JSON ", header.type_name(), ", expected an object");
-
-        struct Range { std::uint64_t begin, end; const std::string* name; };
-        std::vector<Range> ranges;
-        for (const auto& [name, entry] : header.items()) {
-            if (name == "__metadata__") {
-                if (!entry.is_object()) fail(path_, ": __metadata__ is a JSON ", entry.type_name(), ", expected an object of strings");
-                for (const auto& [k, v] : entry.items()) {
-                    if (!v.is_string()) fail(path_, ": __metadata__ key '", k, "' holds a JSON ", v.type_name(), ", expected a string");
-                    metadata_[k] = v.get<std::string>();
-                }
-                continue;
-            }
-            const std::string where = path_ + ": tensor '" + name + "'";
-            if (!entry.is_object()) fail(where, ": header entry is a JSON ", entry.type_name(), ", expected an object");
-            TensorRef t;
-            t.name = name;
-            t.file = path_;
-            // dtype
-            auto dt = entry.find("dtype");
-            if (dt == entry.end()) fail(where, ": header entry has no 'dtype'");
-            if (!dt->is_string()) fail(where, ": 'dtype' is a JSON ", dt->type_name(), ", expected a string");
-            const auto dtype = dtype_from_name(dt->get_ref<const std::string&>());
-            if (!dtype) fail(where, ": unsupported dtype '", dt->get_ref<const std::string&>(), "'");
-            t.dtype = *dtype;
-            // shape
-            auto sh = entry.find("shape");
-            if (sh == entry.end()) fail(where, ": header entry has no 'shape'");
-            if (!sh->is_array()) fail(where, ": 'shape' is a JSON ", sh->type_name(), ", expected an array");
-            std::uint64_t numel = 1;
-            for (const auto& d : *sh) {
-                if (!d.is_number_integer()) fail(where, ": shape entry ", d.dump(), " is not an integer");
-                if (!d.is_number_unsigned()) fail(where, ": shape entry ", d.dump(), " is negative");
-                const std::uint64_t v = d.get<std::uint64_t>();
-                if (v > std::uint64_t(INT64_MAX) || __builtin_mul_overflow(numel, v, &numel) || numel > std::uint64_t(INT64_MAX))
-                    fail(where, ": shape ", sh->dump(), " overflows the element count");
-                t.shape.push_back(Index(v));
-            }
-            std::uint64_t nbytes = 0;
-            if (__builtin_mul_overflow(numel, std::uint64_t(dtype_size(t.dtype)), &nbytes))
-                fail(where, ": shape ", sh->dump(), " x ", dtype_name(t.dtype), " overflows the byte count");
-            // data_offsets
-            auto off = entry.find("data_offsets");
-            if (off == entry.end()) fail(where, ": header entry has no 'data_offsets'");
-            if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned())
-                fail(where, ": 'data_offsets' ", off->dump(), " is not a pair of non-negative integers");
-            const std::uint64_t b = (*off)[0].get<std::uint64_t>(), e = (*off)[1].get<std::uint64_t>();
-            if (b > e) fail(where, ": data_offsets [", b, ", ", e, "] are reversed");
-            if (e > data_len)
-                fail(where, ": data_offsets [", b, ", ", e, "] run past the end of the data section (", data_len, " bytes)");
-            if (e - b != nbytes)
-                fail(where, ": shape ", t.shape_str(), " of ", dtype_name(t.dtype), " needs ", nbytes, " bytes but data_offsets [", b,
-                     ", ", e, "] hold ", e - b);
-            t.data = base + data_offset_ + b;
-            t.nbytes = std::size_t(nbytes);
-            auto it = tensors_.emplace(name, std::move(t)).first;  // names are unique: parse_json_strict
-            if (nbytes > 0) ranges.push_back({b, e, &it->first});
-        }
-        // Overlaps: sorted by start, each range must begin at or after the previous end.
-        std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
-        for (std::size_t i = 1; i < ranges.size(); ++i)
-            if (ranges[i].begin < ranges[i - 1].end)
-                fail(path_, ": tensor '", *ranges[i].name, "' (bytes [", ranges[i].begin, ", ", ranges[i].end, ")) overlaps tensor '",
-                     *ranges[i - 1].name, "' (bytes [", ranges[i - 1].begin, ", ", ranges[i - 1].end, "))");
-    }
-
-    std::string path_;
-    detail::MappedFile map_;
-    std::size_t data_offset_ = 0;
-    std::map<std::string, TensorRef, std::less<>> tensors_;  // node-based: TensorRef addresses survive moves
-    std::map<std::string, std::string> metadata_;
-};
-
-// ---- a model folder -------------------------------------------------------------------------------
-class TensorStore {
-public:
-    TensorStore() = default;
-    TensorStore(TensorStore&&) noexcept = default;
-    TensorStore& operator=(TensorStore&&) noexcept = default;
-
-    // A folder (model.safetensors, else model.safetensors.index.json + shards), a *.index.json
-    // file, or one .safetensors file.
-    static TensorStore open(const std::filesystem::path& dir_or_file) {
-        namespace fs = std::filesystem;
-        std::error_code ec;
-        const auto st = fs::status(dir_or_file, ec);
-        if (ec || !fs::exists(st)) fail(dir_or_file.string(), ": no such model folder or file");
-        TensorStore s;
-        s.source_ = dir_or_file.string();
-        if (fs::is_directory(st)) {
-            const fs::path single = dir_or_file / "model.safetensors";
-            const fs::path index = dir_or_file / "model.safetensors.index.json";
-            if (fs::exists(single, ec)) s.add_file(single);
-            else if (fs::exists(index, ec)) s.open_index(index);
-            else {
-                std::string found;
-                for (const auto& e : fs::directory_iterator(dir_or_file, ec))
-                    if (e.path().extension() == ".safetensors") found += (found.empty() ? "" : ", ") + e.path().filename().string();
-                fail(dir_or_file.string(), ": model folder has neither model.safetensors nor model.safetensors.index.json",
-                     found.empty() ? std::string() : " (found: " + found + ")");
-            }
-        } else {
-            const std::string fname = dir_or_file.filename().string();
-            if (fname.size() > 11 && fname.ends_with(".index.json")) s.open_index(dir_or_file);
-            else s.add_file(dir_or_file);
-        }
-        return s;
-    }
-
-    const std::string& source() const { return source_; }
-    std::size_t size() const { return index_.size(); }
-    std::vector<std::string> files() const {
-        std::vector<std::string> out;
-        for (const auto& f : files_) out.push_back(f.path());
-        return out;
-    }
-    const std::vector<SafeTensorsFile>& shards() const { return files_; }
-
-    bool contains(std::string_view name) const { return index_.find(name) != index_.end(); }
-    const TensorRef& at(std::string_view name) const {
-        auto it = index_.find(name);
-        if (it != index_.end()) return *it->second;
-        // Suggest the stored name sharing the longest prefix.
-        std::string best;
-        std::size_t best_len = 0;
-        for (const auto& kv : index_) {
-            const auto m = std::mismatch(name.begin(), name.end(), kv.first.begin(), kv.first.end());
-            const std::size_t len = std::size_t(m.first - name.begin());
-            if (len > best_len) best_len = len, best = kv.first;
-        }
-        fail(source_, ": tensor '", name, "' not found (", index_.size(), " tensors in ", files_.size(), " file(s)",
-             best_len >= 8 ? "; closest: '" + best + "'" : std::string(), ")");
-    }
-    // Sorted.
-    std::vector<std::string> names() const {
-        std::vector<std::string> out;
-        out.reserve(index_.size());
-        for (const auto& kv : index_) out.push_back(kv.first);
-        return out;
-    }
-
-    // Throws unless `name` exists with exactly this shape.
-    const TensorRef& checked(std::string_view name, std::span<const Index> expected_shape) const {
-        const TensorRef& t = at(name);
-        if (!std::equal(t.shape.begin(), t.shape.end(), expected_shape.begin(), expected_shape.end()))
-            fail(t.where(), ": expected shape ", shape_to_string(expected_shape), ", file has ", t.shape_str(), " (",
-                 dtype_name(t.dtype), ")");
-        return t;
-    }
-
-    // Any float dtype (F32/F16/BF16/F64) converted to f32 into `out` (numel elements).
-    void load_f32_into(std::string_view name, std::span<const Index> expected_shape, std::span<float> out) const {
-        const TensorRef& t = checked(name, expected_shape);
-        const std::size_t n = std::size_t(t.numel());
-        FASTVLM_CHECK(out.size() == n, t.where(), ": output buffer holds ", out.size(), " floats, tensor has ", n);
-        switch (t.dtype) {
-            case DType::F32: if (n) std::memcpy(out.data(), t.data, n * 4); break;
-            case DType::BF16: detail::convert_half<bf16>(t.data, out.data(), n); break;
-            case DType::F16: detail::convert_half<f16>(t.data, out.data(), n); break;
-            case DType::F64: detail::copy_elements<double>(t.data, out.data(), n); break;
-            default: fail(t.where(), ": dtype ", dtype_name(t.dtype), " is not a floating-point type");
-        }
-    }
-    std::vector<float> load_f32(std::string_view name, std::span<const Index> expected_shape) const {
-        const TensorRef& t = checked(name, expected_shape);
-        std::vector<float> out(std::size_t(t.numel()));
-        load_f32_into(name, expected_shape, out);
-        return out;
-    }
-    std::vector<float> load_f32(std::string_view name, std::initializer_list<Index> expected_shape) const {
-        return load_f32(name, std::span<const Index>(expected_shape.begin(), expected_shape.size()));
-    }
-    template <std::size_t R>
-    Tensor<float, R> load_tensor(std::string_view name, const Shape<R>& expected) const {
-        checked(name, std::span<const Index>(expected.data(), R));
-        Tensor<float, R> out(expected);
-        load_f32_into(name, std::span<const Index>(expected.data(), R), out.span());
-        return out;
-    }
-
-    // Zero-copy typed view when the stored dtype is exactly dtype_of<T> (after checking the shape),
-    // else nullopt. An unaligned tensor (hand-made files only) is copied once into an aligned buffer
-    // owned by the store; the span stays valid as long as the store.
-    template <class T>
-    std::optional<std::span<const T>> data_as(std::string_view name, std::span<const Index> expected_shape) const {
-        const TensorRef& t = checked(name, expected_shape);
-        if (t.dtype != dtype_of<T>) return std::nullopt;
-        const std::size_t n = std::size_t(t.numel());
-        if (reinterpret_cast<std::uintptr_t>(t.data) % alignof(T) == 0)
-            return std::span<const T>(reinterpret_cast<const T*>(t.data), n);
-        return std::span<const T>(reinterpret_cast<const T*>(aligned_copy(t)), n);
-    }
-    // Raw bf16 weights (for load-time packing); nullopt when the stored dtype is not BF16.
-    std::optional<std::span<const bf16>> bf16_data(std::string_view name, std::span<const Index> expected_shape) const {
-        return data_as<bf16>(name, expected_shape);
-    }
-
-    // Tells the kernel the tensor's bytes are no longer needed (after they were converted and
-    // repacked): the whole pages inside it leave the resident set (the mapping is read-only and
-    // file-backed, so a later read faults them in again from the file; nothing is lost). Keeps
-    // the peak RSS of a load near the packed weights instead of packed + checkpoint. Unknown
-    // names are ignored.
-    void release(std::string_view name) const noexcept {
-        auto it = index_.find(name);
-        if (it == index_.end() || it->second->nbytes == 0) return;
-        const TensorRef& t = *it->second;
-        const std::uintptr_t page = 4096;
-        const std::uintptr_t b = (reinterpret_cast<std::uintptr_t>(t.data) + page - 1) / page * page;
-        const std::uintptr_t e = (reinterpret_cast<std::uintptr_t>(t.data) + t.nbytes) / page * page;
-        if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
-    }
-
-    // Integer tensors (I64/I32/I16/I8/U8/BOOL) of any shape, widened to int64.
-    std::vector<std::int64_t> load_i64(std::string_view name) const {
-        const TensorRef& t = at(name);
-        std::vector<std::int64_t> out(std::size_t(t.numel()));
-        const std::size_t n = out.size();
-        switch (t.dtype) {
-            case DType::I64: if (n) std::memcpy(out.data(), t.data, n * 8); break;
-            case DType::I32: detail::copy_elements<std::int32_t>(t.data, out.data(), n); break;
-            case DType::I16: detail::copy_elements<std::int16_t>(t.data, out.data(), n); break;
-            case DType::I8: detail::copy_elements<std::int8_t>(t.data, out.data(), n); break;
-            case DType::U8: case DType::BOOL: detail::copy_elements<std::uint8_t>(t.data, out.data(), n); break;
-            default: fail(t.where(), ": dtype ", dtype_name(t.dtype), " is not an integer type");
-        }
-        return out;
-    }
-    std::vector<std::int64_t> load_i64(std::string_view name, std::span<const Index> expected_shape) const {
-        checked(name, expected_shape);
-        return load_i64(name);
-    }
-
-private:
-    struct Copies {
-        std::mutex mu;
-        std::map<std::string, AlignedBuffer<std::byte>, std::less<>> bufs;
-    };
-
-    const std::byte* aligned_copy(const TensorRef& t) const {
-        std::lock_guard<std::mutex> lock(copies_->mu);
-        auto it = copies_->bufs.find(t.name);
-        if (it == copies_->bufs.end()) {
-            AlignedBuffer<std::byte> b(std::max<std::size_t>(t.nbytes, 1));
-            if (t.nbytes) std::memcpy(b.data(), t.data, t.nbytes);
-            it = copies_->bufs.emplace(t.name, std::move(b)).first;
-        }
-        return it->second.data();
-    }
-
-    void add_file(const std::filesystem::path& p) {
-        files_.push_back(SafeTensorsFile::open(p));
-        const SafeTensorsFile& f = files_.back();
-        for (const auto& [name, ref] : f.tensors()) {
-            auto [it, inserted] = index_.emplace(name, &ref);
-            if (!inserted) fail("tensor '", name, "' is stored twice: in ", it->second->file, " and in ", f.path());
-        }
-    }
-
-    // {"metadata": {...}?, "weight_map": {tensor: shard file name}}
-    void open_index(const std::filesystem::path& index_path) {
-        namespace fs = std::filesystem;
-        const std::string ip = index_path.string();
-        const std::string text = detail::read_text_file(index_path, detail::kMaxHeaderBytes);
-        const nlohmann::json j = detail::parse_json_strict(text.data(), text.data() + text.size(), ip);
-        if (!j.is_object()) fail(ip, ": expected a JSON object, got ", j.type_name());
-        if (auto m = j.find("metadata"); m != j.end() && !m->is_object() && !m->is_null())
-            fail(ip, ": 'metadata' is a JSON ", m->type_name(), ", expected an object");
-        auto wm = j.find("weight_map");
-        if (wm == j.end()) fail(ip, ": no 'weight_map'");
-        if (!wm->is_object()) fail(ip, ": 'weight_map' is a JSON ", wm->type_name(), ", expected an object");
-        if (wm->empty()) fail(ip, ": 'weight_map' is empty");
-        std::vector<std::string> shard_order;
-        std::map<std::string, std::size_t> shard_id;
-        for (const auto& [name, v] : wm->items()) {
-            if (!v.is_string()) fail(ip, ": weight_map entry for tensor '", name, "' is a JSON ", v.type_name(), ", expected a file name");
-            const std::string& shard = v.get_ref<const std::string&>();
-            const fs::path sp(shard);
-            bool bad = shard.empty() || sp.is_absolute();
-            for (const auto& part : sp) bad = bad || part == "..";
-            if (bad) fail(ip, ": weight_map entry for tensor '", name, "' names shard '", shard, "', which is not a file inside the folder");
-            if (shard_id.emplace(shard, shard_order.size()).second) shard_order.push_back(shard);
-        }
-        const fs::path dir = index_path.parent_path();
-        files_.reserve(shard_order.size());
-        for (const auto& shard : shard_order) {
-            const fs::path sp = dir / shard;
-            std::error_code ec;
-            if (!fs::exists(sp, ec)) fail(ip, ": shard '", shard, "' listed in weight_map is missing (", sp.string(), ")");
-            add_file(sp);
-        }
-        for (const auto& [name, v] : wm->items()) {
-            const std::string& shard = v.get_ref<const std::string&>();
-            const SafeTensorsFile& f = files_[shard_id.at(shard)];
-            if (!f.contains(name)) fail(ip, ": weight_map puts tensor '", name, "' in ", f.path(), ", which has no such tensor");
-        }
-    }
-
-    std::string source_;
-    std::vector<SafeTensorsFile> files_;
-    std::map<std::string, const TensorRef*, std::less<>> index_;  // into files_' node-based maps
-    std::unique_ptr<Copies> copies_ = std::make_unique<Copies>();
-};
-
-// ---- writer ---------------------------------------------------------------------------------------
-struct WriteTensor {
-    std::string name;
-    DType dtype = DType::F32;
-    std::vector<Index> shape;
-    const void* data = nullptr;  // numel * dtype_size bytes
-};
-
-// Writes a safetensors file readable by the official implementation: header padded with spaces to a
-// multiple of 8, tensors contiguous in the data section, placed by decreasing element size so that
-// every tensor is aligned to its element size. Written to a temporary name, then renamed.
-inline void write_safetensors(const std::filesystem::path& path, std::span<const WriteTensor> tensors,
-                              const std::map<std::string, std::string>& metadata = {}) {
-    const std::string p = path.string();
-    std::vector<std::uint64_t> nbytes(tensors.size());
-    std::set<std::string_view> seen;
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-        const WriteTensor& t = tensors[i];
-        if (t.name == "__metadata__") fail(p, ": '__metadata__' cannot be a tensor name");
-        if (!seen.insert(t.name).second) fail(p, ": tensor '", t.name, "' given twice");
-        std::uint64_t n = dtype_size(t.dtype);
-        for (Index d : t.shape) {
-            if (d < 0) fail(p, ": tensor '", t.name, "': negative extent in shape ", shape_to_string(t.shape));
-            if (__builtin_mul_overflow(n, std::uint64_t(d), &n)) fail(p, ": tensor '", t.name, "': shape ", shape_to_string(t.shape), " overflows");
-        }
-        if (n > 0 && t.data == nullptr) fail(p, ": tensor '", t.name, "' has no data");
-        nbytes[i] = n;
-    }
-    std::vector<std::size_t> order(tensors.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(),
-                     [&](std::size_t a, std::size_t b) { return dtype_size(tensors[a].dtype) > dtype_size(tensors[b].dtype); });
-    std::vector<std::uint64_t> begin(tensors.size());
-    std::uint64_t off = 0;
-    for (std::size_t i : order) begin[i] = off, off += nbytes[i];
-
-    std::string header;
-    try {
-        nlohmann::ordered_json h = nlohmann::ordered_json::object();
-        if (!metadata.empty()) h["__metadata__"] = metadata;
-        for (std::size_t i = 0; i < tensors.size(); ++i)
-            h[tensors[i].name] = {{"dtype", dtype_name(tensors[i].dtype)},
-                                  {"shape", tensors[i].shape},
-                                  {"data_offsets", {begin[i], begin[i] + nbytes[i]}}};
-        header = h.dump();
-    } catch (const nlohmann::json::exception& e) {
-        fail(p, ": cannot encode the safetensors header: ", e.what());  // e.g. a name that is not UTF-8
-    }
-    header.append((8 - header.size() % 8) % 8, ' ');
-
-    const std::filesystem::path tmp = path.string() + ".tmp" + std::to_string(::getpid());
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) fail(p, ": cannot create ", tmp.string(), ": ", std::strerror(errno));
-        const std::uint64_t n = header.size();
-        out.write(reinterpret_cast<const char*>(&n), 8);
-        out.write(header.data(), std::streamsize(header.size()));
-        for (std::size_t i : order)
-            if (nbytes[i]) out.write(static_cast<const char*>(tensors[i].data), std::streamsize(nbytes[i]));
-        out.flush();
-        if (!out) {
-            std::error_code ec;
-            std::filesystem::remove(tmp, ec);
-            fail(p, ": write failed (disk full?)");
-        }
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) {
-        std::filesystem::remove(tmp, ec);
-        fail(p, ": cannot rename the temporary file into place: ", ec.message());
-    }
+// Parses `text` (a whole JSON document); `what` (a file name, "request body", "line 3") prefixes errors.
+inline nlohmann::json parse_json(std::string_view text, std::string_view what, JsonOptions opt = {}) {
+    detail::JsonDomBuilder b(what, opt);
+    nlohmann::json::sax_parse(text.begin(), text.end(), &b);
+    return b.take();
 }
 
-inline void write_safetensors(const std::filesystem::path& path, std::initializer_list<WriteTensor> tensors,
-                              const std::map<std::string, std::string>& metadata = {}) {
-    write_safetensors(path, std::span<const WriteTensor>(tensors.begin(), tensors.size()), metadata);
+// A JSON value for an error message: scalars as JSON (long strings shortened), arrays and objects
+// of more than a few elements as "an array of N elements".
+inline std::string brief_json(const nlohmann::json& j, std::size_t max = 80) {
+    if ((j.is_array() || j.is_object()) && j.size() > 8)
+        return std::string(j.is_array() ? "an array of " : "an object of ") + std::to_string(j.size()) + " elements";
+    std::string s;
+    try {
+        s = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    } catch (const nlohmann::json::exception&) {
+        s = "?";
+    }
+    return detail::JsonDomBuilder::brief(s, max);
 }
 
 }  // namespace fastvlm::io
-// ---- end fastvlm/io/safetensors.hpp
+// ---- end fastvlm/io/json.hpp
 // ---- begin fastvlm/io/config.hpp -----------------------------------------------------------
 // fastvlm/io/config.hpp — the model folder's config.json (FastVLM / LLaVA-Qwen2 schema, spec §4, §1.2,
 // model-dir.md). Shapes come from here at run time; every value is checked and an error names
@@ -2266,7 +1883,8 @@ struct ModelConfig {
     std::string source;  // the config.json path (or name) it came from
 
     // A model folder (reads <dir>/config.json) or the config.json file itself.
-    static ModelConfig load(const std::filesystem::path& model_dir_or_config_json);
+    // Throws unless the file is within `limits` (size, JSON depth, image_size ≤ limits.max_image_size).
+    static ModelConfig load(const std::filesystem::path& model_dir_or_config_json, const LoadLimits& limits = {});
     static ModelConfig from_json(const nlohmann::json& j, const std::string& source_name);
     void validate() const;
 };
@@ -2299,19 +1917,19 @@ public:
     }
 
     std::int64_t as_int(const char* key, const nlohmann::json& v) const {
-        if (!v.is_number_integer()) bad(key, "expected an integer, got " + json_type(v) + " " + v.dump());
+        if (!v.is_number_integer()) bad(key, "expected an integer, got " + json_type(v) + " " + brief_json(v));
         if (v.is_number_unsigned()) {
             const auto u = v.get<std::uint64_t>();
-            if (u > std::uint64_t(std::numeric_limits<std::int32_t>::max())) bad(key, "value " + v.dump() + " is out of range");
+            if (u > std::uint64_t(std::numeric_limits<std::int32_t>::max())) bad(key, "value " + brief_json(v) + " is out of range");
             return std::int64_t(u);
         }
         const auto s = v.get<std::int64_t>();
         if (s < std::numeric_limits<std::int32_t>::min() || s > std::numeric_limits<std::int32_t>::max())
-            bad(key, "value " + v.dump() + " is out of range");
+            bad(key, "value " + brief_json(v) + " is out of range");
         return s;
     }
     double as_double(const char* key, const nlohmann::json& v) const {
-        if (!v.is_number()) bad(key, "expected a number, got " + json_type(v) + " " + v.dump());
+        if (!v.is_number()) bad(key, "expected a number, got " + json_type(v) + " " + brief_json(v));
         const double d = v.get<double>();
         if (!std::isfinite(d)) bad(key, "value is not finite");
         return d;
@@ -2322,26 +1940,26 @@ public:
     void get(const char* key, bool& out) const {
         if (!has(key)) return;
         const auto& v = *find(key);
-        if (!v.is_boolean()) bad(key, "expected true or false, got " + json_type(v) + " " + v.dump());
+        if (!v.is_boolean()) bad(key, "expected true or false, got " + json_type(v) + " " + brief_json(v));
         out = v.get<bool>();
     }
     void get(const char* key, std::string& out) const {
         if (!has(key)) return;
         const auto& v = *find(key);
-        if (!v.is_string()) bad(key, "expected a string, got " + json_type(v) + " " + v.dump());
+        if (!v.is_string()) bad(key, "expected a string, got " + json_type(v) + " " + brief_json(v));
         out = v.get<std::string>();
     }
     template <class T>
     void get(const char* key, std::vector<T>& out) const {
         if (!has(key)) return;
         const auto& v = *find(key);
-        if (!v.is_array()) bad(key, "expected a list, got " + json_type(v) + " " + v.dump());
+        if (!v.is_array()) bad(key, "expected a list, got " + json_type(v) + " " + brief_json(v));
         std::vector<T> r;
         for (const auto& e : v) {
             if constexpr (std::is_same_v<T, int>) r.push_back(int(as_int(key, e)));
             else if constexpr (std::is_same_v<T, double>) r.push_back(as_double(key, e));
             else {
-                if (!e.is_string()) bad(key, "expected a list of strings, got element " + e.dump());
+                if (!e.is_string()) bad(key, "expected a list of strings, got element " + brief_json(e));
                 r.push_back(e.get<std::string>());
             }
         }
@@ -2498,7 +2116,7 @@ inline ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::st
     if (const auto* rs = f.find("rope_scaling"); rs && !rs->is_null()) {
         const bool plain = rs->is_object() && ((rs->contains("type") && (*rs)["type"] == "default") ||
                                                (rs->contains("rope_type") && (*rs)["rope_type"] == "default"));
-        if (!plain) f.bad("rope_scaling", rs->dump() + " is not supported (plain RoPE only)");
+        if (!plain) f.bad("rope_scaling", brief_json(*rs) + " is not supported (plain RoPE only)");
     }
     if (f.has("mm_use_im_start_end")) {
         bool b = false;
@@ -2576,12 +2194,21 @@ inline ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::st
     return c;
 }
 
-inline ModelConfig ModelConfig::load(const std::filesystem::path& p) {
+// The vision tower's work and memory grow with image_size²: a config that asks for more than the limit is refused.
+inline void check_image_size(const VisionConfig& v, const std::string& src, const LoadLimits& limits) {
+    if (v.image_size > limits.max_image_size)
+        fail(src, ": key 'image_size': ", v.image_size, " is larger than the ", limits.max_image_size,
+             " limit (LoadLimits::max_image_size; the vision tower's work grows with its square)");
+}
+
+inline ModelConfig ModelConfig::load(const std::filesystem::path& p, const LoadLimits& limits) {
     std::error_code ec;
     const std::filesystem::path file = std::filesystem::is_directory(p, ec) ? p / "config.json" : p;
-    const std::string text = detail::read_text_file(file, std::size_t(16) << 20);
+    const std::string text = read_file(file, limits.max_json_file_bytes);
     const std::string src = file.string();
-    return from_json(detail::parse_json_strict(text.data(), text.data() + text.size(), src), src);
+    ModelConfig c = from_json(parse_json(text, src, {.max_depth = limits.max_json_depth}), src);
+    check_image_size(c.vision, src, limits);
+    return c;
 }
 
 }  // namespace fastvlm::io
@@ -2681,6 +2308,11 @@ struct ImageLimits {
     // Preprocessing pads to a max(W, H)² square before resizing (as the original does): a 1×40,000
     // image would need a 1.6 G-pixel canvas. 128 Mi pixels (384 MiB RGB, sides up to 11,585) bounds it.
     std::int64_t max_padded_pixels = 128ll * 1024 * 1024;
+    // Scans of one JPEG. Each scan of a progressive JPEG is a sweep over the whole image (2,000 empty
+    // scans took a minute); encoders write 1 (baseline) to ~10 (libjpeg's progressive script), 64 at most.
+    std::int64_t max_jpeg_scans = 100;
+    // Bytes of an image file read from disk (the decoded pixels are bounded by max_pixels).
+    std::size_t max_file_bytes = std::size_t(256) << 20;
 };
 
 namespace detail {
@@ -2783,8 +2415,11 @@ inline bool peek_dimensions(std::span<const std::uint8_t> b, std::uint32_t& w, s
 // Walks the marker segments of a JPEG the way stb_image's parser reaches them and refuses a DHT
 // segment with more than 256 codes in one table: stb_image 2.27 (Debian 12) writes past its
 // 256-entry tables for those (nothings/stb#1289, fixed in 2.28). Other damage is left to stb.
-inline void check_jpeg_tables(std::span<const std::uint8_t> b, std::string_view name) {
+// Also counts the scans (SOS markers): a progressive JPEG of thousands of empty scans makes either
+// decoder sweep the whole image once per scan, so more than `max_scans` is refused up front.
+inline void check_jpeg_tables(std::span<const std::uint8_t> b, std::string_view name, std::int64_t max_scans) {
     std::size_t i = 2;
+    std::int64_t scans = 0;
     bool entropy = false;  // inside scan data: FF 00 and RSTn are data, not markers
     while (i + 1 < b.size()) {
         if (b[i] != 0xFF) {
@@ -2816,6 +2451,8 @@ inline void check_jpeg_tables(std::span<const std::uint8_t> b, std::string_view 
         } else {
             i = j + 1 + len;
             entropy = m == 0xDA;  // SOS: scan data follows its header
+            if (entropy && ++scans > max_scans)
+                fail("image '", name, "': JPEG with more than ", max_scans, " scans (ImageLimits::max_jpeg_scans)");
         }
     }
 }
@@ -2997,7 +2634,7 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
         if (k > 0 && k + 1 < bytes.size() && bytes[k + 1] == 0xD8) bytes = bytes.subspan(k);
     }
     const bool jpeg = bytes.size() >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
-    if (jpeg) detail::check_jpeg_tables(bytes, name);
+    if (jpeg) detail::check_jpeg_tables(bytes, name, limits.max_jpeg_scans);
     std::uint32_t pw = 0, ph = 0;
     const bool peeked = detail::peek_dimensions(bytes, pw, ph);
     if (peeked && ph != 0) detail::check_dimensions(pw, ph, name, limits);  // JPEG height 0: set by a DNL marker
@@ -3052,19 +2689,8 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
 // Reads and decodes an image file (see load_image_from_memory).
 inline Image load_image(const std::filesystem::path& file, const ImageLimits& limits = {}) {
     const std::string name = file.string();
-    std::error_code ec;
-    FASTVLM_CHECK(std::filesystem::is_regular_file(file, ec), "image '", name, "': no such file");
-    const auto size = std::filesystem::file_size(file, ec);
-    FASTVLM_CHECK(!ec, "image '", name, "': cannot read its size (", ec.message(), ")");
-    FASTVLM_CHECK(size <= std::uintmax_t(INT_MAX), "image '", name, "': ", size,
-                  " bytes is more than stb_image reads (2 GiB)");
-    std::ifstream in(file, std::ios::binary);
-    FASTVLM_CHECK(in.good(), "image '", name, "': cannot open the file");
-    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
-    if (size > 0) in.read(reinterpret_cast<char*>(bytes.data()), std::streamsize(size));
-    FASTVLM_CHECK(in.good() || (in.eof() && std::uintmax_t(in.gcount()) == size), "image '", name,
-                  "': read error");
-    return load_image_from_memory(bytes, name, limits);
+    const std::string bytes = read_file(file, std::min<std::size_t>(limits.max_file_bytes, INT_MAX), "image '" + name + "'");
+    return load_image_from_memory(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()), name, limits);
 }
 
 // spec §6.1 expand2square: a max(W,H)² canvas filled with `background`, the image pasted at
@@ -3280,6 +2906,666 @@ inline Tensor<float, 3> preprocess_image(const Image& img, int image_size, const
 
 }  // namespace fastvlm::io
 // ---- end fastvlm/io/image.hpp
+// ---- begin fastvlm/io/safetensors.hpp ------------------------------------------------------
+// fastvlm/io/safetensors.hpp — memory-mapped safetensors reader, sharded model folders, writer.
+//
+// File layout (safetensors): u64 little-endian N | N bytes JSON header | data section.
+// Header: {"__metadata__": {str: str}?, name: {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...};
+// offsets are relative to the data section. Every field is validated before any data pointer is
+// formed (docs/model-folder.md lists the rules); a bad file throws fastvlm::Error naming the file
+// and the tensor. Gaps between tensors are allowed, overlaps are not.
+//
+// Alignment: TensorRef::data points into the mapping and may be unaligned for its dtype (files
+// written by the official writer are aligned, hand-made ones need not be). Never dereference it as
+// T*; use the TensorStore::load_* helpers or data_as<T>(), which copy when needed.
+// A file truncated by another process while mapped raises SIGBUS on access (POSIX mmap semantics).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace fastvlm::io {
+
+static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian; big-endian hosts are not supported");
+
+// ---- dtypes -----------------------------------------------------------------------------------
+enum class DType { F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL };
+
+inline std::size_t dtype_size(DType d) {
+    switch (d) {
+        case DType::F64: case DType::I64: return 8;
+        case DType::F32: case DType::I32: return 4;
+        case DType::F16: case DType::BF16: case DType::I16: return 2;
+        case DType::I8: case DType::U8: case DType::BOOL: return 1;
+    }
+    return 0;
+}
+
+inline const char* dtype_name(DType d) {
+    switch (d) {
+        case DType::F32: return "F32";
+        case DType::F16: return "F16";
+        case DType::BF16: return "BF16";
+        case DType::F64: return "F64";
+        case DType::I64: return "I64";
+        case DType::I32: return "I32";
+        case DType::I16: return "I16";
+        case DType::I8: return "I8";
+        case DType::U8: return "U8";
+        case DType::BOOL: return "BOOL";
+    }
+    return "?";
+}
+
+// The safetensors spelling ("F32", "BF16", ...); nullopt for anything else.
+inline std::optional<DType> dtype_from_name(std::string_view s) {
+    for (DType d : {DType::F32, DType::F16, DType::BF16, DType::F64, DType::I64, DType::I32, DType::I16, DType::I8,
+                    DType::U8, DType::BOOL})
+        if (s == dtype_name(d)) return d;
+    return std::nullopt;
+}
+
+inline bool is_float_dtype(DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16 || d == DType::F64; }
+
+// The dtype whose elements have C++ type T (float, bf16, f16, double, signed ints, uint8_t).
+template <class T>
+inline constexpr DType dtype_of = [] {
+    if constexpr (std::is_same_v<T, float>) return DType::F32;
+    else if constexpr (std::is_same_v<T, f16>) return DType::F16;
+    else if constexpr (std::is_same_v<T, bf16>) return DType::BF16;
+    else if constexpr (std::is_same_v<T, double>) return DType::F64;
+    else if constexpr (std::is_same_v<T, std::int64_t>) return DType::I64;
+    else if constexpr (std::is_same_v<T, std::int32_t>) return DType::I32;
+    else if constexpr (std::is_same_v<T, std::int16_t>) return DType::I16;
+    else if constexpr (std::is_same_v<T, std::int8_t>) return DType::I8;
+    else if constexpr (std::is_same_v<T, std::uint8_t>) return DType::U8;
+    else static_assert(sizeof(T) == 0, "no safetensors dtype for this element type (bool is read with load_i64)");
+}();
+
+inline std::string shape_to_string(std::span<const Index> s) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+}
+
+// ---- tensor view ------------------------------------------------------------------------------
+struct TensorRef {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<Index> shape;
+    const std::byte* data = nullptr;  // into the mapping; possibly unaligned (see top of file)
+    std::size_t nbytes = 0;
+    std::string file;  // path of the file it lives in, for error messages
+
+    Index numel() const {
+        Index n = 1;
+        for (Index d : shape) n *= d;  // validated at open: no overflow
+        return n;
+    }
+    std::string shape_str() const { return shape_to_string(shape); }
+    // "file: tensor 'name'" — the prefix of every error about this tensor.
+    std::string where() const { return ::fastvlm::detail::concat(file, ": tensor '", name, "'"); }
+};
+
+namespace detail {
+
+// Read-only POSIX mapping of a whole regular file; empty files map to nothing.
+class MappedFile {
+public:
+    MappedFile() = default;
+    static MappedFile open(const std::filesystem::path& path) {
+        const std::string p = path.string();
+        struct stat st {};
+        const int fd = open_regular_file(path, st);
+        MappedFile m;
+        m.size_ = static_cast<std::size_t>(st.st_size);
+        if (m.size_ > 0) {
+            void* a = ::mmap(nullptr, m.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (a == MAP_FAILED) {
+                const int e = errno;
+                ::close(fd);
+                fail(p, ": cannot mmap ", m.size_, " bytes: ", std::strerror(e));
+            }
+            m.data_ = static_cast<const std::byte*>(a);
+        }
+        ::close(fd);  // the mapping keeps the file alive
+        return m;
+    }
+    MappedFile(MappedFile&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+    MappedFile& operator=(MappedFile&& o) noexcept {
+        if (this != &o) {
+            reset();
+            data_ = std::exchange(o.data_, nullptr);
+            size_ = std::exchange(o.size_, 0);
+        }
+        return *this;
+    }
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+    ~MappedFile() { reset(); }
+
+    const std::byte* data() const { return data_; }
+    std::size_t size() const { return size_; }
+
+private:
+    void reset() noexcept {
+        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+        data_ = nullptr;
+        size_ = 0;
+    }
+    const std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+// Element-wise copy of an unaligned source into typed storage: out[i] = Dst(load<Src>(src + i)).
+template <class Src, class Dst>
+void copy_elements(const std::byte* src, Dst* out, std::size_t n) {
+    constexpr std::size_t kChunk = 1024;
+    Src tmp[kChunk];
+    for (std::size_t i = 0; i < n; i += kChunk) {
+        const std::size_t m = std::min(kChunk, n - i);
+        std::memcpy(tmp, src + i * sizeof(Src), m * sizeof(Src));
+        for (std::size_t k = 0; k < m; ++k) {
+            if constexpr (std::is_same_v<Src, bf16> || std::is_same_v<Src, f16>) out[i + k] = Dst(to_float(tmp[k]));
+            else out[i + k] = Dst(tmp[k]);
+        }
+    }
+}
+
+// Converts a 16-bit float tensor to f32 with the bulk (SIMD) converters; copies through an aligned
+// buffer when the source is not 2-byte aligned.
+template <class H>
+void convert_half(const std::byte* src, float* out, std::size_t n) {
+    if (reinterpret_cast<std::uintptr_t>(src) % alignof(H) == 0) {
+        convert(reinterpret_cast<const H*>(src), out, n);
+        return;
+    }
+    constexpr std::size_t kChunk = 4096;
+    H tmp[kChunk];
+    for (std::size_t i = 0; i < n; i += kChunk) {
+        const std::size_t m = std::min(kChunk, n - i);
+        std::memcpy(tmp, src + i * sizeof(H), m * sizeof(H));
+        convert(tmp, out + i, m);
+    }
+}
+
+}  // namespace detail
+
+// ---- one file -----------------------------------------------------------------------------------
+class SafeTensorsFile {
+public:
+    SafeTensorsFile() = default;
+    SafeTensorsFile(SafeTensorsFile&&) noexcept = default;
+    SafeTensorsFile& operator=(SafeTensorsFile&&) noexcept = default;
+    SafeTensorsFile(const SafeTensorsFile&) = delete;
+    SafeTensorsFile& operator=(const SafeTensorsFile&) = delete;
+
+    static SafeTensorsFile open(const std::filesystem::path& path, const LoadLimits& limits = {}) {
+        SafeTensorsFile f;
+        f.path_ = path.string();
+        f.map_ = detail::MappedFile::open(path);
+        f.parse(limits);
+        return f;
+    }
+
+    const std::string& path() const { return path_; }
+    std::size_t size() const { return tensors_.size(); }
+    bool contains(std::string_view name) const { return tensors_.find(name) != tensors_.end(); }
+    const TensorRef& at(std::string_view name) const {
+        auto it = tensors_.find(name);
+        if (it == tensors_.end()) fail(path_, ": tensor '", name, "' not found (the file has ", tensors_.size(), " tensors)");
+        return it->second;
+    }
+    // Sorted.
+    std::vector<std::string> names() const {
+        std::vector<std::string> out;
+        out.reserve(tensors_.size());
+        for (const auto& kv : tensors_) out.push_back(kv.first);
+        return out;
+    }
+    const std::map<std::string, std::string>& metadata() const { return metadata_; }
+    const std::map<std::string, TensorRef, std::less<>>& tensors() const { return tensors_; }
+    // The whole mapped file (header included).
+    std::span<const std::byte> bytes() const { return {map_.data(), map_.size()}; }
+    // Offset of the data section inside bytes().
+    std::size_t data_offset() const { return data_offset_; }
+
+private:
+    void parse(const LoadLimits& limits) {
+        const std::size_t size = map_.size();
+        const std::byte* base = map_.data();
+        if (size < 8) fail(path_, ": not a safetensors file: ", size, " bytes, shorter than the 8-byte header length");
+        std::uint64_t n = 0;
+        std::memcpy(&n, base, 8);  // little-endian u64
+        if (n > limits.max_header_bytes)
+            fail(path_, ": safetensors header length ", n, " exceeds the ", limits.max_header_bytes,
+                 "-byte limit (LoadLimits::max_header_bytes; corrupt file?)");
+        if (n > size - 8) fail(path_, ": safetensors header length ", n, " runs past the end of the ", size, "-byte file");
+        if (n < 2) fail(path_, ": safetensors header length ", n, " is too short for a JSON object");
+        data_offset_ = 8 + std::size_t(n);
+        const std::size_t data_len = size - data_offset_;
+        const char* h = reinterpret_cast<const char*>(base + 8);
+        const nlohmann::json header =
+            parse_json(std::string_view(h, std::size_t(n)), path_ + ": safetensors header", {.max_depth = limits.max_json_depth});
+        if (!header.is_object()) fail(path_, ": safetensors header is a JSON ", header.type_name(), ", expected an object");
+        if (header.size() > limits.max_tensors + 1)  // + __metadata__
+            fail(path_, ": safetensors header lists ", header.size(), " entries, more than the ", limits.max_tensors,
+                 "-tensor limit (LoadLimits::max_tensors)");
+
+        struct Range { std::uint64_t begin, end; const std::string* name; };
+        std::vector<Range> ranges;
+        for (const auto& [name, entry] : header.items()) {
+            if (name == "__metadata__") {
+                if (!entry.is_object()) fail(path_, ": __metadata__ is a JSON ", entry.type_name(), ", expected an object of strings");
+                for (const auto& [k, v] : entry.items()) {
+                    if (!v.is_string()) fail(path_, ": __metadata__ key '", detail::JsonDomBuilder::brief(k), "' holds a JSON ", v.type_name(), ", expected a string");
+                    metadata_[k] = v.get<std::string>();
+                }
+                continue;
+            }
+            const std::string where = path_ + ": tensor '" + detail::JsonDomBuilder::brief(name) + "'";
+            if (!entry.is_object()) fail(where, ": header entry is a JSON ", entry.type_name(), ", expected an object");
+            TensorRef t;
+            t.name = name;
+            t.file = path_;
+            // dtype
+            auto dt = entry.find("dtype");
+            if (dt == entry.end()) fail(where, ": header entry has no 'dtype'");
+            if (!dt->is_string()) fail(where, ": 'dtype' is a JSON ", dt->type_name(), ", expected a string");
+            const auto dtype = dtype_from_name(dt->get_ref<const std::string&>());
+            if (!dtype) fail(where, ": unsupported dtype '", dt->get_ref<const std::string&>(), "'");
+            t.dtype = *dtype;
+            // shape
+            auto sh = entry.find("shape");
+            if (sh == entry.end()) fail(where, ": header entry has no 'shape'");
+            if (!sh->is_array()) fail(where, ": 'shape' is a JSON ", sh->type_name(), ", expected an array");
+            std::uint64_t numel = 1;
+            for (const auto& d : *sh) {
+                if (!d.is_number_integer()) fail(where, ": shape entry ", brief_json(d), " is not an integer");
+                if (!d.is_number_unsigned()) fail(where, ": shape entry ", brief_json(d), " is negative");
+                const std::uint64_t v = d.get<std::uint64_t>();
+                if (v > std::uint64_t(INT64_MAX) || __builtin_mul_overflow(numel, v, &numel) || numel > std::uint64_t(INT64_MAX))
+                    fail(where, ": shape ", brief_json(*sh), " overflows the element count");
+                t.shape.push_back(Index(v));
+            }
+            std::uint64_t nbytes = 0;
+            if (__builtin_mul_overflow(numel, std::uint64_t(dtype_size(t.dtype)), &nbytes))
+                fail(where, ": shape ", brief_json(*sh), " x ", dtype_name(t.dtype), " overflows the byte count");
+            // data_offsets
+            auto off = entry.find("data_offsets");
+            if (off == entry.end()) fail(where, ": header entry has no 'data_offsets'");
+            if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned())
+                fail(where, ": 'data_offsets' ", brief_json(*off), " is not a pair of non-negative integers");
+            const std::uint64_t b = (*off)[0].get<std::uint64_t>(), e = (*off)[1].get<std::uint64_t>();
+            if (b > e) fail(where, ": data_offsets [", b, ", ", e, "] are reversed");
+            if (e > data_len)
+                fail(where, ": data_offsets [", b, ", ", e, "] run past the end of the data section (", data_len, " bytes)");
+            if (e - b != nbytes)
+                fail(where, ": shape ", t.shape_str(), " of ", dtype_name(t.dtype), " needs ", nbytes, " bytes but data_offsets [", b,
+                     ", ", e, "] hold ", e - b);
+            t.data = base + data_offset_ + b;
+            t.nbytes = std::size_t(nbytes);
+            auto it = tensors_.emplace(name, std::move(t)).first;  // names are unique: parse_json
+            if (nbytes > 0) ranges.push_back({b, e, &it->first});
+        }
+        // Overlaps: sorted by start, each range must begin at or after the previous end.
+        std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+        for (std::size_t i = 1; i < ranges.size(); ++i)
+            if (ranges[i].begin < ranges[i - 1].end)
+                fail(path_, ": tensor '", *ranges[i].name, "' (bytes [", ranges[i].begin, ", ", ranges[i].end, ")) overlaps tensor '",
+                     *ranges[i - 1].name, "' (bytes [", ranges[i - 1].begin, ", ", ranges[i - 1].end, "))");
+    }
+
+    std::string path_;
+    detail::MappedFile map_;
+    std::size_t data_offset_ = 0;
+    std::map<std::string, TensorRef, std::less<>> tensors_;  // node-based: TensorRef addresses survive moves
+    std::map<std::string, std::string> metadata_;
+};
+
+// ---- a model folder -------------------------------------------------------------------------------
+class TensorStore {
+public:
+    TensorStore() = default;
+    TensorStore(TensorStore&&) noexcept = default;
+    TensorStore& operator=(TensorStore&&) noexcept = default;
+
+    // A folder (model.safetensors, else model.safetensors.index.json + shards), a *.index.json
+    // file, or one .safetensors file.
+    static TensorStore open(const std::filesystem::path& dir_or_file, const LoadLimits& limits = {}) {
+        namespace fs = std::filesystem;
+        std::error_code ec;
+        const auto st = fs::status(dir_or_file, ec);
+        if (ec && ec != std::errc::no_such_file_or_directory) fail(dir_or_file.string(), ": ", ec == std::errc::too_many_symbolic_link_levels ? "a symlink loop" : ec.message());
+        if (ec || !fs::exists(st)) fail(dir_or_file.string(), ": no such model folder or file");
+        TensorStore s;
+        s.source_ = dir_or_file.string();
+        s.limits_ = limits;
+        if (fs::is_directory(st)) {
+            const fs::path single = dir_or_file / "model.safetensors";
+            const fs::path index = dir_or_file / "model.safetensors.index.json";
+            // symlink_status: a dangling or looping link is opened, and its error names it.
+            if (fs::exists(fs::symlink_status(single, ec))) s.add_file(single);
+            else if (fs::exists(fs::symlink_status(index, ec))) s.open_index(index);
+            else {
+                std::string found;
+                for (const auto& e : fs::directory_iterator(dir_or_file, ec))
+                    if (e.path().extension() == ".safetensors") found += (found.empty() ? "" : ", ") + e.path().filename().string();
+                fail(dir_or_file.string(), ": model folder has neither model.safetensors nor model.safetensors.index.json",
+                     found.empty() ? std::string() : " (found: " + found + ")");
+            }
+        } else {
+            const std::string fname = dir_or_file.filename().string();
+            if (fname.size() > 11 && fname.ends_with(".index.json")) s.open_index(dir_or_file);
+            else s.add_file(dir_or_file);
+        }
+        return s;
+    }
+
+    const std::string& source() const { return source_; }
+    std::size_t size() const { return index_.size(); }
+    std::vector<std::string> files() const {
+        std::vector<std::string> out;
+        for (const auto& f : files_) out.push_back(f.path());
+        return out;
+    }
+    const std::vector<SafeTensorsFile>& shards() const { return files_; }
+
+    bool contains(std::string_view name) const { return index_.find(name) != index_.end(); }
+    const TensorRef& at(std::string_view name) const {
+        auto it = index_.find(name);
+        if (it != index_.end()) return *it->second;
+        // Suggest the stored name sharing the longest prefix.
+        std::string best;
+        std::size_t best_len = 0;
+        for (const auto& kv : index_) {
+            const auto m = std::mismatch(name.begin(), name.end(), kv.first.begin(), kv.first.end());
+            const std::size_t len = std::size_t(m.first - name.begin());
+            if (len > best_len) best_len = len, best = kv.first;
+        }
+        fail(source_, ": tensor '", name, "' not found (", index_.size(), " tensors in ", files_.size(), " file(s)",
+             best_len >= 8 ? "; closest: '" + best + "'" : std::string(), ")");
+    }
+    // Sorted.
+    std::vector<std::string> names() const {
+        std::vector<std::string> out;
+        out.reserve(index_.size());
+        for (const auto& kv : index_) out.push_back(kv.first);
+        return out;
+    }
+
+    // Throws unless `name` exists with exactly this shape.
+    const TensorRef& checked(std::string_view name, std::span<const Index> expected_shape) const {
+        const TensorRef& t = at(name);
+        if (!std::equal(t.shape.begin(), t.shape.end(), expected_shape.begin(), expected_shape.end()))
+            fail(t.where(), ": expected shape ", shape_to_string(expected_shape), ", file has ", t.shape_str(), " (",
+                 dtype_name(t.dtype), ")");
+        return t;
+    }
+
+    // Any float dtype (F32/F16/BF16/F64) converted to f32 into `out` (numel elements).
+    void load_f32_into(std::string_view name, std::span<const Index> expected_shape, std::span<float> out) const {
+        const TensorRef& t = checked(name, expected_shape);
+        const std::size_t n = std::size_t(t.numel());
+        FASTVLM_CHECK(out.size() == n, t.where(), ": output buffer holds ", out.size(), " floats, tensor has ", n);
+        switch (t.dtype) {
+            case DType::F32: if (n) std::memcpy(out.data(), t.data, n * 4); break;
+            case DType::BF16: detail::convert_half<bf16>(t.data, out.data(), n); break;
+            case DType::F16: detail::convert_half<f16>(t.data, out.data(), n); break;
+            case DType::F64: detail::copy_elements<double>(t.data, out.data(), n); break;
+            default: fail(t.where(), ": dtype ", dtype_name(t.dtype), " is not a floating-point type");
+        }
+    }
+    std::vector<float> load_f32(std::string_view name, std::span<const Index> expected_shape) const {
+        const TensorRef& t = checked(name, expected_shape);
+        std::vector<float> out(std::size_t(t.numel()));
+        load_f32_into(name, expected_shape, out);
+        return out;
+    }
+    std::vector<float> load_f32(std::string_view name, std::initializer_list<Index> expected_shape) const {
+        return load_f32(name, std::span<const Index>(expected_shape.begin(), expected_shape.size()));
+    }
+    template <std::size_t R>
+    Tensor<float, R> load_tensor(std::string_view name, const Shape<R>& expected) const {
+        checked(name, std::span<const Index>(expected.data(), R));
+        Tensor<float, R> out(expected);
+        load_f32_into(name, std::span<const Index>(expected.data(), R), out.span());
+        return out;
+    }
+
+    // Zero-copy typed view when the stored dtype is exactly dtype_of<T> (after checking the shape),
+    // else nullopt. An unaligned tensor (hand-made files only) is copied once into an aligned buffer
+    // owned by the store; the span stays valid as long as the store.
+    template <class T>
+    std::optional<std::span<const T>> data_as(std::string_view name, std::span<const Index> expected_shape) const {
+        const TensorRef& t = checked(name, expected_shape);
+        if (t.dtype != dtype_of<T>) return std::nullopt;
+        const std::size_t n = std::size_t(t.numel());
+        if (reinterpret_cast<std::uintptr_t>(t.data) % alignof(T) == 0)
+            return std::span<const T>(reinterpret_cast<const T*>(t.data), n);
+        return std::span<const T>(reinterpret_cast<const T*>(aligned_copy(t)), n);
+    }
+    // Raw bf16 weights (for load-time packing); nullopt when the stored dtype is not BF16.
+    std::optional<std::span<const bf16>> bf16_data(std::string_view name, std::span<const Index> expected_shape) const {
+        return data_as<bf16>(name, expected_shape);
+    }
+
+    // Tells the kernel the tensor's bytes are no longer needed (after they were converted and
+    // repacked): the whole pages inside it leave the resident set (the mapping is read-only and
+    // file-backed, so a later read faults them in again from the file; nothing is lost). Keeps
+    // the peak RSS of a load near the packed weights instead of packed + checkpoint. Unknown
+    // names are ignored.
+    void release(std::string_view name) const noexcept {
+        auto it = index_.find(name);
+        if (it == index_.end() || it->second->nbytes == 0) return;
+        const TensorRef& t = *it->second;
+        const std::uintptr_t page = 4096;
+        const std::uintptr_t b = (reinterpret_cast<std::uintptr_t>(t.data) + page - 1) / page * page;
+        const std::uintptr_t e = (reinterpret_cast<std::uintptr_t>(t.data) + t.nbytes) / page * page;
+        if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+    }
+
+    // Integer tensors (I64/I32/I16/I8/U8/BOOL) of any shape, widened to int64.
+    std::vector<std::int64_t> load_i64(std::string_view name) const {
+        const TensorRef& t = at(name);
+        std::vector<std::int64_t> out(std::size_t(t.numel()));
+        const std::size_t n = out.size();
+        switch (t.dtype) {
+            case DType::I64: if (n) std::memcpy(out.data(), t.data, n * 8); break;
+            case DType::I32: detail::copy_elements<std::int32_t>(t.data, out.data(), n); break;
+            case DType::I16: detail::copy_elements<std::int16_t>(t.data, out.data(), n); break;
+            case DType::I8: detail::copy_elements<std::int8_t>(t.data, out.data(), n); break;
+            case DType::U8: case DType::BOOL: detail::copy_elements<std::uint8_t>(t.data, out.data(), n); break;
+            default: fail(t.where(), ": dtype ", dtype_name(t.dtype), " is not an integer type");
+        }
+        return out;
+    }
+    std::vector<std::int64_t> load_i64(std::string_view name, std::span<const Index> expected_shape) const {
+        checked(name, expected_shape);
+        return load_i64(name);
+    }
+
+private:
+    struct Copies {
+        std::mutex mu;
+        std::map<std::string, AlignedBuffer<std::byte>, std::less<>> bufs;
+    };
+
+    const std::byte* aligned_copy(const TensorRef& t) const {
+        std::lock_guard<std::mutex> lock(copies_->mu);
+        auto it = copies_->bufs.find(t.name);
+        if (it == copies_->bufs.end()) {
+            AlignedBuffer<std::byte> b(std::max<std::size_t>(t.nbytes, 1));
+            if (t.nbytes) std::memcpy(b.data(), t.data, t.nbytes);
+            it = copies_->bufs.emplace(t.name, std::move(b)).first;
+        }
+        return it->second.data();
+    }
+
+    void add_file(const std::filesystem::path& p) {
+        files_.push_back(SafeTensorsFile::open(p, limits_));
+        const SafeTensorsFile& f = files_.back();
+        if (index_.size() + f.size() > limits_.max_tensors)
+            fail(f.path(), ": the model's files hold more than the ", limits_.max_tensors, "-tensor limit (LoadLimits::max_tensors)");
+        for (const auto& [name, ref] : f.tensors()) {
+            auto [it, inserted] = index_.emplace(name, &ref);
+            if (!inserted) fail("tensor '", name, "' is stored twice: in ", it->second->file, " and in ", f.path());
+        }
+    }
+
+    // {"metadata": {...}?, "weight_map": {tensor: shard file name}}
+    void open_index(const std::filesystem::path& index_path) {
+        namespace fs = std::filesystem;
+        const std::string ip = index_path.string();
+        const std::string text = read_file(index_path, limits_.max_json_file_bytes);
+        const nlohmann::json j = parse_json(text, ip, {.max_depth = limits_.max_json_depth});
+        if (!j.is_object()) fail(ip, ": expected a JSON object, got ", j.type_name());
+        if (auto m = j.find("metadata"); m != j.end() && !m->is_object() && !m->is_null())
+            fail(ip, ": 'metadata' is a JSON ", m->type_name(), ", expected an object");
+        auto wm = j.find("weight_map");
+        if (wm == j.end()) fail(ip, ": no 'weight_map'");
+        if (!wm->is_object()) fail(ip, ": 'weight_map' is a JSON ", wm->type_name(), ", expected an object");
+        if (wm->empty()) fail(ip, ": 'weight_map' is empty");
+        if (wm->size() > limits_.max_tensors)
+            fail(ip, ": 'weight_map' lists ", wm->size(), " tensors, more than the ", limits_.max_tensors, "-tensor limit (LoadLimits::max_tensors)");
+        std::vector<std::string> shard_order;
+        std::map<std::string, std::size_t> shard_id;
+        for (const auto& [name, v] : wm->items()) {
+            if (!v.is_string()) fail(ip, ": weight_map entry for tensor '", name, "' is a JSON ", v.type_name(), ", expected a file name");
+            const std::string& shard = v.get_ref<const std::string&>();
+            const fs::path sp(shard);
+            bool bad = shard.empty() || sp.is_absolute();
+            for (const auto& part : sp) bad = bad || part == "..";
+            if (bad) fail(ip, ": weight_map entry for tensor '", name, "' names shard '", shard, "', which is not a file inside the folder");
+            if (shard_id.emplace(shard, shard_order.size()).second) shard_order.push_back(shard);
+        }
+        const fs::path dir = index_path.parent_path();
+        files_.reserve(shard_order.size());
+        for (const auto& shard : shard_order) {
+            const fs::path sp = dir / shard;
+            std::error_code ec;
+            if (!fs::exists(sp, ec)) fail(ip, ": shard '", shard, "' listed in weight_map is missing (", sp.string(), ")");
+            add_file(sp);
+        }
+        for (const auto& [name, v] : wm->items()) {
+            const std::string& shard = v.get_ref<const std::string&>();
+            const SafeTensorsFile& f = files_[shard_id.at(shard)];
+            if (!f.contains(name)) fail(ip, ": weight_map puts tensor '", name, "' in ", f.path(), ", which has no such tensor");
+        }
+    }
+
+    std::string source_;
+    LoadLimits limits_;
+    std::vector<SafeTensorsFile> files_;
+    std::map<std::string, const TensorRef*, std::less<>> index_;  // into files_' node-based maps
+    std::unique_ptr<Copies> copies_ = std::make_unique<Copies>();
+};
+
+// ---- writer ---------------------------------------------------------------------------------------
+struct WriteTensor {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<Index> shape;
+    const void* data = nullptr;  // numel * dtype_size bytes
+};
+
+// Writes a safetensors file readable by the official implementation: header padded with spaces to a
+// multiple of 8, tensors contiguous in the data section, placed by decreasing element size so that
+// every tensor is aligned to its element size. Written to a temporary name, then renamed.
+inline void write_safetensors(const std::filesystem::path& path, std::span<const WriteTensor> tensors,
+                              const std::map<std::string, std::string>& metadata = {}) {
+    const std::string p = path.string();
+    std::vector<std::uint64_t> nbytes(tensors.size());
+    std::set<std::string_view> seen;
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+        const WriteTensor& t = tensors[i];
+        if (t.name == "__metadata__") fail(p, ": '__metadata__' cannot be a tensor name");
+        if (!seen.insert(t.name).second) fail(p, ": tensor '", t.name, "' given twice");
+        std::uint64_t n = dtype_size(t.dtype);
+        for (Index d : t.shape) {
+            if (d < 0) fail(p, ": tensor '", t.name, "': negative extent in shape ", shape_to_string(t.shape));
+            if (__builtin_mul_overflow(n, std::uint64_t(d), &n)) fail(p, ": tensor '", t.name, "': shape ", shape_to_string(t.shape), " overflows");
+        }
+        if (n > 0 && t.data == nullptr) fail(p, ": tensor '", t.name, "' has no data");
+        nbytes[i] = n;
+    }
+    std::vector<std::size_t> order(tensors.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return dtype_size(tensors[a].dtype) > dtype_size(tensors[b].dtype); });
+    std::vector<std::uint64_t> begin(tensors.size());
+    std::uint64_t off = 0;
+    for (std::size_t i : order) begin[i] = off, off += nbytes[i];
+
+    std::string header;
+    try {
+        nlohmann::ordered_json h = nlohmann::ordered_json::object();
+        if (!metadata.empty()) h["__metadata__"] = metadata;
+        for (std::size_t i = 0; i < tensors.size(); ++i)
+            h[tensors[i].name] = {{"dtype", dtype_name(tensors[i].dtype)},
+                                  {"shape", tensors[i].shape},
+                                  {"data_offsets", {begin[i], begin[i] + nbytes[i]}}};
+        header = h.dump();
+    } catch (const nlohmann::json::exception& e) {
+        fail(p, ": cannot encode the safetensors header: ", e.what());  // e.g. a name that is not UTF-8
+    }
+    header.append((8 - header.size() % 8) % 8, ' ');
+
+    const std::filesystem::path tmp = path.string() + ".tmp" + std::to_string(::getpid());
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out) fail(p, ": cannot create ", tmp.string(), ": ", std::strerror(errno));
+        const std::uint64_t n = header.size();
+        out.write(reinterpret_cast<const char*>(&n), 8);
+        out.write(header.data(), std::streamsize(header.size()));
+        for (std::size_t i : order)
+            if (nbytes[i]) out.write(static_cast<const char*>(tensors[i].data), std::streamsize(nbytes[i]));
+        out.flush();
+        if (!out) {
+            std::error_code ec;
+            std::filesystem::remove(tmp, ec);
+            fail(p, ": write failed (disk full?)");
+        }
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) {
+        std::filesystem::remove(tmp, ec);
+        fail(p, ": cannot rename the temporary file into place: ", ec.message());
+    }
+}
+
+inline void write_safetensors(const std::filesystem::path& path, std::initializer_list<WriteTensor> tensors,
+                              const std::map<std::string, std::string>& metadata = {}) {
+    write_safetensors(path, std::span<const WriteTensor>(tensors.begin(), tensors.size()), metadata);
+}
+
+}  // namespace fastvlm::io
+// ---- end fastvlm/io/safetensors.hpp
 // ---- begin fastvlm/text/chat.hpp -----------------------------------------------------------
 // fastvlm/text/chat.hpp — the ChatML prompt of FastVLM's conv mode `qwen_2` (spec §5.2) and its
 // tokenization with the image placeholder (`tokenizer_image_token`).
@@ -6462,6 +6748,7 @@ private:
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -6897,21 +7184,13 @@ inline void bpe_heap(const MergeTable& merges, std::vector<std::int32_t>& sym) {
     sym.resize(w);
 }
 
-inline std::string read_file(const std::filesystem::path& file) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) fail("tokenizer: cannot open ", file.string());
-    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) fail("tokenizer: cannot read ", file.string());
-    return data;
+inline std::string read_file(const std::filesystem::path& file, std::size_t limit) {
+    return io::read_file(file, limit, "tokenizer: " + file.string());
 }
 
-inline nlohmann::json read_json(const std::filesystem::path& file) {
-    const std::string data = read_file(file);
-    try {
-        return nlohmann::json::parse(data);
-    } catch (const nlohmann::json::exception& e) {
-        fail("tokenizer: ", file.string(), " is not valid JSON: ", e.what());
-    }
+inline nlohmann::json read_json(const std::filesystem::path& file, const io::LoadLimits& limits) {
+    const std::string data = read_file(file, limits.max_json_file_bytes);
+    return io::parse_json(data, "tokenizer: " + file.string(), {.max_depth = limits.max_json_depth, .reject_duplicate_keys = false});
 }
 
 
@@ -6924,15 +7203,17 @@ public:
     using json = nlohmann::json;
     VocabJsonReader(std::unordered_map<std::string, std::int32_t>& vocab_,
                     std::vector<std::pair<std::string, std::string>>& merges_, std::vector<std::string> vocab_path_,
-                    std::vector<std::string> merges_path_, std::string src_, std::int64_t max_id_)
+                    std::vector<std::string> merges_path_, std::string src_, std::int64_t max_id_,
+                    int max_depth_ = io::kMaxJsonDepth)
         : vocab(vocab_), merges(merges_), vocab_path(std::move(vocab_path_)), merges_path(std::move(merges_path_)),
-          src(std::move(src_)), max_id(max_id_) {}
+          src(std::move(src_)), max_id(max_id_), max_depth(max_depth_) {}
 
     std::unordered_map<std::string, std::int32_t>& vocab;
     std::vector<std::pair<std::string, std::string>>& merges;
     std::vector<std::string> vocab_path, merges_path;
     std::string src;
     std::int64_t max_id;
+    int max_depth;
     json root;
     bool saw_vocab = false, saw_merges = false;
 
@@ -6988,6 +7269,7 @@ private:
         return true;
     }
     bool open(bool object) {
+        if (int(st_.size()) >= max_depth) fail("tokenizer: ", src, ": JSON nested deeper than ", max_depth, " levels");
         Mode mode = kDom;
         if (!st_.empty() && st_.back().mode == kVocab)
             fail("tokenizer: ", src, ": id of token '", st_.back().key, "' is not an integer");
@@ -7056,26 +7338,28 @@ public:
     // Loads from a model folder: vocab.json + merges.txt + (added_tokens.json and/or
     // tokenizer_config.json's added_tokens_decoder), what official Qwen2/FastVLM folders ship;
     // tokenizer.json when vocab.json/merges.txt are absent.
-    static Tokenizer load(const std::filesystem::path& model_dir) {
+    static Tokenizer load(const std::filesystem::path& model_dir, const io::LoadLimits& limits = {}) {
         namespace fs = std::filesystem;
-        if (!fs::is_directory(model_dir)) fail("tokenizer: model folder ", model_dir.string(), " does not exist");
+        std::error_code ec;
+        if (!fs::is_directory(model_dir, ec)) fail("tokenizer: model folder ", model_dir.string(), " does not exist");
         const fs::path vocab = model_dir / "vocab.json", merges = model_dir / "merges.txt",
                        tj = model_dir / "tokenizer.json";
-        const bool have_vocab = fs::exists(vocab), have_merges = fs::exists(merges);
-        if (have_vocab && have_merges) return from_vocab_merges(model_dir);
-        if (fs::exists(tj)) return from_tokenizer_json(tj);
+        const bool have_vocab = io::present(vocab), have_merges = io::present(merges);
+        if (have_vocab && have_merges) return from_vocab_merges(model_dir, limits);
+        if (io::present(tj)) return from_tokenizer_json(tj, limits);
         if (have_vocab || have_merges)
             fail("tokenizer: ", (have_vocab ? merges : vocab).string(), " is missing (and there is no tokenizer.json)");
         fail("tokenizer: ", model_dir.string(), " has neither vocab.json + merges.txt nor tokenizer.json");
     }
 
-    static Tokenizer from_tokenizer_json(const std::filesystem::path& file) {
+    static Tokenizer from_tokenizer_json(const std::filesystem::path& file, const io::LoadLimits& limits = {}) {
         const std::string src = file.string();
         Builder b;
+        b.max_added = limits.max_added_tokens;
         b.vocab_src = b.merges_src = b.added_src = src;
-        detail::VocabJsonReader r(b.vocab, b.merges, {"model", "vocab"}, {"model", "merges"}, src, kMaxId);
+        detail::VocabJsonReader r(b.vocab, b.merges, {"model", "vocab"}, {"model", "merges"}, src, kMaxId, limits.max_json_depth);
         {
-            const std::string data = detail::read_file(file);
+            const std::string data = detail::read_file(file, limits.max_tokenizer_file_bytes);
             b.vocab.reserve(160000), b.merges.reserve(160000);
             nlohmann::json::sax_parse(data, &r);
         }
@@ -7219,6 +7503,7 @@ private:
         std::vector<AddedToken> added;
         bool nfc = true;
         std::string vocab_src, merges_src, added_src;
+        std::size_t max_added = io::LoadLimits{}.max_added_tokens;
     };
 
     struct Work {
@@ -7383,21 +7668,22 @@ private:
                       ": pre_tokenizer is not Qwen2's (Split with the Qwen2 regex + ByteLevel)");
     }
 
-    static Tokenizer from_vocab_merges(const std::filesystem::path& dir) {
+    static Tokenizer from_vocab_merges(const std::filesystem::path& dir, const io::LoadLimits& limits = {}) {
         namespace fs = std::filesystem;
         Builder b;
+        b.max_added = limits.max_added_tokens;
         const fs::path vocab_file = dir / "vocab.json", merges_file = dir / "merges.txt";
         b.vocab_src = vocab_file.string(), b.merges_src = merges_file.string();
         {
             std::vector<std::pair<std::string, std::string>> no_merges;
-            detail::VocabJsonReader r(b.vocab, no_merges, {}, {"-"}, b.vocab_src, kMaxId);
-            const std::string data = detail::read_file(vocab_file);
+            detail::VocabJsonReader r(b.vocab, no_merges, {}, {"-"}, b.vocab_src, kMaxId, limits.max_json_depth);
+            const std::string data = detail::read_file(vocab_file, limits.max_tokenizer_file_bytes);
             b.vocab.reserve(160000);
             nlohmann::json::sax_parse(data, &r);
             FASTVLM_CHECK(r.saw_vocab, "tokenizer: ", b.vocab_src, ": the vocabulary is not a JSON object");
         }
         {
-            const std::string text = detail::read_file(merges_file);
+            const std::string text = detail::read_file(merges_file, limits.max_tokenizer_file_bytes);
             detail::check_utf8(text, b.merges_src);
             // Qwen2Tokenizer: strip each line, skip blanks and a first-line "#version:" header.
             std::size_t line_no = 0;
@@ -7422,25 +7708,25 @@ private:
                 b.merge_lines.push_back(line_no);
             }
         }
-        read_folder_added_tokens(dir, b);
+        read_folder_added_tokens(dir, b, limits);
         return build(std::move(b));
     }
 
     // added_tokens_decoder (tokenizer_config.json) carries the special flags; tokens only listed in
     // added_tokens.json are special when special_tokens_map.json / tokenizer_config.json name them.
-    static void read_folder_added_tokens(const std::filesystem::path& dir, Builder& b) {
+    static void read_folder_added_tokens(const std::filesystem::path& dir, Builder& b, const io::LoadLimits& limits) {
         namespace fs = std::filesystem;
         const fs::path cfg_file = dir / "tokenizer_config.json", at_file = dir / "added_tokens.json",
                        stm_file = dir / "special_tokens_map.json";
-        std::vector<std::string> named_special;
+        std::unordered_set<std::string> named_special;
         auto collect_named = [&](const nlohmann::json& j) {
             for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens"}) {
                 if (!j.contains(key)) continue;
                 const nlohmann::json& v = j[key];
                 auto one = [&](const nlohmann::json& x) {
-                    if (x.is_string()) named_special.push_back(x.get<std::string>());
+                    if (x.is_string()) named_special.insert(x.get<std::string>());
                     else if (x.is_object() && x.contains("content") && x["content"].is_string())
-                        named_special.push_back(x["content"].get<std::string>());
+                        named_special.insert(x["content"].get<std::string>());
                 };
                 if (v.is_array())
                     for (const auto& x : v) one(x);
@@ -7450,8 +7736,8 @@ private:
         };
         std::string sources;
         try {
-            if (fs::exists(cfg_file)) {
-                const nlohmann::json cfg = detail::read_json(cfg_file);
+            if (io::present(cfg_file)) {
+                const nlohmann::json cfg = detail::read_json(cfg_file, limits);
                 const std::string src = cfg_file.string();
                 FASTVLM_CHECK(cfg.is_object(), "tokenizer: ", src, " is not a JSON object");
                 if (cfg.contains("tokenizer_class") && cfg["tokenizer_class"].is_string()) {
@@ -7467,27 +7753,30 @@ private:
                 collect_named(cfg);
                 sources = src;
             }
-            if (fs::exists(stm_file)) {
-                const nlohmann::json stm = detail::read_json(stm_file);
+            if (io::present(stm_file)) {
+                const nlohmann::json stm = detail::read_json(stm_file, limits);
                 FASTVLM_CHECK(stm.is_object(), "tokenizer: ", stm_file.string(), " is not a JSON object");
                 collect_named(stm);
             }
-            if (fs::exists(at_file)) {
-                const nlohmann::json at = detail::read_json(at_file);
+            if (io::present(at_file)) {
+                const nlohmann::json at = detail::read_json(at_file, limits);
                 const std::string src = at_file.string();
                 FASTVLM_CHECK(at.is_object(), "tokenizer: ", src, " is not a JSON object {token: id}");
+                std::unordered_map<std::string, std::size_t> known;  // content -> index in b.added
+                for (std::size_t i = 0; i < b.added.size(); ++i) known.emplace(b.added[i].content, i);
                 for (const auto& item : at.items()) {
                     const std::string& content = item.key();  // no structured binding: clang < 16
                     nlohmann::json t = {{"content", content}};
                     AddedToken a = parse_added(t, item.value(), src);
-                    a.special = std::find(named_special.begin(), named_special.end(), content) != named_special.end();
-                    const auto same = std::find_if(b.added.begin(), b.added.end(),
-                                                   [&](const AddedToken& x) { return x.content == content; });
-                    if (same != b.added.end()) {
+                    a.special = named_special.count(content) > 0;
+                    const auto k = known.find(content);
+                    if (k != known.end()) {
+                        const AddedToken* same = &b.added[k->second];
                         FASTVLM_CHECK(same->id == a.id, "tokenizer: ", src, ": '", content, "' has id ", a.id,
                                       " but ", sources, " gives ", same->id);
                         continue;
                     }
+                    known.emplace(content, b.added.size());
                     b.added.push_back(std::move(a));
                 }
                 sources = sources.empty() ? src : sources + " / " + src;
@@ -7505,6 +7794,8 @@ private:
         for (const auto& [tok, id] : b.vocab) max_id = std::max<std::int64_t>(max_id, id);
         for (const AddedToken& a : b.added) max_id = std::max<std::int64_t>(max_id, a.id);
         FASTVLM_CHECK(!b.vocab.empty(), "tokenizer: ", b.vocab_src, ": the vocabulary is empty");
+        FASTVLM_CHECK(b.added.size() <= b.max_added, "tokenizer: ", b.added_src, ": ", b.added.size(),
+                      " added tokens, more than the ", b.max_added, " limit (LoadLimits::max_added_tokens)");
         const auto n_ids = static_cast<std::size_t>(max_id + 1);
         t.kind_.assign(n_ids, kUnused);
         t.bytes_.assign(n_ids, std::string());
@@ -7519,6 +7810,7 @@ private:
             ++n_base;
         }
         std::size_t n_extra = 0;
+        std::unordered_map<std::string_view, std::int32_t> added_ids;  // content -> id, of t.added_
         for (const AddedToken& a : b.added) {
             const auto k = static_cast<std::size_t>(a.id);
             if (t.kind_[k] == kBase) {
@@ -7532,9 +7824,9 @@ private:
             } else {
                 ++n_extra;
             }
-            for (const AddedToken& x : t.added_)
-                FASTVLM_CHECK(x.content != a.content, "tokenizer: ", b.added_src, ": added token '", a.content,
-                              "' has two ids (", x.id, " and ", a.id, ")");
+            if (const auto x = added_ids.find(a.content); x != added_ids.end())
+                fail("tokenizer: ", b.added_src, ": added token '", a.content, "' has two ids (", x->second, " and ", a.id, ")");
+            added_ids.emplace(a.content, a.id);  // views into b.added, which outlives this loop
             t.kind_[k] = a.special ? kSpecial : kAdded;
             t.bytes_[k] = a.content;
             t.added_.push_back(a);
@@ -8289,17 +8581,23 @@ inline std::string detect_prefix(const io::TensorStore& store) {
 
 // A vision config from a JSON file: a model folder's config.json (FastVLM schema), or a file that only
 // holds a `vision_config` object (e.g. the golden fastvithd_small_config.json).
-inline io::VisionConfig load_vision_config(const std::filesystem::path& path) {
+inline io::VisionConfig load_vision_config(const std::filesystem::path& path, const io::LoadLimits& limits = {}) {
     std::error_code ec;
     const std::filesystem::path file = std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
     const std::string src = file.string();
-    const std::string text = io::detail::read_text_file(file, std::size_t(16) << 20);
-    const nlohmann::json j = io::detail::parse_json_strict(text.data(), text.data() + text.size(), src);
+    const std::string text = io::read_file(file, limits.max_json_file_bytes);
+    const nlohmann::json j = io::parse_json(text, src, {.max_depth = limits.max_json_depth});
     if (!j.is_object()) fail(src, ": expected a JSON object");
-    if (j.contains("mm_vision_tower")) return io::ModelConfig::from_json(j, src).vision;
-    const auto it = j.find("vision_config");
-    if (it == j.end() || !it->is_object()) fail(src, ": neither a FastVLM config.json (mm_vision_tower) nor a 'vision_config' object");
-    return io::VisionConfig::from_json(*it, src);
+    io::VisionConfig v;
+    if (j.contains("mm_vision_tower")) {
+        v = io::ModelConfig::from_json(j, src).vision;
+    } else {
+        const auto it = j.find("vision_config");
+        if (it == j.end() || !it->is_object()) fail(src, ": neither a FastVLM config.json (mm_vision_tower) nor a 'vision_config' object");
+        v = io::VisionConfig::from_json(*it, src);
+    }
+    io::check_image_size(v, src, limits);
+    return v;
 }
 
 template <class Policy>
@@ -8729,6 +9027,7 @@ struct LoadOptions {
     Index context = 0;        // default KV-cache positions per session; 0 = min(8192, max_position_embeddings)
     bool load_vision = true;  // false: text only, or image features computed elsewhere
     text::KVType kv_type = text::KVType::bf16;  // KV cache storage of sessions and engines (f32: exact)
+    io::LoadLimits limits = {};  // file sizes, JSON depth, tensor counts, image_size (docs/reliability.md)
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
@@ -8854,19 +9153,18 @@ public:
             if (opt.progress) opt.progress(f, stage);
         };
         progress(0.f, "config");
-        p->config = io::ModelConfig::load(dir);
+        p->config = io::ModelConfig::load(dir, opt.limits);
         const auto& tc = p->config.text;
         p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
         p->kv_type = opt.kv_type;
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
         FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
                       " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
-        std::error_code ec;
-        if (fs::exists(dir / "vocab.json", ec) || fs::exists(dir / "merges.txt", ec) || fs::exists(dir / "tokenizer.json", ec)) {
+        if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
             progress(0.f, "tokenizer");
-            p->tokenizer = text::Tokenizer::load(dir);
+            p->tokenizer = text::Tokenizer::load(dir, opt.limits);
         }
-        const auto store = io::TensorStore::open(dir);
+        const auto store = io::TensorStore::open(dir, opt.limits);
         // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
         if (opt.load_vision) {
             progress(0.01f, "vision");
@@ -9987,6 +10285,7 @@ public:
     // all_logits. Throws before running when the context would overflow.
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
                              bool all_logits = false) {
+        check_fits(Index(ids.size()) + (image_tokens ? image_tokens->dim(0) - 1 : 0), 0);  // before embedding
         Tensor<float, 2> x = embed(ids, image_tokens);
         return run_prefill(x, all_logits);
     }
@@ -10007,6 +10306,9 @@ public:
     // Several images: the k-th −200 slot takes images[k].
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
                              bool all_logits = false) {
+        Index T = Index(ids.size());
+        for (const auto& im : images) T += im.dim(0) - 1;
+        check_fits(T, 0);  // before embedding: a long prompt fails without allocating T x hidden
         Tensor<float, 2> x = model_.embed_prompt(ids, images);
         return run_prefill(x, all_logits);
     }
@@ -10085,6 +10387,7 @@ private:
         text::Sampler sampler(g.sampling);
         const std::vector<std::int32_t>& stops = g.stop_ids.empty() ? model_.stop_ids() : g.stop_ids;
         const Index valid = model_.valid_vocab();
+        check_fits(Index(ids.size()) + (image ? image->dim(0) - 1 : 0), g.max_new_tokens);  // before embedding
         Tensor<float, 2> x = embed(ids, image);
         const Index T = x.dim(0);
         check_fits(T, g.max_new_tokens);
@@ -10493,6 +10796,18 @@ struct Line {
     std::optional<std::string> answer;
 };
 
+// Longest input line read (`--max-line-bytes`): a request is a prompt and image paths, not data.
+inline constexpr std::size_t kMaxLineBytes = std::size_t(1) << 20;
+
+// The Line of an input line longer than `max_bytes` (its text was not kept).
+inline Line too_long_line(std::size_t n, std::size_t max_bytes) {
+    Line b;
+    b.line = n;
+    b.id = n;
+    b.error = ::fastvlm::detail::concat("the line is longer than the ", max_bytes, "-byte limit (--max-line-bytes)");
+    return b;
+}
+
 // Leading/trailing ASCII white space removed.
 inline std::string_view trim(std::string_view s) {
     const auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
@@ -10510,8 +10825,8 @@ inline Line parse_line(std::string_view text, std::size_t n, const std::filesyst
     try {
         nlohmann::json j;
         try {
-            j = nlohmann::json::parse(text);
-        } catch (const nlohmann::json::exception& e) {
+            j = io::parse_json(text, "JSON", {.reject_duplicate_keys = false});
+        } catch (const Error& e) {
             fail("not a valid JSON object (", e.what(), ")");
         }
         if (!j.is_object()) fail("expected a JSON object {\"image\", \"prompt\", ...}, got ", j.type_name());
@@ -10556,7 +10871,7 @@ inline Line parse_line(std::string_view text, std::size_t n, const std::filesyst
         if (auto v = num("temperature", 0, 100)) q.sampling.temperature = float(*v);
         if (auto v = num("top_k", 0, 1 << 24)) q.sampling.top_k = int(*v);
         if (auto v = num("top_p", 1e-9, 1)) q.sampling.top_p = float(*v);
-        if (auto v = num("seed", 0, 18446744073709551615.0)) q.sampling.seed = std::uint64_t(*v);
+        if (auto v = num("seed", 0, 18446744073709549568.0)) q.sampling.seed = std::uint64_t(*v);  // the largest double < 2^64
         b.answer = str("answer");
         b.req = std::move(q);
     } catch (const std::exception& e) {

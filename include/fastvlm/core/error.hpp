@@ -21,12 +21,27 @@ std::string concat(Args&&... args) {
     (os << ... << std::forward<Args>(args));
     return os.str();
 }
+
+// Error messages quote names and values from the input; a hostile input could make them megabytes.
+// Longer messages keep their head and tail (cut at UTF-8 character boundaries).
+inline constexpr std::size_t kMaxErrorMessageBytes = 4096;
+
+inline std::string cap_message(std::string s) {
+    if (s.size() <= kMaxErrorMessageBytes) return s;
+    auto boundary = [&](std::size_t i) {
+        while (i > 0 && i < s.size() && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) --i;
+        return i;
+    };
+    const std::size_t head = boundary(kMaxErrorMessageBytes * 3 / 4);
+    const std::size_t tail = boundary(s.size() - kMaxErrorMessageBytes / 4);
+    return s.substr(0, head) + " ...[" + std::to_string(tail - head) + " bytes left out]... " + s.substr(tail);
+}
 }  // namespace detail
 
 // throw Error(concat(args...)); kept out of line of the caller's hot path.
 template <class... Args>
 [[noreturn]] void fail(Args&&... args) {
-    throw Error(detail::concat(std::forward<Args>(args)...));
+    throw Error(detail::cap_message(detail::concat(std::forward<Args>(args)...)));
 }
 
 // Checks an invariant that depends on user input (files, shapes, options).

@@ -13,7 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "fastvlm/core/error.hpp"
-#include "fastvlm/io/safetensors.hpp"  // detail::read_text_file, parse_json_strict
+#include "fastvlm/io/files.hpp"
+#include "fastvlm/io/json.hpp"
 
 namespace fastvlm::io {
 
@@ -86,7 +87,8 @@ struct ModelConfig {
     std::string source;  // the config.json path (or name) it came from
 
     // A model folder (reads <dir>/config.json) or the config.json file itself.
-    static ModelConfig load(const std::filesystem::path& model_dir_or_config_json);
+    // Throws unless the file is within `limits` (size, JSON depth, image_size ≤ limits.max_image_size).
+    static ModelConfig load(const std::filesystem::path& model_dir_or_config_json, const LoadLimits& limits = {});
     static ModelConfig from_json(const nlohmann::json& j, const std::string& source_name);
     void validate() const;
 };
@@ -119,19 +121,19 @@ public:
     }
 
     std::int64_t as_int(const char* key, const nlohmann::json& v) const {
-        if (!v.is_number_integer()) bad(key, "expected an integer, got " + json_type(v) + " " + v.dump());
+        if (!v.is_number_integer()) bad(key, "expected an integer, got " + json_type(v) + " " + brief_json(v));
         if (v.is_number_unsigned()) {
             const auto u = v.get<std::uint64_t>();
-            if (u > std::uint64_t(std::numeric_limits<std::int32_t>::max())) bad(key, "value " + v.dump() + " is out of range");
+            if (u > std::uint64_t(std::numeric_limits<std::int32_t>::max())) bad(key, "value " + brief_json(v) + " is out of range");
             return std::int64_t(u);
         }
         const auto s = v.get<std::int64_t>();
         if (s < std::numeric_limits<std::int32_t>::min() || s > std::numeric_limits<std::int32_t>::max())
-            bad(key, "value " + v.dump() + " is out of range");
+            bad(key, "value " + brief_json(v) + " is out of range");
         return s;
     }
     double as_double(const char* key, const nlohmann::json& v) const {
-        if (!v.is_number()) bad(key, "expected a number, got " + json_type(v) + " " + v.dump());
+        if (!v.is_number()) bad(key, "expected a number, got " + json_type(v) + " " + brief_json(v));
         const double d = v.get<double>();
         if (!std::isfinite(d)) bad(key, "value is not finite");
         return d;
@@ -142,26 +144,26 @@ public:
     void get(const char* key, bool& out) const {
         if (!has(key)) return;
         const auto& v = *find(key);
-        if (!v.is_boolean()) bad(key, "expected true or false, got " + json_type(v) + " " + v.dump());
+        if (!v.is_boolean()) bad(key, "expected true or false, got " + json_type(v) + " " + brief_json(v));
         out = v.get<bool>();
     }
     void get(const char* key, std::string& out) const {
         if (!has(key)) return;
         const auto& v = *find(key);
-        if (!v.is_string()) bad(key, "expected a string, got " + json_type(v) + " " + v.dump());
+        if (!v.is_string()) bad(key, "expected a string, got " + json_type(v) + " " + brief_json(v));
         out = v.get<std::string>();
     }
     template <class T>
     void get(const char* key, std::vector<T>& out) const {
         if (!has(key)) return;
         const auto& v = *find(key);
-        if (!v.is_array()) bad(key, "expected a list, got " + json_type(v) + " " + v.dump());
+        if (!v.is_array()) bad(key, "expected a list, got " + json_type(v) + " " + brief_json(v));
         std::vector<T> r;
         for (const auto& e : v) {
             if constexpr (std::is_same_v<T, int>) r.push_back(int(as_int(key, e)));
             else if constexpr (std::is_same_v<T, double>) r.push_back(as_double(key, e));
             else {
-                if (!e.is_string()) bad(key, "expected a list of strings, got element " + e.dump());
+                if (!e.is_string()) bad(key, "expected a list of strings, got element " + brief_json(e));
                 r.push_back(e.get<std::string>());
             }
         }
@@ -318,7 +320,7 @@ inline ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::st
     if (const auto* rs = f.find("rope_scaling"); rs && !rs->is_null()) {
         const bool plain = rs->is_object() && ((rs->contains("type") && (*rs)["type"] == "default") ||
                                                (rs->contains("rope_type") && (*rs)["rope_type"] == "default"));
-        if (!plain) f.bad("rope_scaling", rs->dump() + " is not supported (plain RoPE only)");
+        if (!plain) f.bad("rope_scaling", brief_json(*rs) + " is not supported (plain RoPE only)");
     }
     if (f.has("mm_use_im_start_end")) {
         bool b = false;
@@ -396,12 +398,21 @@ inline ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::st
     return c;
 }
 
-inline ModelConfig ModelConfig::load(const std::filesystem::path& p) {
+// The vision tower's work and memory grow with image_size²: a config that asks for more than the limit is refused.
+inline void check_image_size(const VisionConfig& v, const std::string& src, const LoadLimits& limits) {
+    if (v.image_size > limits.max_image_size)
+        fail(src, ": key 'image_size': ", v.image_size, " is larger than the ", limits.max_image_size,
+             " limit (LoadLimits::max_image_size; the vision tower's work grows with its square)");
+}
+
+inline ModelConfig ModelConfig::load(const std::filesystem::path& p, const LoadLimits& limits) {
     std::error_code ec;
     const std::filesystem::path file = std::filesystem::is_directory(p, ec) ? p / "config.json" : p;
-    const std::string text = detail::read_text_file(file, std::size_t(16) << 20);
+    const std::string text = read_file(file, limits.max_json_file_bytes);
     const std::string src = file.string();
-    return from_json(detail::parse_json_strict(text.data(), text.data() + text.size(), src), src);
+    ModelConfig c = from_json(parse_json(text, src, {.max_depth = limits.max_json_depth}), src);
+    check_image_size(c.vision, src, limits);
+    return c;
 }
 
 }  // namespace fastvlm::io

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "fastvlm/core/error.hpp"
+#include "fastvlm/io/files.hpp"
 #include "fastvlm/core/tensor.hpp"
 
 // stb_image. By default its implementation is compiled into each translation unit that includes
@@ -95,6 +96,11 @@ struct ImageLimits {
     // Preprocessing pads to a max(W, H)² square before resizing (as the original does): a 1×40,000
     // image would need a 1.6 G-pixel canvas. 128 Mi pixels (384 MiB RGB, sides up to 11,585) bounds it.
     std::int64_t max_padded_pixels = 128ll * 1024 * 1024;
+    // Scans of one JPEG. Each scan of a progressive JPEG is a sweep over the whole image (2,000 empty
+    // scans took a minute); encoders write 1 (baseline) to ~10 (libjpeg's progressive script), 64 at most.
+    std::int64_t max_jpeg_scans = 100;
+    // Bytes of an image file read from disk (the decoded pixels are bounded by max_pixels).
+    std::size_t max_file_bytes = std::size_t(256) << 20;
 };
 
 namespace detail {
@@ -197,8 +203,11 @@ inline bool peek_dimensions(std::span<const std::uint8_t> b, std::uint32_t& w, s
 // Walks the marker segments of a JPEG the way stb_image's parser reaches them and refuses a DHT
 // segment with more than 256 codes in one table: stb_image 2.27 (Debian 12) writes past its
 // 256-entry tables for those (nothings/stb#1289, fixed in 2.28). Other damage is left to stb.
-inline void check_jpeg_tables(std::span<const std::uint8_t> b, std::string_view name) {
+// Also counts the scans (SOS markers): a progressive JPEG of thousands of empty scans makes either
+// decoder sweep the whole image once per scan, so more than `max_scans` is refused up front.
+inline void check_jpeg_tables(std::span<const std::uint8_t> b, std::string_view name, std::int64_t max_scans) {
     std::size_t i = 2;
+    std::int64_t scans = 0;
     bool entropy = false;  // inside scan data: FF 00 and RSTn are data, not markers
     while (i + 1 < b.size()) {
         if (b[i] != 0xFF) {
@@ -230,6 +239,8 @@ inline void check_jpeg_tables(std::span<const std::uint8_t> b, std::string_view 
         } else {
             i = j + 1 + len;
             entropy = m == 0xDA;  // SOS: scan data follows its header
+            if (entropy && ++scans > max_scans)
+                fail("image '", name, "': JPEG with more than ", max_scans, " scans (ImageLimits::max_jpeg_scans)");
         }
     }
 }
@@ -411,7 +422,7 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
         if (k > 0 && k + 1 < bytes.size() && bytes[k + 1] == 0xD8) bytes = bytes.subspan(k);
     }
     const bool jpeg = bytes.size() >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8;
-    if (jpeg) detail::check_jpeg_tables(bytes, name);
+    if (jpeg) detail::check_jpeg_tables(bytes, name, limits.max_jpeg_scans);
     std::uint32_t pw = 0, ph = 0;
     const bool peeked = detail::peek_dimensions(bytes, pw, ph);
     if (peeked && ph != 0) detail::check_dimensions(pw, ph, name, limits);  // JPEG height 0: set by a DNL marker
@@ -466,19 +477,8 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
 // Reads and decodes an image file (see load_image_from_memory).
 inline Image load_image(const std::filesystem::path& file, const ImageLimits& limits = {}) {
     const std::string name = file.string();
-    std::error_code ec;
-    FASTVLM_CHECK(std::filesystem::is_regular_file(file, ec), "image '", name, "': no such file");
-    const auto size = std::filesystem::file_size(file, ec);
-    FASTVLM_CHECK(!ec, "image '", name, "': cannot read its size (", ec.message(), ")");
-    FASTVLM_CHECK(size <= std::uintmax_t(INT_MAX), "image '", name, "': ", size,
-                  " bytes is more than stb_image reads (2 GiB)");
-    std::ifstream in(file, std::ios::binary);
-    FASTVLM_CHECK(in.good(), "image '", name, "': cannot open the file");
-    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
-    if (size > 0) in.read(reinterpret_cast<char*>(bytes.data()), std::streamsize(size));
-    FASTVLM_CHECK(in.good() || (in.eof() && std::uintmax_t(in.gcount()) == size), "image '", name,
-                  "': read error");
-    return load_image_from_memory(bytes, name, limits);
+    const std::string bytes = read_file(file, std::min<std::size_t>(limits.max_file_bytes, INT_MAX), "image '" + name + "'");
+    return load_image_from_memory(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()), name, limits);
 }
 
 // spec §6.1 expand2square: a max(W,H)² canvas filled with `background`, the image pasted at

@@ -42,6 +42,8 @@
 #include "fastvlm/core/dtypes.hpp"
 #include "fastvlm/core/error.hpp"
 #include "fastvlm/core/tensor.hpp"
+#include "fastvlm/io/files.hpp"
+#include "fastvlm/io/json.hpp"
 
 namespace fastvlm::io {
 
@@ -134,18 +136,8 @@ public:
     MappedFile() = default;
     static MappedFile open(const std::filesystem::path& path) {
         const std::string p = path.string();
-        const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) fail(p, ": cannot open: ", std::strerror(errno));
         struct stat st {};
-        if (::fstat(fd, &st) != 0) {
-            const int e = errno;
-            ::close(fd);
-            fail(p, ": cannot stat: ", std::strerror(e));
-        }
-        if (!S_ISREG(st.st_mode)) {
-            ::close(fd);
-            fail(p, ": not a regular file");
-        }
+        const int fd = open_regular_file(path, st);
         MappedFile m;
         m.size_ = static_cast<std::size_t>(st.st_size);
         if (m.size_ > 0) {
@@ -185,53 +177,6 @@ private:
     const std::byte* data_ = nullptr;
     std::size_t size_ = 0;
 };
-
-inline constexpr std::size_t kMaxHeaderBytes = std::size_t(100) << 20;  // 100 MiB; real 7B headers are ~100 KB
-
-// Parses JSON text, rejecting duplicate object keys (nlohmann would keep the last one silently).
-// `what` prefixes every error message.
-inline nlohmann::json parse_json_strict(const char* first, const char* last, const std::string& what) {
-    std::vector<std::set<std::string>> keys;  // one set per open object
-    auto cb = [&](int, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
-        using E = nlohmann::json::parse_event_t;
-        if (ev == E::object_start) keys.emplace_back();
-        else if (ev == E::object_end) { if (!keys.empty()) keys.pop_back(); }
-        else if (ev == E::key && !keys.empty()) {
-            const auto& k = parsed.get_ref<const std::string&>();
-            if (!keys.back().insert(k).second) fail(what, ": duplicate JSON key '", k, "'");
-        }
-        return true;
-    };
-    try {
-        return nlohmann::json::parse(first, last, cb);
-    } catch (const nlohmann::json::exception& e) {
-        fail(what, ": invalid JSON: ", e.what());
-    }
-}
-
-// Reads a small text file whole (config.json, index.json); `limit` bytes at most.
-inline std::string read_text_file(const std::filesystem::path& path, std::size_t limit) {
-    std::error_code ec;
-    const auto st = std::filesystem::status(path, ec);
-    if (ec || !std::filesystem::exists(st)) fail(path.string(), ": file not found");
-    if (!std::filesystem::is_regular_file(st)) fail(path.string(), ": not a regular file");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(path.string(), ": cannot open: ", std::strerror(errno));
-    std::string text;
-    char buf[1 << 16];
-    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-        text.append(buf, std::size_t(in.gcount()));
-        if (text.size() > limit) fail(path.string(), ": larger than the ", limit, "-byte limit for this file");
-    }
-    if (in.bad()) fail(path.string(), ": read error");
-    return text;
-}
-
-inline std::string json_type(const nlohmann::json& j) {
-    if (j.is_number_integer()) return "integer";
-    if (j.is_number_float()) return "float";
-    return j.type_name();
-}
 
 // Element-wise copy of an unaligned source into typed storage: out[i] = Dst(load<Src>(src + i)).
 template <class Src, class Dst>
@@ -276,11 +221,11 @@ public:
     SafeTensorsFile(const SafeTensorsFile&) = delete;
     SafeTensorsFile& operator=(const SafeTensorsFile&) = delete;
 
-    static SafeTensorsFile open(const std::filesystem::path& path) {
+    static SafeTensorsFile open(const std::filesystem::path& path, const LoadLimits& limits = {}) {
         SafeTensorsFile f;
         f.path_ = path.string();
         f.map_ = detail::MappedFile::open(path);
-        f.parse();
+        f.parse(limits);
         return f;
     }
 
@@ -307,21 +252,26 @@ public:
     std::size_t data_offset() const { return data_offset_; }
 
 private:
-    void parse() {
+    void parse(const LoadLimits& limits) {
         const std::size_t size = map_.size();
         const std::byte* base = map_.data();
         if (size < 8) fail(path_, ": not a safetensors file: ", size, " bytes, shorter than the 8-byte header length");
         std::uint64_t n = 0;
         std::memcpy(&n, base, 8);  // little-endian u64
-        if (n > detail::kMaxHeaderBytes)
-            fail(path_, ": safetensors header length ", n, " exceeds the ", detail::kMaxHeaderBytes, "-byte limit (corrupt file?)");
+        if (n > limits.max_header_bytes)
+            fail(path_, ": safetensors header length ", n, " exceeds the ", limits.max_header_bytes,
+                 "-byte limit (LoadLimits::max_header_bytes; corrupt file?)");
         if (n > size - 8) fail(path_, ": safetensors header length ", n, " runs past the end of the ", size, "-byte file");
         if (n < 2) fail(path_, ": safetensors header length ", n, " is too short for a JSON object");
         data_offset_ = 8 + std::size_t(n);
         const std::size_t data_len = size - data_offset_;
         const char* h = reinterpret_cast<const char*>(base + 8);
-        const nlohmann::json header = detail::parse_json_strict(h, h + n, path_ + ": safetensors header");
+        const nlohmann::json header =
+            parse_json(std::string_view(h, std::size_t(n)), path_ + ": safetensors header", {.max_depth = limits.max_json_depth});
         if (!header.is_object()) fail(path_, ": safetensors header is a JSON ", header.type_name(), ", expected an object");
+        if (header.size() > limits.max_tensors + 1)  // + __metadata__
+            fail(path_, ": safetensors header lists ", header.size(), " entries, more than the ", limits.max_tensors,
+                 "-tensor limit (LoadLimits::max_tensors)");
 
         struct Range { std::uint64_t begin, end; const std::string* name; };
         std::vector<Range> ranges;
@@ -329,12 +279,12 @@ private:
             if (name == "__metadata__") {
                 if (!entry.is_object()) fail(path_, ": __metadata__ is a JSON ", entry.type_name(), ", expected an object of strings");
                 for (const auto& [k, v] : entry.items()) {
-                    if (!v.is_string()) fail(path_, ": __metadata__ key '", k, "' holds a JSON ", v.type_name(), ", expected a string");
+                    if (!v.is_string()) fail(path_, ": __metadata__ key '", detail::JsonDomBuilder::brief(k), "' holds a JSON ", v.type_name(), ", expected a string");
                     metadata_[k] = v.get<std::string>();
                 }
                 continue;
             }
-            const std::string where = path_ + ": tensor '" + name + "'";
+            const std::string where = path_ + ": tensor '" + detail::JsonDomBuilder::brief(name) + "'";
             if (!entry.is_object()) fail(where, ": header entry is a JSON ", entry.type_name(), ", expected an object");
             TensorRef t;
             t.name = name;
@@ -352,21 +302,21 @@ private:
             if (!sh->is_array()) fail(where, ": 'shape' is a JSON ", sh->type_name(), ", expected an array");
             std::uint64_t numel = 1;
             for (const auto& d : *sh) {
-                if (!d.is_number_integer()) fail(where, ": shape entry ", d.dump(), " is not an integer");
-                if (!d.is_number_unsigned()) fail(where, ": shape entry ", d.dump(), " is negative");
+                if (!d.is_number_integer()) fail(where, ": shape entry ", brief_json(d), " is not an integer");
+                if (!d.is_number_unsigned()) fail(where, ": shape entry ", brief_json(d), " is negative");
                 const std::uint64_t v = d.get<std::uint64_t>();
                 if (v > std::uint64_t(INT64_MAX) || __builtin_mul_overflow(numel, v, &numel) || numel > std::uint64_t(INT64_MAX))
-                    fail(where, ": shape ", sh->dump(), " overflows the element count");
+                    fail(where, ": shape ", brief_json(*sh), " overflows the element count");
                 t.shape.push_back(Index(v));
             }
             std::uint64_t nbytes = 0;
             if (__builtin_mul_overflow(numel, std::uint64_t(dtype_size(t.dtype)), &nbytes))
-                fail(where, ": shape ", sh->dump(), " x ", dtype_name(t.dtype), " overflows the byte count");
+                fail(where, ": shape ", brief_json(*sh), " x ", dtype_name(t.dtype), " overflows the byte count");
             // data_offsets
             auto off = entry.find("data_offsets");
             if (off == entry.end()) fail(where, ": header entry has no 'data_offsets'");
             if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned())
-                fail(where, ": 'data_offsets' ", off->dump(), " is not a pair of non-negative integers");
+                fail(where, ": 'data_offsets' ", brief_json(*off), " is not a pair of non-negative integers");
             const std::uint64_t b = (*off)[0].get<std::uint64_t>(), e = (*off)[1].get<std::uint64_t>();
             if (b > e) fail(where, ": data_offsets [", b, ", ", e, "] are reversed");
             if (e > data_len)
@@ -376,7 +326,7 @@ private:
                      ", ", e, "] hold ", e - b);
             t.data = base + data_offset_ + b;
             t.nbytes = std::size_t(nbytes);
-            auto it = tensors_.emplace(name, std::move(t)).first;  // names are unique: parse_json_strict
+            auto it = tensors_.emplace(name, std::move(t)).first;  // names are unique: parse_json
             if (nbytes > 0) ranges.push_back({b, e, &it->first});
         }
         // Overlaps: sorted by start, each range must begin at or after the previous end.
@@ -403,18 +353,21 @@ public:
 
     // A folder (model.safetensors, else model.safetensors.index.json + shards), a *.index.json
     // file, or one .safetensors file.
-    static TensorStore open(const std::filesystem::path& dir_or_file) {
+    static TensorStore open(const std::filesystem::path& dir_or_file, const LoadLimits& limits = {}) {
         namespace fs = std::filesystem;
         std::error_code ec;
         const auto st = fs::status(dir_or_file, ec);
+        if (ec && ec != std::errc::no_such_file_or_directory) fail(dir_or_file.string(), ": ", ec == std::errc::too_many_symbolic_link_levels ? "a symlink loop" : ec.message());
         if (ec || !fs::exists(st)) fail(dir_or_file.string(), ": no such model folder or file");
         TensorStore s;
         s.source_ = dir_or_file.string();
+        s.limits_ = limits;
         if (fs::is_directory(st)) {
             const fs::path single = dir_or_file / "model.safetensors";
             const fs::path index = dir_or_file / "model.safetensors.index.json";
-            if (fs::exists(single, ec)) s.add_file(single);
-            else if (fs::exists(index, ec)) s.open_index(index);
+            // symlink_status: a dangling or looping link is opened, and its error names it.
+            if (fs::exists(fs::symlink_status(single, ec))) s.add_file(single);
+            else if (fs::exists(fs::symlink_status(index, ec))) s.open_index(index);
             else {
                 std::string found;
                 for (const auto& e : fs::directory_iterator(dir_or_file, ec))
@@ -571,8 +524,10 @@ private:
     }
 
     void add_file(const std::filesystem::path& p) {
-        files_.push_back(SafeTensorsFile::open(p));
+        files_.push_back(SafeTensorsFile::open(p, limits_));
         const SafeTensorsFile& f = files_.back();
+        if (index_.size() + f.size() > limits_.max_tensors)
+            fail(f.path(), ": the model's files hold more than the ", limits_.max_tensors, "-tensor limit (LoadLimits::max_tensors)");
         for (const auto& [name, ref] : f.tensors()) {
             auto [it, inserted] = index_.emplace(name, &ref);
             if (!inserted) fail("tensor '", name, "' is stored twice: in ", it->second->file, " and in ", f.path());
@@ -583,8 +538,8 @@ private:
     void open_index(const std::filesystem::path& index_path) {
         namespace fs = std::filesystem;
         const std::string ip = index_path.string();
-        const std::string text = detail::read_text_file(index_path, detail::kMaxHeaderBytes);
-        const nlohmann::json j = detail::parse_json_strict(text.data(), text.data() + text.size(), ip);
+        const std::string text = read_file(index_path, limits_.max_json_file_bytes);
+        const nlohmann::json j = parse_json(text, ip, {.max_depth = limits_.max_json_depth});
         if (!j.is_object()) fail(ip, ": expected a JSON object, got ", j.type_name());
         if (auto m = j.find("metadata"); m != j.end() && !m->is_object() && !m->is_null())
             fail(ip, ": 'metadata' is a JSON ", m->type_name(), ", expected an object");
@@ -592,6 +547,8 @@ private:
         if (wm == j.end()) fail(ip, ": no 'weight_map'");
         if (!wm->is_object()) fail(ip, ": 'weight_map' is a JSON ", wm->type_name(), ", expected an object");
         if (wm->empty()) fail(ip, ": 'weight_map' is empty");
+        if (wm->size() > limits_.max_tensors)
+            fail(ip, ": 'weight_map' lists ", wm->size(), " tensors, more than the ", limits_.max_tensors, "-tensor limit (LoadLimits::max_tensors)");
         std::vector<std::string> shard_order;
         std::map<std::string, std::size_t> shard_id;
         for (const auto& [name, v] : wm->items()) {
@@ -619,6 +576,7 @@ private:
     }
 
     std::string source_;
+    LoadLimits limits_;
     std::vector<SafeTensorsFile> files_;
     std::map<std::string, const TensorRef*, std::less<>> index_;  // into files_' node-based maps
     std::unique_ptr<Copies> copies_ = std::make_unique<Copies>();

@@ -23,12 +23,15 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "fastvlm/core/error.hpp"
+#include "fastvlm/io/files.hpp"
+#include "fastvlm/io/json.hpp"
 
 namespace fastvlm::text {
 
@@ -459,21 +462,13 @@ inline void bpe_heap(const MergeTable& merges, std::vector<std::int32_t>& sym) {
     sym.resize(w);
 }
 
-inline std::string read_file(const std::filesystem::path& file) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) fail("tokenizer: cannot open ", file.string());
-    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) fail("tokenizer: cannot read ", file.string());
-    return data;
+inline std::string read_file(const std::filesystem::path& file, std::size_t limit) {
+    return io::read_file(file, limit, "tokenizer: " + file.string());
 }
 
-inline nlohmann::json read_json(const std::filesystem::path& file) {
-    const std::string data = read_file(file);
-    try {
-        return nlohmann::json::parse(data);
-    } catch (const nlohmann::json::exception& e) {
-        fail("tokenizer: ", file.string(), " is not valid JSON: ", e.what());
-    }
+inline nlohmann::json read_json(const std::filesystem::path& file, const io::LoadLimits& limits) {
+    const std::string data = read_file(file, limits.max_json_file_bytes);
+    return io::parse_json(data, "tokenizer: " + file.string(), {.max_depth = limits.max_json_depth, .reject_duplicate_keys = false});
 }
 
 
@@ -486,15 +481,17 @@ public:
     using json = nlohmann::json;
     VocabJsonReader(std::unordered_map<std::string, std::int32_t>& vocab_,
                     std::vector<std::pair<std::string, std::string>>& merges_, std::vector<std::string> vocab_path_,
-                    std::vector<std::string> merges_path_, std::string src_, std::int64_t max_id_)
+                    std::vector<std::string> merges_path_, std::string src_, std::int64_t max_id_,
+                    int max_depth_ = io::kMaxJsonDepth)
         : vocab(vocab_), merges(merges_), vocab_path(std::move(vocab_path_)), merges_path(std::move(merges_path_)),
-          src(std::move(src_)), max_id(max_id_) {}
+          src(std::move(src_)), max_id(max_id_), max_depth(max_depth_) {}
 
     std::unordered_map<std::string, std::int32_t>& vocab;
     std::vector<std::pair<std::string, std::string>>& merges;
     std::vector<std::string> vocab_path, merges_path;
     std::string src;
     std::int64_t max_id;
+    int max_depth;
     json root;
     bool saw_vocab = false, saw_merges = false;
 
@@ -550,6 +547,7 @@ private:
         return true;
     }
     bool open(bool object) {
+        if (int(st_.size()) >= max_depth) fail("tokenizer: ", src, ": JSON nested deeper than ", max_depth, " levels");
         Mode mode = kDom;
         if (!st_.empty() && st_.back().mode == kVocab)
             fail("tokenizer: ", src, ": id of token '", st_.back().key, "' is not an integer");
@@ -618,26 +616,28 @@ public:
     // Loads from a model folder: vocab.json + merges.txt + (added_tokens.json and/or
     // tokenizer_config.json's added_tokens_decoder), what official Qwen2/FastVLM folders ship;
     // tokenizer.json when vocab.json/merges.txt are absent.
-    static Tokenizer load(const std::filesystem::path& model_dir) {
+    static Tokenizer load(const std::filesystem::path& model_dir, const io::LoadLimits& limits = {}) {
         namespace fs = std::filesystem;
-        if (!fs::is_directory(model_dir)) fail("tokenizer: model folder ", model_dir.string(), " does not exist");
+        std::error_code ec;
+        if (!fs::is_directory(model_dir, ec)) fail("tokenizer: model folder ", model_dir.string(), " does not exist");
         const fs::path vocab = model_dir / "vocab.json", merges = model_dir / "merges.txt",
                        tj = model_dir / "tokenizer.json";
-        const bool have_vocab = fs::exists(vocab), have_merges = fs::exists(merges);
-        if (have_vocab && have_merges) return from_vocab_merges(model_dir);
-        if (fs::exists(tj)) return from_tokenizer_json(tj);
+        const bool have_vocab = io::present(vocab), have_merges = io::present(merges);
+        if (have_vocab && have_merges) return from_vocab_merges(model_dir, limits);
+        if (io::present(tj)) return from_tokenizer_json(tj, limits);
         if (have_vocab || have_merges)
             fail("tokenizer: ", (have_vocab ? merges : vocab).string(), " is missing (and there is no tokenizer.json)");
         fail("tokenizer: ", model_dir.string(), " has neither vocab.json + merges.txt nor tokenizer.json");
     }
 
-    static Tokenizer from_tokenizer_json(const std::filesystem::path& file) {
+    static Tokenizer from_tokenizer_json(const std::filesystem::path& file, const io::LoadLimits& limits = {}) {
         const std::string src = file.string();
         Builder b;
+        b.max_added = limits.max_added_tokens;
         b.vocab_src = b.merges_src = b.added_src = src;
-        detail::VocabJsonReader r(b.vocab, b.merges, {"model", "vocab"}, {"model", "merges"}, src, kMaxId);
+        detail::VocabJsonReader r(b.vocab, b.merges, {"model", "vocab"}, {"model", "merges"}, src, kMaxId, limits.max_json_depth);
         {
-            const std::string data = detail::read_file(file);
+            const std::string data = detail::read_file(file, limits.max_tokenizer_file_bytes);
             b.vocab.reserve(160000), b.merges.reserve(160000);
             nlohmann::json::sax_parse(data, &r);
         }
@@ -781,6 +781,7 @@ private:
         std::vector<AddedToken> added;
         bool nfc = true;
         std::string vocab_src, merges_src, added_src;
+        std::size_t max_added = io::LoadLimits{}.max_added_tokens;
     };
 
     struct Work {
@@ -945,21 +946,22 @@ private:
                       ": pre_tokenizer is not Qwen2's (Split with the Qwen2 regex + ByteLevel)");
     }
 
-    static Tokenizer from_vocab_merges(const std::filesystem::path& dir) {
+    static Tokenizer from_vocab_merges(const std::filesystem::path& dir, const io::LoadLimits& limits = {}) {
         namespace fs = std::filesystem;
         Builder b;
+        b.max_added = limits.max_added_tokens;
         const fs::path vocab_file = dir / "vocab.json", merges_file = dir / "merges.txt";
         b.vocab_src = vocab_file.string(), b.merges_src = merges_file.string();
         {
             std::vector<std::pair<std::string, std::string>> no_merges;
-            detail::VocabJsonReader r(b.vocab, no_merges, {}, {"-"}, b.vocab_src, kMaxId);
-            const std::string data = detail::read_file(vocab_file);
+            detail::VocabJsonReader r(b.vocab, no_merges, {}, {"-"}, b.vocab_src, kMaxId, limits.max_json_depth);
+            const std::string data = detail::read_file(vocab_file, limits.max_tokenizer_file_bytes);
             b.vocab.reserve(160000);
             nlohmann::json::sax_parse(data, &r);
             FASTVLM_CHECK(r.saw_vocab, "tokenizer: ", b.vocab_src, ": the vocabulary is not a JSON object");
         }
         {
-            const std::string text = detail::read_file(merges_file);
+            const std::string text = detail::read_file(merges_file, limits.max_tokenizer_file_bytes);
             detail::check_utf8(text, b.merges_src);
             // Qwen2Tokenizer: strip each line, skip blanks and a first-line "#version:" header.
             std::size_t line_no = 0;
@@ -984,25 +986,25 @@ private:
                 b.merge_lines.push_back(line_no);
             }
         }
-        read_folder_added_tokens(dir, b);
+        read_folder_added_tokens(dir, b, limits);
         return build(std::move(b));
     }
 
     // added_tokens_decoder (tokenizer_config.json) carries the special flags; tokens only listed in
     // added_tokens.json are special when special_tokens_map.json / tokenizer_config.json name them.
-    static void read_folder_added_tokens(const std::filesystem::path& dir, Builder& b) {
+    static void read_folder_added_tokens(const std::filesystem::path& dir, Builder& b, const io::LoadLimits& limits) {
         namespace fs = std::filesystem;
         const fs::path cfg_file = dir / "tokenizer_config.json", at_file = dir / "added_tokens.json",
                        stm_file = dir / "special_tokens_map.json";
-        std::vector<std::string> named_special;
+        std::unordered_set<std::string> named_special;
         auto collect_named = [&](const nlohmann::json& j) {
             for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens"}) {
                 if (!j.contains(key)) continue;
                 const nlohmann::json& v = j[key];
                 auto one = [&](const nlohmann::json& x) {
-                    if (x.is_string()) named_special.push_back(x.get<std::string>());
+                    if (x.is_string()) named_special.insert(x.get<std::string>());
                     else if (x.is_object() && x.contains("content") && x["content"].is_string())
-                        named_special.push_back(x["content"].get<std::string>());
+                        named_special.insert(x["content"].get<std::string>());
                 };
                 if (v.is_array())
                     for (const auto& x : v) one(x);
@@ -1012,8 +1014,8 @@ private:
         };
         std::string sources;
         try {
-            if (fs::exists(cfg_file)) {
-                const nlohmann::json cfg = detail::read_json(cfg_file);
+            if (io::present(cfg_file)) {
+                const nlohmann::json cfg = detail::read_json(cfg_file, limits);
                 const std::string src = cfg_file.string();
                 FASTVLM_CHECK(cfg.is_object(), "tokenizer: ", src, " is not a JSON object");
                 if (cfg.contains("tokenizer_class") && cfg["tokenizer_class"].is_string()) {
@@ -1029,27 +1031,30 @@ private:
                 collect_named(cfg);
                 sources = src;
             }
-            if (fs::exists(stm_file)) {
-                const nlohmann::json stm = detail::read_json(stm_file);
+            if (io::present(stm_file)) {
+                const nlohmann::json stm = detail::read_json(stm_file, limits);
                 FASTVLM_CHECK(stm.is_object(), "tokenizer: ", stm_file.string(), " is not a JSON object");
                 collect_named(stm);
             }
-            if (fs::exists(at_file)) {
-                const nlohmann::json at = detail::read_json(at_file);
+            if (io::present(at_file)) {
+                const nlohmann::json at = detail::read_json(at_file, limits);
                 const std::string src = at_file.string();
                 FASTVLM_CHECK(at.is_object(), "tokenizer: ", src, " is not a JSON object {token: id}");
+                std::unordered_map<std::string, std::size_t> known;  // content -> index in b.added
+                for (std::size_t i = 0; i < b.added.size(); ++i) known.emplace(b.added[i].content, i);
                 for (const auto& item : at.items()) {
                     const std::string& content = item.key();  // no structured binding: clang < 16
                     nlohmann::json t = {{"content", content}};
                     AddedToken a = parse_added(t, item.value(), src);
-                    a.special = std::find(named_special.begin(), named_special.end(), content) != named_special.end();
-                    const auto same = std::find_if(b.added.begin(), b.added.end(),
-                                                   [&](const AddedToken& x) { return x.content == content; });
-                    if (same != b.added.end()) {
+                    a.special = named_special.count(content) > 0;
+                    const auto k = known.find(content);
+                    if (k != known.end()) {
+                        const AddedToken* same = &b.added[k->second];
                         FASTVLM_CHECK(same->id == a.id, "tokenizer: ", src, ": '", content, "' has id ", a.id,
                                       " but ", sources, " gives ", same->id);
                         continue;
                     }
+                    known.emplace(content, b.added.size());
                     b.added.push_back(std::move(a));
                 }
                 sources = sources.empty() ? src : sources + " / " + src;
@@ -1067,6 +1072,8 @@ private:
         for (const auto& [tok, id] : b.vocab) max_id = std::max<std::int64_t>(max_id, id);
         for (const AddedToken& a : b.added) max_id = std::max<std::int64_t>(max_id, a.id);
         FASTVLM_CHECK(!b.vocab.empty(), "tokenizer: ", b.vocab_src, ": the vocabulary is empty");
+        FASTVLM_CHECK(b.added.size() <= b.max_added, "tokenizer: ", b.added_src, ": ", b.added.size(),
+                      " added tokens, more than the ", b.max_added, " limit (LoadLimits::max_added_tokens)");
         const auto n_ids = static_cast<std::size_t>(max_id + 1);
         t.kind_.assign(n_ids, kUnused);
         t.bytes_.assign(n_ids, std::string());
@@ -1081,6 +1088,7 @@ private:
             ++n_base;
         }
         std::size_t n_extra = 0;
+        std::unordered_map<std::string_view, std::int32_t> added_ids;  // content -> id, of t.added_
         for (const AddedToken& a : b.added) {
             const auto k = static_cast<std::size_t>(a.id);
             if (t.kind_[k] == kBase) {
@@ -1094,9 +1102,9 @@ private:
             } else {
                 ++n_extra;
             }
-            for (const AddedToken& x : t.added_)
-                FASTVLM_CHECK(x.content != a.content, "tokenizer: ", b.added_src, ": added token '", a.content,
-                              "' has two ids (", x.id, " and ", a.id, ")");
+            if (const auto x = added_ids.find(a.content); x != added_ids.end())
+                fail("tokenizer: ", b.added_src, ": added token '", a.content, "' has two ids (", x->second, " and ", a.id, ")");
+            added_ids.emplace(a.content, a.id);  // views into b.added, which outlives this loop
             t.kind_[k] = a.special ? kSpecial : kAdded;
             t.bytes_[k] = a.content;
             t.added_.push_back(a);

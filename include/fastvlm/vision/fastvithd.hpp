@@ -66,17 +66,23 @@ inline std::string detect_prefix(const io::TensorStore& store) {
 
 // A vision config from a JSON file: a model folder's config.json (FastVLM schema), or a file that only
 // holds a `vision_config` object (e.g. the golden fastvithd_small_config.json).
-inline io::VisionConfig load_vision_config(const std::filesystem::path& path) {
+inline io::VisionConfig load_vision_config(const std::filesystem::path& path, const io::LoadLimits& limits = {}) {
     std::error_code ec;
     const std::filesystem::path file = std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
     const std::string src = file.string();
-    const std::string text = io::detail::read_text_file(file, std::size_t(16) << 20);
-    const nlohmann::json j = io::detail::parse_json_strict(text.data(), text.data() + text.size(), src);
+    const std::string text = io::read_file(file, limits.max_json_file_bytes);
+    const nlohmann::json j = io::parse_json(text, src, {.max_depth = limits.max_json_depth});
     if (!j.is_object()) fail(src, ": expected a JSON object");
-    if (j.contains("mm_vision_tower")) return io::ModelConfig::from_json(j, src).vision;
-    const auto it = j.find("vision_config");
-    if (it == j.end() || !it->is_object()) fail(src, ": neither a FastVLM config.json (mm_vision_tower) nor a 'vision_config' object");
-    return io::VisionConfig::from_json(*it, src);
+    io::VisionConfig v;
+    if (j.contains("mm_vision_tower")) {
+        v = io::ModelConfig::from_json(j, src).vision;
+    } else {
+        const auto it = j.find("vision_config");
+        if (it == j.end() || !it->is_object()) fail(src, ": neither a FastVLM config.json (mm_vision_tower) nor a 'vision_config' object");
+        v = io::VisionConfig::from_json(*it, src);
+    }
+    io::check_image_size(v, src, limits);
+    return v;
 }
 
 template <class Policy>
