@@ -151,15 +151,18 @@ struct Job {
 io::Image image_from_array(const py::array& a0, const std::string& what) {
     if (!py::isinstance<py::array_t<std::uint8_t>>(a0))
         raise_error(what + ": a numpy image must have dtype uint8, got " + std::string(py::str(a0.dtype())));
-    auto a = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>::ensure(a0);
-    if (!(a.ndim() == 3 && a.shape(2) == 3) && a.ndim() != 2)
+    // Shape and size are checked on the array as given, before a contiguous copy is made: a broadcast
+    // (stride-0) view can describe terabytes in a few bytes.
+    if (!(a0.ndim() == 3 && a0.shape(2) == 3) && a0.ndim() != 2)
         raise_error(what + ": a numpy image must be H x W x 3 (RGB) or H x W (gray), got shape " +
-                    std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()))))));
-    const py::ssize_t h = a.shape(0), w = a.shape(1);
+                    std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(a0.shape(), a0.shape() + a0.ndim()))))));
+    const py::ssize_t h = a0.shape(0), w = a0.shape(1);
     if (h <= 0 || w <= 0) raise_error(what + ": the image is empty (" + std::to_string(h) + " x " + std::to_string(w) + ")");
     if (double(h) * double(w) > double(io::ImageLimits{}.max_pixels))
         raise_error(what + ": " + std::to_string(w) + " x " + std::to_string(h) + " pixels, more than the limit of " +
-                    std::to_string(io::ImageLimits{}.max_pixels));
+                    std::to_string(io::ImageLimits{}.max_pixels) + " (ImageLimits::max_pixels)");
+    auto a = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>::ensure(a0);
+    if (!a) throw py::error_already_set();  // the copy failed (MemoryError)
     io::Image img;
     img.width = int(w);
     img.height = int(h);

@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libxsimd-dev libstb-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev
       libopenblas-dev libutf8proc-dev libjpeg-dev libcpp-httplib-dev curl haproxy python3 python3-numpy python3-torch python3-pil
-      python3-dev pybind11-dev python3-pytest python3-distributed libxxhash-dev ffmpeg)
+      python3-dev pybind11-dev python3-pytest python3-distributed libxxhash-dev ffmpeg clang-14 libfuzzer-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

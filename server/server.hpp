@@ -55,6 +55,24 @@ public:
                    {"data", json::array({{{"id", opt_.model_name}, {"object", "model"}, {"created", started_}, {"owned_by", "fastvlm"}}})}});
         });
         http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { chat(req, res); });
+        // A Content-Length over the limit is answered before the body is read: httplib would first read and
+        // discard that many bytes (a lying 10^20 holds the connection until the read timeout). One that is
+        // not a plain decimal number (negative, overflowing, "12abc") is a bad request.
+        http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+            if (!req.has_header("Content-Length")) return httplib::Server::HandlerResponse::Unhandled;
+            const std::string v = req.get_header_value("Content-Length");
+            const bool number = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
+            if (number && v.size() <= 18 && std::stoull(v) <= opt_.max_body_bytes) return httplib::Server::HandlerResponse::Unhandled;
+            res.status = number ? 413 : 400;
+            const std::string msg = res.status == 413 ? "the request body (Content-Length " + v.substr(0, 24) +
+                                                            ") is larger than the limit of " + std::to_string(opt_.max_body_bytes) +
+                                                            " bytes (--max-body-mb)"
+                                                      : "the Content-Length header is not a byte count";
+            res.set_header("Connection", "close");
+            res.set_content(error_body(res.status, msg, "invalid_request_error", res.status == 413 ? "body_too_large" : "bad_header").dump(),
+                            "application/json");
+            return httplib::Server::HandlerResponse::Handled;
+        });
         // Errors httplib itself produces (404, 413 body too large, 400 bad request line …) in OpenAI's shape.
         http_.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
             if (!res.body.empty()) return;
@@ -83,9 +101,22 @@ public:
         if (port_ < 0) fail("cannot listen on ", opt_.host, ":", opt_.port, " (address in use or not allowed)");
         return port_;
     }
-    // Serves until stop(); call bind() first.
-    void serve() { http_.listen_after_bind(); }
-    void stop() { http_.stop(); }
+    // Serves until stop(); call bind() first. A stop() from another thread before the listening loop has
+    // started (a model that fails to load at once) is not lost: httplib's own stop() only ends a running loop.
+    void serve() {
+        std::atomic<bool> done{false};
+        std::thread guard([&] {
+            while (!done.load() && !http_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            if (stop_requested_.load()) http_.stop();
+        });
+        if (!stop_requested_.load()) http_.listen_after_bind();
+        done.store(true);
+        guard.join();
+    }
+    void stop() {
+        stop_requested_.store(true);
+        http_.stop();
+    }
 
     // The engine to serve with (after loading); /health turns 200.
     void set_engine(std::unique_ptr<AnyModel> model, std::unique_ptr<Engine> engine) {
@@ -270,7 +301,7 @@ private:
     httplib::Server http_;
     std::unique_ptr<AnyModel> model_;
     std::unique_ptr<Engine> engine_;
-    std::atomic<bool> ready_{false}, failed_{false};
+    std::atomic<bool> ready_{false}, failed_{false}, stop_requested_{false};
     std::string load_error_;
     std::atomic<std::uint64_t> counter_{0};
     std::int64_t started_ = std::int64_t(std::time(nullptr));

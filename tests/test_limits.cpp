@@ -280,3 +280,26 @@ TEST(ImageLimitsTest, JpegScanCountAndFileKinds) {
     write(d / "big.png", std::string(2000, 'x'));
     expect_has(error_of([&] { io::load_image(d / "big.png", {.max_file_bytes = 1000}); }), {"big.png", "1000-byte limit"});
 }
+
+TEST(ImageLimitsTest, TruncatedBmpIsRefusedBeforeDecoding) {
+    // 54-byte header declaring 8,388,615 x 5 pixels at 24 bits, then 100 bytes: stb would decode 120 MB of zeros.
+    std::vector<std::uint8_t> bmp(154, 0);
+    auto le32 = [&](std::size_t i, std::uint32_t v) {
+        for (int k = 0; k < 4; ++k) bmp[i + std::size_t(k)] = std::uint8_t(v >> (8 * k));
+    };
+    bmp[0] = 'B', bmp[1] = 'M';
+    le32(2, 154), le32(10, 54), le32(14, 40), le32(18, 8388615), le32(22, 5);
+    bmp[26] = 1, bmp[28] = 24;
+    expect_has(error_of([&] { io::load_image_from_memory(bmp, "lying.bmp"); }), {"lying.bmp", "BMP is truncated"});
+    // The same header with its rows present decodes (a 4 x 5 image).
+    le32(18, 4);
+    bmp.resize(54 + 5 * 12);
+    EXPECT_EQ(io::load_image_from_memory(bmp, "ok.bmp").width, 4);
+}
+
+TEST(LoadLimits, SparseTokenIdsAreRefused) {
+    Dir d("sparse");
+    write(d / "vocab.json", R"({"a": 16777215})");
+    write(d / "merges.txt", "#version: 0.2\n");
+    expect_has(error_of([&] { text::Tokenizer::load(d.path); }), {"vocab.json", "ids must be dense"});
+}

@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -168,6 +169,12 @@ public:
         progress(0.f, "config");
         p->config = io::ModelConfig::load(dir, opt.limits);
         const auto& tc = p->config.text;
+        {  // every parallel region is split over the pool: thousands of threads on a few cores only thrash
+            const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+            const unsigned max_threads = std::min(1024u, std::max(16u, 8 * hw));
+            FASTVLM_CHECK(opt.threads <= max_threads, "LoadOptions::threads = ", opt.threads, " is more than the limit of ", max_threads,
+                          " (8 x the ", hw, " hardware threads, at least 16, at most 1024)");
+        }
         p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
         p->kv_type = opt.kv_type;
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);

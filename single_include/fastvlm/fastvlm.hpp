@@ -2306,8 +2306,9 @@ struct Image {
 struct ImageLimits {
     std::int64_t max_pixels = 64ll * 1024 * 1024;
     // Preprocessing pads to a max(W, H)² square before resizing (as the original does): a 1×40,000
-    // image would need a 1.6 G-pixel canvas. 128 Mi pixels (384 MiB RGB, sides up to 11,585) bounds it.
-    std::int64_t max_padded_pixels = 128ll * 1024 * 1024;
+    // image would need a 1.6 G-pixel canvas. The canvas may be as large as the largest image accepted
+    // (64 Mi pixels, 192 MiB RGB, sides up to 8,192): a thin image then costs what a valid square one does.
+    std::int64_t max_padded_pixels = 64ll * 1024 * 1024;
     // Scans of one JPEG. Each scan of a progressive JPEG is a sweep over the whole image (2,000 empty
     // scans took a minute); encoders write 1 (baseline) to ~10 (libjpeg's progressive script), 64 at most.
     std::int64_t max_jpeg_scans = 100;
@@ -2455,6 +2456,30 @@ inline void check_jpeg_tables(std::span<const std::uint8_t> b, std::string_view 
                 fail("image '", name, "': JPEG with more than ", max_scans, " scans (ImageLimits::max_jpeg_scans)");
         }
     }
+}
+
+// An uncompressed BMP must hold its declared rows: stb_image decodes (and allocates) the whole declared
+// image before it notices the file ended, so a 160-byte file declaring 8,388,615 x 5 pixels cost seconds.
+// Called after check_dimensions (w * h within the pixel limit).
+inline void check_bmp_size(std::span<const std::uint8_t> b, std::string_view name) {
+    if (b.size() < 26 || b[0] != 'B' || b[1] != 'M') return;
+    auto le16 = [&](std::size_t i) { return std::uint32_t(b[i]) | std::uint32_t(b[i + 1]) << 8; };
+    auto le32 = [&](std::size_t i) { return le16(i) | le16(i + 2) << 16; };
+    const std::uint64_t data_off = le32(10), dib = le32(14);
+    std::uint64_t w = 0, h = 0, bpp = 0, comp = 0;
+    if (dib == 12) {
+        w = le16(18), h = le16(20), bpp = le16(24);
+    } else if (b.size() >= 34) {
+        w = std::uint64_t(std::abs(std::int64_t(std::int32_t(le32(18)))));
+        h = std::uint64_t(std::abs(std::int64_t(std::int32_t(le32(22)))));
+        bpp = le16(28), comp = le32(30);
+    } else {
+        return;  // stb reports the short header
+    }
+    if (comp != 0 && comp != 3 && comp != 6) return;  // RLE: stb refuses it
+    const std::uint64_t row = (bpp * w + 31) / 32 * 4, need = data_off + row * h;
+    FASTVLM_CHECK(b.size() >= need, "image '", name, "': the BMP is truncated (", w, "x", h, " at ", bpp, " bits per pixel needs ",
+                  need, " bytes, the file has ", b.size(), ")");
 }
 
 // w, h < 2^32 (from a header), so w * h fits in 64 unsigned bits.
@@ -2659,6 +2684,7 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
         fail("image '", name, "': cannot decode as JPEG/PNG/BMP/TGA/GIF/PNM (stb_image: ", detail::stb_reason(), ")");
     }
     detail::check_dimensions(w, h, name, limits);
+    detail::check_bmp_size(bytes, name);
 
     const bool gray16 = detail::is_png_gray16(bytes);
     detail::StbReader reader{bytes.data(), bytes.size()};
@@ -7797,6 +7823,10 @@ private:
         FASTVLM_CHECK(b.added.size() <= b.max_added, "tokenizer: ", b.added_src, ": ", b.added.size(),
                       " added tokens, more than the ", b.max_added, " limit (LoadLimits::max_added_tokens)");
         const auto n_ids = static_cast<std::size_t>(max_id + 1);
+        // Tables are indexed by id: a handful of tokens with ids near 2^24 would allocate half a GB.
+        const std::size_t n_tokens = b.vocab.size() + b.added.size();
+        FASTVLM_CHECK(n_ids <= 2 * n_tokens + 65536, "tokenizer: ", b.vocab_src, ": the largest id ", max_id, " is far above the ",
+                      n_tokens, " tokens (ids must be dense: at most 2 x tokens + 65536)");
         t.kind_.assign(n_ids, kUnused);
         t.bytes_.assign(n_ids, std::string());
         std::size_t n_base = 0;
@@ -8104,13 +8134,13 @@ inline B load_in(const float* p) {
     } else {
         static_assert(M == 2);
 #if defined(__AVX512F__)
-        if constexpr (W == 16) {
+        if constexpr (W == 16 && M == 2) {  // M: a dependent condition, or clang checks the branch not taken
             const __m512i idx = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
             return B(_mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_loadu_ps(p))));
         }
 #endif
 #if defined(__AVX2__)
-        if constexpr (W == 8) {
+        if constexpr (W == 8 && M == 2) {
             const __m256i idx = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);
             return B(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), idx));
         }
@@ -9012,6 +9042,7 @@ Tensor<float, 2> FastViTHD<P>::forward(TensorView<const float, 3> px, ThreadPool
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -9155,6 +9186,12 @@ public:
         progress(0.f, "config");
         p->config = io::ModelConfig::load(dir, opt.limits);
         const auto& tc = p->config.text;
+        {  // every parallel region is split over the pool: thousands of threads on a few cores only thrash
+            const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+            const unsigned max_threads = std::min(1024u, std::max(16u, 8 * hw));
+            FASTVLM_CHECK(opt.threads <= max_threads, "LoadOptions::threads = ", opt.threads, " is more than the limit of ", max_threads,
+                          " (8 x the ", hw, " hardware threads, at least 16, at most 1024)");
+        }
         p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
         p->kv_type = opt.kv_type;
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);

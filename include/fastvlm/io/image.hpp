@@ -94,8 +94,9 @@ struct Image {
 struct ImageLimits {
     std::int64_t max_pixels = 64ll * 1024 * 1024;
     // Preprocessing pads to a max(W, H)² square before resizing (as the original does): a 1×40,000
-    // image would need a 1.6 G-pixel canvas. 128 Mi pixels (384 MiB RGB, sides up to 11,585) bounds it.
-    std::int64_t max_padded_pixels = 128ll * 1024 * 1024;
+    // image would need a 1.6 G-pixel canvas. The canvas may be as large as the largest image accepted
+    // (64 Mi pixels, 192 MiB RGB, sides up to 8,192): a thin image then costs what a valid square one does.
+    std::int64_t max_padded_pixels = 64ll * 1024 * 1024;
     // Scans of one JPEG. Each scan of a progressive JPEG is a sweep over the whole image (2,000 empty
     // scans took a minute); encoders write 1 (baseline) to ~10 (libjpeg's progressive script), 64 at most.
     std::int64_t max_jpeg_scans = 100;
@@ -243,6 +244,30 @@ inline void check_jpeg_tables(std::span<const std::uint8_t> b, std::string_view 
                 fail("image '", name, "': JPEG with more than ", max_scans, " scans (ImageLimits::max_jpeg_scans)");
         }
     }
+}
+
+// An uncompressed BMP must hold its declared rows: stb_image decodes (and allocates) the whole declared
+// image before it notices the file ended, so a 160-byte file declaring 8,388,615 x 5 pixels cost seconds.
+// Called after check_dimensions (w * h within the pixel limit).
+inline void check_bmp_size(std::span<const std::uint8_t> b, std::string_view name) {
+    if (b.size() < 26 || b[0] != 'B' || b[1] != 'M') return;
+    auto le16 = [&](std::size_t i) { return std::uint32_t(b[i]) | std::uint32_t(b[i + 1]) << 8; };
+    auto le32 = [&](std::size_t i) { return le16(i) | le16(i + 2) << 16; };
+    const std::uint64_t data_off = le32(10), dib = le32(14);
+    std::uint64_t w = 0, h = 0, bpp = 0, comp = 0;
+    if (dib == 12) {
+        w = le16(18), h = le16(20), bpp = le16(24);
+    } else if (b.size() >= 34) {
+        w = std::uint64_t(std::abs(std::int64_t(std::int32_t(le32(18)))));
+        h = std::uint64_t(std::abs(std::int64_t(std::int32_t(le32(22)))));
+        bpp = le16(28), comp = le32(30);
+    } else {
+        return;  // stb reports the short header
+    }
+    if (comp != 0 && comp != 3 && comp != 6) return;  // RLE: stb refuses it
+    const std::uint64_t row = (bpp * w + 31) / 32 * 4, need = data_off + row * h;
+    FASTVLM_CHECK(b.size() >= need, "image '", name, "': the BMP is truncated (", w, "x", h, " at ", bpp, " bits per pixel needs ",
+                  need, " bytes, the file has ", b.size(), ")");
 }
 
 // w, h < 2^32 (from a header), so w * h fits in 64 unsigned bits.
@@ -447,6 +472,7 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
         fail("image '", name, "': cannot decode as JPEG/PNG/BMP/TGA/GIF/PNM (stb_image: ", detail::stb_reason(), ")");
     }
     detail::check_dimensions(w, h, name, limits);
+    detail::check_bmp_size(bytes, name);
 
     const bool gray16 = detail::is_png_gray16(bytes);
     detail::StbReader reader{bytes.data(), bytes.size()};

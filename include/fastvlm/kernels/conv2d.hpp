@@ -68,13 +68,13 @@ inline B load_in(const float* p) {
     } else {
         static_assert(M == 2);
 #if defined(__AVX512F__)
-        if constexpr (W == 16) {
+        if constexpr (W == 16 && M == 2) {  // M: a dependent condition, or clang checks the branch not taken
             const __m512i idx = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
             return B(_mm512_permutexvar_ps(idx, _mm512_castps256_ps512(_mm256_loadu_ps(p))));
         }
 #endif
 #if defined(__AVX2__)
-        if constexpr (W == 8) {
+        if constexpr (W == 8 && M == 2) {
             const __m256i idx = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);
             return B(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), idx));
         }

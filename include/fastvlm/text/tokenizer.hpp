@@ -1075,6 +1075,10 @@ private:
         FASTVLM_CHECK(b.added.size() <= b.max_added, "tokenizer: ", b.added_src, ": ", b.added.size(),
                       " added tokens, more than the ", b.max_added, " limit (LoadLimits::max_added_tokens)");
         const auto n_ids = static_cast<std::size_t>(max_id + 1);
+        // Tables are indexed by id: a handful of tokens with ids near 2^24 would allocate half a GB.
+        const std::size_t n_tokens = b.vocab.size() + b.added.size();
+        FASTVLM_CHECK(n_ids <= 2 * n_tokens + 65536, "tokenizer: ", b.vocab_src, ": the largest id ", max_id, " is far above the ",
+                      n_tokens, " tokens (ids must be dense: at most 2 x tokens + 65536)");
         t.kind_.assign(n_ids, kUnused);
         t.bytes_.assign(n_ids, std::string());
         std::size_t n_base = 0;
