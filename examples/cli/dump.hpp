@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "embed.hpp"
 #include "fastvlm/fastvlm.hpp"
 #include "run.hpp"
 
@@ -28,12 +29,7 @@ inline int run_dump(const Args& a) {
     if (has_image) {
         Tensor<float, 3> px;
         if (a.has("pixels")) {
-            const auto st = io::TensorStore::open(a.require("pixels"));
-            const auto& ref = st.at("pixel_values");
-            FASTVLM_CHECK(ref.shape.size() == 4 && ref.shape[0] == 1 && ref.shape[1] == 3, ref.where(),
-                          ": expected shape [1, 3, S, S], file has ", ref.shape_str());
-            px = std::move(st.load_tensor<4>("pixel_values", {1, 3, ref.shape[2], ref.shape[3]}))
-                     .template reshaped<3>({3, ref.shape[2], ref.shape[3]});
+            px = load_pixel_values(a.require("pixels"));
         } else {
             px = model->preprocess(io::load_image(a.require("image")));
         }

@@ -17,6 +17,19 @@
 
 namespace fastvlm::cli {
 
+// `pixel_values` [1, 3, H, W] of a safetensors file (--pixels of embed and dump) as [3, H, W]. H and W are
+// bounded like config.json's image_size (LoadLimits::max_image_size) before anything is converted.
+inline Tensor<float, 3> load_pixel_values(const std::string& file) {
+    const auto st = io::TensorStore::open(file);
+    const auto& ref = st.at("pixel_values");
+    FASTVLM_CHECK(ref.shape.size() == 4 && ref.shape[0] == 1 && ref.shape[1] == 3, ref.where(),
+                  ": expected shape [1, 3, H, W], file has ", ref.shape_str());
+    const Index h = ref.shape[2], w = ref.shape[3], max = io::LoadLimits{}.max_image_size;
+    FASTVLM_CHECK(h >= 1 && w >= 1 && h <= max && w <= max, ref.where(), ": ", h, "x", w, " pixels is outside 1..", max,
+                  " per side (LoadLimits::max_image_size)");
+    return std::move(st.load_tensor<4>("pixel_values", {1, 3, h, w})).template reshaped<3>({3, h, w});
+}
+
 inline int run_embed(const Args& a) {
     namespace fs = std::filesystem;
     if (a.has("model") == a.has("weights")) fail("give exactly one of --model DIR or --weights FILE");
@@ -46,12 +59,7 @@ inline int run_embed(const Args& a) {
         if (a.has("image")) {
             pixels = io::preprocess_image(io::load_image(a.require("image")), int(s));
         } else {
-            const auto px = io::TensorStore::open(a.require("pixels"));
-            const auto& ref = px.at("pixel_values");
-            FASTVLM_CHECK(ref.shape.size() == 4 && ref.shape[0] == 1 && ref.shape[1] == 3, ref.where(),
-                          ": expected shape [1, 3, H, W], file has ", ref.shape_str());
-            const Index h = ref.shape[2], w = ref.shape[3];
-            pixels = std::move(px.load_tensor<4>("pixel_values", {1, 3, h, w})).template reshaped<3>({3, h, w});
+            pixels = load_pixel_values(a.require("pixels"));
         }
         const double t_pre = t.ms();
 

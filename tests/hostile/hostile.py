@@ -730,6 +730,48 @@ def cases_safetensors(ctx):
                 extra=("--precision", prec))
     add("data_sparse_gap_1gib", lambda c: {"model.safetensors": sparse_gap_model(c, 1 << 30)}, "a 1 GiB hole before the data")
 
+    # ---- --pixels files (fastvlm-cli dump / embed read a preprocessed [1, 3, S, S] tensor)
+    def pixels(name, shape, dtype="F32", fill=None, cmd="dump", header=None, note=""):
+        def build(ctx, d):
+            ctx.model(d)
+            if header is not None:
+                data = header(ctx) if callable(header) else header
+            else:
+                n = 1
+                for x in shape:
+                    n *= x
+                size = n * {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "U8": 1}[dtype]
+                if size <= (64 << 20):
+                    raw = (struct.pack("<f", fill) * n) if (fill is not None and dtype == "F32") else bytes(size)
+                    data = craft.st_bytes({"pixel_values": {"dtype": dtype, "shape": shape, "data_offsets": [0, size]}}, raw)
+                else:  # a sparse file
+                    head = craft.st_bytes({"pixel_values": {"dtype": dtype, "shape": shape, "data_offsets": [0, size]}})
+                    data = SPARSE(len(head) + size, head)
+            p = os.path.join(d, "pixels.safetensors")
+            data(p) if callable(data) else W(p, data)
+            if cmd == "dump":
+                return Run([ctx.cli, "dump", "--model", "model", "--input-ids", "1,2,-200,3", "--pixels", "pixels.safetensors",
+                            "--out", "out.safetensors", "--threads", "1"])
+            return Run([ctx.cli, "embed", "--model", "model", "--pixels", "pixels.safetensors", "--out", "out.safetensors",
+                        "--threads", "1"])
+        C.append(Case("safetensors", "pixels_" + name, build, note))
+    for cmd in ("dump", "embed"):
+        pixels("%s_valid_128" % cmd, [1, 3, 128, 128], cmd=cmd, note="control")
+        pixels("%s_63x63" % cmd, [1, 3, 63, 63], cmd=cmd, note="not a multiple of the total stride 64")
+        pixels("%s_1x1" % cmd, [1, 3, 1, 1], cmd=cmd)
+        pixels("%s_0x0" % cmd, [1, 3, 0, 0], cmd=cmd)
+        pixels("%s_130x128" % cmd, [1, 3, 130, 128], cmd=cmd, note="not square")
+        pixels("%s_64x8192" % cmd, [1, 3, 64, 8192], cmd=cmd)
+        pixels("%s_nan" % cmd, [1, 3, 128, 128], fill=float("nan"), cmd=cmd)
+        pixels("%s_inf" % cmd, [1, 3, 128, 128], fill=float("inf"), cmd=cmd)
+        pixels("%s_16384_sparse" % cmd, [1, 3, 16384, 16384], dtype="F16", cmd=cmd,
+               note="a 1.5 GiB sparse tensor: 3 GiB as f32, a 16384^2 vision pass")
+        pixels("%s_rank_3" % cmd, [3, 128, 128], cmd=cmd)
+        pixels("%s_batch_2" % cmd, [2, 3, 128, 128], cmd=cmd)
+        pixels("%s_u8" % cmd, [1, 3, 128, 128], dtype="U8", cmd=cmd)
+        pixels("%s_no_pixel_values" % cmd, None, cmd=cmd, header=lambda c: craft.st_bytes({"x": {"dtype": "F32", "shape": [0],
+                                                                                                  "data_offsets": [0, 0]}}))
+
     # ---- the sharded index (no model.safetensors)
     def sharded(index, shards=None, extra_files=None):
         def make(c):
@@ -1331,6 +1373,48 @@ def cases_prompts(ctx):
     chat("chat_fill_context", lambda c: (b"one two three four five six seven eight " * 8 + b"\n") * 6,
          extra=["--context", "300"], note="6 turns of 64 words: past a 300-position context")
     chat("chat_placeholders", b"<image><image><image>\n")
+    def dump(name, ids, extra=(), image=True, note=""):
+        """fastvlm-cli dump: the raw --input-ids path into the decoder (-200 = the image slot)."""
+        def build(ctx, d):
+            ctx.model(d)
+            argv = [ctx.cli, "dump", "--model", "model", "--input-ids", ids(ctx) if callable(ids) else ids, "--out", "out.safetensors",
+                    "--threads", "1"]
+            if image:
+                argv += ["--image", ctx.image(d)]
+            return Run(argv + list(extra))
+        C.append(Case("prompts", name, build, note))
+    dump("dump_valid", "1,2,3,-200,5,6", note="control")
+    dump("dump_id_equal_vocab_size", "1,2,400,-200,5", note="vocab_size is 400: one past the embedding table")
+    dump("dump_id_int32_max", "1,2147483647,-200")
+    dump("dump_id_negative", "1,-1,-200,-5")
+    dump("dump_id_int32_min", "-2147483648,-200")
+    dump("dump_id_overflow", "99999999999999999999,-200")
+    dump("dump_ids_garbage", "a,b,,-200,")
+    dump("dump_ids_empty", "", image=False)
+    dump("dump_ids_only_commas", ",,,,", image=False)
+    dump("dump_ids_5000", lambda c: ",".join(["7"] * 5000) + ",-200", note="past the 4096-position context")
+    dump("dump_two_image_slots_one_image", "1,-200,2,-200,3")
+    dump("dump_image_slot_without_image", "1,-200,2", image=False)
+    dump("dump_generate_1048576", "1,2,3", extra=["--generate", "1048576", "--context", "64"], image=False,
+         note="greedy steps until the (64-position) context is full; step logits reserved for all 2^20")
+    dump("dump_generate_negative", "1,2,3", extra=["--generate", "-1"], image=False)
+
+    def eval_(name, content, note=""):
+        def build(ctx, d):
+            ctx.model(d)
+            ctx.image(d)
+            v = content(ctx) if callable(content) else content
+            p = os.path.join(d, "eval.jsonl")
+            v(p) if callable(v) else W(p, v)
+            return Run([ctx.cli, "eval", "--model", "model", "--jsonl", "eval.jsonl", "--max-tokens", "2", "--threads", "1"])
+        C.append(Case("prompts", name, build, note))
+    eval_("eval_valid", b'{"image": "img.png", "prompt": "Describe.", "answer": "x"}\n', note="control")
+    eval_("eval_malformed_lines", b'{"image": "img.png"\n[1]\n"x"\n{"image": 5, "prompt": [], "answer": {}}\n')
+    eval_("eval_deep_nesting_100000", lambda c: b'{"image": "img.png", "answer": ' + craft.nest(100000).encode() + b"}\n")
+    eval_("eval_line_without_end_dev_zero", lambda c: DEVZERO)
+    eval_("eval_missing_images", b'{"image": "nope.png", "prompt": "x", "answer": "y"}\n{"image": "/dev/zero", "answer": "y"}\n')
+    eval_("eval_empty", b"")
+
     tokenize("tokenize_invalid_utf8", text=b"\xff\xfe hello")
     tokenize("tokenize_arg_120kb", text=lambda c: "ab " * 40000)
     tokenize("tokenize_jsonl_string_10mb", jsonl=lambda c: J("hello world " * (10 << 17)) + b"\n")
