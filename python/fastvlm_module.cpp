@@ -148,7 +148,7 @@ struct Job {
 };
 
 // ---- images from Python -------------------------------------------------------------------------------
-io::Image image_from_array(const py::array& a0, const std::string& what) {
+io::Image image_from_array(const py::array& a0, const std::string& what, const io::ImageLimits& lim) {
     if (!py::isinstance<py::array_t<std::uint8_t>>(a0))
         raise_error(what + ": a numpy image must have dtype uint8, got " + std::string(py::str(a0.dtype())));
     // Shape and size are checked on the array as given, before a contiguous copy is made: a broadcast
@@ -158,9 +158,9 @@ io::Image image_from_array(const py::array& a0, const std::string& what) {
                     std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(a0.shape(), a0.shape() + a0.ndim()))))));
     const py::ssize_t h = a0.shape(0), w = a0.shape(1);
     if (h <= 0 || w <= 0) raise_error(what + ": the image is empty (" + std::to_string(h) + " x " + std::to_string(w) + ")");
-    if (double(h) * double(w) > double(io::ImageLimits{}.max_pixels))
+    if (double(h) * double(w) > double(lim.max_pixels))
         raise_error(what + ": " + std::to_string(w) + " x " + std::to_string(h) + " pixels, more than the limit of " +
-                    std::to_string(io::ImageLimits{}.max_pixels) + " (ImageLimits::max_pixels)");
+                    std::to_string(lim.max_pixels) + " (ImageLimits::max_pixels)");
     auto a = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>::ensure(a0);
     if (!a) throw py::error_already_set();  // the copy failed (MemoryError)
     io::Image img;
@@ -176,34 +176,38 @@ io::Image image_from_array(const py::array& a0, const std::string& what) {
     return img;
 }
 
-// A path (str / os.PathLike), encoded bytes, a PIL image or a numpy uint8 array.
-ImageInput image_input(const py::handle& obj, const std::string& what) {
-    if (py::isinstance<py::str>(obj) || py::hasattr(obj, "__fspath__")) {
-        const std::string p = py::str(py::module_::import("os").attr("fspath")(obj));
-        return ImageInput::file(p);
-    }
-    if (py::isinstance<py::bytes>(obj)) return ImageInput::encoded(std::string(py::cast<py::bytes>(obj)), what);
-    if (py::isinstance<py::bytearray>(obj) || py::isinstance<py::memoryview>(obj))
-        return ImageInput::encoded(std::string(py::bytes(py::module_::import("builtins").attr("bytes")(obj))), what);
-    if (py::isinstance<py::array>(obj)) return ImageInput::decoded(image_from_array(py::cast<py::array>(obj), what), what);
-    if (py::hasattr(obj, "convert") && py::hasattr(obj, "mode") && py::hasattr(obj, "size")) {  // PIL.Image.Image
-        py::object rgb = obj.attr("convert")("RGB");
-        py::array a = py::module_::import("numpy").attr("asarray")(rgb);
-        return ImageInput::decoded(image_from_array(a, what), what);
-    }
-    raise_error(what + ": expected a path, bytes, a PIL image or a numpy uint8 array, got " +
-                std::string(py::str(py::type::of(obj).attr("__name__"))));
+// A path (str / os.PathLike), encoded bytes, a PIL image or a numpy uint8 array, decoded within `lim`.
+ImageInput image_input(const py::handle& obj, const std::string& what, const io::ImageLimits& lim) {
+    ImageInput in = [&]() -> ImageInput {
+        if (py::isinstance<py::str>(obj) || py::hasattr(obj, "__fspath__")) {
+            const std::string p = py::str(py::module_::import("os").attr("fspath")(obj));
+            return ImageInput::file(p);
+        }
+        if (py::isinstance<py::bytes>(obj)) return ImageInput::encoded(std::string(py::cast<py::bytes>(obj)), what);
+        if (py::isinstance<py::bytearray>(obj) || py::isinstance<py::memoryview>(obj))
+            return ImageInput::encoded(std::string(py::bytes(py::module_::import("builtins").attr("bytes")(obj))), what);
+        if (py::isinstance<py::array>(obj)) return ImageInput::decoded(image_from_array(py::cast<py::array>(obj), what, lim), what);
+        if (py::hasattr(obj, "convert") && py::hasattr(obj, "mode") && py::hasattr(obj, "size")) {  // PIL.Image.Image
+            py::object rgb = obj.attr("convert")("RGB");
+            py::array a = py::module_::import("numpy").attr("asarray")(rgb);
+            return ImageInput::decoded(image_from_array(a, what, lim), what);
+        }
+        raise_error(what + ": expected a path, bytes, a PIL image or a numpy uint8 array, got " +
+                    std::string(py::str(py::type::of(obj).attr("__name__"))));
+    }();
+    in.limits = lim;
+    return in;
 }
 
-std::vector<ImageInput> image_inputs(const py::handle& obj) {
+std::vector<ImageInput> image_inputs(const py::handle& obj, const io::ImageLimits& lim) {
     std::vector<ImageInput> v;
     if (obj.is_none()) return v;
     if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
         std::size_t i = 0;
-        for (const auto& e : obj) v.push_back(image_input(e, "image " + std::to_string(++i)));
+        for (const auto& e : obj) v.push_back(image_input(e, "image " + std::to_string(++i), lim));
         return v;
     }
-    v.push_back(image_input(obj, "image"));
+    v.push_back(image_input(obj, "image", lim));
     return v;
 }
 
@@ -257,6 +261,7 @@ struct PyModel {
     std::mutex engine_mu;
     std::unique_ptr<Engine> engine;  // created on first use (it starts two threads)
     std::string path;
+    io::Limits limits;  // Model(limits={...})
 
     Engine& eng() {
         std::lock_guard lk(engine_mu);
@@ -277,7 +282,7 @@ Request make_request(const PyModel& m, const py::handle& image, const std::strin
     g.check();
     if (!m.model->tokenizer()) raise_error(m.path + ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");
     Request q;
-    q.images = image_inputs(image);
+    q.images = image_inputs(image, m.limits.image);
     q.prompt = prompt;
     if (system) q.system = *system;
     q.max_new_tokens = g.max_tokens;
@@ -357,7 +362,7 @@ struct PyChat {
     std::shared_ptr<Job> start_turn(const std::string& text, const py::handle& image, const GenArgs& g) {
         std::optional<io::Image> img;
         if (!image.is_none()) {
-            const ImageInput in = image_input(image, "image");
+            const ImageInput in = image_input(image, "image", model->limits.image);
             std::string err;
             {
                 py::gil_scoped_release nogil;
@@ -521,7 +526,7 @@ PYBIND11_MODULE(fastvlm, mod) {
 
     py::class_<PyModel, ModelPtr>(mod, "Model", "A loaded FastVLM model folder (Hugging Face layout).")
         .def(py::init([](const py::object& path, const std::string& precision, unsigned threads, Index context, int parallel,
-                         const std::string& kv_cache, bool load_vision, double image_cache_mb) {
+                         const std::string& kv_cache, bool load_vision, double image_cache_mb, const py::object& limits) {
                  auto m = std::make_shared<PyModel>();
                  m->path = py::str(py::module_::import("os").attr("fspath")(path));
                  if (parallel < 1) raise_error("parallel must be >= 1, got " + std::to_string(parallel));
@@ -531,6 +536,17 @@ PYBIND11_MODULE(fastvlm, mod) {
                  o.context = context;
                  o.load_vision = load_vision;
                  o.kv_type = text::parse_kv_type(kv_cache);
+                 if (!limits.is_none()) {
+                     if (!py::isinstance<py::dict>(limits)) raise_error("limits must be a dict {name: value}");
+                     for (auto [k, v] : py::cast<py::dict>(limits)) {
+                         if (!py::isinstance<py::str>(k) || !(py::isinstance<py::int_>(v) || py::isinstance<py::str>(v)) ||
+                             py::isinstance<py::bool_>(v))
+                             raise_error("limits: expected str keys and int (or '16M'-style str) values");
+                         io::set_limit(m->limits, py::cast<std::string>(k), py::cast<std::string>(py::str(v)));
+                     }
+                 }
+                 o.limits = m->limits.load;
+                 o.image_limits = m->limits.image;
                  {
                      py::gil_scoped_release nogil;
                      m->model = load_model(m->path, precision, o);
@@ -543,8 +559,10 @@ PYBIND11_MODULE(fastvlm, mod) {
              }),
              py::arg("path"), py::arg("precision") = "fp32", py::arg("threads") = 0, py::arg("context") = 0, py::arg("parallel") = 8,
              py::arg("kv_cache") = "bf16", py::arg("load_vision") = true, py::arg("image_cache_mb") = 256.0,
+             py::arg("limits") = py::none(),
              "Loads a model folder. precision: fp32, bf16, fp16, int8, int8_int4, int4; threads: 0 = all cores; "
-             "parallel: requests decoded together by the model's engine; image_cache_mb: image-feature cache (0 = off).")
+             "parallel: requests decoded together by the model's engine; image_cache_mb: image-feature cache (0 = off); "
+             "limits: input limits by name, e.g. {'max_image_size': 4096, 'max_pixels': '256M'} (docs/reliability.md).")
         .def_property_readonly("path", [](const PyModel& m) { return m.path; })
         .def_property_readonly("precision", [](const PyModel& m) { return std::string(m.model->precision()); })
         .def_property_readonly("weight_bytes", [](const PyModel& m) { return m.model->weight_bytes(); })
@@ -657,7 +675,7 @@ PYBIND11_MODULE(fastvlm, mod) {
         .def(
             "preprocess",
             [](const ModelPtr& m, py::object image) {
-                const ImageInput in = image_input(image, "image");
+                const ImageInput in = image_input(image, "image", m->limits.image);
                 Tensor<float, 3> px;
                 {
                     py::gil_scoped_release nogil;
@@ -671,7 +689,7 @@ PYBIND11_MODULE(fastvlm, mod) {
         .def(
             "encode_image",
             [](const ModelPtr& m, py::object image, bool projected) {
-                const ImageInput in = image_input(image, "image");
+                const ImageInput in = image_input(image, "image", m->limits.image);
                 Tensor<float, 2> f;
                 {
                     py::gil_scoped_release nogil;

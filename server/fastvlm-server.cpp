@@ -41,6 +41,7 @@ const std::vector<Option> kOptions = {
     {"allow-file-urls", "DIR", "accept file:// image URLs of files under DIR (default: refused)"},
     {"http-threads", "N", "HTTP connections served at once (default 64)"},
     {"quiet", "", "no log line per request"},
+    cli::limit_option(),
 };
 
 void print_usage(std::FILE* out) {
@@ -89,6 +90,10 @@ int run(const cli::Args& a) {
     LoadOptions lo;
     lo.threads = unsigned(a.get_int("threads", 0, 0, 4096));
     if (auto kv = a.get("kv-cache")) lo.kv_type = text::parse_kv_type(*kv);
+    const io::Limits lim = cli::limits_of(a);
+    lo.limits = lim.load;
+    lo.image_limits = lim.image;
+    so.limits.image = lim.image;
     const std::string precision = a.get_or("precision", "int8");
 
     // SIGINT/SIGTERM go to one thread (blocked everywhere else, before any thread starts).
@@ -137,6 +142,8 @@ int main(int argc, char** argv) {
     try {
         args = cli::Args::parse(argc, argv, 1, kOptions);
         if (!args.positional().empty()) fail("unexpected argument '", args.positional()[0], "'");
+        if (args.get("limit") == "help") return cli::print_limits(), 0;
+        (void)cli::limits_of(args);  // a bad --limit is a usage error
     } catch (const Error& e) {
         std::fprintf(stderr, "fastvlm-server: %s\n\n", e.what());
         print_usage(stderr);

@@ -70,6 +70,7 @@ struct Limits {
     int max_tokens = 1 << 20;                            // the most a request may ask for
     int max_stop = 16;                                   // stop strings per request
     std::optional<std::filesystem::path> file_root;      // file:// URLs allowed under this folder (canonical)
+    io::ImageLimits image = {};  // decoding (--limit); its max_pixels counts only when below max_image_pixels
 };
 
 struct ChatRequest {
@@ -165,7 +166,8 @@ inline ImageInput image_input(const std::string& url, const std::string& param, 
     } else {
         throw bad_field(param, "expected a data:image/...;base64 URL");
     }
-    in.limits.max_pixels = lim.max_image_pixels;
+    in.limits = lim.image;
+    in.limits.max_pixels = std::min(lim.image.max_pixels, lim.max_image_pixels);
     return in;
 }
 

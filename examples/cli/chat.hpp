@@ -16,7 +16,7 @@ namespace fastvlm::cli {
 inline int run_chat(const Args& a) {
     GenerateOptions g = generate_options(a);
     std::optional<io::Image> img;
-    if (a.has("image")) img = io::load_image(a.require("image"));
+    if (a.has("image")) img = io::load_image(a.require("image"), limits_of(a).image);
     auto model = load_model_cli(a);
     if (!model->tokenizer()) fail(a.require("model"), ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");
     const bool tty = isatty(STDIN_FILENO);

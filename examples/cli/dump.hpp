@@ -31,7 +31,7 @@ inline int run_dump(const Args& a) {
         if (a.has("pixels")) {
             px = load_pixel_values(a.require("pixels"));
         } else {
-            px = model->preprocess(io::load_image(a.require("image")));
+            px = model->preprocess(io::load_image(a.require("image"), limits_of(a).image));
         }
         feats = model->encode_image(px);
         tokens = model->project(feats);
@@ -87,6 +87,7 @@ inline Command dump_command() {
              {"out", "FILE", "output .safetensors"},
              {"generate", "N", "greedy steps (default 0)"},
              {"threads", "N", "threads (default: all cores)"},
+             limit_option(),
              {"kv-cache", "TYPE", "KV cache storage: f32 (default here: exact) or bf16"},
              {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
              {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"}},

@@ -42,9 +42,10 @@ inline int run_embed(const Args& a) {
 
     Stopwatch sw;
     ThreadPool pool(threads);
-    const io::TensorStore store = io::TensorStore::open(a.has("model") ? a.require("model") : a.require("weights"));
-    const io::VisionConfig cfg = a.has("model") ? io::ModelConfig::load(a.require("model")).vision
-                                                : vision::load_vision_config(a.require("config"));
+    const io::Limits lim = limits_of(a);
+    const io::TensorStore store = io::TensorStore::open(a.has("model") ? a.require("model") : a.require("weights"), lim.load);
+    const io::VisionConfig cfg = a.has("model") ? io::ModelConfig::load(a.require("model"), lim.load).vision
+                                                : vision::load_vision_config(a.require("config"), lim.load);
     const std::string prefix = a.has("prefix") ? a.require("prefix") : vision::detect_prefix(store);
     const double t_open = sw.ms();
 
@@ -57,7 +58,7 @@ inline int run_embed(const Args& a) {
         const Index s = cfg.image_size;
         Tensor<float, 3> pixels;
         if (a.has("image")) {
-            pixels = io::preprocess_image(io::load_image(a.require("image")), int(s));
+            pixels = io::preprocess_image(io::load_image(a.require("image"), lim.image), int(s), lim.image);
         } else {
             pixels = load_pixel_values(a.require("pixels"));
         }
@@ -96,6 +97,7 @@ inline Command embed_command() {
              {"out", "FILE", "output .safetensors"},
              {"dump-stages", "", "also write stem, network0.., stage{i}, stage{i}.block{k}, conv_exp as (1, C, H, W)"},
              {"threads", "N", "threads (default: all cores)"},
+             limit_option(),
              {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"}},
             run_embed};
 }

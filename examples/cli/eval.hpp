@@ -114,7 +114,7 @@ inline int run_eval(const Args& a) {
             Stopwatch sw;
             Tensor<float, 3> px;
             try {
-                px = model->preprocess(io::load_image(it.image));
+                px = model->preprocess(io::load_image(it.image, limits_of(a).image));
             } catch (const Error& e) {
                 fail(where, ": ", e.what());
             }
@@ -215,6 +215,7 @@ inline Command eval_command() {
              {"jsonl", "FILE", "one {\"image\", \"prompt\", \"answer\"} object per line"},
              {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
              {"threads", "N", "threads (default: all cores)"},
+             limit_option(),
              {"max-tokens", "N", "maximum new tokens per answer (default 256)"},
              {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"},
              {"limit", "N", "only the first N prompts"},

@@ -27,7 +27,8 @@ inline std::vector<Option> generation_options() {
             {"threads", "N", "threads (default: all cores)"},
             {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
             {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"},
-            {"kv-cache", "TYPE", "KV cache storage: bf16 (default; half the bytes) or f32 (exact)"}};
+            {"kv-cache", "TYPE", "KV cache storage: bf16 (default; half the bytes) or f32 (exact)"},
+            limit_option()};
 }
 
 inline double parse_double(const Args& a, const std::string& name, double def, double lo, double hi) {
@@ -60,6 +61,9 @@ inline std::unique_ptr<AnyModel> load_model_cli(const Args& a) {
     o.threads = unsigned(a.get_int("threads", long(std::max(1u, std::thread::hardware_concurrency())), 1, 1024));
     o.context = a.get_int("context", 0, 1, 1 << 24);
     if (auto k = a.get("kv-cache")) o.kv_type = text::parse_kv_type(*k);
+    const io::Limits lim = limits_of(a);
+    o.limits = lim.load;
+    o.image_limits = lim.image;
     const bool tty = isatty(STDERR_FILENO);
     if (tty)
         o.progress = [](float f, std::string_view stage) {
@@ -102,7 +106,7 @@ inline int run_run(const Args& a) {
     const bool json = a.flag("json");
     GenerateOptions g = generate_options(a);
     Stopwatch sw;
-    const io::Image img = io::load_image(image_path);  // before the (long) model load: fail fast
+    const io::Image img = io::load_image(image_path, limits_of(a).image);  // before the (long) model load: fail fast
     const double load_image_ms = sw.ms();
     auto model = load_model_cli(a);
     if (!model->tokenizer()) fail(a.require("model"), ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");

@@ -31,6 +31,7 @@ inline int run_stream(const Args& a) {
     so.sampling = g.sampling;
     so.fps_limit = parse_double(a, "fps-limit", 0.0, 0.0, 1e6);
     so.every_frame = a.flag("every-frame");
+    so.image_limits = limits_of(a).image;
     const std::size_t max_frame = std::size_t(a.get_int("max-frame-mb", 64, 1, 4096)) << 20;
 
     int fd = 0;

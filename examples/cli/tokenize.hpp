@@ -26,7 +26,7 @@ inline std::string ids_json(const std::vector<std::int32_t>& ids) {
 
 inline int run_tokenize(const Args& a) {
     if (a.has("text") == a.has("jsonl")) fail("give exactly one of --text T or --jsonl FILE");
-    const auto tok = text::Tokenizer::load(a.require("model"));
+    const auto tok = text::Tokenizer::load(a.require("model"), limits_of(a).load);
     const bool chat = a.flag("chat"), plain = a.flag("no-special");
     auto encode = [&](const std::string& t) {
         if (chat)  // the predict.py prompt around the question, <image> → −200 (spec §5.2)
@@ -73,7 +73,8 @@ inline Command tokenize_command() {
              {"text", "T", "the text"},
              {"jsonl", "FILE", "file with one JSON string per line"},
              {"chat", "", "wrap the text as the question of the image prompt (ChatML; <image> becomes -200)"},
-             {"no-special", "", "tokenize special tokens written in the text as plain text"}},
+             {"no-special", "", "tokenize special tokens written in the text as plain text"},
+             limit_option()},
             run_tokenize};
 }
 

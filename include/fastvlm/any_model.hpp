@@ -1,6 +1,7 @@
 // fastvlm/any_model.hpp — the precision preset chosen at run time: AnyModel / AnySession /
 // load_model(dir, "int8"). Each wraps the Model<P> / Session<P> of one compiled preset.
 #pragma once
+#include <filesystem>
 #include <memory>
 
 #include "fastvlm/engine.hpp"
@@ -93,14 +94,41 @@ public:
 private:
     Model<Policy> m_;
 };
+
+// Model<Policy>::load behind the AnyModel interface: everything a preset needs is instantiated from here.
+// A function template, not inline, so that FASTVLM_EXTERN_PRESETS (below) can keep it out of a file.
+template <class Policy>
+std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const LoadOptions& opt) {
+    return std::make_unique<AnyModelImpl<Policy>>(Model<Policy>::load(dir, opt));
+}
 }  // namespace detail
+
+// Build time. Every file that calls load_model() compiles all six presets (the whole model six times:
+// minutes per file). A program with several such files can compile them once: define
+// FASTVLM_EXTERN_PRESETS in every file, and in one file (or one per preset, to build them in parallel)
+// write FASTVLM_INSTANTIATE_PRESET(fp32) ... FASTVLM_INSTANTIATE_PRESET(int4) without the macro defined.
+// (fastvlm-cli, fastvlm-server, the Python module and test_pipeline share them this way: CMake target
+// fastvlm_presets.)
+#define FASTVLM_INSTANTIATE_PRESET(name)                                                                \
+    template std::unique_ptr<::fastvlm::AnyModel> fastvlm::detail::load_any_model<::fastvlm::policy::name>( \
+        const std::filesystem::path&, const ::fastvlm::LoadOptions&);
+#ifdef FASTVLM_EXTERN_PRESETS
+#define FASTVLM_EXTERN_PRESET_(name)                                                                          \
+    extern template std::unique_ptr<AnyModel> detail::load_any_model<policy::name>(const std::filesystem::path&, \
+                                                                                   const LoadOptions&);
+FASTVLM_EXTERN_PRESET_(fp32)
+FASTVLM_EXTERN_PRESET_(bf16)
+FASTVLM_EXTERN_PRESET_(fp16)
+FASTVLM_EXTERN_PRESET_(int8)
+FASTVLM_EXTERN_PRESET_(int8_int4)
+FASTVLM_EXTERN_PRESET_(int4)
+#undef FASTVLM_EXTERN_PRESET_
+#endif
 
 // Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4).
 inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, const std::string& precision = "fp32",
                                             const LoadOptions& opt = {}) {
-    return with_preset(precision, [&]<class P>() -> std::unique_ptr<AnyModel> {
-        return std::make_unique<detail::AnyModelImpl<P>>(Model<P>::load(dir, opt));
-    });
+    return with_preset(precision, [&]<class P>() -> std::unique_ptr<AnyModel> { return detail::load_any_model<P>(dir, opt); });
 }
 
 }  // namespace fastvlm

@@ -12,10 +12,11 @@
 // model.hpp (Model, options, results), session.hpp (Session), engine.hpp (Engine: continuous
 // batching, paged KV cache, image-feature cache, metrics), stream.hpp (FrameStream: a live frame
 // stream, latest frame wins), any_model.hpp (preset chosen at run time), batch_jsonl.hpp (the batch
-// line format), io/frames.hpp (splitting concatenated JPEG/PNG).
+// line format), io/frames.hpp (splitting concatenated JPEG/PNG), io/limits.hpp (every input limit by name).
 #pragma once
 #include "fastvlm/any_model.hpp"
 #include "fastvlm/engine.hpp"
+#include "fastvlm/io/limits.hpp"
 #include "fastvlm/model.hpp"
 #include "fastvlm/session.hpp"
 #include "fastvlm/stream.hpp"

@@ -42,6 +42,7 @@ struct LoadOptions {
     bool load_vision = true;  // false: text only, or image features computed elsewhere
     text::KVType kv_type = text::KVType::bf16;  // KV cache storage of sessions and engines (f32: exact)
     io::LoadLimits limits = {};  // file sizes, JSON depth, tensor counts, image_size (docs/reliability.md)
+    io::ImageLimits image_limits = {};  // images given by path (Session::describe) and preprocess()'s padded square
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
@@ -143,6 +144,7 @@ struct ModelParts {
     text::KVType kv_type = text::KVType::bf16;
     double load_ms = 0;
     std::vector<std::int32_t> stop_ids;
+    io::ImageLimits image_limits;
 };
 }  // namespace detail
 
@@ -177,6 +179,7 @@ public:
         }
         p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
         p->kv_type = opt.kv_type;
+        p->image_limits = opt.image_limits;
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
         FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
                       " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
@@ -225,6 +228,7 @@ public:
     Index context() const { return parts().context; }
     text::KVType kv_type() const { return parts().kv_type; }
     double load_ms() const { return parts().load_ms; }
+    const io::ImageLimits& image_limits() const { return parts().image_limits; }
     // Bytes of the weights as held in memory (packed formats of the policy, f32 norms and biases).
     std::size_t weight_bytes() const {
         const auto& p = parts();
@@ -238,7 +242,10 @@ public:
     }
 
     // [3, S, S] pixels of an image (spec §6.1: pad to square, bicubic, /255).
-    Tensor<float, 3> preprocess(const io::Image& img) const { return io::preprocess_image(img, config().vision.image_size); }
+    // The padded square is bounded by LoadOptions::image_limits.
+    Tensor<float, 3> preprocess(const io::Image& img) const {
+        return io::preprocess_image(img, config().vision.image_size, image_limits());
+    }
     // Vision tower: pixels [3, S, S] → image features [N, mm_hidden_size].
     Tensor<float, 2> encode_image(TensorView<const float, 3> pixels, ThreadPool* pool = nullptr) const {
         FASTVLM_CHECK(has_vision(), parts().dir.string(), ": the vision tower was not loaded (LoadOptions::load_vision)");

@@ -42,7 +42,7 @@ public:
     Result describe(const std::filesystem::path& image, std::string_view question = text::kDefaultQuestion,
                     const GenerateOptions& g = {}) {
         detail::Stopwatch sw;
-        const io::Image img = io::load_image(image);
+        const io::Image img = io::load_image(image, model_.image_limits());
         auto px = model_.preprocess(img);
         const double pre = sw.ms();
         reset();

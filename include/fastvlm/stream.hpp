@@ -28,6 +28,7 @@ struct StreamOptions {
     SamplingOptions sampling = {};
     double fps_limit = 0;      // most frames answered per second (0 = as fast as answers come)
     bool every_frame = false;  // answer every frame in order (offline input); push() then waits while 8 are queued
+    io::ImageLimits image_limits = {};  // each frame's decoding
 };
 
 struct FrameAnswer {
@@ -139,6 +140,7 @@ private:
         } else {
             Request q;
             q.images.push_back(ImageInput::encoded(std::move(it.bytes), "frame " + std::to_string(it.index)));
+            q.images.back().limits = opt_.image_limits;
             q.prompt = opt_.prompt;
             q.max_new_tokens = opt_.max_new_tokens;
             q.sampling = opt_.sampling;

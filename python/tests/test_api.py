@@ -43,6 +43,28 @@ def test_load_errors(fastvlm, tmp_path):
         fastvlm.Model(tmp_path)
 
 
+def test_limits(fastvlm, scenes):
+    """Model(limits=...): names and values checked; the limits reach the model files and every image path."""
+    for bad, msg in [({"nope": 1}, "unknown limit 'nope'"), ({"max_image_size": 1}, "outside 64..16384"),
+                     ({"max_pixels": "12X"}, "not a non-negative integer"), ({"max_pixels": 1.5}, "int"),
+                     ({"max_pixels": True}, "int"), ([("max_pixels", 1)], "dict")]:
+        with pytest.raises(fastvlm.Error, match=msg):
+            fastvlm.Model(MODEL, limits=bad)
+    with pytest.raises(fastvlm.Error, match="config.json: JSON nested deeper than 1 levels"):
+        fastvlm.Model(MODEL, limits={"max_json_depth": 1})
+    img = first_images(scenes, 1)[0]
+    small = fastvlm.Model(MODEL, threads=1, parallel=1, limits={"max-pixels": 1000, "max_image_size": "1K"})
+    arr = np.zeros((40, 40, 3), np.uint8)
+    for image in (img, open(img, "rb").read(), arr):
+        with pytest.raises(fastvlm.Error, match="max_pixels"):
+            small.describe(image, max_tokens=1)
+        with pytest.raises(fastvlm.Error, match="max_pixels"):
+            small.encode_image(image)
+    with pytest.raises(fastvlm.Error, match="max_pixels"):
+        small.chat().send("What is it?", image=img, max_tokens=1)
+    assert small.describe(np.zeros((30, 30, 3), np.uint8), max_tokens=1).text is not None
+
+
 def test_describe_matches_cli_run(model, scenes):
     for img in first_images(scenes, 2):
         r = subprocess.run([CLI, "run", "--model", MODEL, "--image", img, "--threads", "2", "--max-tokens", "64", "--json"],

@@ -9059,6 +9059,7 @@ struct LoadOptions {
     bool load_vision = true;  // false: text only, or image features computed elsewhere
     text::KVType kv_type = text::KVType::bf16;  // KV cache storage of sessions and engines (f32: exact)
     io::LoadLimits limits = {};  // file sizes, JSON depth, tensor counts, image_size (docs/reliability.md)
+    io::ImageLimits image_limits = {};  // images given by path (Session::describe) and preprocess()'s padded square
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
@@ -9160,6 +9161,7 @@ struct ModelParts {
     text::KVType kv_type = text::KVType::bf16;
     double load_ms = 0;
     std::vector<std::int32_t> stop_ids;
+    io::ImageLimits image_limits;
 };
 }  // namespace detail
 
@@ -9194,6 +9196,7 @@ public:
         }
         p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
         p->kv_type = opt.kv_type;
+        p->image_limits = opt.image_limits;
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
         FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
                       " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
@@ -9242,6 +9245,7 @@ public:
     Index context() const { return parts().context; }
     text::KVType kv_type() const { return parts().kv_type; }
     double load_ms() const { return parts().load_ms; }
+    const io::ImageLimits& image_limits() const { return parts().image_limits; }
     // Bytes of the weights as held in memory (packed formats of the policy, f32 norms and biases).
     std::size_t weight_bytes() const {
         const auto& p = parts();
@@ -9255,7 +9259,10 @@ public:
     }
 
     // [3, S, S] pixels of an image (spec §6.1: pad to square, bicubic, /255).
-    Tensor<float, 3> preprocess(const io::Image& img) const { return io::preprocess_image(img, config().vision.image_size); }
+    // The padded square is bounded by LoadOptions::image_limits.
+    Tensor<float, 3> preprocess(const io::Image& img) const {
+        return io::preprocess_image(img, config().vision.image_size, image_limits());
+    }
     // Vision tower: pixels [3, S, S] → image features [N, mm_hidden_size].
     Tensor<float, 2> encode_image(TensorView<const float, 3> pixels, ThreadPool* pool = nullptr) const {
         FASTVLM_CHECK(has_vision(), parts().dir.string(), ": the vision tower was not loaded (LoadOptions::load_vision)");
@@ -10282,7 +10289,7 @@ public:
     Result describe(const std::filesystem::path& image, std::string_view question = text::kDefaultQuestion,
                     const GenerateOptions& g = {}) {
         detail::Stopwatch sw;
-        const io::Image img = io::load_image(image);
+        const io::Image img = io::load_image(image, model_.image_limits());
         auto px = model_.preprocess(img);
         const double pre = sw.ms();
         reset();
@@ -10501,6 +10508,7 @@ Result Model<Policy>::describe(const std::filesystem::path& image, std::string_v
 // ---- begin fastvlm/any_model.hpp -----------------------------------------------------------
 // fastvlm/any_model.hpp — the precision preset chosen at run time: AnyModel / AnySession /
 // load_model(dir, "int8"). Each wraps the Model<P> / Session<P> of one compiled preset.
+#include <filesystem>
 #include <memory>
 
 
@@ -10590,18 +10598,196 @@ public:
 private:
     Model<Policy> m_;
 };
+
+// Model<Policy>::load behind the AnyModel interface: everything a preset needs is instantiated from here.
+// A function template, not inline, so that FASTVLM_EXTERN_PRESETS (below) can keep it out of a file.
+template <class Policy>
+std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const LoadOptions& opt) {
+    return std::make_unique<AnyModelImpl<Policy>>(Model<Policy>::load(dir, opt));
+}
 }  // namespace detail
+
+// Build time. Every file that calls load_model() compiles all six presets (the whole model six times:
+// minutes per file). A program with several such files can compile them once: define
+// FASTVLM_EXTERN_PRESETS in every file, and in one file (or one per preset, to build them in parallel)
+// write FASTVLM_INSTANTIATE_PRESET(fp32) ... FASTVLM_INSTANTIATE_PRESET(int4) without the macro defined.
+// (fastvlm-cli, fastvlm-server, the Python module and test_pipeline share them this way: CMake target
+// fastvlm_presets.)
+#define FASTVLM_INSTANTIATE_PRESET(name)                                                                \
+    template std::unique_ptr<::fastvlm::AnyModel> fastvlm::detail::load_any_model<::fastvlm::policy::name>( \
+        const std::filesystem::path&, const ::fastvlm::LoadOptions&);
+#ifdef FASTVLM_EXTERN_PRESETS
+#define FASTVLM_EXTERN_PRESET_(name)                                                                          \
+    extern template std::unique_ptr<AnyModel> detail::load_any_model<policy::name>(const std::filesystem::path&, \
+                                                                                   const LoadOptions&);
+FASTVLM_EXTERN_PRESET_(fp32)
+FASTVLM_EXTERN_PRESET_(bf16)
+FASTVLM_EXTERN_PRESET_(fp16)
+FASTVLM_EXTERN_PRESET_(int8)
+FASTVLM_EXTERN_PRESET_(int8_int4)
+FASTVLM_EXTERN_PRESET_(int4)
+#undef FASTVLM_EXTERN_PRESET_
+#endif
 
 // Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4).
 inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, const std::string& precision = "fp32",
                                             const LoadOptions& opt = {}) {
-    return with_preset(precision, [&]<class P>() -> std::unique_ptr<AnyModel> {
-        return std::make_unique<detail::AnyModelImpl<P>>(Model<P>::load(dir, opt));
-    });
+    return with_preset(precision, [&]<class P>() -> std::unique_ptr<AnyModel> { return detail::load_any_model<P>(dir, opt); });
 }
 
 }  // namespace fastvlm
 // ---- end fastvlm/any_model.hpp
+// ---- begin fastvlm/io/limits.hpp -----------------------------------------------------------
+// fastvlm/io/limits.hpp — every limit on outside input by name, for command lines and bindings:
+//
+//   io::Limits lim;                                   // the defaults of LoadLimits and ImageLimits
+//   io::set_limits(lim, "max_image_size=4096,max_pixels=256M");
+//   LoadOptions{.limits = lim.load};  io::load_image(file, lim.image);
+//
+// Names are the field names (a '-' may stand for '_'); values are integers with an optional binary
+// suffix K, M, G or T (×1024ⁿ). Each limit has a range: a value outside it, an unknown name or a
+// malformed pair is an error naming it. docs/reliability.md gives the reason for each default.
+#include <array>
+#include <cstdio>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+
+namespace fastvlm::io {
+
+struct Limits {
+    LoadLimits load = {};
+    ImageLimits image = {};
+};
+
+struct LimitInfo {
+    const char* name;
+    const char* what;
+    std::uint64_t lo, hi;
+    std::uint64_t (*get)(const Limits&);
+    void (*set)(Limits&, std::uint64_t);
+};
+
+namespace detail {
+template <auto Part, auto Field>
+constexpr LimitInfo limit(const char* name, const char* what, std::uint64_t lo, std::uint64_t hi) {
+    return {name, what, lo, hi, [](const Limits& l) { return std::uint64_t((l.*Part).*Field); },
+            [](Limits& l, std::uint64_t v) {
+                using T = std::remove_cvref_t<decltype((l.*Part).*Field)>;
+                (l.*Part).*Field = T(v);
+            }};
+}
+inline constexpr std::uint64_t kTiB = std::uint64_t(1) << 40;
+// A name or value from the command line, shortened for an error message.
+inline std::string shown(std::string_view s) { return s.size() <= 80 ? std::string(s) : std::string(s.substr(0, 80)) + "..."; }
+}  // namespace detail
+
+// The table: name, meaning, allowed range. The upper bounds keep every limit within what the code can
+// represent (and, for the JSON depth, within what the stack of a recursive consumer of the DOM holds).
+inline constexpr std::array<LimitInfo, 11> kLimits = {
+    detail::limit<&Limits::load, &LoadLimits::max_json_file_bytes>(
+        "max_json_file_bytes", "bytes of config.json and the other small JSON files", 1, detail::kTiB),
+    detail::limit<&Limits::load, &LoadLimits::max_tokenizer_file_bytes>(
+        "max_tokenizer_file_bytes", "bytes of tokenizer.json / vocab.json / merges.txt", 1, detail::kTiB),
+    detail::limit<&Limits::load, &LoadLimits::max_header_bytes>("max_header_bytes", "bytes of a safetensors JSON header",
+                                                                 2, detail::kTiB),
+    detail::limit<&Limits::load, &LoadLimits::max_tensors>("max_tensors", "tensors in a file and in a model folder", 1,
+                                                            std::uint64_t(1) << 32),
+    detail::limit<&Limits::load, &LoadLimits::max_added_tokens>("max_added_tokens", "added (special) tokens", 0,
+                                                                 std::uint64_t(1) << 24),
+    detail::limit<&Limits::load, &LoadLimits::max_json_depth>("max_json_depth", "nesting of any JSON input", 1, 1000),
+    detail::limit<&Limits::load, &LoadLimits::max_image_size>("max_image_size", "config.json image_size (pixels a side)",
+                                                               64, 16384),
+    detail::limit<&Limits::image, &ImageLimits::max_pixels>("max_pixels", "pixels of a decoded image", 1,
+                                                             std::uint64_t(1) << 34),
+    detail::limit<&Limits::image, &ImageLimits::max_padded_pixels>(
+        "max_padded_pixels", "pixels of the square an image is padded to before resizing", 1, std::uint64_t(1) << 34),
+    detail::limit<&Limits::image, &ImageLimits::max_jpeg_scans>("max_jpeg_scans", "scans of one JPEG", 1, 1u << 20),
+    detail::limit<&Limits::image, &ImageLimits::max_file_bytes>("max_file_bytes", "bytes of an image file", 1,
+                                                                 detail::kTiB),
+};
+
+// The entry named `name` ('-' may stand for '_'); throws for an unknown name, listing the known ones.
+inline const LimitInfo& limit_info(std::string_view name) {
+    std::string n(name);
+    for (auto& c : n)
+        if (c == '-') c = '_';
+    for (const auto& l : kLimits)
+        if (n == l.name) return l;
+    std::string known;
+    for (const auto& l : kLimits) known += std::string(known.empty() ? "" : ", ") + l.name;
+    fail("unknown limit '", detail::shown(name), "' (known: ", known, ")");
+}
+
+// "123", "64K", "16M", "2G", "1T" (binary multiples); throws naming `what` otherwise or on overflow.
+inline std::uint64_t parse_size(std::string_view s, std::string_view what) {
+    auto bad = [&]() -> std::uint64_t {
+        fail(what, ": '", detail::shown(s), "' is not a non-negative integer (optionally with K, M, G or T)");
+    };
+    if (s.empty()) return bad();
+    std::uint64_t v = 0;
+    std::size_t i = 0;
+    for (; i < s.size() && s[i] >= '0' && s[i] <= '9'; ++i) {
+        if (v > (std::numeric_limits<std::uint64_t>::max() - 9) / 10) return bad();
+        v = v * 10 + std::uint64_t(s[i] - '0');
+    }
+    if (i == 0) return bad();
+    if (i < s.size()) {
+        int shift = 0;
+        switch (s[i]) {
+            case 'K': case 'k': shift = 10; break;
+            case 'M': case 'm': shift = 20; break;
+            case 'G': case 'g': shift = 30; break;
+            case 'T': case 't': shift = 40; break;
+            default: return bad();
+        }
+        ++i;
+        if (i < s.size() && (s[i] == 'i' || s[i] == 'B')) ++i;  // "16Mi", "16MB": still binary
+        if (i != s.size() || v > (std::numeric_limits<std::uint64_t>::max() >> shift)) return bad();
+        v <<= shift;
+    }
+    return v;
+}
+
+// Sets one limit: `name` to `value` (a parse_size string).
+inline void set_limit(Limits& lim, std::string_view name, std::string_view value) {
+    const LimitInfo& l = limit_info(name);
+    const std::string what = std::string("limit ") + l.name;
+    const std::uint64_t v = parse_size(value, what);
+    if (v < l.lo || v > l.hi) fail(what, ": ", v, " is outside ", l.lo, "..", l.hi);
+    l.set(lim, v);
+}
+
+// Sets the limits of a comma-separated list of NAME=VALUE pairs.
+inline void set_limits(Limits& lim, std::string_view spec) {
+    while (!spec.empty()) {
+        const auto comma = spec.find(',');
+        const std::string_view pair = spec.substr(0, comma);
+        spec = comma == std::string_view::npos ? std::string_view{} : spec.substr(comma + 1);
+        if (pair.empty()) continue;
+        const auto eq = pair.find('=');
+        if (eq == std::string_view::npos) fail("limit '", detail::shown(pair), "': expected NAME=VALUE");
+        set_limit(lim, pair.substr(0, eq), pair.substr(eq + 1));
+    }
+}
+
+// One line per limit: name, current value, range, meaning (for --limit help).
+inline std::string describe_limits(const Limits& lim = {}) {
+    std::string out;
+    for (const auto& l : kLimits) {
+        char line[256];
+        std::snprintf(line, sizeof line, "  %-26s %14llu  (%llu..%llu) %s\n", l.name, (unsigned long long)l.get(lim),
+                      (unsigned long long)l.lo, (unsigned long long)l.hi, l.what);
+        out += line;
+    }
+    return out;
+}
+
+}  // namespace fastvlm::io
+// ---- end fastvlm/io/limits.hpp
 // ---- begin fastvlm/stream.hpp --------------------------------------------------------------
 // fastvlm/stream.hpp — FrameStream: answers a live stream of frames on an Engine, one frame at a time.
 // While a frame is being answered, a newer frame replaces the one waiting (latest frame wins; the
@@ -10631,6 +10817,7 @@ struct StreamOptions {
     SamplingOptions sampling = {};
     double fps_limit = 0;      // most frames answered per second (0 = as fast as answers come)
     bool every_frame = false;  // answer every frame in order (offline input); push() then waits while 8 are queued
+    io::ImageLimits image_limits = {};  // each frame's decoding
 };
 
 struct FrameAnswer {
@@ -10742,6 +10929,7 @@ private:
         } else {
             Request q;
             q.images.push_back(ImageInput::encoded(std::move(it.bytes), "frame " + std::to_string(it.index)));
+            q.images.back().limits = opt_.image_limits;
             q.prompt = opt_.prompt;
             q.max_new_tokens = opt_.max_new_tokens;
             q.sampling = opt_.sampling;
@@ -10802,7 +10990,7 @@ private:
 // model.hpp (Model, options, results), session.hpp (Session), engine.hpp (Engine: continuous
 // batching, paged KV cache, image-feature cache, metrics), stream.hpp (FrameStream: a live frame
 // stream, latest frame wins), any_model.hpp (preset chosen at run time), batch_jsonl.hpp (the batch
-// line format), io/frames.hpp (splitting concatenated JPEG/PNG).
+// line format), io/frames.hpp (splitting concatenated JPEG/PNG), io/limits.hpp (every input limit by name).
 // ---- end fastvlm/fastvlm.hpp
 // ---- begin fastvlm/batch_jsonl.hpp ---------------------------------------------------------
 // fastvlm/batch_jsonl.hpp — the batch-request line format shared by `fastvlm-cli batch`, the Python

@@ -1355,6 +1355,19 @@ def cases_prompts(ctx):
     run("option_missing_value", extra=["--prompt"])
     run("flag_with_value", extra=["--json=1"])
     run("duplicate_options", extra=["--max-tokens", "1", "--max-tokens", "3", "--threads", "1"])
+    # --limit NAME=VALUE (io/limits.hpp): hostile names, values and lists; tight limits on valid input.
+    for name, spec in [("limit_unknown", "nope=1"), ("limit_no_value", "max_pixels"), ("limit_empty", ""),
+                       ("limit_commas", ",,,"), ("limit_negative", "max_pixels=-1"), ("limit_suffix", "max_pixels=1Q"),
+                       ("limit_overflow", "max_tensors=99999999999999999999999"), ("limit_shift_overflow", "max_pixels=9999999999T"),
+                       ("limit_range_low", "max_image_size=1"), ("limit_range_high", "max_json_depth=100000"),
+                       ("limit_huge_name", "x" * 100000 + "=1"), ("limit_utf8", "m\u00e4x=1"),
+                       ("limit_tight_pixels", "max_pixels=1"), ("limit_tight_padded", "max_padded_pixels=1"),
+                       ("limit_tight_depth", "max_json_depth=1"), ("limit_tight_tensors", "max_tensors=1"),
+                       ("limit_tight_header", "max_header_bytes=2"), ("limit_tight_files", "max_json_file_bytes=1,max_file_bytes=1"),
+                       ("limit_tight_tokenizer", "max_tokenizer_file_bytes=1,max_added_tokens=0"),
+                       ("limit_loose_all", "max_json_depth=1000,max_pixels=16G,max_padded_pixels=16G,max_image_size=16384"),
+                       ("limit_help", "help")]:
+        run(name, extra=["--limit", spec])
 
     def no_image(ctx, d):
         ctx.model(d)
@@ -2190,6 +2203,9 @@ def cases_server(ctx):
     start("allow_file_urls_missing", ["--allow-file-urls", "/nonexistent/dir"])
     start("unknown_option", ["--frobnicate"])
     start("positional", ["extra"])
+    start("limit_unknown", ["--limit", "nope=1"])
+    start("limit_range", ["--limit", "max_json_depth=0"])
+    start("limit_tight_depth", ["--limit", "max_json_depth=1"], note="config.json deeper than the limit: a load error")
     return C
 
 
@@ -2821,7 +2837,10 @@ def main():
         sys.stdout.write("\r%-90s\r" % "")
     wall = time.monotonic() - t_start
 
-    print("%-12s %6s %7s %7s %9s" % ("class", "cases", "passed", "failed", "time (s)"))
+    # Per class: the slowest and largest case among those that succeeded (valid input, or input that
+    # decodes anyway) and among those refused with an error: refusing must not cost more than succeeding.
+    print("%-12s %6s %7s %7s %9s  %-17s %-17s" % ("class", "cases", "passed", "failed", "time (s)",
+                                                  "success max s/MB", "refused max s/MB"))
     failed_total = 0
     for cls in classes:
         os_ = [o for o in outcomes if o.case.cls == cls]
@@ -2831,7 +2850,12 @@ def main():
             continue
         nf = sum(1 for o in os_ if not o.ok)
         failed_total += nf
-        print("%-12s %6d %7d %7d %9.1f" % (cls, len(os_), len(os_) - nf, nf, sum(o.secs for o in os_)))
+        def peak(group):
+            return "%.2f/%d" % (max(o.secs for o in group), max(o.rss_kb for o in group) // 1024) if group else "-"
+        succeeded = [o for o in os_ if o.ok and o.reason == "success"]
+        refused = [o for o in os_ if o.ok and o.reason in ("clear error", "usage error")]
+        print("%-12s %6d %7d %7d %9.1f  %-17s %-17s" % (cls, len(os_), len(os_) - nf, nf, sum(o.secs for o in os_),
+                                                        peak(succeeded), peak(refused)))
     if args.verbose:
         print()
         for o in sorted(outcomes, key=lambda o: (CLASSES.index(o.case.cls), o.case.name)):
