@@ -3,6 +3,7 @@
 //   bench_engine --model DIR --precision int8 --images a.png,b.png,... [--threads 2] [--max-tokens 64]
 //                [--reps 1] [--prompt "Describe the image."] [--json FILE]
 //   bench_engine --model DIR --kv-fit          (3. below only)
+//   bench_engine --model DIR --caches --images a.png,b.png [--reps 3]   (4. below only)
 //
 // 1. Throughput: the N requests (one image each, greedy, max-tokens new tokens, EOS ignored so every
 //    request makes exactly that many) submitted at once to an engine with max_running = 1, then to
@@ -14,6 +15,11 @@
 //    more request arrives. Its TTFT vs the TTFT of the same request on the idle engine, and how long
 //    the running streams pause meanwhile (the longest gap between two tokens of a running stream
 //    from the arrival to the newcomer's first token, next to their median gap in those 1.5 s).
+// 4. Caches (issue 13): on one engine with both caches on, a first question about image A, then a
+//    second, different question about A (TTFT second / first), the same pair with the prefix cache off
+//    (image-feature cache alone) and with both off; then a 6-turn chat about image B sent as growing
+//    `messages` (what a chat client sends): per turn vision ms, prompt positions, positions prefilled,
+//    positions adopted from the prefix cache, TTFT. Greedy, 16 new tokens per answer.
 // Medians over --reps. Output: a markdown table on stdout, everything in --json.
 #include <algorithm>
 #include <chrono>
@@ -52,7 +58,7 @@ struct Args {
     std::vector<std::string> images;
     unsigned threads = 2;
     int max_tokens = 64, reps = 1;
-    bool kv_fit = false;
+    bool kv_fit = false, caches = false;
 };
 
 Request make_request(const Args& a, const std::string& image, int max_tokens) {
@@ -178,6 +184,81 @@ void kv_fit(const AnyModel& m) {
                 (long long)st.kv_pages_reserved);
 }
 
+// 4. Caches: second question about an image, and a 6-turn chat.
+Request question(const std::string& image, const std::string& q) {
+    Request r;
+    r.images.push_back(ImageInput::file(image));
+    r.prompt = q;
+    r.max_new_tokens = 16;
+    return r;
+}
+
+void caches(const AnyModel& m, const Args& a) {
+    const std::string A = a.images[0], B = a.images[1];
+    struct Mode {
+        const char* name;
+        std::size_t image_cache;
+        std::optional<std::size_t> prefix;
+    };
+    const Mode modes[] = {{"both caches on", std::size_t(256) << 20, std::nullopt},
+                          {"image-feature cache only", std::size_t(256) << 20, std::size_t(0)},
+                          {"both off", 0, std::size_t(0)}};
+    std::printf("| caches | first question TTFT | second question TTFT | ratio | second: vision ms, prefilled / cached positions |\n"
+                "|---|---|---|---|---|\n");
+    nlohmann::json out = nlohmann::json::object();
+    for (const Mode& mode : modes) {
+        std::vector<double> first, second, vision2;
+        Result last;
+        for (int rep = 0; rep < a.reps; ++rep) {
+            EngineOptions o;
+            o.max_running = 2;
+            o.image_cache_bytes = mode.image_cache;
+            o.prefix_cache_bytes = mode.prefix;
+            auto engine = m.new_engine(o);
+            const Result r1 = engine->run(question(A, "Describe the image."));
+            const Result r2 = engine->run(question(A, "What colour is the largest object?"));
+            FASTVLM_CHECK(r1.ok() && r2.ok(), "caches: a request failed: ", r1.error, r2.error);
+            first.push_back(r1.timings.ttft_ms), second.push_back(r2.timings.ttft_ms), vision2.push_back(r2.timings.vision_ms);
+            last = r2;
+        }
+        const double ratio = median(second) / median(first);
+        std::printf("| %s | %.0f ms | %.0f ms | **%.1f %%** | %.0f ms, %lld / %lld |\n", mode.name, median(first), median(second),
+                    100 * ratio, median(vision2), (long long)last.timings.prefill_tokens, (long long)last.timings.cached_tokens);
+        out[mode.name] = {{"first_ttft_ms", first}, {"second_ttft_ms", second}, {"ratio", ratio}, {"second_vision_ms", vision2}};
+    }
+    // The 6-turn chat (both caches on).
+    EngineOptions o;
+    o.max_running = 2;
+    auto engine = m.new_engine(o);
+    const char* turns[] = {"Describe the image.", "What colour is the largest object?", "How many objects are there?",
+                           "Which one is on the left?", "Is anything round?", "Summarize in three words."};
+    std::vector<text::ChatMessage> msgs;
+    std::printf("\n| turn | prompt positions | vision ms | prefilled | cached | TTFT ms |\n|---|---|---|---|---|---|\n");
+    nlohmann::json chat = nlohmann::json::array();
+    for (int t = 0; t < 6; ++t) {
+        msgs.push_back({"user", turns[t]});
+        Request r;
+        r.images.push_back(ImageInput::file(B));
+        r.messages = msgs;
+        r.max_new_tokens = 16;
+        const Result res = engine->run(r);
+        FASTVLM_CHECK(res.ok(), "chat turn ", t + 1, " failed: ", res.error);
+        msgs.push_back({"assistant", res.text});
+        const Timings& tm = res.timings;
+        std::printf("| %d | %lld | %.0f | %lld | %lld | %.0f |\n", t + 1, (long long)res.prompt_tokens, tm.vision_ms,
+                    (long long)tm.prefill_tokens, (long long)tm.cached_tokens, tm.ttft_ms);
+        chat.push_back({{"turn", t + 1}, {"prompt_tokens", res.prompt_tokens}, {"vision_ms", tm.vision_ms},
+                        {"prefill_tokens", tm.prefill_tokens}, {"cached_tokens", tm.cached_tokens}, {"ttft_ms", tm.ttft_ms}});
+    }
+    out["chat"] = chat;
+    if (!a.json.empty()) {
+        std::FILE* f = std::fopen(a.json.c_str(), "w");
+        FASTVLM_CHECK(f, "cannot write ", a.json);
+        std::fprintf(f, "%s\n", out.dump(1).c_str());
+        std::fclose(f);
+    }
+}
+
 int run(int argc, char** argv) {
     Args a;
     for (int i = 1; i < argc; ++i) {
@@ -195,6 +276,7 @@ int run(int argc, char** argv) {
         else if (k == "--prompt") a.prompt = val();
         else if (k == "--json") a.json = val();
         else if (k == "--kv-fit") a.kv_fit = true;
+        else if (k == "--caches") a.caches = true;
         else fail("unknown option ", k, " (see the comment at the top of bench/bench_engine.cpp)");
     }
     if (a.kv_fit) {
@@ -209,6 +291,10 @@ int run(int argc, char** argv) {
     LoadOptions lo;
     lo.threads = a.threads;
     auto m = load_model(a.model, a.precision, lo);
+    if (a.caches) {
+        caches(*m, a);
+        return 0;
+    }
     const int N = int(a.images.size());
     std::vector<double> agg1, aggN, only1, onlyN, wall1, wallN, lone, late, pause, gap;
     for (int rep = 0; rep < a.reps; ++rep) {

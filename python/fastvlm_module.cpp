@@ -245,6 +245,7 @@ py::dict timings_dict(const Timings& t) {
     d["prefill_tokens"] = t.prefill_tokens;
     d["decode_tokens"] = t.decode_tokens;
     d["image_cache_hits"] = t.image_cache_hits;
+    d["cached_tokens"] = t.cached_tokens;
     d["prefill_tok_s"] = t.prefill_tok_s();
     d["decode_tok_s"] = t.decode_tok_s();
     return d;
@@ -526,7 +527,8 @@ PYBIND11_MODULE(fastvlm, mod) {
 
     py::class_<PyModel, ModelPtr>(mod, "Model", "A loaded FastVLM model folder (Hugging Face layout).")
         .def(py::init([](const py::object& path, const std::string& precision, unsigned threads, Index context, int parallel,
-                         const std::string& kv_cache, bool load_vision, double image_cache_mb, const py::object& limits) {
+                         const std::string& kv_cache, bool load_vision, double image_cache_mb, const py::object& limits,
+                         const py::object& prefix_cache_mb) {
                  auto m = std::make_shared<PyModel>();
                  m->path = py::str(py::module_::import("os").attr("fspath")(path));
                  if (parallel < 1) raise_error("parallel must be >= 1, got " + std::to_string(parallel));
@@ -555,13 +557,19 @@ PYBIND11_MODULE(fastvlm, mod) {
                  m->eopt.max_queued = 4096;
                  if (!(image_cache_mb >= 0 && image_cache_mb < 1e7)) raise_error("image_cache_mb must be in 0..1e7");
                  m->eopt.image_cache_bytes = std::size_t(image_cache_mb * 1048576.0);
+                 if (!prefix_cache_mb.is_none()) {
+                     const double mb = py::cast<double>(prefix_cache_mb);
+                     if (!(mb >= 0 && mb < 1e7)) raise_error("prefix_cache_mb must be in 0..1e7 (or None)");
+                     m->eopt.prefix_cache_bytes = std::size_t(mb * 1048576.0);
+                 }
                  return m;
              }),
              py::arg("path"), py::arg("precision") = "fp32", py::arg("threads") = 0, py::arg("context") = 0, py::arg("parallel") = 8,
              py::arg("kv_cache") = "bf16", py::arg("load_vision") = true, py::arg("image_cache_mb") = 256.0,
-             py::arg("limits") = py::none(),
+             py::arg("limits") = py::none(), py::arg("prefix_cache_mb") = py::none(),
              "Loads a model folder. precision: fp32, bf16, fp16, int8, int8_int4, int4; threads: 0 = all cores; "
              "parallel: requests decoded together by the model's engine; image_cache_mb: image-feature cache (0 = off); "
+             "prefix_cache_mb: KV of ended requests reused by later ones that start the same (None = up to the KV budget, 0 = off); "
              "limits: input limits by name, e.g. {'max_image_size': 4096, 'max_pixels': '256M'} (docs/reliability.md).")
         .def_property_readonly("path", [](const PyModel& m) { return m.path; })
         .def_property_readonly("precision", [](const PyModel& m) { return std::string(m.model->precision()); })

@@ -19,7 +19,8 @@ namespace {
 using namespace fastvlm;
 using cli::Option;
 
-const std::vector<Option> kOptions = {
+const std::vector<Option> kOptions = [] {
+    std::vector<Option> v = {
     {"model", "DIR", "model folder (required)"},
     {"precision", "P", "fp32, bf16, fp16, int8, int8_int4 or int4 (default int8)"},
     {"host", "ADDR", "address to bind (default 127.0.0.1; 0.0.0.0 exposes the server to the network)"},
@@ -42,7 +43,11 @@ const std::vector<Option> kOptions = {
     {"http-threads", "N", "HTTP connections served at once (default 64)"},
     {"quiet", "", "no log line per request"},
     cli::limit_option(),
-};
+    };
+    for (auto& o : cli::cache_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"))
+        v.push_back(o);
+    return v;
+}();
 
 void print_usage(std::FILE* out) {
     std::fprintf(out, "usage: fastvlm-server --model DIR [options]\n\nAn OpenAI-compatible chat-completions server (docs/serving.md).\n\noptions:\n");
@@ -77,7 +82,7 @@ int run(const cli::Args& a) {
     eo.max_running = int(a.get_int("parallel", 8, 1, 1024));
     eo.max_queued = int(a.get_int("max-queue", 64, 0, 1 << 20));
     eo.kv_budget_bytes = std::size_t(a.get_int("kv-budget-mb", 0, 0, 1l << 24)) << 20;
-    eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
+    cli::set_cache_options(a, eo);
     if (auto t = a.get("timeout-s")) {
         char* end = nullptr;
         eo.timeout_s = std::strtod(t->c_str(), &end);

@@ -308,12 +308,16 @@ inline const char* finish_reason(const Result& r) { return r.stop == StopReason:
 
 inline json usage_json(const Result& r) {
     const auto completion = std::int64_t(r.ids.size());
-    return {{"prompt_tokens", r.prompt_tokens}, {"completion_tokens", completion}, {"total_tokens", r.prompt_tokens + completion}};
+    return {{"prompt_tokens", r.prompt_tokens},
+            {"completion_tokens", completion},
+            {"total_tokens", r.prompt_tokens + completion},
+            {"prompt_tokens_details", {{"cached_tokens", r.timings.cached_tokens}}}};  // positions adopted from the prefix cache
 }
 inline json timings_json(const Result& r) {
     const Timings& t = r.timings;
     return {{"queue_ms", t.queue_ms},   {"preprocess_ms", t.preprocess_ms}, {"vision_ms", t.vision_ms},
-            {"projector_ms", t.projector_ms}, {"prefill_ms", t.prefill_ms}, {"ttft_ms", t.ttft_ms},
+            {"projector_ms", t.projector_ms}, {"prefill_ms", t.prefill_ms}, {"prefill_tokens", t.prefill_tokens},
+            {"cached_tokens", t.cached_tokens}, {"ttft_ms", t.ttft_ms},
             {"decode_tok_s", t.decode_tok_s()}, {"total_ms", t.total_ms}};
 }
 

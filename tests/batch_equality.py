@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """`fastvlm-cli batch` (the Engine, continuous batching) gives line for line the same greedy text
-with --parallel 8 as with --parallel 1, and as `fastvlm-cli run` (a Session), on the first
---scenes-count scenes of a held-out scene set (tests/scene_model.cmake writes it).
+with --parallel 8 and both caches on (image-feature cache, prefix KV reuse: the set asks several
+questions about each image) as with --parallel 1 and both caches off, and as `fastvlm-cli run` (a
+Session), on the first --scenes-count scenes of a held-out scene set (tests/scene_model.cmake writes it).
 
   tests/batch_equality.py --cli fastvlm-cli --model DIR --scenes DIR --precision P
                           [--scenes-count 100] [--run-lines 12]
@@ -47,8 +48,9 @@ def main():
         outs = {}
         for p in (8, 1):
             out = os.path.join(tmp, f"out{p}.jsonl")
+            caches = [] if p == 8 else ["--image-cache-mb", "0", "--prefix-cache-mb", "0"]
             r = subprocess.run([a.cli, "batch", "--model", a.model, "--jsonl", jl, "--parallel", str(p), "--precision",
-                                a.precision, "--threads", "2", "--max-tokens", "64", "--out", out, "--json"],
+                                a.precision, "--threads", "2", "--max-tokens", "64", "--out", out, "--json"] + caches,
                                capture_output=True, text=True, timeout=900)
             if r.returncode != 0:
                 print(f"FAIL: batch --parallel {p} exited {r.returncode}: {r.stderr}")
@@ -56,8 +58,15 @@ def main():
             summary = json.loads(r.stdout)
             with open(out) as f:
                 outs[p] = [json.loads(ln) for ln in f]
-            print(f"--parallel {p}: {summary['requests']} requests, wall {summary['wall_s']:.2f} s, aggregate decode "
-                  f"{summary['aggregate_decode_tok_s']:.0f} tok/s, accuracy {summary['accuracy']}, errors {summary['errors']}")
+            counters = summary["metrics"]["counters"]
+            hits = counters.get("prefix_cache_hits_total", 0)
+            reused = counters.get("prefix_cache_positions_total", 0)
+            print(f"--parallel {p} (caches {'on' if p == 8 else 'off'}): {summary['requests']} requests, wall {summary['wall_s']:.2f} s, "
+                  f"aggregate decode {summary['aggregate_decode_tok_s']:.0f} tok/s, accuracy {summary['accuracy']}, errors "
+                  f"{summary['errors']}; prefix cache: {hits} hits, {reused} positions reused")
+            if (p == 8) != (hits > 0):
+                print(f"FAIL: prefix cache hits {hits} with caches {'on' if p == 8 else 'off'}")
+                return 1
             if summary["errors"] or len(outs[p]) != len(lines):
                 print("FAIL: errors or missing lines")
                 return 1
@@ -66,7 +75,7 @@ def main():
             if x["id"] != i or y["id"] != i or x["text"] != y["text"]:
                 bad += 1
                 if bad <= 5:
-                    print(f"line {i}: parallel 8 {x.get('text')!r} vs parallel 1 {y.get('text')!r}")
+                    print(f"line {i}: parallel 8, caches on {x.get('text')!r} vs parallel 1, caches off {y.get('text')!r}")
         step = max(1, len(lines) // max(1, a.run_lines))
         checked = 0
         for i in range(0, len(lines), step)[: a.run_lines]:
@@ -82,7 +91,7 @@ def main():
             if t != outs[8][i]["text"]:
                 bad += 1
                 print(f"line {i}: run {t!r} vs batch {outs[8][i]['text']!r}")
-        print(f"{len(lines)} lines ({a.scenes_count} scenes), {a.precision}: parallel 8 == parallel 1 on "
+        print(f"{len(lines)} lines ({a.scenes_count} scenes), {a.precision}: parallel 8 with caches == parallel 1 without on "
               f"{len(lines) - min(bad, len(lines))} lines; {checked} lines also against run; differences {bad}")
         return 1 if bad else 0
 

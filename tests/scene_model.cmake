@@ -26,7 +26,7 @@ function(fastvlm_scene_model_tests)
   # (3.5 logits, 1 % quantile 5.2; models/fastvlm-scenes/README.md). int4 (everything 4-bit): 90 %, its
   # error (3.7 logits, 0.24 of max|logit|) exceeds the smallest margins, so a few answers may flip
   # (measured 637/638).
-  # fastvlm-cli batch (Engine): --parallel 8 == --parallel 1 == run, line for line, on 100 scenes.
+  # fastvlm-cli batch (Engine): --parallel 8 with both caches == --parallel 1 without == run, line for line, on 100 scenes.
   foreach(_p fp32 int8)
     add_test(NAME scene_model.batch_equality_${_p}
              COMMAND ${FASTVLM_PYTHON} ${_src}/tests/batch_equality.py --cli ${_cli} --model ${_model}

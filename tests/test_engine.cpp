@@ -104,6 +104,12 @@ void expect_same(const Result& r, const Ref& ref, const std::string& what) {
     EXPECT_EQ(r.stop, ref.stop) << what;
 }
 
+// Nothing runs: the only KV pages in use or reserved are the prefix cache's.
+void expect_only_cached_pages(const EngineStats& st) {
+    EXPECT_EQ(st.kv_pages_used, st.prefix_cache.pages);
+    EXPECT_EQ(st.kv_pages_reserved, st.prefix_cache.pages);
+}
+
 }  // namespace
 
 // Eight requests at once (one to three images, text only, seeded sampling) with short prefill
@@ -126,15 +132,14 @@ TEST(Engine, BatchedRequestsEqualSessionTokens) {
                 const Ref ref = session_ref(m, c.prompt, c.imgs, c.max_new, c.sampling, kv);
                 const Result r = hs[i].wait();
                 expect_same(r, ref, "case " + std::to_string(i) + " chunk " + std::to_string(chunk));
-                EXPECT_EQ(r.prompt_tokens, r.timings.prefill_tokens);
+                EXPECT_EQ(r.prompt_tokens, r.timings.prefill_tokens + r.timings.cached_tokens);
                 EXPECT_GT(r.timings.total_ms, 0);
             }
             e.drain();
             const auto st = e.stats();
             EXPECT_EQ(st.requests_ok, cases.size());
             EXPECT_EQ(st.images, 8u);
-            EXPECT_EQ(st.kv_pages_used, 0);
-            EXPECT_EQ(st.kv_pages_reserved, 0);
+            expect_only_cached_pages(st);
             EXPECT_EQ(st.running, 0);
         }
     }
@@ -271,8 +276,7 @@ TEST(Engine, BadRequestsFailAloneWithClearErrors) {
     expect_same(h1.wait(), good1, "good request after the bad ones");
     e.drain();
     const auto st = e.stats();
-    EXPECT_EQ(st.kv_pages_used, 0);
-    EXPECT_EQ(st.kv_pages_reserved, 0);
+    expect_only_cached_pages(st);
     EXPECT_EQ(st.requests_ok, 2u);
     EXPECT_EQ(st.requests_failed, bad.size());
     const auto j = e.metrics_json();
@@ -295,7 +299,7 @@ TEST(Engine, AdmissionWaitsForKvPages) {
     }
     for (int i = 0; i < 3; ++i) expect_same(hs[std::size_t(i)].wait(), refs[std::size_t(i)], "request " + std::to_string(i));
     EXPECT_GT(hs[2].wait().timings.queue_ms, 0);
-    EXPECT_EQ(e.stats().kv_pages_reserved, 0);
+    expect_only_cached_pages(e.stats());
 }
 
 // Holds an engine's only running slot: its request ("block the only slot", `tokens` tokens) waits
@@ -380,7 +384,7 @@ TEST(Engine, QueueFullCancelAndTimeout) {
     EXPECT_EQ(rc.error_kind, ErrorKind::cancelled);
     EXPECT_EQ(rc.ids.size(), 3u);
     e.drain();
-    EXPECT_EQ(e.stats().kv_pages_used, 0);
+    expect_only_cached_pages(e.stats());
 }
 
 TEST(Engine, TimeoutWhileRunningAndThrowingCallback) {
@@ -434,7 +438,7 @@ TEST(Engine, ManyThreadsSubmitAndCancel) {
             }
         }
     e.drain();
-    EXPECT_EQ(e.stats().kv_pages_used, 0);
+    expect_only_cached_pages(e.stats());
 }
 
 TEST(Engine, ShutdownEndsEveryRequest) {
@@ -510,7 +514,7 @@ TEST(Engine, ImageCacheSkipsVisionWithSameTokens) {
     const auto& im = images();
     const std::size_t entry = std::size_t(m.config().vision.num_tokens() * m.decoder().hidden_size()) * sizeof(float) + 128;
     {
-        Engine e(m, {.max_running = 4});
+        Engine e(m, {.max_running = 4, .prefix_cache_bytes = 0});  // the image cache alone
         const Result a = e.run(request("Describe the image.", {&im[0]}, 10));
         const Result b = e.run(request("What colour?", {&im[0]}, 10));
         expect_same(a, session_ref(m, "Describe the image.", {&im[0]}, 10), "first");
@@ -537,7 +541,7 @@ TEST(Engine, ImageCacheSkipsVisionWithSameTokens) {
         EXPECT_NE(j.find("image_cache_hits_total"), std::string::npos);
     }
     {  // Off: nothing is cached or counted, results unchanged.
-        Engine e(m, {.max_running = 2, .image_cache_bytes = 0});
+        Engine e(m, {.max_running = 2, .image_cache_bytes = 0, .prefix_cache_bytes = 0});
         for (int i = 0; i < 2; ++i) {
             const Result r = e.run(request("Describe the image.", {&im[0]}, 10));
             expect_same(r, session_ref(m, "Describe the image.", {&im[0]}, 10), "cache off");
@@ -547,13 +551,295 @@ TEST(Engine, ImageCacheSkipsVisionWithSameTokens) {
         EXPECT_EQ(st.hits + st.misses + st.entries + st.bytes, 0u);
     }
     for (std::size_t n : {std::size_t(1), std::size_t(2)}) {  // LRU: room for n entries; A, B, A
-        Engine e(m, {.max_running = 1, .image_cache_bytes = n * entry});
+        Engine e(m, {.max_running = 1, .image_cache_bytes = n * entry, .prefix_cache_bytes = 0});
         for (int k : {0, 1, 0}) EXPECT_TRUE(e.run(request("x", {&im[std::size_t(k)]}, 2)).ok());
         const auto st = e.stats().image_cache;
         EXPECT_EQ(st.hits, n == 1 ? 0u : 1u) << n;
         EXPECT_EQ(st.evictions, n == 1 ? 2u : 0u) << n;
         EXPECT_LE(st.bytes, n * entry);
     }
+}
+
+// ---- prefix KV reuse (engine/prefix_cache.hpp) ----------------------------------------------------
+
+// The cache on its own: a sequence's pages are kept after it ends (its reservation for them handed
+// over), a later sequence adopts the whole pages of the longest common prefix and a copy of the part
+// of the next page it shares, and sees their contents; a position differing keeps everything after it
+// out; eviction returns pages and reservations; the pool frees a shared page only when its last
+// holder drops it.
+TEST(PrefixCache, KeepsAdoptsAndEvictsPages) {
+    auto pool = std::make_shared<text::KVPool>(text::KVShape{2, 8}, text::KVType::f32, 64 * text::KVPool::bytes_per_position({2, 8}, text::KVType::f32), 4);
+    PrefixCache cache(pool, 16);
+    std::vector<std::uint64_t> keys(14);
+    for (std::size_t i = 0; i < keys.size(); ++i) keys[i] = token_position_key(std::int32_t(100 + i));
+    // Positions a match covers (whole pages and the copied part of one); the partial page is given back.
+    auto covered = [&](PrefixCache& c, std::span<const std::uint64_t> k, Index limit) {
+        const auto m = c.match(k, limit);
+        c.release(m);
+        return m.positions(4);
+    };
+    {
+        text::KVSeq a(pool, 20);  // 5 pages reserved
+        a.ensure(14);
+        a.advance(14);
+        for (Index p = 0; p < 14; ++p) *a.k<float>(1, p) = float(p) + 0.5f;
+        cache.insert(keys, a);  // 3 whole pages and the last one with 2 positions
+    }
+    EXPECT_EQ(cache.stats().pages, 4);
+    EXPECT_EQ(pool->used_pages(), 4);
+    EXPECT_EQ(pool->reserved_pages(), 4);
+    {
+        auto b_keys = keys;
+        b_keys[9] = token_position_key(7);  // differs in the third page, after its first position
+        const auto m = cache.match(b_keys, 100);
+        ASSERT_EQ(m.pages.size(), 2u);
+        ASSERT_NE(m.partial, nullptr);
+        EXPECT_EQ(m.partial_len, 1);
+        text::KVSeq b(pool, 12);
+        b.adopt_prefix(m.pages);
+        b.adopt_partial(m.partial, m.partial_len);
+        cache.done_with(m.partial);
+        EXPECT_EQ(b.size(), 9);
+        for (Index p = 0; p < 9; ++p) EXPECT_EQ(*b.k<float>(1, p), float(p) + 0.5f) << p;
+        EXPECT_EQ(pool->sharers(m.pages[0]), 1);
+        EXPECT_EQ(pool->sharers(m.partial), 0);  // copied, not shared
+        // Evicting everything while b holds two of the pages: those stay in use until b ends.
+        while (cache.evict_one()) {
+        }
+        EXPECT_EQ(pool->used_pages(), 3);  // 2 shared + b's own copy
+        EXPECT_EQ(pool->sharers(m.pages[0]), 0);
+        EXPECT_EQ(covered(cache, keys, 100), 0);
+    }
+    EXPECT_EQ(pool->used_pages(), 0);
+    EXPECT_EQ(pool->reserved_pages(), 0);
+    // The limit: never more than `limit` positions, and a miss when the first position differs.
+    {
+        text::KVSeq a(pool, 16);
+        a.ensure(16);
+        a.advance(16);
+        cache.insert(keys, a);  // keys name 14 positions: 3 whole pages + 2
+    }
+    EXPECT_EQ(covered(cache, keys, 13), 13);
+    EXPECT_EQ(covered(cache, keys, 11), 11);
+    EXPECT_EQ(covered(cache, keys, 100), 14);
+    auto other = keys;
+    other[0] = token_position_key(1);
+    EXPECT_EQ(covered(cache, other, 100), 0);
+    const auto st = cache.stats();
+    EXPECT_EQ(st.hits, 4u);
+    EXPECT_EQ(st.misses, 2u);
+    EXPECT_EQ(st.hit_positions, 9u + 13u + 11u + 14u);
+    EXPECT_EQ(pool->used_pages(), 4);  // the partial pages of the matches were given back
+    // A cap of 2 pages: the least recently used leaves go first, the root stays reachable.
+    PrefixCache small(pool, 2);
+    {
+        text::KVSeq a(pool, 16);
+        a.ensure(16);
+        a.advance(16);
+        small.insert(keys, a);
+    }
+    EXPECT_EQ(small.stats().pages, 2);
+    EXPECT_EQ(covered(small, keys, 100), 8);
+    EXPECT_NE(image_position_key({1, 2}, 0), image_position_key({1, 2}, 1));
+    EXPECT_NE(image_position_key({1, 2}, 0), image_position_key({1, 3}, 0));
+    EXPECT_GE(image_position_key({1, 2}, 0), std::uint64_t(1) << 63);  // never a token key
+}
+
+// A second question about an image adopts the KV of the system prompt and the image tokens: no
+// vision, a prefill of the new tokens only, and the tokens a Session gives (every page size, with
+// and without the image-feature cache).
+TEST(Engine, PrefixCacheSecondQuestionSkipsVisionAndPrefill) {
+    const auto& m = tiny();
+    const auto& im = images();
+    for (Index page : {Index(1), Index(4), Index(16)}) {
+        for (std::size_t img_cache : {std::size_t(0), std::size_t(64) << 20}) {
+            SCOPED_TRACE("page " + std::to_string(page) + " image cache " + std::to_string(img_cache));
+            Engine e(m, {.max_running = 2, .kv_page = page, .image_cache_bytes = img_cache});
+            const Result a = e.run(request("Describe the image.", {&im[0]}, 10));
+            const Result b = e.run(request("What colour is it?", {&im[0]}, 10));
+            expect_same(a, session_ref(m, "Describe the image.", {&im[0]}, 10), "first");
+            expect_same(b, session_ref(m, "What colour is it?", {&im[0]}, 10), "second");
+            EXPECT_EQ(a.timings.cached_tokens, 0);
+            EXPECT_GT(a.timings.vision_ms, 0);
+            const Index shared = Index(m.config().vision.num_tokens()) + 10;  // at least the image and the system prompt
+            EXPECT_GE(b.timings.cached_tokens, shared);
+            EXPECT_EQ(b.timings.cached_tokens + b.timings.prefill_tokens, b.prompt_tokens);
+            // The image is needed only when the adopted pages end before its last token.
+            const text::ChatMessage msg{"user", "<image>\nWhat colour is it?"};
+            const auto ids = text::tokenize_with_image(text::chat_prompt(std::span(&msg, 1)),
+                                                       [&](const std::string& c) { return m.tokenizer().encode(c); });
+            const Index image_end = Index(std::find(ids.begin(), ids.end(), text::kImageTokenIndex) - ids.begin()) +
+                                    Index(m.config().vision.num_tokens());
+            if (b.timings.cached_tokens >= image_end) {
+                EXPECT_EQ(b.timings.vision_ms, 0);
+                EXPECT_EQ(b.timings.image_cache_hits, 0);
+            } else {
+                ADD_FAILURE() << "the adopted prefix (" << b.timings.cached_tokens << ") ends before the image (" << image_end << ")";
+            }
+            const auto st = e.stats();
+            EXPECT_EQ(st.prefix_cache.hits, 1u);
+            EXPECT_EQ(st.prefix_cache.misses, 1u);
+            EXPECT_EQ(st.prefix_cache.hit_positions, std::uint64_t(b.timings.cached_tokens));
+            expect_only_cached_pages(st);
+            EXPECT_NE(e.metrics_json().dump().find("prefix_cache_positions_total"), std::string::npos);
+        }
+    }
+}
+
+// A chat that goes on: each turn's prompt starts with the previous turn's prompt and answer, whose
+// KV (prompt positions from prefill, answer positions from decode steps) is adopted; the answers
+// equal those of an engine without the cache, turn by turn, for both KV types.
+TEST(Engine, PrefixCacheChatTurnsEqualNoCache) {
+    const auto& m = tiny();
+    const auto& im = images();
+    for (auto kv : {text::KVType::bf16, text::KVType::f32}) {
+        SCOPED_TRACE(kv == text::KVType::bf16 ? "bf16 KV" : "f32 KV");
+        Engine on(m, {.max_running = 2, .kv_type = kv, .kv_page = 4});
+        Engine off(m, {.max_running = 2, .kv_type = kv, .prefix_cache_bytes = 0});
+        std::vector<text::ChatMessage> msgs;
+        const char* questions[] = {"<image>\nDescribe the image.", "What colour is it?", "And the shape?", "Say more.", "Why?", "Thanks."};
+        Index prev_positions = 0;
+        for (int turn = 0; turn < 6; ++turn) {
+            msgs.push_back({"user", questions[turn]});
+            Request q;
+            q.messages = msgs;
+            q.images.push_back(ImageInput::decoded(im[1]));
+            q.max_new_tokens = 8;
+            const Result a = on.run(q), b = off.run(q);
+            ASSERT_TRUE(a.ok() && b.ok()) << a.error << b.error;
+            EXPECT_EQ(a.ids, b.ids) << "turn " << turn;
+            EXPECT_EQ(a.text, b.text) << "turn " << turn;
+            EXPECT_EQ(b.timings.cached_tokens, 0);
+            if (turn > 0) {
+                // Everything up to the previous answer is adopted (the positions the previous turn fed
+                // through the decoder), and no vision runs.
+                EXPECT_GE(a.timings.cached_tokens, prev_positions) << "turn " << turn;
+                EXPECT_EQ(a.timings.vision_ms, 0) << "turn " << turn;
+            }
+            prev_positions = a.prompt_tokens;
+            msgs.push_back({"assistant", a.text});
+        }
+        const auto st = off.stats();
+        EXPECT_EQ(st.prefix_cache.hits + st.prefix_cache.misses + std::uint64_t(st.prefix_cache.pages), 0u);
+        EXPECT_EQ(st.kv_pages_used, 0);
+    }
+}
+
+// Sequences that share a prefix at once (adopted pages held by several), the mixed cases twice over,
+// and a KV budget so small that cached pages must be evicted to admit requests: every answer equals
+// the Session's, and what is left in use is the cache's alone.
+TEST(Engine, PrefixCacheSharedAtOnceAndEvictedUnderSmallBudget) {
+    const auto& m = tiny();
+    const auto& im = images();
+    {
+        Engine e(m, {.max_running = 6, .kv_page = 4, .prefill_chunk = 9});
+        EXPECT_TRUE(e.run(request("Describe the image.", {&im[2]}, 4)).ok());  // warms the prefix
+        std::vector<RequestHandle> hs;
+        std::vector<std::string> qs;
+        for (int i = 0; i < 6; ++i) {
+            qs.push_back("Question " + std::to_string(i) + " about it?");
+            hs.push_back(e.submit(request(qs.back(), {&im[2]}, 7)));
+        }
+        for (int i = 0; i < 6; ++i) {
+            const Result r = hs[std::size_t(i)].wait();
+            expect_same(r, session_ref(m, qs[std::size_t(i)], {&im[2]}, 7), qs[std::size_t(i)]);
+            EXPECT_GT(r.timings.cached_tokens, 0);
+        }
+        for (int round = 0; round < 2; ++round) {
+            std::vector<RequestHandle> mh;
+            const auto cases = mixed_cases();
+            for (const auto& c : cases) {
+                auto q = request(c.prompt, c.imgs, c.max_new);
+                q.sampling = c.sampling;
+                mh.push_back(e.submit(std::move(q)));
+            }
+            for (std::size_t i = 0; i < cases.size(); ++i)
+                expect_same(mh[i].wait(), session_ref(m, cases[i].prompt, cases[i].imgs, cases[i].max_new, cases[i].sampling),
+                            "round " + std::to_string(round) + " case " + std::to_string(i));
+        }
+        e.drain();
+        EXPECT_GT(e.stats().prefix_cache.hits, 6u);
+        expect_only_cached_pages(e.stats());
+    }
+    {  // Room for about one request: the cache gives its pages back whenever admission needs them.
+        const std::size_t per_pos = text::KVPool::bytes_per_position(m.decoder().kv_shape(), text::KVType::bf16);
+        Engine e(m, {.max_running = 3, .kv_budget_bytes = 100 * per_pos, .kv_page = 4});
+        std::vector<RequestHandle> hs;
+        std::vector<std::pair<std::string, std::size_t>> qs;
+        for (int i = 0; i < 8; ++i) {
+            qs.emplace_back("q" + std::to_string(i), std::size_t(i % 3));
+            hs.push_back(e.submit(request(qs.back().first, {&im[qs.back().second]}, 6)));
+        }
+        for (int i = 0; i < 8; ++i)
+            expect_same(hs[std::size_t(i)].wait(), session_ref(m, qs[std::size_t(i)].first, {&im[qs[std::size_t(i)].second]}, 6),
+                        "small budget " + std::to_string(i));
+        e.drain();
+        const auto st = e.stats();
+        EXPECT_GT(st.prefix_cache.evictions, 0u);
+        expect_only_cached_pages(st);
+    }
+    {  // A byte cap below the budget: never more pages than it allows.
+        Engine e(m, {.max_running = 2, .kv_page = 4, .prefix_cache_bytes = 0});
+        const std::size_t page_bytes = e.stats().kv_page_bytes;
+        Engine c(m, {.max_running = 2, .kv_page = 4, .prefix_cache_bytes = 5 * page_bytes});
+        for (int i = 0; i < 3; ++i) EXPECT_TRUE(c.run(request("cap " + std::to_string(i), {&im[std::size_t(i)]}, 4)).ok());
+        EXPECT_LE(c.stats().prefix_cache.pages, 5);
+        EXPECT_EQ(c.stats().prefix_cache.max_pages, 5);
+    }
+}
+
+// Hits racing evictions (run under ThreadSanitizer by scripts/test.sh): threads look up, adopt and
+// insert while others evict, in caches with room for only a few entries. Whatever a lookup returns is
+// what was stored under its key, and every page and reservation is back in the pool at the end.
+TEST(PrefixCache, HitsRaceEvictionsAcrossThreads) {
+    auto pool = std::make_shared<text::KVPool>(text::KVShape{1, 4}, text::KVType::f32, 4096 * text::KVPool::bytes_per_position({1, 4}, text::KVType::f32), 2);
+    {
+        PrefixCache prefix(pool, 6);
+        ImageFeatureCache images(3 * (16 * sizeof(float) + 128));
+        std::atomic<int> bad{0}, hits{0};
+        auto worker = [&](int t) {
+            for (int it = 0; it < 300; ++it) {
+                const int variant = (it * 7 + t) % 5;  // few distinct prefixes: hits and evictions both happen
+                std::vector<std::uint64_t> keys(8);
+                for (std::size_t i = 0; i < keys.size(); ++i) keys[i] = token_position_key(std::int32_t(i < 4 ? 1 : variant));
+                auto seq = text::KVSeq::try_create(pool, 10);
+                if (!seq) continue;
+                const auto m = prefix.match(keys, 7);
+                seq->adopt_prefix(m.pages);
+                if (m.partial) seq->adopt_partial(m.partial, m.partial_len);
+                prefix.done_with(m.partial);
+                if (seq->size() > 0) {
+                    ++hits;
+                    for (Index p = 0; p < seq->size(); ++p)
+                        if (*seq->k<float>(0, p) != float(keys[std::size_t(p)])) ++bad;
+                }
+                seq->ensure(8);
+                for (Index p = seq->size(); p < 8; ++p) *seq->k<float>(0, p) = float(keys[std::size_t(p)]);
+                seq->advance(8 - seq->size());
+                if (it % 3 == 0) prefix.evict_one();
+                prefix.insert(keys, *seq);
+                // The image-feature cache: a hit holds the value stored under its key.
+                const ImageKey k{std::uint64_t(variant), 0};
+                if (auto tok = images.get(k)) {
+                    if ((*tok)(0, 0) != float(variant)) ++bad;
+                } else {
+                    auto v = std::make_shared<Tensor<float, 2>>(std::array<Index, 2>{4, 4});
+                    std::fill_n(v->data(), 16, float(variant));
+                    images.put(k, v);
+                }
+            }
+        };
+        std::vector<std::thread> ts;
+        for (int t = 0; t < 4; ++t) ts.emplace_back(worker, t);
+        for (auto& th : ts) th.join();
+        EXPECT_EQ(bad.load(), 0);
+        EXPECT_GT(hits.load(), 0);
+        EXPECT_GT(prefix.stats().evictions, 0u);
+        EXPECT_LE(prefix.stats().pages, 6);
+        EXPECT_EQ(pool->used_pages(), prefix.stats().pages);
+    }
+    EXPECT_EQ(pool->used_pages(), 0);
+    EXPECT_EQ(pool->reserved_pages(), 0);
 }
 
 TEST(ImageCache, KeysSeparatePixelsSizesAndPresets) {

@@ -126,6 +126,19 @@ inline void print_limits() {
                 "name", "default", "(range) meaning", io::describe_limits().c_str());
 }
 
+// --image-cache-mb and --prefix-cache-mb: the engine's caches (docs/engine.md, "Caches").
+inline std::vector<Option> cache_options(const char* image_help) {
+    return {{"image-cache-mb", "N", image_help},
+            {"prefix-cache-mb", "N",
+             "prefix KV reuse: KV pages of ended requests kept for later ones that start the same (a second question about an "
+             "image, the next chat turn) in MB (default: up to the whole KV budget, given back when requests need it; 0 = off)"}};
+}
+template <class EngineOptions>
+void set_cache_options(const Args& a, EngineOptions& eo) {
+    eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
+    if (a.has("prefix-cache-mb")) eo.prefix_cache_bytes = std::size_t(a.get_int("prefix-cache-mb", 0, 0, 1l << 24)) << 20;
+}
+
 struct Command {
     std::string name;
     std::string summary;

@@ -76,7 +76,7 @@ inline int run_batch(const Args& a) {
     eo.max_running = parallel;
     eo.max_queued = parallel + 8;
     eo.prefill_chunk = a.get_int("prefill-chunk", 256, 1, 1 << 16);
-    eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
+    set_cache_options(a, eo);
     eo.context = a.get_int("context", 0, 1, 1 << 24);
     auto engine = model->new_engine(eo);
 
@@ -159,14 +159,7 @@ inline int run_batch(const Args& a) {
 }
 
 inline Command batch_command() {
-    return {"batch",
-            "Offline batch inference with continuous batching: one JSON object per input line {\"image\": FILE | [FILES], "
-            "\"prompt\", \"id\", \"max_tokens\", \"temperature\", \"top_k\", \"top_p\", \"seed\", \"answer\"} (all optional; "
-            "image paths relative to the JSONL). Writes one JSON line per input line, in order: {\"id\", \"text\", \"stop\", "
-            "\"prompt_tokens\", \"generated_tokens\", \"queue_ms\", \"ttft_ms\", \"total_ms\"}, or {\"id\", \"error\"} for a "
-            "line that failed.",
-            "--model DIR --jsonl FILE [--parallel N] [--out FILE] [--json] [options]",
-            {{"model", "DIR", "model folder (config.json, model.safetensors, tokenizer files)"},
+    std::vector<Option> opts = {{"model", "DIR", "model folder (config.json, model.safetensors, tokenizer files)"},
              {"jsonl", "FILE", "requests, one JSON object per line"},
              {"max-line-bytes", "N", "longest input line; a longer one gets an error line (default 1048576)"},
              {"parallel", "N", "sequences decoded together (default 8)"},
@@ -178,8 +171,17 @@ inline Command batch_command() {
              limit_option(),
              {"context", "N", "most positions of one sequence (default min(8192, max_position_embeddings))"},
              {"kv-cache", "TYPE", "KV cache storage: bf16 (default) or f32"},
-             {"prefill-chunk", "N", "most prompt rows per step (default 256)"},
-             {"image-cache-mb", "N", "image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"}},
+             {"prefill-chunk", "N", "most prompt rows per step (default 256)"}};
+    for (auto& o : cache_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"))
+        opts.push_back(o);
+    return {"batch",
+            "Offline batch inference with continuous batching: one JSON object per input line {\"image\": FILE | [FILES], "
+            "\"prompt\", \"id\", \"max_tokens\", \"temperature\", \"top_k\", \"top_p\", \"seed\", \"answer\"} (all optional; "
+            "image paths relative to the JSONL). Writes one JSON line per input line, in order: {\"id\", \"text\", \"stop\", "
+            "\"prompt_tokens\", \"generated_tokens\", \"queue_ms\", \"ttft_ms\", \"total_ms\"}, or {\"id\", \"error\"} for a "
+            "line that failed.",
+            "--model DIR --jsonl FILE [--parallel N] [--out FILE] [--json] [options]",
+            opts,
             run_batch};
 }
 

@@ -43,7 +43,7 @@ inline int run_stream(const Args& a) {
     if (!model->tokenizer()) fail(a.require("model"), ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");
     EngineOptions eo;
     eo.max_running = 1;  // one frame at a time: the newest frame is what matters
-    eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
+    set_cache_options(a, eo);
     auto engine = model->new_engine(eo);
 
     std::mutex out_mu;
@@ -95,7 +95,7 @@ inline int run_stream(const Args& a) {
     if (fd > 0) ::close(fd);
     fs.finish();
     const auto st = fs.stats();
-    std::fprintf(stderr, "stream: %lld frames, %lld answered, %lld skipped (newer frame), %lld errors, %lld image-cache hits\n",
+    std::fprintf(stderr, "stream: %lld frames, %lld answered, %lld skipped (newer frame), %lld errors, %lld cached (vision skipped)\n",
                  (long long)st.frames, (long long)st.answered, (long long)st.skipped, (long long)st.errors, (long long)st.cache_hits);
     return 0;
 }
@@ -110,8 +110,9 @@ inline Command stream_command() {
                              {"every-frame", "", "answer every frame in order instead of the latest one (offline input)"},
                              {"json", "", "one JSON object per answered frame: {\"frame\", \"t_ms\", \"text\", \"latency_ms\", "
                                           "\"skipped\", \"cached\"} (or \"error\")"},
-                             {"image-cache-mb", "N", "image-feature cache: an unchanged frame skips the vision tower (default 256, 0 = off)"},
                              {"max-frame-mb", "N", "largest accepted frame (default 64)"}});
+    for (auto& o : cache_options("image-feature cache in MB: an unchanged frame skips the vision tower (default 256, 0 = off)"))
+        opts.push_back(o);
     return {"stream",
             "Answer a live stream of concatenated JPEG or PNG images (ffmpeg -f image2pipe) frame by frame; while a frame is "
             "answered, newer frames replace the waiting one (latest frame wins, skipped frames counted). Frame numbers are "

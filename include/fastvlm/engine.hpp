@@ -9,6 +9,9 @@
 //   admission  — FIFO; a request starts when a running slot is free and the KV pool can reserve its
 //                worst case (prompt + max_new_tokens positions). A request that can never fit fails
 //                with ErrorKind::too_large; one that does not fit now waits (head of line, no starvation).
+//   prefix     — at admission a request adopts the KV pages of the longest prompt prefix that an ended
+//                request left in the prefix cache (engine/prefix_cache.hpp) and starts its prefill after
+//                it; images inside that prefix skip vision. When it ends, its own pages are kept there.
 //   vision     — at most one image (FastViTHD + projector) per loop iteration, between steps.
 //   step       — one decode row of every decoding sequence (GEMV: the weights stream once for all of
 //                them) plus at most prefill_chunk prompt rows (GEMM) of the sequences still in prefill,
@@ -28,6 +31,7 @@
 
 #include "fastvlm/engine/image_cache.hpp"
 #include "fastvlm/engine/metrics.hpp"
+#include "fastvlm/engine/prefix_cache.hpp"
 #include "fastvlm/model.hpp"
 #include "fastvlm/text/kv_cache.hpp"
 
@@ -119,6 +123,10 @@ struct EngineOptions {
     Index context = 0;               // most positions of one sequence; 0 = the model's context
     // Image-feature cache (projected image tokens by a hash of the preprocessed pixels, LRU); 0 = off.
     std::size_t image_cache_bytes = std::size_t(256) << 20;
+    // Prefix KV reuse (engine/prefix_cache.hpp): most bytes of KV pages kept from ended sequences for
+    // later ones that start the same. Unset: up to the whole KV budget (cached pages are evicted, least
+    // recently used first, whenever admission needs their room); 0 = off.
+    std::optional<std::size_t> prefix_cache_bytes = {};
     // Called (on the thread that recorded it) when a stage takes more than 2× its running mean.
     std::function<void(const metrics::Anomaly&)> on_anomaly = {};
 };
@@ -136,6 +144,7 @@ struct EngineStats {
     double decode_only_s = 0;
     std::uint64_t decode_only_tokens = 0;
     ImageFeatureCache::Stats image_cache;  // hits, misses, evictions, bytes, entries
+    PrefixCache::Stats prefix_cache;       // hits, misses, positions reused, pages held
     std::map<std::string, metrics::HistogramSnapshot> stages;  // queue_wait, preprocess, vision, ... (seconds)
     double aggregate_decode_tok_s() const { return decode_busy_s > 0 ? double(generated_tokens) / decode_busy_s : 0; }
     double decode_only_tok_s() const { return decode_only_s > 0 ? double(decode_only_tokens) / decode_only_s : 0; }
@@ -256,10 +265,13 @@ class EngineImpl final : public EngineCore {
         std::shared_ptr<RequestState> st;
         std::vector<std::int32_t> ids;             // prompt ids, −200 = image slot
         std::vector<std::shared_ptr<const Tensor<float, 3>>> pixels;  // preprocessed images, dropped once encoded
-        std::vector<ImageKey> keys;                     // their cache keys (when the cache is on)
+        std::vector<ImageKey> keys;                     // their cache keys (when a cache is on)
+        std::vector<Index> img_pos;                     // first position of each image's tokens
+        std::vector<std::uint64_t> pos_keys;            // prompt position keys (when the prefix cache is on)
         std::vector<ImageFeatureCache::Tokens> img_tokens;  // projected image tokens (nullptr: not yet)
-        Tensor<float, 2> x;                        // embedded prompt [T, H] (prefill)
-        Index T = 0, prefilled = 0, need = 0;      // prompt positions, run so far, worst case
+        Tensor<float, 2> x;                        // embedded prompt positions [x0, T) (prefill)
+        Index T = 0, prefilled = 0, need = 0;      // prompt positions, run (or adopted) so far, worst case
+        Index x0 = 0;                              // first position in x (the adopted prefix is not embedded)
         std::unique_ptr<text::KVSeq> kv;
         std::optional<text::Sampler> sampler;
         std::optional<text::Tokenizer::StreamDecoder> stream;
@@ -293,6 +305,8 @@ public:
         xbuf_.resize(std::size_t((Index(opt_.max_running) + opt_.prefill_chunk) * dec.hidden_size()));
         pool_ = model_.pool();
         image_cache_ = std::make_unique<ImageFeatureCache>(opt_.image_cache_bytes);
+        const std::size_t prefix_bytes = std::min(opt_.prefix_cache_bytes.value_or(budget), budget);
+        prefix_ = std::make_unique<PrefixCache>(kv_, Index(prefix_bytes / kv_->page_bytes()));
         init_metrics();
         prep_ = std::thread([this] { prep_loop(); });
         sched_ = std::thread([this] { sched_loop(); });
@@ -369,6 +383,7 @@ public:
         s.decode_only_s = m_.decode_only->value();
         s.decode_only_tokens = m_.decode_only_tokens->value();
         s.image_cache = image_cache_->stats();
+        s.prefix_cache = prefix_->stats();
         for (const auto& [name, h] : m_.stage) s.stages[name] = h->snapshot();
         return s;
     }
@@ -379,9 +394,10 @@ private:
         std::map<std::string, metrics::Histogram*> stage;
         metrics::Histogram *queue_wait, *preprocess, *vision, *projector, *prefill, *ttft, *decode_token, *e2e, *step;
         metrics::Counter *ok, *prompt_tokens, *generated_tokens, *images, *errors_queue_full, *decode_only_tokens;
-        metrics::Counter *cache_hits, *cache_misses;
+        metrics::Counter *cache_hits, *cache_misses, *prefix_hits, *prefix_misses, *prefix_positions;
         std::map<ErrorKind, metrics::Counter*> failed;
-        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only, *cache_bytes;
+        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only, *cache_bytes,
+            *prefix_pages;
         std::uint64_t failed_total() const {
             std::uint64_t n = 0;
             for (const auto& [k, c] : failed) n += c->value();
@@ -414,6 +430,10 @@ private:
         m_.cache_hits = &reg_.counter("image_cache_hits_total", "Images whose tokens came from the image-feature cache");
         m_.cache_misses = &reg_.counter("image_cache_misses_total", "Images encoded while the image-feature cache is on");
         m_.cache_bytes = &reg_.gauge("image_cache_bytes", "Bytes held by the image-feature cache");
+        m_.prefix_hits = &reg_.counter("prefix_cache_hits_total", "Requests that adopted KV pages of an earlier prefix");
+        m_.prefix_misses = &reg_.counter("prefix_cache_misses_total", "Requests that found no cached prefix (prefix cache on)");
+        m_.prefix_positions = &reg_.counter("prefix_cache_positions_total", "Prompt positions adopted from the prefix cache (not prefilled)");
+        m_.prefix_pages = &reg_.gauge("prefix_cache_pages", "KV pages held by the prefix cache");
         m_.running = &reg_.gauge("running_sequences", "Sequences running (vision, prefill or decode)");
         m_.queued = &reg_.gauge("queue_length", "Requests submitted and not yet running");
         m_.kv_used = &reg_.gauge("kv_pages_used", "KV pages in use");
@@ -429,6 +449,7 @@ private:
     }
     void refresh_gauges() const {
         m_.kv_used->set(double(kv_->used_pages()));
+        m_.prefix_pages->set(double(prefix_->stats().pages));
         m_.peak_rss->set(double(metrics::peak_rss_bytes()));
     }
     static double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -463,7 +484,8 @@ private:
         t.total_ms = ms(now - s.st->submitted);
         if (s.first_token != Clock::time_point{}) t.decode_ms = ms(now - s.first_token);
         t.load_ms = model_.load_ms();
-        s.kv.reset();  // pages back to the pool
+        if (s.kv && kind == ErrorKind::none) keep_prefix(s);
+        s.kv.reset();  // pages back to the pool (those the prefix cache keeps stay)
         record(r);
         if (s.admitted != Clock::time_point{}) {  // leaves its slot before the caller learns it ended, so
             std::lock_guard lk(mu_);              // a submit right after wait() sees the slot free
@@ -606,11 +628,23 @@ private:
                 } else {
                     s->pixels.push_back(std::make_shared<const Tensor<float, 3>>(model_.preprocess(in.load())));
                 }
-                if (image_cache_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), Policy::name));
+                if (image_cache_->enabled() || prefix_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), Policy::name));
             } catch (const Error& e) {
                 fail("image ", i + 1, " of ", n_img, ": ", e.what());
             }
         }
+        for (Index pos = 0; auto id : s->ids) {  // positions of the images, and their keys for the prefix cache
+            if (id == text::kImageTokenIndex) {
+                if (!s->keys.empty())
+                    for (Index j = 0; j < per_img; ++j) s->pos_keys.push_back(image_position_key(s->keys[s->img_pos.size()], j));
+                s->img_pos.push_back(pos);
+                pos += per_img;
+            } else {
+                if (prefix_->enabled()) s->pos_keys.push_back(token_position_key(id));
+                ++pos;
+            }
+        }
+        if (!prefix_->enabled()) s->pos_keys.clear();
         s->stops = q.stop_ids.empty() ? &model_.stop_ids() : &q.stop_ids;
         if (model_.has_tokenizer()) s->stream.emplace(model_.tokenizer(), true);
         if (!q.stop_strings.empty()) s->stop_text.emplace(q.stop_strings);
@@ -671,7 +705,15 @@ private:
         while (!ready_.empty() && Index(running_.size()) < opt_.max_running) {
             auto& s = ready_.front();
             s->kv = text::KVSeq::try_create(kv_, s->need);
+            while (!s->kv && prefix_->evict_one()) s->kv = text::KVSeq::try_create(kv_, s->need);  // cached pages make room
             if (!s->kv) break;  // waits for pages (head of line)
+            try {
+                adopt_prefix(*s);
+            } catch (const std::exception&) {  // no memory for the copied page: run without the prefix
+                s->kv.reset();
+                s->kv = text::KVSeq::try_create(kv_, s->need);  // the reservation just given back
+                if (!s->kv) break;
+            }
             s->admitted = now;
             s->r.timings.queue_ms = ms(now - s->st->submitted);
             m_.queue_wait->record(secs(now - s->st->submitted));
@@ -706,8 +748,8 @@ private:
             s.img_tokens.resize(s.pixels.size());
             try {
                 for (std::size_t i = 0; i < s.pixels.size(); ++i) {
-                    if (s.img_tokens[i]) continue;
-                    if (!s.keys.empty()) {
+                    if (s.img_tokens[i] || !s.pixels[i]) continue;  // done, or inside the adopted prefix
+                    if (image_cache_->enabled()) {
                         if (auto t = image_cache_->get(s.keys[i])) {
                             image_cache_->record(true);
                             s.img_tokens[i] = std::move(t);
@@ -719,7 +761,7 @@ private:
                         }
                     }
                     if (encoded) break;  // one encode per step (a miss is counted when it is encoded)
-                    if (!s.keys.empty()) {
+                    if (image_cache_->enabled()) {
                         image_cache_->record(false);
                         m_.cache_misses->add();
                     }
@@ -728,7 +770,7 @@ private:
                     const auto t1 = Clock::now();
                     s.img_tokens[i] = std::make_shared<const Tensor<float, 2>>(model_.project(feats, pool_));
                     const auto t2 = Clock::now();
-                    if (!s.keys.empty()) {
+                    if (image_cache_->enabled()) {
                         image_cache_->put(s.keys[i], s.img_tokens[i]);
                         m_.cache_bytes->set(double(image_cache_->stats().bytes));
                     }
@@ -740,20 +782,79 @@ private:
                     m_.images->add();
                     encoded = true;
                 }
-                if (std::all_of(s.img_tokens.begin(), s.img_tokens.end(), [](const auto& t) { return t != nullptr; })) to_prefill(s);
+                bool ready = true;
+                for (std::size_t i = 0; i < s.pixels.size(); ++i) ready = ready && (s.img_tokens[i] || !s.pixels[i]);
+                if (ready) to_prefill(s);
             } catch (const Error& e) {
                 fail_running(sp, ErrorKind::invalid_request, e.what());
             }
         }
         std::erase(running_, nullptr);
     }
+    // Embeds the prompt positions still to run, [prefilled, T) (an adopted prefix is skipped).
     void to_prefill(Seq& s) {
-        std::vector<TensorView<const float, 2>> views;
-        for (const auto& t : s.img_tokens) views.push_back(t->view());
-        s.x = model_.embed_prompt(s.ids, views);
+        const auto& dec = model_.decoder();
+        const Index H = dec.hidden_size();
+        s.x0 = s.prefilled;
+        s.x = Tensor<float, 2>({s.T - s.x0, H});
+        Index pos = 0;
+        std::size_t k = 0;
+        for (auto id : s.ids) {
+            if (id == text::kImageTokenIndex) {
+                const Index n = Index(model_.config().vision.num_tokens());
+                if (pos + n > s.x0) {
+                    const auto& t = s.img_tokens.at(k);
+                    FASTVLM_CHECK(t && t->dim(0) == n && t->dim(1) == H, "image ", k + 1, ": tokens missing or of the wrong shape");
+                    const Index from = std::max<Index>(s.x0 - pos, 0);
+                    std::copy_n(t->data() + from * H, (n - from) * H, s.x.data() + (pos + from - s.x0) * H);
+                }
+                pos += n;
+                ++k;
+            } else {
+                if (pos >= s.x0) dec.embed(id, s.x.data() + (pos - s.x0) * H);
+                ++pos;
+            }
+        }
         s.img_tokens.clear();
         s.pixels.clear();
         s.phase = Phase::prefill;
+    }
+    // At admission: adopts the longest cached prefix (shared whole pages, then a copied part of a page;
+    // at least the last prompt position is left to compute); images entirely inside it need no vision.
+    void adopt_prefix(Seq& s) {
+        if (s.pos_keys.empty()) return;
+        const auto got = prefix_->match(s.pos_keys, s.T - 1);
+        if (got.positions(kv_->page_positions()) == 0) {
+            m_.prefix_misses->add();
+            return;
+        }
+        s.kv->adopt_prefix(got.pages);
+        if (got.partial) {
+            try {
+                s.kv->adopt_partial(got.partial, got.partial_len);
+            } catch (...) {
+                prefix_->done_with(got.partial);
+                throw;
+            }
+            prefix_->done_with(got.partial);
+        }
+        s.prefilled = s.kv->size();
+        const Index n = Index(model_.config().vision.num_tokens());
+        for (std::size_t i = 0; i < s.img_pos.size(); ++i)
+            if (s.img_pos[i] + n <= s.prefilled) s.pixels[i].reset();
+        s.r.timings.cached_tokens = s.prefilled;
+        s.r.timings.prefill_tokens = s.T - s.prefilled;
+        m_.prefix_hits->add();
+        m_.prefix_positions->add(std::uint64_t(s.prefilled));
+    }
+    // When a sequence ends well: the prefix cache keeps its whole pages (prompt and generated tokens).
+    void keep_prefix(Seq& s) {
+        if (s.pos_keys.empty()) return;
+        std::vector<std::uint64_t> keys = s.pos_keys;
+        const Index n = s.kv->size();
+        for (Index i = 0; i < n - s.T && i < Index(s.r.ids.size()); ++i) keys.push_back(token_position_key(s.r.ids[std::size_t(i)]));
+        keys.resize(std::size_t(std::min<Index>(n, Index(keys.size()))));
+        prefix_->insert(keys, *s.kv);
     }
     // Ends a running sequence with an error; the caller removes the null entry from running_.
     void fail_running(std::unique_ptr<Seq>& sp, ErrorKind kind, std::string msg) {
@@ -784,12 +885,12 @@ private:
             Seq& s = *sp;
             if (s.phase != Phase::prefill || budget == 0) continue;
             const Index n = std::min(budget, s.T - s.prefilled);
-            std::copy_n(s.x.data() + s.prefilled * H, n * H, xbuf_.data() + rows * H);
+            std::copy_n(s.x.data() + (s.prefilled - s.x0) * H, n * H, xbuf_.data() + rows * H);
             const bool last = s.prefilled + n == s.T;
             batch.push_back({s.kv.get(), n, false, last && s.st->req.max_new_tokens > 0 ? text::Logits::last : text::Logits::none});
             members.push_back(&s);
             if (last && s.st->req.max_new_tokens > 0) sampled.push_back(&s);
-            if (s.prefilled == 0) s.prefill_start = t0;
+            if (s.prefilled == s.x0) s.prefill_start = t0;
             rows += n;
             budget -= n;
         }
@@ -882,6 +983,7 @@ private:
     std::vector<float> logits_, xbuf_;
     ThreadPool* pool_ = nullptr;
     std::unique_ptr<ImageFeatureCache> image_cache_;
+    std::unique_ptr<PrefixCache> prefix_;
     metrics::Registry reg_;
     Metrics m_;
 

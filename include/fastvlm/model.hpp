@@ -106,6 +106,7 @@ struct Timings {
     Index prefill_tokens = 0;  // positions run through the decoder in the prefill (image tokens included)
     Index decode_tokens = 0;   // single-token decoder steps
     Index image_cache_hits = 0;  // engine: images whose tokens came from the image-feature cache (no vision time)
+    Index cached_tokens = 0;     // engine: prompt positions whose KV came from the prefix cache (not in prefill_tokens)
     double prefill_tok_s() const { return prefill_ms > 0 ? 1e3 * double(prefill_tokens) / prefill_ms : 0; }
     double decode_tok_s() const { return decode_ms > 0 ? 1e3 * double(decode_tokens) / decode_ms : 0; }
 };

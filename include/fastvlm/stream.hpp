@@ -153,7 +153,9 @@ private:
             }
             if (a.result.ok()) a.text = a.result.text;
             else a.error = a.result.error;
-            a.cached = a.result.timings.image_cache_hits > 0;
+            // The frame's image was not encoded: its tokens came from the image-feature cache, or the
+            // prefix cache held the KV of the whole prompt up to and past it (a frame equal to an earlier one).
+            a.cached = a.result.ok() && (a.result.timings.image_cache_hits > 0 || a.result.timings.vision_ms == 0);
         }
         a.latency_ms = ms(Clock::now() - it.at);
         {

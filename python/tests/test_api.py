@@ -75,7 +75,7 @@ def test_describe_matches_cli_run(model, scenes):
         assert got.ok and got.text == want
         assert got.stop == "eos" and got.generated_tokens == len(got.ids) > 0
         t = got.timings
-        assert t["vision_ms"] > 0 and t["prefill_tokens"] == got.prompt_tokens and t["total_ms"] >= t["ttft_ms"] > 0
+        assert t["vision_ms"] > 0 and t["prefill_tokens"] + t["cached_tokens"] == got.prompt_tokens and t["total_ms"] >= t["ttft_ms"] > 0
 
 
 def test_answers_are_right(model, scenes):
@@ -289,3 +289,21 @@ def test_ctrl_c_cancels(fastvlm, scenes):
     assert m.describe(img, max_tokens=64).ok
     counters = m.metrics()["counters"]
     assert any("cancel" in json.dumps(v) for v in counters.values()) or "cancelled" in json.dumps(counters)
+
+
+def test_prefix_cache_reuses_and_answers_the_same(fastvlm, scenes):
+    # A second question about an image adopts the KV of the shared prefix (system prompt, image tokens):
+    # no vision, cached_tokens > 0, and the answers of a model without the caches.
+    img = first_images(scenes, 3)[2]
+    on = fastvlm.Model(MODEL, threads=2, parallel=2)
+    off = fastvlm.Model(MODEL, threads=2, parallel=2, image_cache_mb=0, prefix_cache_mb=0)
+    for q in ("Describe the image.", "How many shapes are there?", "What colour is the left shape?"):
+        a, b = on.describe(img, q, max_tokens=64), off.describe(img, q, max_tokens=64)
+        assert a.ok and b.ok and a.text == b.text, (q, a.text, b.text)
+        assert b.timings["cached_tokens"] == 0 and b.timings["vision_ms"] > 0
+        if q != "Describe the image.":
+            assert a.timings["cached_tokens"] > 0 and a.timings["vision_ms"] == 0, a.timings
+    counters = on.metrics()["counters"]
+    assert counters["prefix_cache_hits_total"] == 2
+    with pytest.raises(fastvlm.Error, match="prefix_cache_mb"):
+        fastvlm.Model(MODEL, prefix_cache_mb=-1)

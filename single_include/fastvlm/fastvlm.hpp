@@ -1079,6 +1079,968 @@ inline void convert(const float* src, float* dst, std::size_t n) {
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/dtypes.hpp
+// ---- begin fastvlm/core/thread_pool.hpp ----------------------------------------------------
+// fastvlm/core/thread_pool.hpp — a small fork/join pool. No global pool: the user owns one and
+// passes it (by pointer; nullptr = run on the calling thread) to every kernel and model.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+
+namespace fastvlm {
+
+class ThreadPool {
+public:
+    // n = total number of threads taking part, the caller included (n-1 workers are started).
+    // 0 means std::thread::hardware_concurrency(). After a parallel region the workers spin for
+    // spin_us microseconds (default 2000) waiting for the next one before they sleep: decoding a
+    // token runs hundreds of short regions, and waking a sleeping thread costs ~10-20 µs each.
+    // spin_us = 0 makes them sleep at once (no busy CPU between calls).
+    explicit ThreadPool(unsigned n = 0, unsigned spin_us = 2000) : spin_us_(spin_us) {
+        if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+        size_ = n;
+        workers_.reserve(n - 1);
+        for (unsigned t = 1; t < n; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
+    }
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+    ~ThreadPool() {
+        {
+            std::lock_guard lk(mu_);
+            stop_.store(true, std::memory_order_release);
+        }
+        cv_.notify_all();
+        for (auto& w : workers_) w.join();
+    }
+
+    unsigned size() const { return size_; }
+
+    // Runs fn(task, thread) for task in [0, n_tasks), tasks handed out dynamically; returns when
+    // all are done. The first exception thrown by a task is rethrown here. Calls from inside a
+    // task (nested parallelism) run serially on that thread. Workers join a region only while it
+    // is open: when the caller has taken the last task it closes the region and waits only for
+    // the workers inside it, never for one the OS has not scheduled yet (a busy machine).
+    void run(std::size_t n_tasks, const std::function<void(std::size_t, unsigned)>& fn) {
+        if (n_tasks == 0) return;
+        if (size_ == 1 || n_tasks == 1 || in_task()) {
+            for (std::size_t i = 0; i < n_tasks; ++i) fn(i, in_task() ? current_thread() : 0);
+            return;
+        }
+        std::unique_lock call_lk(call_mu_);  // one parallel region at a time per pool
+        job_ = &fn;
+        n_tasks_ = n_tasks;
+        next_.store(0, std::memory_order_relaxed);
+        error_ = nullptr;
+        const std::uint64_t open = state_.load(std::memory_order_relaxed) + 1;  // odd = open
+        {
+            std::lock_guard lk(mu_);  // pairs with the sleepers' predicate check: no lost wake-up
+            state_.store(open, std::memory_order_seq_cst);
+        }
+        cv_.notify_all();  // no system call when nobody sleeps
+        work(0);
+        state_.store(open + 1, std::memory_order_seq_cst);  // closed: late workers stay out
+        for (unsigned spins = 0; active_.load(std::memory_order_seq_cst) != 0; ++spins) pause(spins);
+        job_ = nullptr;
+        if (error_) std::rethrow_exception(error_);
+    }
+
+    // Splits [0, n) into contiguous ranges of at least `grain` items and calls fn(begin, end).
+    template <class F>
+    void parallel_for(std::size_t n, std::size_t grain, F&& fn) {
+        if (n == 0) return;
+        grain = std::max<std::size_t>(grain, 1);
+        std::size_t chunks = std::min<std::size_t>((n + grain - 1) / grain, std::size_t(size_) * 4);
+        chunks = std::max<std::size_t>(chunks, 1);
+        const std::size_t step = (n + chunks - 1) / chunks;
+        chunks = (n + step - 1) / step;
+        run(chunks, [&](std::size_t c, unsigned) { fn(c * step, std::min(n, (c + 1) * step)); });
+    }
+
+private:
+    static bool& in_task_flag() { thread_local bool f = false; return f; }
+    static unsigned& thread_id() { thread_local unsigned t = 0; return t; }
+    static bool in_task() { return in_task_flag(); }
+    static unsigned current_thread() { return thread_id(); }
+
+    // Busy-wait step: a CPU pause, and after a while a yield (the machine may be oversubscribed).
+    static void pause(unsigned spins) {
+        if (spins < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            std::this_thread::yield();
+        }
+    }
+
+    void work(unsigned t) {
+        in_task_flag() = true;
+        thread_id() = t;
+        for (;;) {
+            const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+            if (i >= n_tasks_) break;
+            try {
+                (*job_)(i, t);
+            } catch (...) {
+                std::lock_guard lk(mu_);
+                if (!error_) error_ = std::current_exception();
+                next_.store(n_tasks_, std::memory_order_relaxed);
+            }
+        }
+        in_task_flag() = false;
+    }
+
+    void worker_loop(unsigned t) {
+        std::uint64_t seen = 0;
+        for (;;) {
+            // Spin first (cheap hand-over between back-to-back regions), then sleep.
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+            unsigned spins = 0;
+            while (state_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_acquire)) {
+                pause(spins);  // yields after a while: an oversubscribed machine still makes progress
+                if ((++spins & 255) == 0 && std::chrono::steady_clock::now() >= until) {
+                    std::unique_lock lk(mu_);
+                    cv_.wait(lk, [&] { return stop_.load(std::memory_order_relaxed) || state_.load(std::memory_order_relaxed) != seen; });
+                    break;
+                }
+            }
+            if (stop_.load(std::memory_order_acquire)) return;
+            seen = state_.load(std::memory_order_acquire);
+            if (seen % 2 == 0) continue;  // a region that closed meanwhile
+            active_.fetch_add(1, std::memory_order_seq_cst);
+            if (state_.load(std::memory_order_seq_cst) == seen) work(t);  // still the same open region
+            active_.fetch_sub(1, std::memory_order_release);
+        }
+    }
+
+    unsigned size_ = 1;
+    unsigned spin_us_ = 2000;
+    std::vector<std::thread> workers_;
+    std::mutex mu_, call_mu_;
+    std::condition_variable cv_;
+    const std::function<void(std::size_t, unsigned)>* job_ = nullptr;
+    std::size_t n_tasks_ = 0;
+    std::atomic<std::size_t> next_{0};
+    std::atomic<unsigned> active_{0};        // workers inside the current region
+    std::atomic<std::uint64_t> state_{0};    // 2·regions started, +1 while a region is open
+    std::atomic<bool> stop_{false};
+    std::exception_ptr error_;
+};
+
+// Helpers that accept a null pool (serial execution).
+template <class F>
+void parallel_for(ThreadPool* pool, std::size_t n, std::size_t grain, F&& fn) {
+    if (pool) pool->parallel_for(n, grain, std::forward<F>(fn));
+    else if (n) fn(std::size_t(0), n);
+}
+inline unsigned pool_size(const ThreadPool* pool) { return pool ? pool->size() : 1u; }
+
+}  // namespace fastvlm
+// ---- end fastvlm/core/thread_pool.hpp
+// ---- begin fastvlm/kernels/softmax.hpp -----------------------------------------------------
+// fastvlm/kernels/softmax.hpp — numerically stable softmax over a contiguous row (max-subtracted).
+#include <cmath>
+#include <cstddef>
+#include <limits>
+
+#include <xsimd/xsimd.hpp>
+
+
+namespace fastvlm {
+
+inline void softmax_ref(float* x, Index n) {
+    if (n <= 0) return;
+    double m = x[0];
+    for (Index i = 1; i < n; ++i) m = std::max<double>(m, x[i]);
+    double s = 0;
+    for (Index i = 0; i < n; ++i) s += std::exp(double(x[i]) - m);
+    for (Index i = 0; i < n; ++i) x[i] = float(std::exp(double(x[i]) - m) / s);
+}
+
+// In place. A row of only −inf yields NaN, as in PyTorch; callers never produce one.
+inline void softmax(float* x, Index n) {
+    using B = xsimd::batch<float>;
+    constexpr Index W = Index(B::size);
+    if (n <= 0) return;
+    Index i = 0;
+    float m = -std::numeric_limits<float>::infinity();
+    if (n >= W) {
+        B vm = B::load_unaligned(x);
+        for (i = W; i + W <= n; i += W) vm = xsimd::max(vm, B::load_unaligned(x + i));
+        alignas(64) float lanes[W];
+        vm.store_aligned(lanes);
+        for (Index j = 0; j < W; ++j) m = std::max(m, lanes[j]);
+    }
+    for (; i < n; ++i) m = std::max(m, x[i]);
+    B acc(0.f);
+    const B bm(m);
+    for (i = 0; i + W <= n; i += W) {
+        const B e = xsimd::exp(B::load_unaligned(x + i) - bm);
+        e.store_unaligned(x + i);
+        acc += e;
+    }
+    float s = xsimd::hadd(acc);
+    for (; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
+    const float inv = 1.f / s;
+    const B bi(inv);
+    for (i = 0; i + W <= n; i += W) (B::load_unaligned(x + i) * bi).store_unaligned(x + i);
+    for (; i < n; ++i) x[i] *= inv;
+}
+
+}  // namespace fastvlm
+// ---- end fastvlm/kernels/softmax.hpp
+// ---- begin fastvlm/kernels/attention_gqa.hpp -----------------------------------------------
+// fastvlm/kernels/attention_gqa.hpp — causal grouped-query attention over a KV cache (spec §4).
+//   q    [T][ldq]   : Hq heads of d values, row t is the query at position p0 + t (already rotated)
+//   k, v [ctx][ldkv]: Hkv heads of d values per cached position; rows 0..p0+T−1 must be filled
+//   out  [T][ldo]   : Hq heads of d values
+// Query head h reads KV head h / (Hq/Hkv). Query row t sees keys 0..p0+t (causal).
+//   out_h = softmax(q_h·K_gᵀ / √d) · V_g
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+
+
+namespace fastvlm {
+
+struct AttentionDims {
+    Index n_heads = 0;     // Hq
+    Index n_kv_heads = 0;  // Hkv, divides Hq
+    Index head_dim = 0;    // d
+};
+
+inline void check_attention_dims(const AttentionDims& a) {
+    FASTVLM_CHECK(a.n_heads > 0 && a.n_kv_heads > 0 && a.head_dim > 0 && a.n_heads % a.n_kv_heads == 0,
+                  "attention: num_attention_heads (", a.n_heads, ") must be a positive multiple of num_key_value_heads (",
+                  a.n_kv_heads, "), head_dim ", a.head_dim);
+}
+
+// Scalar reference, double accumulation.
+inline void attention_gqa_ref(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
+                              Index T, Index p0, const AttentionDims& a) {
+    check_attention_dims(a);
+    const Index d = a.head_dim, group = a.n_heads / a.n_kv_heads;
+    const double scale = 1.0 / std::sqrt(double(d));
+    std::vector<double> s;
+    for (Index t = 0; t < T; ++t)
+        for (Index h = 0; h < a.n_heads; ++h) {
+            const Index g = h / group, n = p0 + t + 1;
+            const float* qh = q + t * ldq + h * d;
+            s.assign(std::size_t(n), 0.0);
+            double m = -std::numeric_limits<double>::infinity();
+            for (Index j = 0; j < n; ++j) {
+                double acc = 0;
+                for (Index i = 0; i < d; ++i) acc += double(qh[i]) * double(k[j * ldkv + g * d + i]);
+                s[std::size_t(j)] = acc * scale;
+                m = std::max(m, s[std::size_t(j)]);
+            }
+            double sum = 0;
+            for (auto& x : s) sum += (x = std::exp(x - m));
+            for (Index i = 0; i < d; ++i) {
+                double acc = 0;
+                for (Index j = 0; j < n; ++j) acc += s[std::size_t(j)] * double(v[j * ldkv + g * d + i]);
+                out[t * ldo + h * d + i] = float(acc / sum);
+            }
+        }
+}
+
+namespace detail {
+inline float dot_f32(const float* a, const float* b, Index n) {
+    using B = xsimd::batch<float>;
+    constexpr Index W = Index(B::size);
+    B acc(0.f);
+    Index i = 0;
+    for (; i + W <= n; i += W) acc = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), acc);
+    float s = xsimd::hadd(acc);
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+// y[0:n] += a·x[0:n]
+inline void axpy_f32(float a, const float* x, float* y, Index n) {
+    using B = xsimd::batch<float>;
+    constexpr Index W = Index(B::size);
+    const B va(a);
+    Index i = 0;
+    for (; i + W <= n; i += W) xsimd::fma(va, B::load_unaligned(x + i), B::load_unaligned(y + i)).store_unaligned(y + i);
+    for (; i < n; ++i) y[i] += a * x[i];
+}
+}  // namespace detail
+
+// Keys (or values) of one sequence, contiguous or paged: row j is at
+// pages[j / page] + off + (j % page)·ld elements. E = float or bf16 (widened exactly to float).
+template <class E>
+struct KVRows {
+    const E* const* pages = nullptr;
+    Index page = 1, ld = 0, off = 0;
+    const E* row(Index j) const { return pages[j / page] + off + (j % page) * ld; }
+};
+
+// One sequence of a batched attention call: T query rows at positions p0 .. p0+T−1.
+template <class E>
+struct AttentionSeq {
+    const float* q = nullptr;
+    Index ldq = 0;
+    float* out = nullptr;
+    Index ldo = 0;
+    Index T = 0, p0 = 0;
+    KVRows<E> k, v;
+};
+
+// Tasks = (sequence, KV head, chunk of its query heads, block of query rows), all sequences in one
+// parallel region. Each key/value row is loaded once per task and used for every query head of
+// the chunk (GQA sharing); the chunking keeps at least ~2 tasks per thread. Each output element is
+// written by exactly one task with the same arithmetic whatever the chunking, so the result does
+// not depend on the thread count nor on the other sequences of the batch. Scratch: one score row
+// per head of a chunk, per thread (thread_local, grows to the longest context seen).
+template <class E>
+void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionDims& a, ThreadPool* pool) {
+    check_attention_dims(a);
+    const Index d = a.head_dim, group = a.n_heads / a.n_kv_heads;
+    const float scale = float(1.0 / std::sqrt(double(d)));
+    const Index threads = Index(pool_size(pool));
+    struct Split {
+        Index rows_per_task, chunks, heads_per_chunk;
+        std::size_t first_task;
+    };
+    std::vector<Split> split(seqs.size());
+    std::size_t n_tasks = 0;
+    for (std::size_t s = 0; s < seqs.size(); ++s) {
+        const Index T = seqs[s].T;
+        FASTVLM_CHECK(T >= 0 && seqs[s].p0 >= 0, "attention: bad query range T=", T, " p0=", seqs[s].p0);
+        // Row blocks balance the causal triangle; head chunks add tasks when rows alone are too few.
+        const Index rows_per_task = T <= 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1));
+        const Index row_blocks = (T + rows_per_task - 1) / rows_per_task;
+        const Index want = T == 0 ? 1 : (2 * threads + a.n_kv_heads * row_blocks - 1) / (a.n_kv_heads * row_blocks);
+        const Index chunks = std::clamp<Index>(want, 1, group);
+        split[s] = {rows_per_task, chunks, (group + chunks - 1) / chunks, n_tasks};
+        n_tasks += std::size_t(a.n_kv_heads * chunks * row_blocks);
+    }
+    if (n_tasks == 0) return;
+
+    auto task = [&](std::size_t id) {
+        thread_local std::vector<float> scratch, rowbuf;
+        const std::size_t s = std::size_t(std::upper_bound(split.begin(), split.end(), id,
+                                                           [](std::size_t v, const Split& x) { return v < x.first_task; }) -
+                                          split.begin()) - 1;
+        const AttentionSeq<E>& sq = seqs[s];
+        const Split& sp = split[s];
+        const Index T = sq.T, p0 = sq.p0;
+        if (T == 0) return;
+        const Index local = Index(id - sp.first_task);
+        const Index g = local % a.n_kv_heads;
+        const Index c = (local / a.n_kv_heads) % sp.chunks;
+        const Index rb = local / (a.n_kv_heads * sp.chunks);
+        const Index h0 = g * group + c * sp.heads_per_chunk, h1 = std::min(g * group + group, h0 + sp.heads_per_chunk);
+        if (h0 >= h1) return;
+        const Index nh = h1 - h0;
+        const Index t0 = rb * sp.rows_per_task, t1 = std::min(T, t0 + sp.rows_per_task);
+        const Index stride = p0 + t1;  // score row length of this task's longest query
+        if (scratch.size() < std::size_t(nh * stride)) scratch.resize(std::size_t(nh * stride));
+        if constexpr (!std::is_same_v<E, float>)
+            if (rowbuf.size() < std::size_t(d)) rowbuf.resize(std::size_t(d));
+        // Row j of KV head g as floats (bf16 widened into rowbuf: exact).
+        auto get = [&](const KVRows<E>& kv, Index j) -> const float* {
+            const E* r = kv.row(j) + g * d;
+            if constexpr (std::is_same_v<E, float>) {
+                return r;
+            } else {
+                convert(r, rowbuf.data(), std::size_t(d));
+                return rowbuf.data();
+            }
+        };
+        auto prefetch = [&](const KVRows<E>& kv, Index j, Index n) {
+            if (j + 8 >= n) return;
+            const char* p = reinterpret_cast<const char*>(kv.row(j + 8) + g * d);
+            for (Index o = 0; o < d * Index(sizeof(E)); o += 64) __builtin_prefetch(p + o);  // the cache rows come from DRAM
+        };
+        for (Index t = t0; t < t1; ++t) {
+            const Index n = p0 + t + 1;
+            const float* qt = sq.q + t * sq.ldq;
+            for (Index j = 0; j < n; ++j) {
+                prefetch(sq.k, j, n);
+                const float* kj = get(sq.k, j);
+                for (Index h = h0; h < h1; ++h) scratch[std::size_t((h - h0) * stride + j)] = detail::dot_f32(qt + h * d, kj, d) * scale;
+            }
+            for (Index h = 0; h < nh; ++h) softmax(scratch.data() + h * stride, n);
+            float* ot = sq.out + t * sq.ldo;
+            for (Index h = h0; h < h1; ++h) std::fill(ot + h * d, ot + h * d + d, 0.f);
+            for (Index j = 0; j < n; ++j) {
+                prefetch(sq.v, j, n);
+                const float* vj = get(sq.v, j);
+                for (Index h = h0; h < h1; ++h) detail::axpy_f32(scratch[std::size_t((h - h0) * stride + j)], vj, ot + h * d, d);
+            }
+        }
+    };
+    if (pool && pool->size() > 1 && n_tasks > 1)
+        pool->run(n_tasks, [&](std::size_t id, unsigned) { task(id); });
+    else
+        for (std::size_t id = 0; id < n_tasks; ++id) task(id);
+}
+
+// One sequence with contiguous keys/values k, v [ctx][ldkv].
+inline void attention_gqa(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
+                          Index T, Index p0, const AttentionDims& a, ThreadPool* pool) {
+    check_attention_dims(a);
+    FASTVLM_CHECK(T >= 0 && p0 >= 0, "attention: bad query range T=", T, " p0=", p0);
+    const Index big = std::numeric_limits<Index>::max() / 2;
+    const AttentionSeq<float> s{q, ldq, out, ldo, T, p0, KVRows<float>{&k, big, ldkv, 0}, KVRows<float>{&v, big, ldkv, 0}};
+    attention_gqa_batch<float>(std::span<const AttentionSeq<float>>(&s, 1), a, pool);
+}
+
+}  // namespace fastvlm
+// ---- end fastvlm/kernels/attention_gqa.hpp
+// ---- begin fastvlm/text/kv_cache.hpp -------------------------------------------------------
+// fastvlm/text/kv_cache.hpp — the decoder's keys and values as a shared, paged pool.
+//
+//   KVPool   one per model or engine: a byte budget cut into pages of `page_positions` positions
+//            (every layer's K and V of those positions in one allocation), handed out to sequences
+//            and taken back when they end. Thread-safe. Pages are allocated on first use and kept
+//            for reuse, so memory follows what sequences really hold, never above the budget.
+//   KVSeq    one sequence: a page table and a length. Its worst case is reserved from the pool when
+//            it is created (admission control: a sequence that was admitted never runs out), the
+//            pages themselves are taken as positions are written. Not thread-safe; returns its
+//            pages and its reservation to the pool when destroyed.
+//
+// Sharing (the engine's prefix cache, engine/prefix_cache.hpp): a page may have several holders
+// (retain() adds one, put_page() drops one; the page is free when the last one drops it). Only full
+// pages are shared and their holders never write into them: a sequence that adopts a shared prefix
+// writes from the position after it, into pages of its own (append-only sharing, no copy). Every
+// holder keeps a reservation for each page it holds, so the pages in use never exceed the budget.
+//
+// Page layout (E = float or bf16): K[layer][pos in page][kv_dim], then V[layer][pos in page][kv_dim].
+// K is stored rotated (RoPE applied). bf16 storage halves the bytes per position and the attention
+// traffic of decode; fp32 keeps the results bit-identical to an fp32 cache (docs/engine.md states
+// the accuracy effect).
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+
+namespace fastvlm::text {
+
+enum class KVType : std::uint8_t { bf16, f32 };
+
+inline const char* to_string(KVType t) { return t == KVType::bf16 ? "bf16" : "f32"; }
+inline KVType parse_kv_type(std::string_view s) {
+    if (s == "bf16") return KVType::bf16;
+    if (s == "f32" || s == "fp32") return KVType::f32;
+    fail("unknown KV cache type '", s, "' (expected bf16 or f32)");
+}
+
+struct KVShape {
+    Index layers = 0, kv_dim = 0;
+};
+
+class KVPool {
+public:
+    // budget_bytes: most bytes the pages may take; at least one page.
+    KVPool(KVShape shape, KVType type, std::size_t budget_bytes, Index page_positions = 16)
+        : shape_(shape), type_(type), page_(page_positions) {
+        FASTVLM_CHECK(shape.layers > 0 && shape.kv_dim > 0, "KV pool: bad shape (", shape.layers, " layers, kv_dim ", shape.kv_dim, ")");
+        FASTVLM_CHECK(page_positions >= 1 && page_positions <= 4096, "KV pool: page_positions must be in 1..4096, got ", page_positions);
+        total_ = Index(budget_bytes / page_bytes());
+        FASTVLM_CHECK(total_ >= 1, "KV budget of ", budget_bytes, " bytes is less than one page (", page_bytes(), " bytes = ",
+                      page_positions, " positions × ", bytes_per_position(), " bytes)");
+    }
+    KVPool(const KVPool&) = delete;
+    KVPool& operator=(const KVPool&) = delete;
+    ~KVPool() {
+        for (void* p : free_) std::free(p);
+    }
+
+    KVShape shape() const { return shape_; }
+    KVType type() const { return type_; }
+    Index page_positions() const { return page_; }
+    static std::size_t element_bytes(KVType t) { return t == KVType::bf16 ? 2 : 4; }
+    std::size_t element_bytes() const { return element_bytes(type_); }
+    // Bytes per position over every layer, K and V.
+    static std::size_t bytes_per_position(KVShape s, KVType t) { return 2 * std::size_t(s.layers * s.kv_dim) * element_bytes(t); }
+    std::size_t bytes_per_position() const { return bytes_per_position(shape_, type_); }
+    std::size_t page_bytes() const { return bytes_per_position() * std::size_t(page_); }
+    Index pages_for(Index positions) const { return (positions + page_ - 1) / page_; }
+
+    Index total_pages() const { return total_; }
+    Index used_pages() const {
+        std::lock_guard lk(mu_);
+        return used_;
+    }
+    Index reserved_pages() const {
+        std::lock_guard lk(mu_);
+        return reserved_;
+    }
+    std::size_t allocated_bytes() const {
+        std::lock_guard lk(mu_);
+        return std::size_t(allocated_) * page_bytes();
+    }
+
+    // Reserves `pages` for a sequence; false when they do not fit what is left of the budget.
+    bool try_reserve(Index pages) {
+        std::lock_guard lk(mu_);
+        if (pages < 0 || reserved_ + pages > total_) return false;
+        reserved_ += pages;
+        return true;
+    }
+    void unreserve(Index pages) {
+        std::lock_guard lk(mu_);
+        reserved_ -= pages;
+    }
+    // A page for a sequence that holds a reservation (64-byte aligned, contents undefined).
+    void* take_page() {
+        std::lock_guard lk(mu_);
+        FASTVLM_CHECK(used_ < total_, "KV pool: no page left (", total_, " pages in the budget)");
+        ++used_;
+        if (!free_.empty()) {
+            void* p = free_.back();
+            free_.pop_back();
+            return p;
+        }
+        const std::size_t bytes = (page_bytes() + kAlignment - 1) / kAlignment * kAlignment;
+        void* p = std::aligned_alloc(kAlignment, bytes);
+        if (!p) {
+            --used_;
+            throw std::bad_alloc();
+        }
+        ++allocated_;
+        return p;
+    }
+    // Drops one holder of `p`; the page is free when it was the last.
+    void put_page(void* p) {
+        std::lock_guard lk(mu_);
+        if (const auto it = extra_.find(p); it != extra_.end()) {
+            if (--it->second == 0) extra_.erase(it);
+            return;
+        }
+        free_.push_back(p);
+        --used_;
+    }
+    // Adds a holder to a page in use (see Sharing above).
+    void retain(void* p) {
+        std::lock_guard lk(mu_);
+        ++extra_[p];
+    }
+    // Holders of `p` beyond the first (0: held once).
+    int sharers(void* p) const {
+        std::lock_guard lk(mu_);
+        const auto it = extra_.find(p);
+        return it == extra_.end() ? 0 : it->second;
+    }
+
+private:
+    KVShape shape_;
+    KVType type_;
+    Index page_ = 16, total_ = 0;
+    mutable std::mutex mu_;
+    Index used_ = 0, reserved_ = 0, allocated_ = 0;
+    std::vector<void*> free_;
+    std::unordered_map<void*, int> extra_;  // holders beyond the first, of shared pages
+};
+
+class KVSeq {
+public:
+    KVSeq() = default;
+    // Reserves room for `max_positions` (the sequence's worst case) or throws an Error that says
+    // how much is missing. try_create returns null instead.
+    KVSeq(std::shared_ptr<KVPool> pool, Index max_positions) : pool_(std::move(pool)) {
+        FASTVLM_CHECK(pool_ != nullptr, "KVSeq: no pool");
+        FASTVLM_CHECK(max_positions >= 1, "KVSeq: max_positions must be >= 1, got ", max_positions);
+        const Index need = pool_->pages_for(max_positions);
+        if (!pool_->try_reserve(need))
+            fail("the KV cache budget cannot hold ", max_positions, " more positions (", need, " pages of ", pool_->page_positions(),
+                 " positions needed, ", pool_->total_pages() - pool_->reserved_pages(), " of ", pool_->total_pages(),
+                 " free; ", pool_->bytes_per_position(), " bytes per position)");
+        reserved_ = need;
+        cap_ = max_positions;
+    }
+    static std::unique_ptr<KVSeq> try_create(const std::shared_ptr<KVPool>& pool, Index max_positions) {
+        if (!pool->try_reserve(pool->pages_for(max_positions))) return nullptr;
+        auto s = std::unique_ptr<KVSeq>(new KVSeq());
+        s->pool_ = pool;
+        s->reserved_ = pool->pages_for(max_positions);
+        s->cap_ = max_positions;
+        return s;
+    }
+    KVSeq(const KVSeq&) = delete;
+    KVSeq& operator=(const KVSeq&) = delete;
+    KVSeq(KVSeq&& o) noexcept { *this = std::move(o); }
+    KVSeq& operator=(KVSeq&& o) noexcept {
+        if (this != &o) {
+            release();
+            pool_ = std::move(o.pool_);
+            pages_ = std::move(o.pages_);
+            reserved_ = o.reserved_, cap_ = o.cap_, size_ = o.size_;
+            o.reserved_ = o.cap_ = o.size_ = 0;
+            o.pages_.clear();
+        }
+        return *this;
+    }
+    ~KVSeq() { release(); }
+
+    bool valid() const { return pool_ != nullptr; }
+    const KVPool& pool() const { return *pool_; }
+    Index size() const { return size_; }
+    Index capacity() const { return cap_; }
+    Index pages() const { return Index(pages_.size()); }
+    // Bytes reserved for this sequence.
+    std::size_t bytes() const { return pool_ ? std::size_t(reserved_) * pool_->page_bytes() : 0; }
+
+    // Makes room for positions [0, n): takes the pages they need (within the reservation).
+    void ensure(Index n) {
+        FASTVLM_CHECK(n <= cap_, "context overflow: ", n, " positions exceed the context of ", cap_, " tokens");
+        const Index need = pool_->pages_for(n);
+        while (Index(pages_.size()) < need) pages_.push_back(pool_->take_page());
+    }
+    void advance(Index n) {
+        FASTVLM_CHECK(size_ + n <= cap_ && pool_->pages_for(size_ + n) <= Index(pages_.size()), "KVSeq::advance past its pages");
+        size_ += n;
+    }
+    void clear() { truncate(0); }
+
+    // Starts an empty sequence with `pages`, full pages shared with another holder (the prefix cache):
+    // it takes over one holder of each (the caller's, from KVPool::retain), and its length becomes
+    // pages × page_positions. It writes only after them.
+    void adopt_prefix(std::span<void* const> pages) {
+        FASTVLM_CHECK(size_ == 0 && pages_.empty(), "KVSeq::adopt_prefix on a sequence that holds positions");
+        FASTVLM_CHECK(Index(pages.size()) * pool_->page_positions() <= cap_, "KVSeq::adopt_prefix: ", pages.size(),
+                      " pages exceed the capacity of ", cap_, " positions");
+        pages_.insert(pages_.end(), pages.begin(), pages.end());
+        size_ = Index(pages.size()) * pool_->page_positions();
+    }
+    // Then continues with the first `n` positions of another holder's page `src`, copied into a page of
+    // its own (it will write after them): a prefix that ends inside a page.
+    void adopt_partial(const void* src, Index n) {
+        FASTVLM_CHECK(n > 0 && n < pool_->page_positions() && size_ % pool_->page_positions() == 0 && size_ + n <= cap_,
+                      "KVSeq::adopt_partial: ", n, " positions after ", size_, " do not fit a page of ", pool_->page_positions());
+        ensure(size_ + n);
+        std::memcpy(pages_.back(), src, pool_->page_bytes());
+        size_ += n;
+    }
+    // The page holding position `pos` (for the prefix cache).
+    void* page(Index i) const { return pages_.at(std::size_t(i)); }
+    // Hands one page's reservation to another holder (the prefix cache, which keeps one of this
+    // sequence's pages after it ends). Only for a sequence that is ending: it must take no page after.
+    bool give_reservation() {
+        if (reserved_ <= 0) return false;
+        --reserved_;
+        cap_ = 0;  // ensure() refuses from now on
+        return true;
+    }
+    // Drops positions >= n (e.g. to rewind a conversation); pages past them go back to the pool.
+    void truncate(Index n) {
+        FASTVLM_CHECK(n >= 0 && n <= size_, "KV cache: cannot truncate to ", n, " (holds ", size_, ")");
+        size_ = n;
+        const Index keep = pool_->pages_for(n);
+        while (Index(pages_.size()) > keep) {
+            pool_->put_page(pages_.back());
+            pages_.pop_back();
+        }
+    }
+
+    // Element pointers (E must match the pool's type).
+    template <class E>
+    E* k(Index layer, Index pos) {
+        return page_ptr<E>(pos) + (layer * pool_->page_positions() + pos % pool_->page_positions()) * pool_->shape().kv_dim;
+    }
+    template <class E>
+    E* v(Index layer, Index pos) {
+        const auto& s = pool_->shape();
+        return page_ptr<E>(pos) + ((s.layers + layer) * pool_->page_positions() + pos % pool_->page_positions()) * s.kv_dim;
+    }
+    template <class E>
+    KVRows<E> k_rows(Index layer) const {
+        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), pool_->shape().kv_dim,
+                layer * pool_->page_positions() * pool_->shape().kv_dim};
+    }
+    template <class E>
+    KVRows<E> v_rows(Index layer) const {
+        const auto& s = pool_->shape();
+        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), s.kv_dim,
+                (s.layers + layer) * pool_->page_positions() * s.kv_dim};
+    }
+
+private:
+    template <class E>
+    E* page_ptr(Index pos) {
+        FASTVLM_CHECK(pos >= 0 && pos / pool_->page_positions() < Index(pages_.size()), "KV cache: position ", pos,
+                      " has no page (", pages_.size(), " pages)");
+        return static_cast<E*>(pages_[std::size_t(pos / pool_->page_positions())]);
+    }
+    void release() {
+        if (!pool_) return;
+        for (void* p : pages_) pool_->put_page(p);
+        pages_.clear();
+        pool_->unreserve(reserved_);
+        reserved_ = 0;
+        pool_.reset();
+    }
+
+    std::shared_ptr<KVPool> pool_;
+    std::vector<void*> pages_;
+    Index reserved_ = 0, cap_ = 0, size_ = 0;
+};
+
+// A sequence with a pool of its own, sized for exactly `capacity` positions (a Session's cache,
+// or a test's). fp32 unless told otherwise.
+class KVCache : public KVSeq {
+public:
+    KVCache() = default;
+    KVCache(KVShape shape, Index capacity, KVType type = KVType::f32, Index page_positions = 16)
+        : KVSeq(std::make_shared<KVPool>(shape, type, budget(shape, capacity, type, page_positions), page_positions), capacity) {}
+
+private:
+    static std::size_t budget(KVShape s, Index capacity, KVType type, Index page) {
+        FASTVLM_CHECK(capacity >= 1, "KV cache: capacity must be >= 1, got ", capacity);
+        const Index pages = (capacity + page - 1) / page;
+        return std::size_t(pages * page) * 2 * std::size_t(s.layers * s.kv_dim) * (type == KVType::bf16 ? 2 : 4);
+    }
+};
+
+}  // namespace fastvlm::text
+// ---- end fastvlm/text/kv_cache.hpp
+// ---- begin fastvlm/engine/prefix_cache.hpp -------------------------------------------------
+// fastvlm/engine/prefix_cache.hpp — prefix KV reuse: the KV pages of finished sequences, kept so
+// that a later sequence whose positions start the same (system prompt, image tokens, earlier chat
+// turns) adopts them instead of computing them again. A second question about an image skips the
+// vision tower and the shared part of the prefill.
+//
+// Positions are named by 64-bit keys: a text token by its id, an image token by a hash of the
+// image's pixels (ImageKey, which includes the preset) and its index among the image's tokens, so
+// two prompts share a position only when its input is the same and every position before it is too.
+//
+// The cache is a tree of blocks, one KV page each, found by (parent block, the page's keys) — the KV
+// of a position depends on every position before it, so a block is only valid after its own parent
+// chain. A block is a whole page, or the last, partly filled page of a sequence (a leaf). A lookup
+// walks the tree from the root page by page; the whole pages found are adopted read-only by the new
+// sequence (KVPool holders; it writes only after them: append-only sharing). Where the walk stops,
+// the child block sharing the most leading positions with the rest of the prompt (a sibling question,
+// the last page of the previous chat turn) is copied into a page of the sequence's own, up to there.
+// LRU eviction, and a path is touched from its leaf to its root, so a parent is always more recent
+// than its children and eviction takes leaves first. Each block holds one page reservation of the
+// pool (handed over by the sequence that filled it), so cached pages count against the KV budget;
+// the engine evicts when admission needs them. Thread-safe.
+#include <algorithm>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+
+namespace fastvlm {
+
+// The key of a position that holds text token `id`.
+inline std::uint64_t token_position_key(std::int32_t id) { return std::uint64_t(std::uint32_t(id)); }
+// The key of the j-th token of an image (the top bit set: never a token id).
+inline std::uint64_t image_position_key(const ImageKey& k, Index j) {
+    const std::uint64_t v[3] = {k.lo, k.hi, std::uint64_t(j)};
+    return XXH3_64bits(v, sizeof v) | (std::uint64_t(1) << 63);
+}
+
+class PrefixCache {
+public:
+    struct Stats {
+        std::uint64_t hits = 0, misses = 0;  // lookups that adopted at least one page, and the others
+        std::uint64_t hit_positions = 0;     // positions adopted (prefill not run for them)
+        std::uint64_t inserted_pages = 0, evictions = 0;
+        Index pages = 0, max_pages = 0;  // held now, most held
+    };
+
+    // max_pages: most pages kept (0 = off).
+    PrefixCache(std::shared_ptr<text::KVPool> pool, Index max_pages) : pool_(std::move(pool)), max_pages_(max_pages) {}
+    PrefixCache(const PrefixCache&) = delete;
+    PrefixCache& operator=(const PrefixCache&) = delete;
+    ~PrefixCache() {
+        std::lock_guard lk(mu_);
+        while (!lru_.empty()) evict_back();
+    }
+
+    bool enabled() const { return max_pages_ > 0; }
+    Index page_positions() const { return pool_->page_positions(); }
+
+    // The longest cached prefix of `keys`, at most `limit` positions (the caller keeps at least one
+    // position to compute): whole pages to adopt, then optionally the first `partial_len` positions of
+    // page `partial` to copy. The caller holds every page returned (KVPool holders, taken here under
+    // the lock, so an eviction on another thread cannot free them first): KVSeq::adopt_prefix takes over
+    // those of `pages`, done_with(partial) gives back the partial one, release() all. Counts a hit or a miss.
+    struct Match {
+        std::vector<void*> pages;
+        void* partial = nullptr;
+        Index partial_len = 0;
+        Index positions(Index page) const { return Index(pages.size()) * page + partial_len; }
+    };
+    Match match(std::span<const std::uint64_t> keys, Index limit) {
+        std::lock_guard lk(mu_);
+        Match m;
+        if (!enabled()) return m;
+        const Index page = pool_->page_positions();
+        limit = std::min<Index>(limit, Index(keys.size()));
+        std::vector<Lru::iterator> path;
+        std::uint64_t parent = 0;
+        for (Index i = 0; i < limit / page; ++i) {
+            const auto it = find(parent, keys.subspan(std::size_t(i * page), std::size_t(page)));
+            if (it == lru_.end()) break;
+            path.push_back(it);
+            parent = it->id;
+        }
+        // Where the walk stopped: the child sharing the most leading positions with the rest.
+        const Index at = Index(path.size()) * page;
+        const auto rest = keys.subspan(std::size_t(at), std::size_t(std::min(limit - at, page)));
+        Lru::iterator best = lru_.end();
+        const auto [lo, hi] = children_.equal_range(parent);
+        for (auto c = lo; c != hi; ++c) {
+            const auto& k = c->second->keys;
+            const Index n = Index(std::mismatch(rest.begin(), rest.end(), k.begin(), k.end()).first - rest.begin());
+            if (n > m.partial_len) m.partial_len = n, best = c->second;
+        }
+        if (best != lru_.end()) {
+            path.push_back(best);
+            m.partial = best->page;
+            pool_->retain(m.partial);  // held for the caller's copy
+        }
+        touch(path);
+        for (std::size_t i = 0; i < path.size() - (m.partial ? 1 : 0); ++i) {
+            m.pages.push_back(path[i]->page);
+            pool_->retain(path[i]->page);
+        }
+        const Index got = m.positions(page);
+        ++(got > 0 ? st_.hits : st_.misses);
+        st_.hit_positions += std::uint64_t(got);
+        return m;
+    }
+    // The caller has copied what it needed of a Match's partial page.
+    void done_with(void* partial) {
+        if (partial) pool_->put_page(partial);
+    }
+    // Gives back every page of a Match that was not adopted.
+    void release(const Match& m) {
+        for (void* p : m.pages) pool_->put_page(p);
+        done_with(m.partial);
+    }
+
+    // Keeps the pages of a sequence that ended: `keys` name its positions [0, seq.size()); its last
+    // page may be partly filled. Pages already cached are only touched; each new block takes one page
+    // reservation from `seq` (which must be ending), then the least recently used blocks beyond
+    // max_pages are evicted.
+    void insert(std::span<const std::uint64_t> keys, text::KVSeq& seq) {
+        std::lock_guard lk(mu_);
+        if (!enabled() || !seq.valid()) return;
+        const Index page = pool_->page_positions();
+        const Index len = std::min<Index>(Index(keys.size()), seq.size());
+        const Index n = (len + page - 1) / page;
+        std::vector<Lru::iterator> path;
+        std::uint64_t parent = 0;
+        for (Index i = 0; i < n; ++i) {
+            const auto k = keys.subspan(std::size_t(i * page), std::size_t(std::min(page, len - i * page)));
+            auto it = find(parent, k);
+            if (it == lru_.end()) {
+                if (!seq.give_reservation()) break;
+                void* p = seq.page(i);
+                pool_->retain(p);
+                lru_.push_front(Block{next_id_++, parent, std::vector<std::uint64_t>(k.begin(), k.end()), p});
+                it = lru_.begin();
+                map_.emplace(hash(parent, k), it);
+                children_.emplace(parent, it);
+                ++st_.inserted_pages;
+            }
+            path.push_back(it);
+            parent = it->id;
+        }
+        touch(path);
+        while (Index(lru_.size()) > max_pages_) evict_back();
+    }
+
+    // Drops the least recently used block (its page and reservation go back to the pool); false when
+    // the cache is empty.
+    bool evict_one() {
+        std::lock_guard lk(mu_);
+        if (lru_.empty()) return false;
+        evict_back();
+        return true;
+    }
+
+    Stats stats() const {
+        std::lock_guard lk(mu_);
+        Stats s = st_;
+        s.pages = Index(lru_.size());
+        s.max_pages = max_pages_;
+        return s;
+    }
+
+private:
+    struct Block {
+        std::uint64_t id, parent;
+        std::vector<std::uint64_t> keys;  // the page's position keys
+        void* page;
+    };
+    using Lru = std::list<Block>;  // most recently used first
+
+    static std::uint64_t hash(std::uint64_t parent, std::span<const std::uint64_t> keys) {
+        return XXH3_64bits_withSeed(keys.data(), keys.size_bytes(), parent);
+    }
+    Lru::iterator find(std::uint64_t parent, std::span<const std::uint64_t> keys) {
+        const auto [b, e] = map_.equal_range(hash(parent, keys));
+        for (auto it = b; it != e; ++it)
+            if (it->second->parent == parent && std::equal(keys.begin(), keys.end(), it->second->keys.begin(), it->second->keys.end()))
+                return it->second;
+        return lru_.end();
+    }
+    // Leaf first, root last: the root ends up most recent.
+    void touch(const std::vector<Lru::iterator>& path) {
+        for (auto it = path.rbegin(); it != path.rend(); ++it) lru_.splice(lru_.begin(), lru_, *it);
+    }
+    static void erase_entry(std::unordered_multimap<std::uint64_t, Lru::iterator>& m, std::uint64_t key, const Block& b) {
+        const auto [lo, hi] = m.equal_range(key);
+        for (auto it = lo; it != hi; ++it)
+            if (&*it->second == &b) {
+                m.erase(it);
+                return;
+            }
+    }
+    void evict_back() {
+        const Block& b = lru_.back();
+        erase_entry(map_, hash(b.parent, b.keys), b);
+        erase_entry(children_, b.parent, b);
+        pool_->put_page(b.page);
+        pool_->unreserve(1);
+        lru_.pop_back();
+        ++st_.evictions;
+    }
+
+    std::shared_ptr<text::KVPool> pool_;
+    Index max_pages_;
+    mutable std::mutex mu_;
+    Lru lru_;
+    std::unordered_multimap<std::uint64_t, Lru::iterator> map_;       // by hash(parent, keys)
+    std::unordered_multimap<std::uint64_t, Lru::iterator> children_;  // by parent id
+    std::uint64_t next_id_ = 1;  // 0 is the root
+    Stats st_;
+};
+
+}  // namespace fastvlm
+// ---- end fastvlm/engine/prefix_cache.hpp
 // ---- begin fastvlm/core/formats.hpp --------------------------------------------------------
 // fastvlm/core/formats.hpp — weight formats: tag types plus the block-quantized layouts.
 //   F32, BF16, F16 : one value per element.
@@ -1325,172 +2287,6 @@ decltype(auto) with_preset(const std::string& name, Fn&& fn) {
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/policy.hpp
-// ---- begin fastvlm/core/thread_pool.hpp ----------------------------------------------------
-// fastvlm/core/thread_pool.hpp — a small fork/join pool. No global pool: the user owns one and
-// passes it (by pointer; nullptr = run on the calling thread) to every kernel and model.
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstdint>
-#include <condition_variable>
-#include <cstddef>
-#include <exception>
-#include <functional>
-#include <mutex>
-#include <thread>
-#include <vector>
-
-
-namespace fastvlm {
-
-class ThreadPool {
-public:
-    // n = total number of threads taking part, the caller included (n-1 workers are started).
-    // 0 means std::thread::hardware_concurrency(). After a parallel region the workers spin for
-    // spin_us microseconds (default 2000) waiting for the next one before they sleep: decoding a
-    // token runs hundreds of short regions, and waking a sleeping thread costs ~10-20 µs each.
-    // spin_us = 0 makes them sleep at once (no busy CPU between calls).
-    explicit ThreadPool(unsigned n = 0, unsigned spin_us = 2000) : spin_us_(spin_us) {
-        if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
-        size_ = n;
-        workers_.reserve(n - 1);
-        for (unsigned t = 1; t < n; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
-    }
-    ThreadPool(const ThreadPool&) = delete;
-    ThreadPool& operator=(const ThreadPool&) = delete;
-    ~ThreadPool() {
-        {
-            std::lock_guard lk(mu_);
-            stop_.store(true, std::memory_order_release);
-        }
-        cv_.notify_all();
-        for (auto& w : workers_) w.join();
-    }
-
-    unsigned size() const { return size_; }
-
-    // Runs fn(task, thread) for task in [0, n_tasks), tasks handed out dynamically; returns when
-    // all are done. The first exception thrown by a task is rethrown here. Calls from inside a
-    // task (nested parallelism) run serially on that thread. Workers join a region only while it
-    // is open: when the caller has taken the last task it closes the region and waits only for
-    // the workers inside it, never for one the OS has not scheduled yet (a busy machine).
-    void run(std::size_t n_tasks, const std::function<void(std::size_t, unsigned)>& fn) {
-        if (n_tasks == 0) return;
-        if (size_ == 1 || n_tasks == 1 || in_task()) {
-            for (std::size_t i = 0; i < n_tasks; ++i) fn(i, in_task() ? current_thread() : 0);
-            return;
-        }
-        std::unique_lock call_lk(call_mu_);  // one parallel region at a time per pool
-        job_ = &fn;
-        n_tasks_ = n_tasks;
-        next_.store(0, std::memory_order_relaxed);
-        error_ = nullptr;
-        const std::uint64_t open = state_.load(std::memory_order_relaxed) + 1;  // odd = open
-        {
-            std::lock_guard lk(mu_);  // pairs with the sleepers' predicate check: no lost wake-up
-            state_.store(open, std::memory_order_seq_cst);
-        }
-        cv_.notify_all();  // no system call when nobody sleeps
-        work(0);
-        state_.store(open + 1, std::memory_order_seq_cst);  // closed: late workers stay out
-        for (unsigned spins = 0; active_.load(std::memory_order_seq_cst) != 0; ++spins) pause(spins);
-        job_ = nullptr;
-        if (error_) std::rethrow_exception(error_);
-    }
-
-    // Splits [0, n) into contiguous ranges of at least `grain` items and calls fn(begin, end).
-    template <class F>
-    void parallel_for(std::size_t n, std::size_t grain, F&& fn) {
-        if (n == 0) return;
-        grain = std::max<std::size_t>(grain, 1);
-        std::size_t chunks = std::min<std::size_t>((n + grain - 1) / grain, std::size_t(size_) * 4);
-        chunks = std::max<std::size_t>(chunks, 1);
-        const std::size_t step = (n + chunks - 1) / chunks;
-        chunks = (n + step - 1) / step;
-        run(chunks, [&](std::size_t c, unsigned) { fn(c * step, std::min(n, (c + 1) * step)); });
-    }
-
-private:
-    static bool& in_task_flag() { thread_local bool f = false; return f; }
-    static unsigned& thread_id() { thread_local unsigned t = 0; return t; }
-    static bool in_task() { return in_task_flag(); }
-    static unsigned current_thread() { return thread_id(); }
-
-    // Busy-wait step: a CPU pause, and after a while a yield (the machine may be oversubscribed).
-    static void pause(unsigned spins) {
-        if (spins < 4096) {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        } else {
-            std::this_thread::yield();
-        }
-    }
-
-    void work(unsigned t) {
-        in_task_flag() = true;
-        thread_id() = t;
-        for (;;) {
-            const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
-            if (i >= n_tasks_) break;
-            try {
-                (*job_)(i, t);
-            } catch (...) {
-                std::lock_guard lk(mu_);
-                if (!error_) error_ = std::current_exception();
-                next_.store(n_tasks_, std::memory_order_relaxed);
-            }
-        }
-        in_task_flag() = false;
-    }
-
-    void worker_loop(unsigned t) {
-        std::uint64_t seen = 0;
-        for (;;) {
-            // Spin first (cheap hand-over between back-to-back regions), then sleep.
-            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
-            unsigned spins = 0;
-            while (state_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_acquire)) {
-                pause(spins);  // yields after a while: an oversubscribed machine still makes progress
-                if ((++spins & 255) == 0 && std::chrono::steady_clock::now() >= until) {
-                    std::unique_lock lk(mu_);
-                    cv_.wait(lk, [&] { return stop_.load(std::memory_order_relaxed) || state_.load(std::memory_order_relaxed) != seen; });
-                    break;
-                }
-            }
-            if (stop_.load(std::memory_order_acquire)) return;
-            seen = state_.load(std::memory_order_acquire);
-            if (seen % 2 == 0) continue;  // a region that closed meanwhile
-            active_.fetch_add(1, std::memory_order_seq_cst);
-            if (state_.load(std::memory_order_seq_cst) == seen) work(t);  // still the same open region
-            active_.fetch_sub(1, std::memory_order_release);
-        }
-    }
-
-    unsigned size_ = 1;
-    unsigned spin_us_ = 2000;
-    std::vector<std::thread> workers_;
-    std::mutex mu_, call_mu_;
-    std::condition_variable cv_;
-    const std::function<void(std::size_t, unsigned)>* job_ = nullptr;
-    std::size_t n_tasks_ = 0;
-    std::atomic<std::size_t> next_{0};
-    std::atomic<unsigned> active_{0};        // workers inside the current region
-    std::atomic<std::uint64_t> state_{0};    // 2·regions started, +1 while a region is open
-    std::atomic<bool> stop_{false};
-    std::exception_ptr error_;
-};
-
-// Helpers that accept a null pool (serial execution).
-template <class F>
-void parallel_for(ThreadPool* pool, std::size_t n, std::size_t grain, F&& fn) {
-    if (pool) pool->parallel_for(n, grain, std::forward<F>(fn));
-    else if (n) fn(std::size_t(0), n);
-}
-inline unsigned pool_size(const ThreadPool* pool) { return pool ? pool->size() : 1u; }
-
-}  // namespace fastvlm
-// ---- end fastvlm/core/thread_pool.hpp
 // ---- begin fastvlm/io/files.hpp ------------------------------------------------------------
 // fastvlm/io/files.hpp — reading files and lines that come from outside, within named limits.
 //
@@ -5571,264 +6367,6 @@ private:
 
 }  // namespace fastvlm::text
 // ---- end fastvlm/text/projector.hpp
-// ---- begin fastvlm/kernels/softmax.hpp -----------------------------------------------------
-// fastvlm/kernels/softmax.hpp — numerically stable softmax over a contiguous row (max-subtracted).
-#include <cmath>
-#include <cstddef>
-#include <limits>
-
-#include <xsimd/xsimd.hpp>
-
-
-namespace fastvlm {
-
-inline void softmax_ref(float* x, Index n) {
-    if (n <= 0) return;
-    double m = x[0];
-    for (Index i = 1; i < n; ++i) m = std::max<double>(m, x[i]);
-    double s = 0;
-    for (Index i = 0; i < n; ++i) s += std::exp(double(x[i]) - m);
-    for (Index i = 0; i < n; ++i) x[i] = float(std::exp(double(x[i]) - m) / s);
-}
-
-// In place. A row of only −inf yields NaN, as in PyTorch; callers never produce one.
-inline void softmax(float* x, Index n) {
-    using B = xsimd::batch<float>;
-    constexpr Index W = Index(B::size);
-    if (n <= 0) return;
-    Index i = 0;
-    float m = -std::numeric_limits<float>::infinity();
-    if (n >= W) {
-        B vm = B::load_unaligned(x);
-        for (i = W; i + W <= n; i += W) vm = xsimd::max(vm, B::load_unaligned(x + i));
-        alignas(64) float lanes[W];
-        vm.store_aligned(lanes);
-        for (Index j = 0; j < W; ++j) m = std::max(m, lanes[j]);
-    }
-    for (; i < n; ++i) m = std::max(m, x[i]);
-    B acc(0.f);
-    const B bm(m);
-    for (i = 0; i + W <= n; i += W) {
-        const B e = xsimd::exp(B::load_unaligned(x + i) - bm);
-        e.store_unaligned(x + i);
-        acc += e;
-    }
-    float s = xsimd::hadd(acc);
-    for (; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
-    const float inv = 1.f / s;
-    const B bi(inv);
-    for (i = 0; i + W <= n; i += W) (B::load_unaligned(x + i) * bi).store_unaligned(x + i);
-    for (; i < n; ++i) x[i] *= inv;
-}
-
-}  // namespace fastvlm
-// ---- end fastvlm/kernels/softmax.hpp
-// ---- begin fastvlm/kernels/attention_gqa.hpp -----------------------------------------------
-// fastvlm/kernels/attention_gqa.hpp — causal grouped-query attention over a KV cache (spec §4).
-//   q    [T][ldq]   : Hq heads of d values, row t is the query at position p0 + t (already rotated)
-//   k, v [ctx][ldkv]: Hkv heads of d values per cached position; rows 0..p0+T−1 must be filled
-//   out  [T][ldo]   : Hq heads of d values
-// Query head h reads KV head h / (Hq/Hkv). Query row t sees keys 0..p0+t (causal).
-//   out_h = softmax(q_h·K_gᵀ / √d) · V_g
-#include <algorithm>
-#include <cmath>
-#include <cstddef>
-#include <limits>
-#include <span>
-#include <type_traits>
-#include <vector>
-
-#include <xsimd/xsimd.hpp>
-
-
-namespace fastvlm {
-
-struct AttentionDims {
-    Index n_heads = 0;     // Hq
-    Index n_kv_heads = 0;  // Hkv, divides Hq
-    Index head_dim = 0;    // d
-};
-
-inline void check_attention_dims(const AttentionDims& a) {
-    FASTVLM_CHECK(a.n_heads > 0 && a.n_kv_heads > 0 && a.head_dim > 0 && a.n_heads % a.n_kv_heads == 0,
-                  "attention: num_attention_heads (", a.n_heads, ") must be a positive multiple of num_key_value_heads (",
-                  a.n_kv_heads, "), head_dim ", a.head_dim);
-}
-
-// Scalar reference, double accumulation.
-inline void attention_gqa_ref(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
-                              Index T, Index p0, const AttentionDims& a) {
-    check_attention_dims(a);
-    const Index d = a.head_dim, group = a.n_heads / a.n_kv_heads;
-    const double scale = 1.0 / std::sqrt(double(d));
-    std::vector<double> s;
-    for (Index t = 0; t < T; ++t)
-        for (Index h = 0; h < a.n_heads; ++h) {
-            const Index g = h / group, n = p0 + t + 1;
-            const float* qh = q + t * ldq + h * d;
-            s.assign(std::size_t(n), 0.0);
-            double m = -std::numeric_limits<double>::infinity();
-            for (Index j = 0; j < n; ++j) {
-                double acc = 0;
-                for (Index i = 0; i < d; ++i) acc += double(qh[i]) * double(k[j * ldkv + g * d + i]);
-                s[std::size_t(j)] = acc * scale;
-                m = std::max(m, s[std::size_t(j)]);
-            }
-            double sum = 0;
-            for (auto& x : s) sum += (x = std::exp(x - m));
-            for (Index i = 0; i < d; ++i) {
-                double acc = 0;
-                for (Index j = 0; j < n; ++j) acc += s[std::size_t(j)] * double(v[j * ldkv + g * d + i]);
-                out[t * ldo + h * d + i] = float(acc / sum);
-            }
-        }
-}
-
-namespace detail {
-inline float dot_f32(const float* a, const float* b, Index n) {
-    using B = xsimd::batch<float>;
-    constexpr Index W = Index(B::size);
-    B acc(0.f);
-    Index i = 0;
-    for (; i + W <= n; i += W) acc = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), acc);
-    float s = xsimd::hadd(acc);
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s;
-}
-// y[0:n] += a·x[0:n]
-inline void axpy_f32(float a, const float* x, float* y, Index n) {
-    using B = xsimd::batch<float>;
-    constexpr Index W = Index(B::size);
-    const B va(a);
-    Index i = 0;
-    for (; i + W <= n; i += W) xsimd::fma(va, B::load_unaligned(x + i), B::load_unaligned(y + i)).store_unaligned(y + i);
-    for (; i < n; ++i) y[i] += a * x[i];
-}
-}  // namespace detail
-
-// Keys (or values) of one sequence, contiguous or paged: row j is at
-// pages[j / page] + off + (j % page)·ld elements. E = float or bf16 (widened exactly to float).
-template <class E>
-struct KVRows {
-    const E* const* pages = nullptr;
-    Index page = 1, ld = 0, off = 0;
-    const E* row(Index j) const { return pages[j / page] + off + (j % page) * ld; }
-};
-
-// One sequence of a batched attention call: T query rows at positions p0 .. p0+T−1.
-template <class E>
-struct AttentionSeq {
-    const float* q = nullptr;
-    Index ldq = 0;
-    float* out = nullptr;
-    Index ldo = 0;
-    Index T = 0, p0 = 0;
-    KVRows<E> k, v;
-};
-
-// Tasks = (sequence, KV head, chunk of its query heads, block of query rows), all sequences in one
-// parallel region. Each key/value row is loaded once per task and used for every query head of
-// the chunk (GQA sharing); the chunking keeps at least ~2 tasks per thread. Each output element is
-// written by exactly one task with the same arithmetic whatever the chunking, so the result does
-// not depend on the thread count nor on the other sequences of the batch. Scratch: one score row
-// per head of a chunk, per thread (thread_local, grows to the longest context seen).
-template <class E>
-void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionDims& a, ThreadPool* pool) {
-    check_attention_dims(a);
-    const Index d = a.head_dim, group = a.n_heads / a.n_kv_heads;
-    const float scale = float(1.0 / std::sqrt(double(d)));
-    const Index threads = Index(pool_size(pool));
-    struct Split {
-        Index rows_per_task, chunks, heads_per_chunk;
-        std::size_t first_task;
-    };
-    std::vector<Split> split(seqs.size());
-    std::size_t n_tasks = 0;
-    for (std::size_t s = 0; s < seqs.size(); ++s) {
-        const Index T = seqs[s].T;
-        FASTVLM_CHECK(T >= 0 && seqs[s].p0 >= 0, "attention: bad query range T=", T, " p0=", seqs[s].p0);
-        // Row blocks balance the causal triangle; head chunks add tasks when rows alone are too few.
-        const Index rows_per_task = T <= 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1));
-        const Index row_blocks = (T + rows_per_task - 1) / rows_per_task;
-        const Index want = T == 0 ? 1 : (2 * threads + a.n_kv_heads * row_blocks - 1) / (a.n_kv_heads * row_blocks);
-        const Index chunks = std::clamp<Index>(want, 1, group);
-        split[s] = {rows_per_task, chunks, (group + chunks - 1) / chunks, n_tasks};
-        n_tasks += std::size_t(a.n_kv_heads * chunks * row_blocks);
-    }
-    if (n_tasks == 0) return;
-
-    auto task = [&](std::size_t id) {
-        thread_local std::vector<float> scratch, rowbuf;
-        const std::size_t s = std::size_t(std::upper_bound(split.begin(), split.end(), id,
-                                                           [](std::size_t v, const Split& x) { return v < x.first_task; }) -
-                                          split.begin()) - 1;
-        const AttentionSeq<E>& sq = seqs[s];
-        const Split& sp = split[s];
-        const Index T = sq.T, p0 = sq.p0;
-        if (T == 0) return;
-        const Index local = Index(id - sp.first_task);
-        const Index g = local % a.n_kv_heads;
-        const Index c = (local / a.n_kv_heads) % sp.chunks;
-        const Index rb = local / (a.n_kv_heads * sp.chunks);
-        const Index h0 = g * group + c * sp.heads_per_chunk, h1 = std::min(g * group + group, h0 + sp.heads_per_chunk);
-        if (h0 >= h1) return;
-        const Index nh = h1 - h0;
-        const Index t0 = rb * sp.rows_per_task, t1 = std::min(T, t0 + sp.rows_per_task);
-        const Index stride = p0 + t1;  // score row length of this task's longest query
-        if (scratch.size() < std::size_t(nh * stride)) scratch.resize(std::size_t(nh * stride));
-        if constexpr (!std::is_same_v<E, float>)
-            if (rowbuf.size() < std::size_t(d)) rowbuf.resize(std::size_t(d));
-        // Row j of KV head g as floats (bf16 widened into rowbuf: exact).
-        auto get = [&](const KVRows<E>& kv, Index j) -> const float* {
-            const E* r = kv.row(j) + g * d;
-            if constexpr (std::is_same_v<E, float>) {
-                return r;
-            } else {
-                convert(r, rowbuf.data(), std::size_t(d));
-                return rowbuf.data();
-            }
-        };
-        auto prefetch = [&](const KVRows<E>& kv, Index j, Index n) {
-            if (j + 8 >= n) return;
-            const char* p = reinterpret_cast<const char*>(kv.row(j + 8) + g * d);
-            for (Index o = 0; o < d * Index(sizeof(E)); o += 64) __builtin_prefetch(p + o);  // the cache rows come from DRAM
-        };
-        for (Index t = t0; t < t1; ++t) {
-            const Index n = p0 + t + 1;
-            const float* qt = sq.q + t * sq.ldq;
-            for (Index j = 0; j < n; ++j) {
-                prefetch(sq.k, j, n);
-                const float* kj = get(sq.k, j);
-                for (Index h = h0; h < h1; ++h) scratch[std::size_t((h - h0) * stride + j)] = detail::dot_f32(qt + h * d, kj, d) * scale;
-            }
-            for (Index h = 0; h < nh; ++h) softmax(scratch.data() + h * stride, n);
-            float* ot = sq.out + t * sq.ldo;
-            for (Index h = h0; h < h1; ++h) std::fill(ot + h * d, ot + h * d + d, 0.f);
-            for (Index j = 0; j < n; ++j) {
-                prefetch(sq.v, j, n);
-                const float* vj = get(sq.v, j);
-                for (Index h = h0; h < h1; ++h) detail::axpy_f32(scratch[std::size_t((h - h0) * stride + j)], vj, ot + h * d, d);
-            }
-        }
-    };
-    if (pool && pool->size() > 1 && n_tasks > 1)
-        pool->run(n_tasks, [&](std::size_t id, unsigned) { task(id); });
-    else
-        for (std::size_t id = 0; id < n_tasks; ++id) task(id);
-}
-
-// One sequence with contiguous keys/values k, v [ctx][ldkv].
-inline void attention_gqa(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
-                          Index T, Index p0, const AttentionDims& a, ThreadPool* pool) {
-    check_attention_dims(a);
-    FASTVLM_CHECK(T >= 0 && p0 >= 0, "attention: bad query range T=", T, " p0=", p0);
-    const Index big = std::numeric_limits<Index>::max() / 2;
-    const AttentionSeq<float> s{q, ldq, out, ldo, T, p0, KVRows<float>{&k, big, ldkv, 0}, KVRows<float>{&v, big, ldkv, 0}};
-    attention_gqa_batch<float>(std::span<const AttentionSeq<float>>(&s, 1), a, pool);
-}
-
-}  // namespace fastvlm
-// ---- end fastvlm/kernels/attention_gqa.hpp
 // ---- begin fastvlm/kernels/norm.hpp --------------------------------------------------------
 // fastvlm/kernels/norm.hpp — row-wise normalisations over the last (contiguous) dimension:
 //   LayerNorm (LayerNormChannel in HWC layout, spec §1.8): y = (x − mean)/sqrt(var + eps)·w + b, biased var
@@ -6041,265 +6579,6 @@ private:
 
 }  // namespace fastvlm
 // ---- end fastvlm/kernels/rope.hpp
-// ---- begin fastvlm/text/kv_cache.hpp -------------------------------------------------------
-// fastvlm/text/kv_cache.hpp — the decoder's keys and values as a shared, paged pool.
-//
-//   KVPool   one per model or engine: a byte budget cut into pages of `page_positions` positions
-//            (every layer's K and V of those positions in one allocation), handed out to sequences
-//            and taken back when they end. Thread-safe. Pages are allocated on first use and kept
-//            for reuse, so memory follows what sequences really hold, never above the budget.
-//   KVSeq    one sequence: a page table and a length. Its worst case is reserved from the pool when
-//            it is created (admission control: a sequence that was admitted never runs out), the
-//            pages themselves are taken as positions are written. Not thread-safe; returns its
-//            pages and its reservation to the pool when destroyed.
-//
-// Page layout (E = float or bf16): K[layer][pos in page][kv_dim], then V[layer][pos in page][kv_dim].
-// K is stored rotated (RoPE applied). bf16 storage halves the bytes per position and the attention
-// traffic of decode; fp32 keeps the results bit-identical to an fp32 cache (docs/engine.md states
-// the accuracy effect).
-#include <algorithm>
-#include <cstddef>
-#include <cstdint>
-#include <cstdlib>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <vector>
-
-
-namespace fastvlm::text {
-
-enum class KVType : std::uint8_t { bf16, f32 };
-
-inline const char* to_string(KVType t) { return t == KVType::bf16 ? "bf16" : "f32"; }
-inline KVType parse_kv_type(std::string_view s) {
-    if (s == "bf16") return KVType::bf16;
-    if (s == "f32" || s == "fp32") return KVType::f32;
-    fail("unknown KV cache type '", s, "' (expected bf16 or f32)");
-}
-
-struct KVShape {
-    Index layers = 0, kv_dim = 0;
-};
-
-class KVPool {
-public:
-    // budget_bytes: most bytes the pages may take; at least one page.
-    KVPool(KVShape shape, KVType type, std::size_t budget_bytes, Index page_positions = 16)
-        : shape_(shape), type_(type), page_(page_positions) {
-        FASTVLM_CHECK(shape.layers > 0 && shape.kv_dim > 0, "KV pool: bad shape (", shape.layers, " layers, kv_dim ", shape.kv_dim, ")");
-        FASTVLM_CHECK(page_positions >= 1 && page_positions <= 4096, "KV pool: page_positions must be in 1..4096, got ", page_positions);
-        total_ = Index(budget_bytes / page_bytes());
-        FASTVLM_CHECK(total_ >= 1, "KV budget of ", budget_bytes, " bytes is less than one page (", page_bytes(), " bytes = ",
-                      page_positions, " positions × ", bytes_per_position(), " bytes)");
-    }
-    KVPool(const KVPool&) = delete;
-    KVPool& operator=(const KVPool&) = delete;
-    ~KVPool() {
-        for (void* p : free_) std::free(p);
-    }
-
-    KVShape shape() const { return shape_; }
-    KVType type() const { return type_; }
-    Index page_positions() const { return page_; }
-    static std::size_t element_bytes(KVType t) { return t == KVType::bf16 ? 2 : 4; }
-    std::size_t element_bytes() const { return element_bytes(type_); }
-    // Bytes per position over every layer, K and V.
-    static std::size_t bytes_per_position(KVShape s, KVType t) { return 2 * std::size_t(s.layers * s.kv_dim) * element_bytes(t); }
-    std::size_t bytes_per_position() const { return bytes_per_position(shape_, type_); }
-    std::size_t page_bytes() const { return bytes_per_position() * std::size_t(page_); }
-    Index pages_for(Index positions) const { return (positions + page_ - 1) / page_; }
-
-    Index total_pages() const { return total_; }
-    Index used_pages() const {
-        std::lock_guard lk(mu_);
-        return used_;
-    }
-    Index reserved_pages() const {
-        std::lock_guard lk(mu_);
-        return reserved_;
-    }
-    std::size_t allocated_bytes() const {
-        std::lock_guard lk(mu_);
-        return std::size_t(allocated_) * page_bytes();
-    }
-
-    // Reserves `pages` for a sequence; false when they do not fit what is left of the budget.
-    bool try_reserve(Index pages) {
-        std::lock_guard lk(mu_);
-        if (pages < 0 || reserved_ + pages > total_) return false;
-        reserved_ += pages;
-        return true;
-    }
-    void unreserve(Index pages) {
-        std::lock_guard lk(mu_);
-        reserved_ -= pages;
-    }
-    // A page for a sequence that holds a reservation (64-byte aligned, contents undefined).
-    void* take_page() {
-        std::lock_guard lk(mu_);
-        FASTVLM_CHECK(used_ < total_, "KV pool: no page left (", total_, " pages in the budget)");
-        ++used_;
-        if (!free_.empty()) {
-            void* p = free_.back();
-            free_.pop_back();
-            return p;
-        }
-        const std::size_t bytes = (page_bytes() + kAlignment - 1) / kAlignment * kAlignment;
-        void* p = std::aligned_alloc(kAlignment, bytes);
-        if (!p) {
-            --used_;
-            throw std::bad_alloc();
-        }
-        ++allocated_;
-        return p;
-    }
-    void put_page(void* p) {
-        std::lock_guard lk(mu_);
-        free_.push_back(p);
-        --used_;
-    }
-
-private:
-    KVShape shape_;
-    KVType type_;
-    Index page_ = 16, total_ = 0;
-    mutable std::mutex mu_;
-    Index used_ = 0, reserved_ = 0, allocated_ = 0;
-    std::vector<void*> free_;
-};
-
-class KVSeq {
-public:
-    KVSeq() = default;
-    // Reserves room for `max_positions` (the sequence's worst case) or throws an Error that says
-    // how much is missing. try_create returns null instead.
-    KVSeq(std::shared_ptr<KVPool> pool, Index max_positions) : pool_(std::move(pool)) {
-        FASTVLM_CHECK(pool_ != nullptr, "KVSeq: no pool");
-        FASTVLM_CHECK(max_positions >= 1, "KVSeq: max_positions must be >= 1, got ", max_positions);
-        const Index need = pool_->pages_for(max_positions);
-        if (!pool_->try_reserve(need))
-            fail("the KV cache budget cannot hold ", max_positions, " more positions (", need, " pages of ", pool_->page_positions(),
-                 " positions needed, ", pool_->total_pages() - pool_->reserved_pages(), " of ", pool_->total_pages(),
-                 " free; ", pool_->bytes_per_position(), " bytes per position)");
-        reserved_ = need;
-        cap_ = max_positions;
-    }
-    static std::unique_ptr<KVSeq> try_create(const std::shared_ptr<KVPool>& pool, Index max_positions) {
-        if (!pool->try_reserve(pool->pages_for(max_positions))) return nullptr;
-        auto s = std::unique_ptr<KVSeq>(new KVSeq());
-        s->pool_ = pool;
-        s->reserved_ = pool->pages_for(max_positions);
-        s->cap_ = max_positions;
-        return s;
-    }
-    KVSeq(const KVSeq&) = delete;
-    KVSeq& operator=(const KVSeq&) = delete;
-    KVSeq(KVSeq&& o) noexcept { *this = std::move(o); }
-    KVSeq& operator=(KVSeq&& o) noexcept {
-        if (this != &o) {
-            release();
-            pool_ = std::move(o.pool_);
-            pages_ = std::move(o.pages_);
-            reserved_ = o.reserved_, cap_ = o.cap_, size_ = o.size_;
-            o.reserved_ = o.cap_ = o.size_ = 0;
-            o.pages_.clear();
-        }
-        return *this;
-    }
-    ~KVSeq() { release(); }
-
-    bool valid() const { return pool_ != nullptr; }
-    const KVPool& pool() const { return *pool_; }
-    Index size() const { return size_; }
-    Index capacity() const { return cap_; }
-    Index pages() const { return Index(pages_.size()); }
-    // Bytes reserved for this sequence.
-    std::size_t bytes() const { return pool_ ? std::size_t(reserved_) * pool_->page_bytes() : 0; }
-
-    // Makes room for positions [0, n): takes the pages they need (within the reservation).
-    void ensure(Index n) {
-        FASTVLM_CHECK(n <= cap_, "context overflow: ", n, " positions exceed the context of ", cap_, " tokens");
-        const Index need = pool_->pages_for(n);
-        while (Index(pages_.size()) < need) pages_.push_back(pool_->take_page());
-    }
-    void advance(Index n) {
-        FASTVLM_CHECK(size_ + n <= cap_ && pool_->pages_for(size_ + n) <= Index(pages_.size()), "KVSeq::advance past its pages");
-        size_ += n;
-    }
-    void clear() { truncate(0); }
-    // Drops positions >= n (e.g. to rewind a conversation); pages past them go back to the pool.
-    void truncate(Index n) {
-        FASTVLM_CHECK(n >= 0 && n <= size_, "KV cache: cannot truncate to ", n, " (holds ", size_, ")");
-        size_ = n;
-        const Index keep = pool_->pages_for(n);
-        while (Index(pages_.size()) > keep) {
-            pool_->put_page(pages_.back());
-            pages_.pop_back();
-        }
-    }
-
-    // Element pointers (E must match the pool's type).
-    template <class E>
-    E* k(Index layer, Index pos) {
-        return page_ptr<E>(pos) + (layer * pool_->page_positions() + pos % pool_->page_positions()) * pool_->shape().kv_dim;
-    }
-    template <class E>
-    E* v(Index layer, Index pos) {
-        const auto& s = pool_->shape();
-        return page_ptr<E>(pos) + ((s.layers + layer) * pool_->page_positions() + pos % pool_->page_positions()) * s.kv_dim;
-    }
-    template <class E>
-    KVRows<E> k_rows(Index layer) const {
-        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), pool_->shape().kv_dim,
-                layer * pool_->page_positions() * pool_->shape().kv_dim};
-    }
-    template <class E>
-    KVRows<E> v_rows(Index layer) const {
-        const auto& s = pool_->shape();
-        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), s.kv_dim,
-                (s.layers + layer) * pool_->page_positions() * s.kv_dim};
-    }
-
-private:
-    template <class E>
-    E* page_ptr(Index pos) {
-        FASTVLM_CHECK(pos >= 0 && pos / pool_->page_positions() < Index(pages_.size()), "KV cache: position ", pos,
-                      " has no page (", pages_.size(), " pages)");
-        return static_cast<E*>(pages_[std::size_t(pos / pool_->page_positions())]);
-    }
-    void release() {
-        if (!pool_) return;
-        for (void* p : pages_) pool_->put_page(p);
-        pages_.clear();
-        pool_->unreserve(reserved_);
-        reserved_ = 0;
-        pool_.reset();
-    }
-
-    std::shared_ptr<KVPool> pool_;
-    std::vector<void*> pages_;
-    Index reserved_ = 0, cap_ = 0, size_ = 0;
-};
-
-// A sequence with a pool of its own, sized for exactly `capacity` positions (a Session's cache,
-// or a test's). fp32 unless told otherwise.
-class KVCache : public KVSeq {
-public:
-    KVCache() = default;
-    KVCache(KVShape shape, Index capacity, KVType type = KVType::f32, Index page_positions = 16)
-        : KVSeq(std::make_shared<KVPool>(shape, type, budget(shape, capacity, type, page_positions), page_positions), capacity) {}
-
-private:
-    static std::size_t budget(KVShape s, Index capacity, KVType type, Index page) {
-        FASTVLM_CHECK(capacity >= 1, "KV cache: capacity must be >= 1, got ", capacity);
-        const Index pages = (capacity + page - 1) / page;
-        return std::size_t(pages * page) * 2 * std::size_t(s.layers * s.kv_dim) * (type == KVType::bf16 ? 2 : 4);
-    }
-};
-
-}  // namespace fastvlm::text
-// ---- end fastvlm/text/kv_cache.hpp
 // ---- begin fastvlm/text/qwen2.hpp ----------------------------------------------------------
 // fastvlm/text/qwen2.hpp — the Qwen2 decoder (spec §4) as a template over the precision policy,
 // with its KV cache. One layer, top to bottom:
@@ -6373,65 +6652,7 @@ public:
     // progress(done, total) is called after each layer (in increasing order, from any thread).
     // With a pool, the layers, the head and the embeddings are converted and repacked in parallel.
     static Qwen2 load(const io::TensorStore& st, const io::TextConfig& cfg,
-                      const std::function<void(int, int)>& progress = {}, ThreadPool* pool = nullptr) {
-        cfg.validate();
-        Qwen2 m;
-        m.cfg_ = cfg;
-        const Index H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
-        const Index qd = Index(cfg.num_attention_heads) * cfg.head_dim, kvd = cfg.kv_dim();
-        const int L = cfg.num_hidden_layers;
-        auto norm = [&](const std::string& name) { return st.load_f32(name, {H}); };
-        const std::string emb = "model.embed_tokens.weight";
-        const bool untied = st.contains("lm_head.weight");
-        m.tied_ = !untied;
-        // Embeddings: shared with a tied head when the formats agree (one copy in memory).
-        bool need_emb = true;
-        if constexpr (kHeadFormatIsEmbFormat) need_emb = untied;
-        m.blocks_.resize(std::size_t(L));
-        std::mutex progress_mu;
-        int done = 0;
-        auto step_done = [&] {
-            std::lock_guard lk(progress_mu);
-            ++done;
-            if (progress) progress(done, L + 1);
-        };
-        auto load_block = [&](int l) {
-            const std::string p = "model.layers." + std::to_string(l) + ".";
-            Block& b = m.blocks_[std::size_t(l)];
-            b.in_norm = norm(p + "input_layernorm.weight");
-            b.post_norm = norm(p + "post_attention_layernorm.weight");
-            b.qkv = load_layer<typename Policy::decoder_attention>(
-                st,
-                {{p + "self_attn.q_proj.weight", p + "self_attn.q_proj.bias", qd},
-                 {p + "self_attn.k_proj.weight", p + "self_attn.k_proj.bias", kvd},
-                 {p + "self_attn.v_proj.weight", p + "self_attn.v_proj.bias", kvd}},
-                H);
-            b.o = load_layer<typename Policy::decoder_attention>(st, {{p + "self_attn.o_proj.weight", "", H}}, qd);
-            b.gate_up = load_layer<typename Policy::decoder_mlp>(
-                st, {{p + "mlp.gate_proj.weight", "", I}, {p + "mlp.up_proj.weight", "", I}}, H);
-            b.down = load_layer<typename Policy::decoder_mlp>(st, {{p + "mlp.down_proj.weight", "", H}}, I);
-            step_done();
-        };
-        // Task 0 = the head (the largest matrix: first, so the others fill in around it),
-        // task 1 = the embeddings, then the layers. A tied head and separate embeddings read the
-        // same tensor: they run in one task so that the release of its pages comes last.
-        auto task = [&](std::size_t t, unsigned) {
-            if (t == 0) {
-                if (need_emb && !untied) m.emb_ = load_linear_keep<EmbW, EmbA>(st, {{emb, "", V}}, H);
-                m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
-                step_done();
-            } else if (t == 1) {
-                if (need_emb && untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
-            } else {
-                load_block(int(t) - 2);
-            }
-        };
-        const std::size_t n_tasks = std::size_t(L) + 2;
-        if (pool) pool->run(n_tasks, task);
-        else for (std::size_t t = 0; t < n_tasks; ++t) task(t, 0);
-        m.final_norm_ = norm("model.norm.weight");
-        return m;
-    }
+                      const std::function<void(int, int)>& progress = {}, ThreadPool* pool = nullptr);
 
     const io::TextConfig& config() const { return cfg_; }
     Index hidden_size() const { return cfg_.hidden_size; }
@@ -6500,52 +6721,7 @@ public:
     // sequence against its own keys/values. Each row's result is bit-identical to running its
     // sequence alone. Logits of the sequences that ask for them go to `logits` in batch order.
     void forward_batch(float* x, std::span<const BatchSeq> seqs, DecoderWorkspace& ws, const RopeTable& rope, ThreadPool* pool,
-                       float* logits, const HiddenHook& hook = {}, Index hook_row0 = 0) const {
-        const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
-        Index T = 0, n_dec = 0, n_logit_rows = 0;
-        bool seen_prefill = false;
-        for (const auto& s : seqs) {
-            FASTVLM_CHECK(s.kv && s.kv->valid() && s.kv->pool().shape().layers == num_layers() &&
-                              s.kv->pool().shape().kv_dim == cfg_.kv_dim(),
-                          "KV cache does not belong to this model");
-            FASTVLM_CHECK(s.rows >= 0, "forward_batch: negative row count");
-            FASTVLM_CHECK(s.logits != Logits::all || seqs.size() == 1, "forward_batch: Logits::all needs a batch of one sequence");
-            FASTVLM_CHECK(!(s.decode && seen_prefill), "forward_batch: decode rows must come before prefill rows");
-            FASTVLM_CHECK(s.kv->size() + s.rows <= s.kv->capacity(), "context overflow: ", s.kv->size(), " + ", s.rows,
-                          " positions exceed the context of ", s.kv->capacity(), " tokens");
-            FASTVLM_CHECK(rope.max_positions() >= s.kv->size() + s.rows && rope.head_dim() == cfg_.head_dim,
-                          "RoPE table does not cover position ", s.kv->size() + s.rows - 1);
-            seen_prefill |= !s.decode;
-            if (s.decode) n_dec += s.rows;
-            T += s.rows;
-            n_logit_rows += s.logits == Logits::all ? s.rows : s.logits == Logits::last && s.rows > 0 ? 1 : 0;
-        }
-        FASTVLM_CHECK(T <= ws.rows, "forward_batch: ", T, " rows exceed the workspace of ", ws.rows, " rows");
-        if (T == 0) return;
-        for (const auto& s : seqs) s.kv->ensure(s.kv->size() + s.rows);
-        run_layers(x, seqs, T, n_dec, ws, rope, pool, hook, hook_row0);
-        if (n_logit_rows == 0) return;
-        // Final norm + head. `last` rows of every sequence gathered and run as GEMV rows in one pass
-        // (lm_head streams once per step); an `all` sequence (alone in its batch) through the GEMM.
-        const float eps = float(cfg_.rms_norm_eps);
-        float* xn = ws.xn.data();
-        if (seqs.size() == 1 && seqs[0].logits == Logits::all) {
-            rms_norm(x, xn, T, H, final_norm_.data(), eps, pool);
-            if (hook) hook(int(num_layers()), hook_row0, T, xn);
-            head_.forward(xn, T, H, logits, V, pool);
-            return;
-        }
-        Index r = 0, out = 0;
-        for (const auto& s : seqs) {
-            if (s.logits == Logits::last && s.rows > 0) {
-                rms_norm(x + (r + s.rows - 1) * H, xn + out * H, 1, H, final_norm_.data(), eps, pool);
-                if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn + out * H);
-                ++out;
-            }
-            r += s.rows;
-        }
-        head_.forward(xn, out, H, logits, V, pool, {.rows = RowKernel::gemv});
-    }
+                       float* logits, const HiddenHook& hook = {}, Index hook_row0 = 0) const;
 
     // Logits of the last rows of several sequences at once (one GEMV pass over lm_head for all of
     // them; each row bit-identical to a lone call). xlast [n, H] are the residual rows.
@@ -6596,46 +6772,7 @@ private:
     }
 
     void run_layers(float* x, std::span<const BatchSeq> seqs, Index T, Index n_dec, DecoderWorkspace& ws, const RopeTable& rope,
-                    ThreadPool* pool, const HiddenHook& hook, Index hook_row0) const {
-        const Index H = cfg_.hidden_size, I = cfg_.intermediate_size, kvd = cfg_.kv_dim();
-        const Index Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, d = cfg_.head_dim;
-        const Index qd = Hq * d, nqkv = qd + 2 * kvd;
-        const float eps = float(cfg_.rms_norm_eps);
-        const AttentionDims dims{Hq, Hkv, d};
-        const bool bf16_kv = seqs.front().kv->pool().type() == KVType::bf16;
-        for (const auto& s : seqs)
-            FASTVLM_CHECK((s.kv->pool().type() == KVType::bf16) == bf16_kv, "forward_batch: KV caches of one batch must share a type");
-        float *xn = ws.xn.data(), *qkv = ws.qkv.data(), *att = ws.att.data(), *mlp = ws.mlp.data();
-        for (Index l = 0; l < num_layers(); ++l) {
-            const Block& b = blocks_[std::size_t(l)];
-            // attention
-            rms_norm(x, xn, T, H, b.in_norm.data(), eps, pool);
-            linear_rows(b.qkv, xn, T, n_dec, H, qkv, nqkv, pool);
-            Index r = 0;
-            for (const auto& s : seqs) {
-                rope.apply(qkv + r * nqkv, s.rows, nqkv, Hq, s.kv->size());
-                rope.apply(qkv + r * nqkv + qd, s.rows, nqkv, Hkv, s.kv->size());
-                r += s.rows;
-            }
-            if (bf16_kv) {
-                store_kv<bf16>(qkv, nqkv, qd, l, seqs);
-                attend<bf16>(qkv, nqkv, att, qd, l, seqs, dims, pool);
-            } else {
-                store_kv<float>(qkv, nqkv, qd, l, seqs);
-                attend<float>(qkv, nqkv, att, qd, l, seqs, dims, pool);
-            }
-            linear_rows(b.o, att, T, n_dec, qd, x, H, pool, true);
-            // MLP
-            rms_norm(x, xn, T, H, b.post_norm.data(), eps, pool);
-            linear_rows(b.gate_up, xn, T, n_dec, H, mlp, 2 * I, pool);
-            parallel_for(pool, std::size_t(T), 1, [&](std::size_t t0, std::size_t t1) {
-                for (std::size_t t = t0; t < t1; ++t) silu_mul(mlp + Index(t) * 2 * I, mlp + Index(t) * 2 * I + I, std::size_t(I));
-            });
-            linear_rows(b.down, mlp, T, n_dec, 2 * I, x, H, pool, true);
-            if (hook) hook(int(l), hook_row0, T, x);
-        }
-        for (const auto& s : seqs) s.kv->advance(s.rows);
-    }
+                    ThreadPool* pool, const HiddenHook& hook, Index hook_row0) const;
 
     io::TextConfig cfg_;
     bool tied_ = false;
@@ -6644,6 +6781,163 @@ private:
     std::vector<float> final_norm_;
     HeadL head_;
 };
+
+// ---- the heavy members, defined out of the class (not inline), so that a program can compile them
+// once per preset (any_model.hpp: FASTVLM_EXTERN_PRESETS) ----
+
+template <class Policy>
+Qwen2<Policy> Qwen2<Policy>::load(const io::TensorStore& st, const io::TextConfig& cfg, const std::function<void(int, int)>& progress,
+                                  ThreadPool* pool) {
+    cfg.validate();
+    Qwen2 m;
+    m.cfg_ = cfg;
+    const Index H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
+    const Index qd = Index(cfg.num_attention_heads) * cfg.head_dim, kvd = cfg.kv_dim();
+    const int L = cfg.num_hidden_layers;
+    auto norm = [&](const std::string& name) { return st.load_f32(name, {H}); };
+    const std::string emb = "model.embed_tokens.weight";
+    const bool untied = st.contains("lm_head.weight");
+    m.tied_ = !untied;
+    // Embeddings: shared with a tied head when the formats agree (one copy in memory).
+    bool need_emb = true;
+    if constexpr (kHeadFormatIsEmbFormat) need_emb = untied;
+    m.blocks_.resize(std::size_t(L));
+    std::mutex progress_mu;
+    int done = 0;
+    auto step_done = [&] {
+        std::lock_guard lk(progress_mu);
+        ++done;
+        if (progress) progress(done, L + 1);
+    };
+    auto load_block = [&](int l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        Block& b = m.blocks_[std::size_t(l)];
+        b.in_norm = norm(p + "input_layernorm.weight");
+        b.post_norm = norm(p + "post_attention_layernorm.weight");
+        b.qkv = load_layer<typename Policy::decoder_attention>(
+            st,
+            {{p + "self_attn.q_proj.weight", p + "self_attn.q_proj.bias", qd},
+             {p + "self_attn.k_proj.weight", p + "self_attn.k_proj.bias", kvd},
+             {p + "self_attn.v_proj.weight", p + "self_attn.v_proj.bias", kvd}},
+            H);
+        b.o = load_layer<typename Policy::decoder_attention>(st, {{p + "self_attn.o_proj.weight", "", H}}, qd);
+        b.gate_up = load_layer<typename Policy::decoder_mlp>(
+            st, {{p + "mlp.gate_proj.weight", "", I}, {p + "mlp.up_proj.weight", "", I}}, H);
+        b.down = load_layer<typename Policy::decoder_mlp>(st, {{p + "mlp.down_proj.weight", "", H}}, I);
+        step_done();
+    };
+    // Task 0 = the head (the largest matrix: first, so the others fill in around it),
+    // task 1 = the embeddings, then the layers. A tied head and separate embeddings read the
+    // same tensor: they run in one task so that the release of its pages comes last.
+    auto task = [&](std::size_t t, unsigned) {
+        if (t == 0) {
+            if (need_emb && !untied) m.emb_ = load_linear_keep<EmbW, EmbA>(st, {{emb, "", V}}, H);
+            m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
+            step_done();
+        } else if (t == 1) {
+            if (need_emb && untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
+        } else {
+            load_block(int(t) - 2);
+        }
+    };
+    const std::size_t n_tasks = std::size_t(L) + 2;
+    if (pool) pool->run(n_tasks, task);
+    else for (std::size_t t = 0; t < n_tasks; ++t) task(t, 0);
+    m.final_norm_ = norm("model.norm.weight");
+    return m;
+}
+
+template <class Policy>
+void Qwen2<Policy>::forward_batch(float* x, std::span<const BatchSeq> seqs, DecoderWorkspace& ws, const RopeTable& rope,
+                                  ThreadPool* pool, float* logits, const HiddenHook& hook, Index hook_row0) const {
+    const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
+    Index T = 0, n_dec = 0, n_logit_rows = 0;
+    bool seen_prefill = false;
+    for (const auto& s : seqs) {
+        FASTVLM_CHECK(s.kv && s.kv->valid() && s.kv->pool().shape().layers == num_layers() &&
+                          s.kv->pool().shape().kv_dim == cfg_.kv_dim(),
+                      "KV cache does not belong to this model");
+        FASTVLM_CHECK(s.rows >= 0, "forward_batch: negative row count");
+        FASTVLM_CHECK(s.logits != Logits::all || seqs.size() == 1, "forward_batch: Logits::all needs a batch of one sequence");
+        FASTVLM_CHECK(!(s.decode && seen_prefill), "forward_batch: decode rows must come before prefill rows");
+        FASTVLM_CHECK(s.kv->size() + s.rows <= s.kv->capacity(), "context overflow: ", s.kv->size(), " + ", s.rows,
+                      " positions exceed the context of ", s.kv->capacity(), " tokens");
+        FASTVLM_CHECK(rope.max_positions() >= s.kv->size() + s.rows && rope.head_dim() == cfg_.head_dim,
+                      "RoPE table does not cover position ", s.kv->size() + s.rows - 1);
+        seen_prefill |= !s.decode;
+        if (s.decode) n_dec += s.rows;
+        T += s.rows;
+        n_logit_rows += s.logits == Logits::all ? s.rows : s.logits == Logits::last && s.rows > 0 ? 1 : 0;
+    }
+    FASTVLM_CHECK(T <= ws.rows, "forward_batch: ", T, " rows exceed the workspace of ", ws.rows, " rows");
+    if (T == 0) return;
+    for (const auto& s : seqs) s.kv->ensure(s.kv->size() + s.rows);
+    run_layers(x, seqs, T, n_dec, ws, rope, pool, hook, hook_row0);
+    if (n_logit_rows == 0) return;
+    // Final norm + head. `last` rows of every sequence gathered and run as GEMV rows in one pass
+    // (lm_head streams once per step); an `all` sequence (alone in its batch) through the GEMM.
+    const float eps = float(cfg_.rms_norm_eps);
+    float* xn = ws.xn.data();
+    if (seqs.size() == 1 && seqs[0].logits == Logits::all) {
+        rms_norm(x, xn, T, H, final_norm_.data(), eps, pool);
+        if (hook) hook(int(num_layers()), hook_row0, T, xn);
+        head_.forward(xn, T, H, logits, V, pool);
+        return;
+    }
+    Index r = 0, out = 0;
+    for (const auto& s : seqs) {
+        if (s.logits == Logits::last && s.rows > 0) {
+            rms_norm(x + (r + s.rows - 1) * H, xn + out * H, 1, H, final_norm_.data(), eps, pool);
+            if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn + out * H);
+            ++out;
+        }
+        r += s.rows;
+    }
+    head_.forward(xn, out, H, logits, V, pool, {.rows = RowKernel::gemv});
+}
+
+template <class Policy>
+void Qwen2<Policy>::run_layers(float* x, std::span<const BatchSeq> seqs, Index T, Index n_dec, DecoderWorkspace& ws,
+                               const RopeTable& rope, ThreadPool* pool, const HiddenHook& hook, Index hook_row0) const {
+    const Index H = cfg_.hidden_size, I = cfg_.intermediate_size, kvd = cfg_.kv_dim();
+    const Index Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, d = cfg_.head_dim;
+    const Index qd = Hq * d, nqkv = qd + 2 * kvd;
+    const float eps = float(cfg_.rms_norm_eps);
+    const AttentionDims dims{Hq, Hkv, d};
+    const bool bf16_kv = seqs.front().kv->pool().type() == KVType::bf16;
+    for (const auto& s : seqs)
+        FASTVLM_CHECK((s.kv->pool().type() == KVType::bf16) == bf16_kv, "forward_batch: KV caches of one batch must share a type");
+    float *xn = ws.xn.data(), *qkv = ws.qkv.data(), *att = ws.att.data(), *mlp = ws.mlp.data();
+    for (Index l = 0; l < num_layers(); ++l) {
+        const Block& b = blocks_[std::size_t(l)];
+        // attention
+        rms_norm(x, xn, T, H, b.in_norm.data(), eps, pool);
+        linear_rows(b.qkv, xn, T, n_dec, H, qkv, nqkv, pool);
+        Index r = 0;
+        for (const auto& s : seqs) {
+            rope.apply(qkv + r * nqkv, s.rows, nqkv, Hq, s.kv->size());
+            rope.apply(qkv + r * nqkv + qd, s.rows, nqkv, Hkv, s.kv->size());
+            r += s.rows;
+        }
+        if (bf16_kv) {
+            store_kv<bf16>(qkv, nqkv, qd, l, seqs);
+            attend<bf16>(qkv, nqkv, att, qd, l, seqs, dims, pool);
+        } else {
+            store_kv<float>(qkv, nqkv, qd, l, seqs);
+            attend<float>(qkv, nqkv, att, qd, l, seqs, dims, pool);
+        }
+        linear_rows(b.o, att, T, n_dec, qd, x, H, pool, true);
+        // MLP
+        rms_norm(x, xn, T, H, b.post_norm.data(), eps, pool);
+        linear_rows(b.gate_up, xn, T, n_dec, H, mlp, 2 * I, pool);
+        parallel_for(pool, std::size_t(T), 1, [&](std::size_t t0, std::size_t t1) {
+            for (std::size_t t = t0; t < t1; ++t) silu_mul(mlp + Index(t) * 2 * I, mlp + Index(t) * 2 * I + I, std::size_t(I));
+        });
+        linear_rows(b.down, mlp, T, n_dec, 2 * I, x, H, pool, true);
+        if (hook) hook(int(l), hook_row0, T, x);
+    }
+    for (const auto& s : seqs) s.kv->advance(s.rows);
+}
 
 }  // namespace fastvlm::text
 // ---- end fastvlm/text/qwen2.hpp
@@ -9123,6 +9417,7 @@ struct Timings {
     Index prefill_tokens = 0;  // positions run through the decoder in the prefill (image tokens included)
     Index decode_tokens = 0;   // single-token decoder steps
     Index image_cache_hits = 0;  // engine: images whose tokens came from the image-feature cache (no vision time)
+    Index cached_tokens = 0;     // engine: prompt positions whose KV came from the prefix cache (not in prefill_tokens)
     double prefill_tok_s() const { return prefill_ms > 0 ? 1e3 * double(prefill_tokens) / prefill_ms : 0; }
     double decode_tok_s() const { return decode_ms > 0 ? 1e3 * double(decode_tokens) / decode_ms : 0; }
 };
@@ -9335,6 +9630,9 @@ private:
 //   admission  — FIFO; a request starts when a running slot is free and the KV pool can reserve its
 //                worst case (prompt + max_new_tokens positions). A request that can never fit fails
 //                with ErrorKind::too_large; one that does not fit now waits (head of line, no starvation).
+//   prefix     — at admission a request adopts the KV pages of the longest prompt prefix that an ended
+//                request left in the prefix cache (engine/prefix_cache.hpp) and starts its prefill after
+//                it; images inside that prefix skip vision. When it ends, its own pages are kept there.
 //   vision     — at most one image (FastViTHD + projector) per loop iteration, between steps.
 //   step       — one decode row of every decoding sequence (GEMV: the weights stream once for all of
 //                them) plus at most prefill_chunk prompt rows (GEMM) of the sequences still in prefill,
@@ -9440,6 +9738,10 @@ struct EngineOptions {
     Index context = 0;               // most positions of one sequence; 0 = the model's context
     // Image-feature cache (projected image tokens by a hash of the preprocessed pixels, LRU); 0 = off.
     std::size_t image_cache_bytes = std::size_t(256) << 20;
+    // Prefix KV reuse (engine/prefix_cache.hpp): most bytes of KV pages kept from ended sequences for
+    // later ones that start the same. Unset: up to the whole KV budget (cached pages are evicted, least
+    // recently used first, whenever admission needs their room); 0 = off.
+    std::optional<std::size_t> prefix_cache_bytes = {};
     // Called (on the thread that recorded it) when a stage takes more than 2× its running mean.
     std::function<void(const metrics::Anomaly&)> on_anomaly = {};
 };
@@ -9457,6 +9759,7 @@ struct EngineStats {
     double decode_only_s = 0;
     std::uint64_t decode_only_tokens = 0;
     ImageFeatureCache::Stats image_cache;  // hits, misses, evictions, bytes, entries
+    PrefixCache::Stats prefix_cache;       // hits, misses, positions reused, pages held
     std::map<std::string, metrics::HistogramSnapshot> stages;  // queue_wait, preprocess, vision, ... (seconds)
     double aggregate_decode_tok_s() const { return decode_busy_s > 0 ? double(generated_tokens) / decode_busy_s : 0; }
     double decode_only_tok_s() const { return decode_only_s > 0 ? double(decode_only_tokens) / decode_only_s : 0; }
@@ -9577,10 +9880,13 @@ class EngineImpl final : public EngineCore {
         std::shared_ptr<RequestState> st;
         std::vector<std::int32_t> ids;             // prompt ids, −200 = image slot
         std::vector<std::shared_ptr<const Tensor<float, 3>>> pixels;  // preprocessed images, dropped once encoded
-        std::vector<ImageKey> keys;                     // their cache keys (when the cache is on)
+        std::vector<ImageKey> keys;                     // their cache keys (when a cache is on)
+        std::vector<Index> img_pos;                     // first position of each image's tokens
+        std::vector<std::uint64_t> pos_keys;            // prompt position keys (when the prefix cache is on)
         std::vector<ImageFeatureCache::Tokens> img_tokens;  // projected image tokens (nullptr: not yet)
-        Tensor<float, 2> x;                        // embedded prompt [T, H] (prefill)
-        Index T = 0, prefilled = 0, need = 0;      // prompt positions, run so far, worst case
+        Tensor<float, 2> x;                        // embedded prompt positions [x0, T) (prefill)
+        Index T = 0, prefilled = 0, need = 0;      // prompt positions, run (or adopted) so far, worst case
+        Index x0 = 0;                              // first position in x (the adopted prefix is not embedded)
         std::unique_ptr<text::KVSeq> kv;
         std::optional<text::Sampler> sampler;
         std::optional<text::Tokenizer::StreamDecoder> stream;
@@ -9614,6 +9920,8 @@ public:
         xbuf_.resize(std::size_t((Index(opt_.max_running) + opt_.prefill_chunk) * dec.hidden_size()));
         pool_ = model_.pool();
         image_cache_ = std::make_unique<ImageFeatureCache>(opt_.image_cache_bytes);
+        const std::size_t prefix_bytes = std::min(opt_.prefix_cache_bytes.value_or(budget), budget);
+        prefix_ = std::make_unique<PrefixCache>(kv_, Index(prefix_bytes / kv_->page_bytes()));
         init_metrics();
         prep_ = std::thread([this] { prep_loop(); });
         sched_ = std::thread([this] { sched_loop(); });
@@ -9690,6 +9998,7 @@ public:
         s.decode_only_s = m_.decode_only->value();
         s.decode_only_tokens = m_.decode_only_tokens->value();
         s.image_cache = image_cache_->stats();
+        s.prefix_cache = prefix_->stats();
         for (const auto& [name, h] : m_.stage) s.stages[name] = h->snapshot();
         return s;
     }
@@ -9700,9 +10009,10 @@ private:
         std::map<std::string, metrics::Histogram*> stage;
         metrics::Histogram *queue_wait, *preprocess, *vision, *projector, *prefill, *ttft, *decode_token, *e2e, *step;
         metrics::Counter *ok, *prompt_tokens, *generated_tokens, *images, *errors_queue_full, *decode_only_tokens;
-        metrics::Counter *cache_hits, *cache_misses;
+        metrics::Counter *cache_hits, *cache_misses, *prefix_hits, *prefix_misses, *prefix_positions;
         std::map<ErrorKind, metrics::Counter*> failed;
-        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only, *cache_bytes;
+        metrics::Gauge *running, *queued, *kv_used, *kv_total, *weight_bytes, *peak_rss, *decode_busy, *decode_only, *cache_bytes,
+            *prefix_pages;
         std::uint64_t failed_total() const {
             std::uint64_t n = 0;
             for (const auto& [k, c] : failed) n += c->value();
@@ -9735,6 +10045,10 @@ private:
         m_.cache_hits = &reg_.counter("image_cache_hits_total", "Images whose tokens came from the image-feature cache");
         m_.cache_misses = &reg_.counter("image_cache_misses_total", "Images encoded while the image-feature cache is on");
         m_.cache_bytes = &reg_.gauge("image_cache_bytes", "Bytes held by the image-feature cache");
+        m_.prefix_hits = &reg_.counter("prefix_cache_hits_total", "Requests that adopted KV pages of an earlier prefix");
+        m_.prefix_misses = &reg_.counter("prefix_cache_misses_total", "Requests that found no cached prefix (prefix cache on)");
+        m_.prefix_positions = &reg_.counter("prefix_cache_positions_total", "Prompt positions adopted from the prefix cache (not prefilled)");
+        m_.prefix_pages = &reg_.gauge("prefix_cache_pages", "KV pages held by the prefix cache");
         m_.running = &reg_.gauge("running_sequences", "Sequences running (vision, prefill or decode)");
         m_.queued = &reg_.gauge("queue_length", "Requests submitted and not yet running");
         m_.kv_used = &reg_.gauge("kv_pages_used", "KV pages in use");
@@ -9750,6 +10064,7 @@ private:
     }
     void refresh_gauges() const {
         m_.kv_used->set(double(kv_->used_pages()));
+        m_.prefix_pages->set(double(prefix_->stats().pages));
         m_.peak_rss->set(double(metrics::peak_rss_bytes()));
     }
     static double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -9784,7 +10099,8 @@ private:
         t.total_ms = ms(now - s.st->submitted);
         if (s.first_token != Clock::time_point{}) t.decode_ms = ms(now - s.first_token);
         t.load_ms = model_.load_ms();
-        s.kv.reset();  // pages back to the pool
+        if (s.kv && kind == ErrorKind::none) keep_prefix(s);
+        s.kv.reset();  // pages back to the pool (those the prefix cache keeps stay)
         record(r);
         if (s.admitted != Clock::time_point{}) {  // leaves its slot before the caller learns it ended, so
             std::lock_guard lk(mu_);              // a submit right after wait() sees the slot free
@@ -9927,11 +10243,23 @@ private:
                 } else {
                     s->pixels.push_back(std::make_shared<const Tensor<float, 3>>(model_.preprocess(in.load())));
                 }
-                if (image_cache_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), Policy::name));
+                if (image_cache_->enabled() || prefix_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), Policy::name));
             } catch (const Error& e) {
                 fail("image ", i + 1, " of ", n_img, ": ", e.what());
             }
         }
+        for (Index pos = 0; auto id : s->ids) {  // positions of the images, and their keys for the prefix cache
+            if (id == text::kImageTokenIndex) {
+                if (!s->keys.empty())
+                    for (Index j = 0; j < per_img; ++j) s->pos_keys.push_back(image_position_key(s->keys[s->img_pos.size()], j));
+                s->img_pos.push_back(pos);
+                pos += per_img;
+            } else {
+                if (prefix_->enabled()) s->pos_keys.push_back(token_position_key(id));
+                ++pos;
+            }
+        }
+        if (!prefix_->enabled()) s->pos_keys.clear();
         s->stops = q.stop_ids.empty() ? &model_.stop_ids() : &q.stop_ids;
         if (model_.has_tokenizer()) s->stream.emplace(model_.tokenizer(), true);
         if (!q.stop_strings.empty()) s->stop_text.emplace(q.stop_strings);
@@ -9992,7 +10320,15 @@ private:
         while (!ready_.empty() && Index(running_.size()) < opt_.max_running) {
             auto& s = ready_.front();
             s->kv = text::KVSeq::try_create(kv_, s->need);
+            while (!s->kv && prefix_->evict_one()) s->kv = text::KVSeq::try_create(kv_, s->need);  // cached pages make room
             if (!s->kv) break;  // waits for pages (head of line)
+            try {
+                adopt_prefix(*s);
+            } catch (const std::exception&) {  // no memory for the copied page: run without the prefix
+                s->kv.reset();
+                s->kv = text::KVSeq::try_create(kv_, s->need);  // the reservation just given back
+                if (!s->kv) break;
+            }
             s->admitted = now;
             s->r.timings.queue_ms = ms(now - s->st->submitted);
             m_.queue_wait->record(secs(now - s->st->submitted));
@@ -10027,8 +10363,8 @@ private:
             s.img_tokens.resize(s.pixels.size());
             try {
                 for (std::size_t i = 0; i < s.pixels.size(); ++i) {
-                    if (s.img_tokens[i]) continue;
-                    if (!s.keys.empty()) {
+                    if (s.img_tokens[i] || !s.pixels[i]) continue;  // done, or inside the adopted prefix
+                    if (image_cache_->enabled()) {
                         if (auto t = image_cache_->get(s.keys[i])) {
                             image_cache_->record(true);
                             s.img_tokens[i] = std::move(t);
@@ -10040,7 +10376,7 @@ private:
                         }
                     }
                     if (encoded) break;  // one encode per step (a miss is counted when it is encoded)
-                    if (!s.keys.empty()) {
+                    if (image_cache_->enabled()) {
                         image_cache_->record(false);
                         m_.cache_misses->add();
                     }
@@ -10049,7 +10385,7 @@ private:
                     const auto t1 = Clock::now();
                     s.img_tokens[i] = std::make_shared<const Tensor<float, 2>>(model_.project(feats, pool_));
                     const auto t2 = Clock::now();
-                    if (!s.keys.empty()) {
+                    if (image_cache_->enabled()) {
                         image_cache_->put(s.keys[i], s.img_tokens[i]);
                         m_.cache_bytes->set(double(image_cache_->stats().bytes));
                     }
@@ -10061,20 +10397,79 @@ private:
                     m_.images->add();
                     encoded = true;
                 }
-                if (std::all_of(s.img_tokens.begin(), s.img_tokens.end(), [](const auto& t) { return t != nullptr; })) to_prefill(s);
+                bool ready = true;
+                for (std::size_t i = 0; i < s.pixels.size(); ++i) ready = ready && (s.img_tokens[i] || !s.pixels[i]);
+                if (ready) to_prefill(s);
             } catch (const Error& e) {
                 fail_running(sp, ErrorKind::invalid_request, e.what());
             }
         }
         std::erase(running_, nullptr);
     }
+    // Embeds the prompt positions still to run, [prefilled, T) (an adopted prefix is skipped).
     void to_prefill(Seq& s) {
-        std::vector<TensorView<const float, 2>> views;
-        for (const auto& t : s.img_tokens) views.push_back(t->view());
-        s.x = model_.embed_prompt(s.ids, views);
+        const auto& dec = model_.decoder();
+        const Index H = dec.hidden_size();
+        s.x0 = s.prefilled;
+        s.x = Tensor<float, 2>({s.T - s.x0, H});
+        Index pos = 0;
+        std::size_t k = 0;
+        for (auto id : s.ids) {
+            if (id == text::kImageTokenIndex) {
+                const Index n = Index(model_.config().vision.num_tokens());
+                if (pos + n > s.x0) {
+                    const auto& t = s.img_tokens.at(k);
+                    FASTVLM_CHECK(t && t->dim(0) == n && t->dim(1) == H, "image ", k + 1, ": tokens missing or of the wrong shape");
+                    const Index from = std::max<Index>(s.x0 - pos, 0);
+                    std::copy_n(t->data() + from * H, (n - from) * H, s.x.data() + (pos + from - s.x0) * H);
+                }
+                pos += n;
+                ++k;
+            } else {
+                if (pos >= s.x0) dec.embed(id, s.x.data() + (pos - s.x0) * H);
+                ++pos;
+            }
+        }
         s.img_tokens.clear();
         s.pixels.clear();
         s.phase = Phase::prefill;
+    }
+    // At admission: adopts the longest cached prefix (shared whole pages, then a copied part of a page;
+    // at least the last prompt position is left to compute); images entirely inside it need no vision.
+    void adopt_prefix(Seq& s) {
+        if (s.pos_keys.empty()) return;
+        const auto got = prefix_->match(s.pos_keys, s.T - 1);
+        if (got.positions(kv_->page_positions()) == 0) {
+            m_.prefix_misses->add();
+            return;
+        }
+        s.kv->adopt_prefix(got.pages);
+        if (got.partial) {
+            try {
+                s.kv->adopt_partial(got.partial, got.partial_len);
+            } catch (...) {
+                prefix_->done_with(got.partial);
+                throw;
+            }
+            prefix_->done_with(got.partial);
+        }
+        s.prefilled = s.kv->size();
+        const Index n = Index(model_.config().vision.num_tokens());
+        for (std::size_t i = 0; i < s.img_pos.size(); ++i)
+            if (s.img_pos[i] + n <= s.prefilled) s.pixels[i].reset();
+        s.r.timings.cached_tokens = s.prefilled;
+        s.r.timings.prefill_tokens = s.T - s.prefilled;
+        m_.prefix_hits->add();
+        m_.prefix_positions->add(std::uint64_t(s.prefilled));
+    }
+    // When a sequence ends well: the prefix cache keeps its whole pages (prompt and generated tokens).
+    void keep_prefix(Seq& s) {
+        if (s.pos_keys.empty()) return;
+        std::vector<std::uint64_t> keys = s.pos_keys;
+        const Index n = s.kv->size();
+        for (Index i = 0; i < n - s.T && i < Index(s.r.ids.size()); ++i) keys.push_back(token_position_key(s.r.ids[std::size_t(i)]));
+        keys.resize(std::size_t(std::min<Index>(n, Index(keys.size()))));
+        prefix_->insert(keys, *s.kv);
     }
     // Ends a running sequence with an error; the caller removes the null entry from running_.
     void fail_running(std::unique_ptr<Seq>& sp, ErrorKind kind, std::string msg) {
@@ -10105,12 +10500,12 @@ private:
             Seq& s = *sp;
             if (s.phase != Phase::prefill || budget == 0) continue;
             const Index n = std::min(budget, s.T - s.prefilled);
-            std::copy_n(s.x.data() + s.prefilled * H, n * H, xbuf_.data() + rows * H);
+            std::copy_n(s.x.data() + (s.prefilled - s.x0) * H, n * H, xbuf_.data() + rows * H);
             const bool last = s.prefilled + n == s.T;
             batch.push_back({s.kv.get(), n, false, last && s.st->req.max_new_tokens > 0 ? text::Logits::last : text::Logits::none});
             members.push_back(&s);
             if (last && s.st->req.max_new_tokens > 0) sampled.push_back(&s);
-            if (s.prefilled == 0) s.prefill_start = t0;
+            if (s.prefilled == s.x0) s.prefill_start = t0;
             rows += n;
             budget -= n;
         }
@@ -10203,6 +10598,7 @@ private:
     std::vector<float> logits_, xbuf_;
     ThreadPool* pool_ = nullptr;
     std::unique_ptr<ImageFeatureCache> image_cache_;
+    std::unique_ptr<PrefixCache> prefix_;
     metrics::Registry reg_;
     Metrics m_;
 
@@ -10942,7 +11338,9 @@ private:
             }
             if (a.result.ok()) a.text = a.result.text;
             else a.error = a.result.error;
-            a.cached = a.result.timings.image_cache_hits > 0;
+            // The frame's image was not encoded: its tokens came from the image-feature cache, or the
+            // prefix cache held the KV of the whole prompt up to and past it (a frame equal to an earlier one).
+            a.cached = a.result.ok() && (a.result.timings.image_cache_hits > 0 || a.result.timings.vision_ms == 0);
         }
         a.latency_ms = ms(Clock::now() - it.at);
         {

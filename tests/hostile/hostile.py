@@ -1869,11 +1869,14 @@ class ServerProc:
                             m[k] = float(v)
                         except ValueError:
                             pass
-            if m.get("fastvlm_running_sequences") == 0 and m.get("fastvlm_kv_pages_used") == 0 and m.get("fastvlm_queue_length", 0) == 0:
+            # Idle: nothing runs or waits, and the only KV pages in use are the prefix cache's.
+            if (m.get("fastvlm_running_sequences") == 0 and m.get("fastvlm_queue_length", 0) == 0
+                    and m.get("fastvlm_kv_pages_used") == m.get("fastvlm_prefix_cache_pages", 0)):
                 return True, ""
             time.sleep(0.1)
-        return False, "not idle %.0f s after the case: running %s, queued %s, KV pages in use %s" % (
-            WALL_CAP_S, m.get("fastvlm_running_sequences"), m.get("fastvlm_queue_length"), m.get("fastvlm_kv_pages_used"))
+        return False, "not idle %.0f s after the case: running %s, queued %s, KV pages in use %s (prefix cache %s)" % (
+            WALL_CAP_S, m.get("fastvlm_running_sequences"), m.get("fastvlm_queue_length"), m.get("fastvlm_kv_pages_used"),
+            m.get("fastvlm_prefix_cache_pages"))
 
     def stop(self, timeout=30):
         """SIGTERM; (exit status, seconds, peak RSS KB from VmHWM polls)."""

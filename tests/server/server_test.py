@@ -4,7 +4,7 @@
   server_test.py --server BIN [--cli BIN] --model DIR --work DIR [--errors-only | --client-only]
                  [--node NODE --npm-prefix DIR]   (the official `openai` npm client, installed there)
 
-1. References: `fastvlm-cli batch --parallel 1` answers every line of the model's images/answers.jsonl
+1. References: `fastvlm-cli batch --parallel 1 --prefix-cache-mb 0` answers every line of the model's images/answers.jsonl
    (without --cli, as in the sanitizer build: the server's own first answer, compared after the errors).
 2. Error cases (curl and raw sockets): 401 without/with a wrong key, 400 for malformed JSON, invalid
    UTF-8, wrong field types, bad base64, an undecodable image, an image over --max-image-pixels, a
@@ -51,6 +51,11 @@ def png_bytes(w, h, rgb=(200, 30, 30)):
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
             chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def kv_idle(m):
+    """Nothing runs: the only KV pages in use are the prefix cache's (prompt prefixes kept for reuse)."""
+    return m.get("fastvlm_kv_pages_used", -1) == m.get("fastvlm_prefix_cache_pages", 0)
 
 
 def data_url(data, mime="image/png"):
@@ -165,7 +170,7 @@ def references(a, lines, images_dir):
             f.write(json.dumps({"id": i, "image": os.path.join(images_dir, l["image"]), "prompt": l["prompt"]}) + "\n")
     out = os.path.join(a.work, "ref_out.jsonl")
     subprocess.run([a.cli, "batch", "--model", a.model, "--jsonl", jl, "--parallel", "1", "--precision", a.precision,
-                    "--max-tokens", "64", "--threads", "2", "--out", out], check=True, timeout=600)
+                    "--max-tokens", "64", "--threads", "2", "--prefix-cache-mb", "0", "--out", out], check=True, timeout=600)
     res = [json.loads(l) for l in open(out)]
     bad = [r for r in res if "text" not in r]
     if bad:
@@ -252,18 +257,37 @@ def error_cases(a, s, lines, refs, images_dir):
     key = 'fastvlm_requests_total{status="cancelled"}'
     deadline = time.time() + 20
     m = s.metrics()
-    while time.time() < deadline and not (m.get(key, 0) >= before.get(key, 0) + 1 and m.get("fastvlm_kv_pages_used", 1) == 0
+    while time.time() < deadline and not (m.get(key, 0) >= before.get(key, 0) + 1 and kv_idle(m)
                                           and m.get("fastvlm_running_sequences", 1) == 0):
         time.sleep(0.1)
         m = s.metrics()
     check(m.get(key, 0) == before.get(key, 0) + 1, "disconnect: request cancelled (%s -> %s)" % (before.get(key), m.get(key)))
-    check(m.get("fastvlm_kv_pages_used") == 0, "disconnect: KV pages freed (%s in use)" % m.get("fastvlm_kv_pages_used"))
+    check(kv_idle(m), "disconnect: KV pages freed (%s in use, %s held by the prefix cache)"
+          % (m.get("fastvlm_kv_pages_used"), m.get("fastvlm_prefix_cache_pages")))
     check(m.get("fastvlm_generated_tokens_total", 0) - before.get("fastvlm_generated_tokens_total", 0) < 1500,
           "disconnect: generation stopped early")
     # -- nothing else affected: the good request still gives the reference answer
     st, _, data = s.chat(good)
     check(st == 200 and json.loads(data)["choices"][0]["message"]["content"] == refs[0],
           "after the error cases: right answer (%s %r vs %r)" % (st, data[:200], refs[0]))
+    # -- prefix KV reuse: the same image with another question adopts the KV of the shared prefix
+    # (system prompt and image tokens), reported as usage.prompt_tokens_details.cached_tokens, and the
+    # answer is the one `fastvlm-cli batch` gives to that line (computed without reuse; without --cli, as in
+    # the sanitizer build, the set's expected answer).
+    for i, line in enumerate(lines[1:], 1):
+        if line["image"] == lines[0]["image"] and line["prompt"] != lines[0]["prompt"]:
+            st, _, data = s.chat({"messages": [user_msg(line["prompt"], [data_url(img0)])], "max_tokens": 64})
+            js = json.loads(data) if st == 200 else {}
+            cached = js.get("usage", {}).get("prompt_tokens_details", {}).get("cached_tokens", 0)
+            want = refs[i] if i < len(refs) else line["answer"]
+            check(st == 200 and js["choices"][0]["message"]["content"] == want,
+                  "prefix reuse: right answer (%s %r vs %r)" % (st, data[:200], want))
+            check(cached > 0 and js["timings"]["vision_ms"] == 0 and
+                  js["timings"]["cached_tokens"] + js["timings"]["prefill_tokens"] == js["usage"]["prompt_tokens"],
+                  "prefix reuse: cached_tokens %s, vision_ms %s" % (cached, js.get("timings", {}).get("vision_ms")))
+            break
+    else:
+        check(False, "prefix reuse: the model's answers.jsonl has no second question about its first image")
 
 
 def busy_server_cases(a, lines, images_dir):
@@ -297,7 +321,7 @@ def busy_server_cases(a, lines, images_dir):
             elif st == 504:
                 check(err.get("code") == "timeout" and "timed out" in err.get("message", ""), "timeout: %r" % err)
         m = s.metrics()
-        check(m.get("fastvlm_kv_pages_used") == 0, "after the timeout: KV pages freed")
+        check(kv_idle(m), "after the timeout: KV pages freed")
         check(m.get('fastvlm_requests_total{status="timeout"}', 0) >= 1, "timeouts counted")
         check(m.get('fastvlm_requests_total{status="queue_full"}', 0) >= 1, "queue_full counted")
     finally:
@@ -345,7 +369,7 @@ def main():
                                env=env, timeout=900)
             check(p.returncode == 0, "openai npm client checks (exit %d)" % p.returncode)
         m = s.metrics()
-        check(m.get("fastvlm_kv_pages_used") == 0 and m.get("fastvlm_running_sequences") == 0, "idle at the end")
+        check(kv_idle(m) and m.get("fastvlm_running_sequences") == 0, "idle at the end")
         check('fastvlm_ttft_seconds_count' in m, "/metrics has fastvlm_ttft_seconds")
     finally:
         check(s.stop() == 0, "server: clean exit on SIGTERM")

@@ -9,6 +9,12 @@
 //            pages themselves are taken as positions are written. Not thread-safe; returns its
 //            pages and its reservation to the pool when destroyed.
 //
+// Sharing (the engine's prefix cache, engine/prefix_cache.hpp): a page may have several holders
+// (retain() adds one, put_page() drops one; the page is free when the last one drops it). Only full
+// pages are shared and their holders never write into them: a sequence that adopts a shared prefix
+// writes from the position after it, into pages of its own (append-only sharing, no copy). Every
+// holder keeps a reservation for each page it holds, so the pages in use never exceed the budget.
+//
 // Page layout (E = float or bf16): K[layer][pos in page][kv_dim], then V[layer][pos in page][kv_dim].
 // K is stored rotated (RoPE applied). bf16 storage halves the bytes per position and the attention
 // traffic of decode; fp32 keeps the results bit-identical to an fp32 cache (docs/engine.md states
@@ -18,9 +24,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "fastvlm/core/dtypes.hpp"
@@ -115,10 +124,26 @@ public:
         ++allocated_;
         return p;
     }
+    // Drops one holder of `p`; the page is free when it was the last.
     void put_page(void* p) {
         std::lock_guard lk(mu_);
+        if (const auto it = extra_.find(p); it != extra_.end()) {
+            if (--it->second == 0) extra_.erase(it);
+            return;
+        }
         free_.push_back(p);
         --used_;
+    }
+    // Adds a holder to a page in use (see Sharing above).
+    void retain(void* p) {
+        std::lock_guard lk(mu_);
+        ++extra_[p];
+    }
+    // Holders of `p` beyond the first (0: held once).
+    int sharers(void* p) const {
+        std::lock_guard lk(mu_);
+        const auto it = extra_.find(p);
+        return it == extra_.end() ? 0 : it->second;
     }
 
 private:
@@ -128,6 +153,7 @@ private:
     mutable std::mutex mu_;
     Index used_ = 0, reserved_ = 0, allocated_ = 0;
     std::vector<void*> free_;
+    std::unordered_map<void*, int> extra_;  // holders beyond the first, of shared pages
 };
 
 class KVSeq {
@@ -189,6 +215,36 @@ public:
         size_ += n;
     }
     void clear() { truncate(0); }
+
+    // Starts an empty sequence with `pages`, full pages shared with another holder (the prefix cache):
+    // it takes over one holder of each (the caller's, from KVPool::retain), and its length becomes
+    // pages × page_positions. It writes only after them.
+    void adopt_prefix(std::span<void* const> pages) {
+        FASTVLM_CHECK(size_ == 0 && pages_.empty(), "KVSeq::adopt_prefix on a sequence that holds positions");
+        FASTVLM_CHECK(Index(pages.size()) * pool_->page_positions() <= cap_, "KVSeq::adopt_prefix: ", pages.size(),
+                      " pages exceed the capacity of ", cap_, " positions");
+        pages_.insert(pages_.end(), pages.begin(), pages.end());
+        size_ = Index(pages.size()) * pool_->page_positions();
+    }
+    // Then continues with the first `n` positions of another holder's page `src`, copied into a page of
+    // its own (it will write after them): a prefix that ends inside a page.
+    void adopt_partial(const void* src, Index n) {
+        FASTVLM_CHECK(n > 0 && n < pool_->page_positions() && size_ % pool_->page_positions() == 0 && size_ + n <= cap_,
+                      "KVSeq::adopt_partial: ", n, " positions after ", size_, " do not fit a page of ", pool_->page_positions());
+        ensure(size_ + n);
+        std::memcpy(pages_.back(), src, pool_->page_bytes());
+        size_ += n;
+    }
+    // The page holding position `pos` (for the prefix cache).
+    void* page(Index i) const { return pages_.at(std::size_t(i)); }
+    // Hands one page's reservation to another holder (the prefix cache, which keeps one of this
+    // sequence's pages after it ends). Only for a sequence that is ending: it must take no page after.
+    bool give_reservation() {
+        if (reserved_ <= 0) return false;
+        --reserved_;
+        cap_ = 0;  // ensure() refuses from now on
+        return true;
+    }
     // Drops positions >= n (e.g. to rewind a conversation); pages past them go back to the pool.
     void truncate(Index n) {
         FASTVLM_CHECK(n >= 0 && n <= size_, "KV cache: cannot truncate to ", n, " (holds ", size_, ")");

@@ -84,65 +84,7 @@ public:
     // progress(done, total) is called after each layer (in increasing order, from any thread).
     // With a pool, the layers, the head and the embeddings are converted and repacked in parallel.
     static Qwen2 load(const io::TensorStore& st, const io::TextConfig& cfg,
-                      const std::function<void(int, int)>& progress = {}, ThreadPool* pool = nullptr) {
-        cfg.validate();
-        Qwen2 m;
-        m.cfg_ = cfg;
-        const Index H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
-        const Index qd = Index(cfg.num_attention_heads) * cfg.head_dim, kvd = cfg.kv_dim();
-        const int L = cfg.num_hidden_layers;
-        auto norm = [&](const std::string& name) { return st.load_f32(name, {H}); };
-        const std::string emb = "model.embed_tokens.weight";
-        const bool untied = st.contains("lm_head.weight");
-        m.tied_ = !untied;
-        // Embeddings: shared with a tied head when the formats agree (one copy in memory).
-        bool need_emb = true;
-        if constexpr (kHeadFormatIsEmbFormat) need_emb = untied;
-        m.blocks_.resize(std::size_t(L));
-        std::mutex progress_mu;
-        int done = 0;
-        auto step_done = [&] {
-            std::lock_guard lk(progress_mu);
-            ++done;
-            if (progress) progress(done, L + 1);
-        };
-        auto load_block = [&](int l) {
-            const std::string p = "model.layers." + std::to_string(l) + ".";
-            Block& b = m.blocks_[std::size_t(l)];
-            b.in_norm = norm(p + "input_layernorm.weight");
-            b.post_norm = norm(p + "post_attention_layernorm.weight");
-            b.qkv = load_layer<typename Policy::decoder_attention>(
-                st,
-                {{p + "self_attn.q_proj.weight", p + "self_attn.q_proj.bias", qd},
-                 {p + "self_attn.k_proj.weight", p + "self_attn.k_proj.bias", kvd},
-                 {p + "self_attn.v_proj.weight", p + "self_attn.v_proj.bias", kvd}},
-                H);
-            b.o = load_layer<typename Policy::decoder_attention>(st, {{p + "self_attn.o_proj.weight", "", H}}, qd);
-            b.gate_up = load_layer<typename Policy::decoder_mlp>(
-                st, {{p + "mlp.gate_proj.weight", "", I}, {p + "mlp.up_proj.weight", "", I}}, H);
-            b.down = load_layer<typename Policy::decoder_mlp>(st, {{p + "mlp.down_proj.weight", "", H}}, I);
-            step_done();
-        };
-        // Task 0 = the head (the largest matrix: first, so the others fill in around it),
-        // task 1 = the embeddings, then the layers. A tied head and separate embeddings read the
-        // same tensor: they run in one task so that the release of its pages comes last.
-        auto task = [&](std::size_t t, unsigned) {
-            if (t == 0) {
-                if (need_emb && !untied) m.emb_ = load_linear_keep<EmbW, EmbA>(st, {{emb, "", V}}, H);
-                m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
-                step_done();
-            } else if (t == 1) {
-                if (need_emb && untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
-            } else {
-                load_block(int(t) - 2);
-            }
-        };
-        const std::size_t n_tasks = std::size_t(L) + 2;
-        if (pool) pool->run(n_tasks, task);
-        else for (std::size_t t = 0; t < n_tasks; ++t) task(t, 0);
-        m.final_norm_ = norm("model.norm.weight");
-        return m;
-    }
+                      const std::function<void(int, int)>& progress = {}, ThreadPool* pool = nullptr);
 
     const io::TextConfig& config() const { return cfg_; }
     Index hidden_size() const { return cfg_.hidden_size; }
@@ -211,52 +153,7 @@ public:
     // sequence against its own keys/values. Each row's result is bit-identical to running its
     // sequence alone. Logits of the sequences that ask for them go to `logits` in batch order.
     void forward_batch(float* x, std::span<const BatchSeq> seqs, DecoderWorkspace& ws, const RopeTable& rope, ThreadPool* pool,
-                       float* logits, const HiddenHook& hook = {}, Index hook_row0 = 0) const {
-        const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
-        Index T = 0, n_dec = 0, n_logit_rows = 0;
-        bool seen_prefill = false;
-        for (const auto& s : seqs) {
-            FASTVLM_CHECK(s.kv && s.kv->valid() && s.kv->pool().shape().layers == num_layers() &&
-                              s.kv->pool().shape().kv_dim == cfg_.kv_dim(),
-                          "KV cache does not belong to this model");
-            FASTVLM_CHECK(s.rows >= 0, "forward_batch: negative row count");
-            FASTVLM_CHECK(s.logits != Logits::all || seqs.size() == 1, "forward_batch: Logits::all needs a batch of one sequence");
-            FASTVLM_CHECK(!(s.decode && seen_prefill), "forward_batch: decode rows must come before prefill rows");
-            FASTVLM_CHECK(s.kv->size() + s.rows <= s.kv->capacity(), "context overflow: ", s.kv->size(), " + ", s.rows,
-                          " positions exceed the context of ", s.kv->capacity(), " tokens");
-            FASTVLM_CHECK(rope.max_positions() >= s.kv->size() + s.rows && rope.head_dim() == cfg_.head_dim,
-                          "RoPE table does not cover position ", s.kv->size() + s.rows - 1);
-            seen_prefill |= !s.decode;
-            if (s.decode) n_dec += s.rows;
-            T += s.rows;
-            n_logit_rows += s.logits == Logits::all ? s.rows : s.logits == Logits::last && s.rows > 0 ? 1 : 0;
-        }
-        FASTVLM_CHECK(T <= ws.rows, "forward_batch: ", T, " rows exceed the workspace of ", ws.rows, " rows");
-        if (T == 0) return;
-        for (const auto& s : seqs) s.kv->ensure(s.kv->size() + s.rows);
-        run_layers(x, seqs, T, n_dec, ws, rope, pool, hook, hook_row0);
-        if (n_logit_rows == 0) return;
-        // Final norm + head. `last` rows of every sequence gathered and run as GEMV rows in one pass
-        // (lm_head streams once per step); an `all` sequence (alone in its batch) through the GEMM.
-        const float eps = float(cfg_.rms_norm_eps);
-        float* xn = ws.xn.data();
-        if (seqs.size() == 1 && seqs[0].logits == Logits::all) {
-            rms_norm(x, xn, T, H, final_norm_.data(), eps, pool);
-            if (hook) hook(int(num_layers()), hook_row0, T, xn);
-            head_.forward(xn, T, H, logits, V, pool);
-            return;
-        }
-        Index r = 0, out = 0;
-        for (const auto& s : seqs) {
-            if (s.logits == Logits::last && s.rows > 0) {
-                rms_norm(x + (r + s.rows - 1) * H, xn + out * H, 1, H, final_norm_.data(), eps, pool);
-                if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn + out * H);
-                ++out;
-            }
-            r += s.rows;
-        }
-        head_.forward(xn, out, H, logits, V, pool, {.rows = RowKernel::gemv});
-    }
+                       float* logits, const HiddenHook& hook = {}, Index hook_row0 = 0) const;
 
     // Logits of the last rows of several sequences at once (one GEMV pass over lm_head for all of
     // them; each row bit-identical to a lone call). xlast [n, H] are the residual rows.
@@ -307,46 +204,7 @@ private:
     }
 
     void run_layers(float* x, std::span<const BatchSeq> seqs, Index T, Index n_dec, DecoderWorkspace& ws, const RopeTable& rope,
-                    ThreadPool* pool, const HiddenHook& hook, Index hook_row0) const {
-        const Index H = cfg_.hidden_size, I = cfg_.intermediate_size, kvd = cfg_.kv_dim();
-        const Index Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, d = cfg_.head_dim;
-        const Index qd = Hq * d, nqkv = qd + 2 * kvd;
-        const float eps = float(cfg_.rms_norm_eps);
-        const AttentionDims dims{Hq, Hkv, d};
-        const bool bf16_kv = seqs.front().kv->pool().type() == KVType::bf16;
-        for (const auto& s : seqs)
-            FASTVLM_CHECK((s.kv->pool().type() == KVType::bf16) == bf16_kv, "forward_batch: KV caches of one batch must share a type");
-        float *xn = ws.xn.data(), *qkv = ws.qkv.data(), *att = ws.att.data(), *mlp = ws.mlp.data();
-        for (Index l = 0; l < num_layers(); ++l) {
-            const Block& b = blocks_[std::size_t(l)];
-            // attention
-            rms_norm(x, xn, T, H, b.in_norm.data(), eps, pool);
-            linear_rows(b.qkv, xn, T, n_dec, H, qkv, nqkv, pool);
-            Index r = 0;
-            for (const auto& s : seqs) {
-                rope.apply(qkv + r * nqkv, s.rows, nqkv, Hq, s.kv->size());
-                rope.apply(qkv + r * nqkv + qd, s.rows, nqkv, Hkv, s.kv->size());
-                r += s.rows;
-            }
-            if (bf16_kv) {
-                store_kv<bf16>(qkv, nqkv, qd, l, seqs);
-                attend<bf16>(qkv, nqkv, att, qd, l, seqs, dims, pool);
-            } else {
-                store_kv<float>(qkv, nqkv, qd, l, seqs);
-                attend<float>(qkv, nqkv, att, qd, l, seqs, dims, pool);
-            }
-            linear_rows(b.o, att, T, n_dec, qd, x, H, pool, true);
-            // MLP
-            rms_norm(x, xn, T, H, b.post_norm.data(), eps, pool);
-            linear_rows(b.gate_up, xn, T, n_dec, H, mlp, 2 * I, pool);
-            parallel_for(pool, std::size_t(T), 1, [&](std::size_t t0, std::size_t t1) {
-                for (std::size_t t = t0; t < t1; ++t) silu_mul(mlp + Index(t) * 2 * I, mlp + Index(t) * 2 * I + I, std::size_t(I));
-            });
-            linear_rows(b.down, mlp, T, n_dec, 2 * I, x, H, pool, true);
-            if (hook) hook(int(l), hook_row0, T, x);
-        }
-        for (const auto& s : seqs) s.kv->advance(s.rows);
-    }
+                    ThreadPool* pool, const HiddenHook& hook, Index hook_row0) const;
 
     io::TextConfig cfg_;
     bool tied_ = false;
@@ -355,5 +213,162 @@ private:
     std::vector<float> final_norm_;
     HeadL head_;
 };
+
+// ---- the heavy members, defined out of the class (not inline), so that a program can compile them
+// once per preset (any_model.hpp: FASTVLM_EXTERN_PRESETS) ----
+
+template <class Policy>
+Qwen2<Policy> Qwen2<Policy>::load(const io::TensorStore& st, const io::TextConfig& cfg, const std::function<void(int, int)>& progress,
+                                  ThreadPool* pool) {
+    cfg.validate();
+    Qwen2 m;
+    m.cfg_ = cfg;
+    const Index H = cfg.hidden_size, I = cfg.intermediate_size, V = cfg.vocab_size;
+    const Index qd = Index(cfg.num_attention_heads) * cfg.head_dim, kvd = cfg.kv_dim();
+    const int L = cfg.num_hidden_layers;
+    auto norm = [&](const std::string& name) { return st.load_f32(name, {H}); };
+    const std::string emb = "model.embed_tokens.weight";
+    const bool untied = st.contains("lm_head.weight");
+    m.tied_ = !untied;
+    // Embeddings: shared with a tied head when the formats agree (one copy in memory).
+    bool need_emb = true;
+    if constexpr (kHeadFormatIsEmbFormat) need_emb = untied;
+    m.blocks_.resize(std::size_t(L));
+    std::mutex progress_mu;
+    int done = 0;
+    auto step_done = [&] {
+        std::lock_guard lk(progress_mu);
+        ++done;
+        if (progress) progress(done, L + 1);
+    };
+    auto load_block = [&](int l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        Block& b = m.blocks_[std::size_t(l)];
+        b.in_norm = norm(p + "input_layernorm.weight");
+        b.post_norm = norm(p + "post_attention_layernorm.weight");
+        b.qkv = load_layer<typename Policy::decoder_attention>(
+            st,
+            {{p + "self_attn.q_proj.weight", p + "self_attn.q_proj.bias", qd},
+             {p + "self_attn.k_proj.weight", p + "self_attn.k_proj.bias", kvd},
+             {p + "self_attn.v_proj.weight", p + "self_attn.v_proj.bias", kvd}},
+            H);
+        b.o = load_layer<typename Policy::decoder_attention>(st, {{p + "self_attn.o_proj.weight", "", H}}, qd);
+        b.gate_up = load_layer<typename Policy::decoder_mlp>(
+            st, {{p + "mlp.gate_proj.weight", "", I}, {p + "mlp.up_proj.weight", "", I}}, H);
+        b.down = load_layer<typename Policy::decoder_mlp>(st, {{p + "mlp.down_proj.weight", "", H}}, I);
+        step_done();
+    };
+    // Task 0 = the head (the largest matrix: first, so the others fill in around it),
+    // task 1 = the embeddings, then the layers. A tied head and separate embeddings read the
+    // same tensor: they run in one task so that the release of its pages comes last.
+    auto task = [&](std::size_t t, unsigned) {
+        if (t == 0) {
+            if (need_emb && !untied) m.emb_ = load_linear_keep<EmbW, EmbA>(st, {{emb, "", V}}, H);
+            m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
+            step_done();
+        } else if (t == 1) {
+            if (need_emb && untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
+        } else {
+            load_block(int(t) - 2);
+        }
+    };
+    const std::size_t n_tasks = std::size_t(L) + 2;
+    if (pool) pool->run(n_tasks, task);
+    else for (std::size_t t = 0; t < n_tasks; ++t) task(t, 0);
+    m.final_norm_ = norm("model.norm.weight");
+    return m;
+}
+
+template <class Policy>
+void Qwen2<Policy>::forward_batch(float* x, std::span<const BatchSeq> seqs, DecoderWorkspace& ws, const RopeTable& rope,
+                                  ThreadPool* pool, float* logits, const HiddenHook& hook, Index hook_row0) const {
+    const Index H = cfg_.hidden_size, V = cfg_.vocab_size;
+    Index T = 0, n_dec = 0, n_logit_rows = 0;
+    bool seen_prefill = false;
+    for (const auto& s : seqs) {
+        FASTVLM_CHECK(s.kv && s.kv->valid() && s.kv->pool().shape().layers == num_layers() &&
+                          s.kv->pool().shape().kv_dim == cfg_.kv_dim(),
+                      "KV cache does not belong to this model");
+        FASTVLM_CHECK(s.rows >= 0, "forward_batch: negative row count");
+        FASTVLM_CHECK(s.logits != Logits::all || seqs.size() == 1, "forward_batch: Logits::all needs a batch of one sequence");
+        FASTVLM_CHECK(!(s.decode && seen_prefill), "forward_batch: decode rows must come before prefill rows");
+        FASTVLM_CHECK(s.kv->size() + s.rows <= s.kv->capacity(), "context overflow: ", s.kv->size(), " + ", s.rows,
+                      " positions exceed the context of ", s.kv->capacity(), " tokens");
+        FASTVLM_CHECK(rope.max_positions() >= s.kv->size() + s.rows && rope.head_dim() == cfg_.head_dim,
+                      "RoPE table does not cover position ", s.kv->size() + s.rows - 1);
+        seen_prefill |= !s.decode;
+        if (s.decode) n_dec += s.rows;
+        T += s.rows;
+        n_logit_rows += s.logits == Logits::all ? s.rows : s.logits == Logits::last && s.rows > 0 ? 1 : 0;
+    }
+    FASTVLM_CHECK(T <= ws.rows, "forward_batch: ", T, " rows exceed the workspace of ", ws.rows, " rows");
+    if (T == 0) return;
+    for (const auto& s : seqs) s.kv->ensure(s.kv->size() + s.rows);
+    run_layers(x, seqs, T, n_dec, ws, rope, pool, hook, hook_row0);
+    if (n_logit_rows == 0) return;
+    // Final norm + head. `last` rows of every sequence gathered and run as GEMV rows in one pass
+    // (lm_head streams once per step); an `all` sequence (alone in its batch) through the GEMM.
+    const float eps = float(cfg_.rms_norm_eps);
+    float* xn = ws.xn.data();
+    if (seqs.size() == 1 && seqs[0].logits == Logits::all) {
+        rms_norm(x, xn, T, H, final_norm_.data(), eps, pool);
+        if (hook) hook(int(num_layers()), hook_row0, T, xn);
+        head_.forward(xn, T, H, logits, V, pool);
+        return;
+    }
+    Index r = 0, out = 0;
+    for (const auto& s : seqs) {
+        if (s.logits == Logits::last && s.rows > 0) {
+            rms_norm(x + (r + s.rows - 1) * H, xn + out * H, 1, H, final_norm_.data(), eps, pool);
+            if (hook) hook(int(num_layers()), hook_row0 + r + s.rows - 1, 1, xn + out * H);
+            ++out;
+        }
+        r += s.rows;
+    }
+    head_.forward(xn, out, H, logits, V, pool, {.rows = RowKernel::gemv});
+}
+
+template <class Policy>
+void Qwen2<Policy>::run_layers(float* x, std::span<const BatchSeq> seqs, Index T, Index n_dec, DecoderWorkspace& ws,
+                               const RopeTable& rope, ThreadPool* pool, const HiddenHook& hook, Index hook_row0) const {
+    const Index H = cfg_.hidden_size, I = cfg_.intermediate_size, kvd = cfg_.kv_dim();
+    const Index Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, d = cfg_.head_dim;
+    const Index qd = Hq * d, nqkv = qd + 2 * kvd;
+    const float eps = float(cfg_.rms_norm_eps);
+    const AttentionDims dims{Hq, Hkv, d};
+    const bool bf16_kv = seqs.front().kv->pool().type() == KVType::bf16;
+    for (const auto& s : seqs)
+        FASTVLM_CHECK((s.kv->pool().type() == KVType::bf16) == bf16_kv, "forward_batch: KV caches of one batch must share a type");
+    float *xn = ws.xn.data(), *qkv = ws.qkv.data(), *att = ws.att.data(), *mlp = ws.mlp.data();
+    for (Index l = 0; l < num_layers(); ++l) {
+        const Block& b = blocks_[std::size_t(l)];
+        // attention
+        rms_norm(x, xn, T, H, b.in_norm.data(), eps, pool);
+        linear_rows(b.qkv, xn, T, n_dec, H, qkv, nqkv, pool);
+        Index r = 0;
+        for (const auto& s : seqs) {
+            rope.apply(qkv + r * nqkv, s.rows, nqkv, Hq, s.kv->size());
+            rope.apply(qkv + r * nqkv + qd, s.rows, nqkv, Hkv, s.kv->size());
+            r += s.rows;
+        }
+        if (bf16_kv) {
+            store_kv<bf16>(qkv, nqkv, qd, l, seqs);
+            attend<bf16>(qkv, nqkv, att, qd, l, seqs, dims, pool);
+        } else {
+            store_kv<float>(qkv, nqkv, qd, l, seqs);
+            attend<float>(qkv, nqkv, att, qd, l, seqs, dims, pool);
+        }
+        linear_rows(b.o, att, T, n_dec, qd, x, H, pool, true);
+        // MLP
+        rms_norm(x, xn, T, H, b.post_norm.data(), eps, pool);
+        linear_rows(b.gate_up, xn, T, n_dec, H, mlp, 2 * I, pool);
+        parallel_for(pool, std::size_t(T), 1, [&](std::size_t t0, std::size_t t1) {
+            for (std::size_t t = t0; t < t1; ++t) silu_mul(mlp + Index(t) * 2 * I, mlp + Index(t) * 2 * I + I, std::size_t(I));
+        });
+        linear_rows(b.down, mlp, T, n_dec, 2 * I, x, H, pool, true);
+        if (hook) hook(int(l), hook_row0, T, x);
+    }
+    for (const auto& s : seqs) s.kv->advance(s.rows);
+}
 
 }  // namespace fastvlm::text
