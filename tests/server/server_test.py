@@ -12,8 +12,9 @@
    a malformed HTTP request; 404 for an unknown route; 413 for a body over --max-body-mb; a client
    that disconnects mid-stream (its request is cancelled and its KV pages freed at once). A second
    server (--parallel 1 --max-queue 0 --timeout-s 0.1): 429 with Retry-After while it is busy, 504 on
-   timeout. After all of it, the first server still answers right and /metrics shows no KV page
-   in use.
+   timeout. After all of it, the first server still answers right (and a second question about the
+   first image reuses the prefix KV: cached_tokens > 0, no vision) and /metrics shows no KV page in use
+   but the prefix cache's.
 3. Without --errors-only: the `openai` npm client (tests/server/openai_client.cjs) — plain and
    streaming requests with base64 images, then 32 concurrent streaming clients; every answer equals
    the reference.
