@@ -137,7 +137,7 @@ template <class W, class A>
 std::vector<Path> paths_to_test() {
     std::vector<Path> out;
     Linear<W, A> probe;
-    for (Path p : {Path::scalar, Path::simd, Path::avx512_bf16, Path::avx512_vnni}) {
+    for (Path p : {Path::scalar, Path::simd, Path::avx512_bf16, Path::avx512_vnni, Path::avx2_int8}) {
         try {
             probe.set_path(p);
             out.push_back(p);
@@ -307,6 +307,12 @@ TEST(Matmul, BestPathOnThisCpu) {
     if (cpu().avx512vnni) {
         EXPECT_EQ((Linear<fmt::Q8, fmt::Q8>(w.data(), 8, 8).path()), Path::avx512_vnni);
         EXPECT_EQ((Linear<fmt::Q4, fmt::Q8>(w.data(), 8, 8).path()), Path::avx512_vnni);
+    }
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    if (!detail::mm::have_avx512_vnni() && cpu().avx2 && cpu().fma && cpu().f16c) {  // e.g. AMD Zen 3
+        EXPECT_EQ((Linear<fmt::Q8, fmt::Q8>(w.data(), 8, 8).path()), Path::avx2_int8);
+        EXPECT_EQ((Linear<fmt::Q4, fmt::Q8>(w.data(), 8, 8).path()), Path::avx2_int8);
     }
 #endif
     Linear<fmt::F32> f(w.data(), 8, 8);

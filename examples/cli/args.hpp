@@ -126,7 +126,7 @@ inline void print_limits() {
                 "name", "default", "(range) meaning", io::describe_limits().c_str());
 }
 
-// --image-cache-mb and --prefix-cache-mb: the engine's caches (docs/engine.md, "Caches").
+// --image-cache-mb and --prefix-cache-mb: the engine's caches (docs/api.md: image-feature cache, prefix KV reuse).
 inline std::vector<Option> cache_options(const char* image_help) {
     return {{"image-cache-mb", "N", image_help},
             {"prefix-cache-mb", "N",

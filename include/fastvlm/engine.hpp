@@ -791,30 +791,13 @@ private:
         }
         std::erase(running_, nullptr);
     }
-    // Embeds the prompt positions still to run, [prefilled, T) (an adopted prefix is skipped).
+    // Embeds the prompt positions still to run, [prefilled, T) (images inside an adopted prefix have no tokens).
     void to_prefill(Seq& s) {
-        const auto& dec = model_.decoder();
-        const Index H = dec.hidden_size();
+        std::vector<TensorView<const float, 2>> views(s.pixels.size());
+        for (std::size_t i = 0; i < s.img_tokens.size(); ++i)
+            if (s.img_tokens[i]) views[i] = s.img_tokens[i]->view();
         s.x0 = s.prefilled;
-        s.x = Tensor<float, 2>({s.T - s.x0, H});
-        Index pos = 0;
-        std::size_t k = 0;
-        for (auto id : s.ids) {
-            if (id == text::kImageTokenIndex) {
-                const Index n = Index(model_.config().vision.num_tokens());
-                if (pos + n > s.x0) {
-                    const auto& t = s.img_tokens.at(k);
-                    FASTVLM_CHECK(t && t->dim(0) == n && t->dim(1) == H, "image ", k + 1, ": tokens missing or of the wrong shape");
-                    const Index from = std::max<Index>(s.x0 - pos, 0);
-                    std::copy_n(t->data() + from * H, (n - from) * H, s.x.data() + (pos + from - s.x0) * H);
-                }
-                pos += n;
-                ++k;
-            } else {
-                if (pos >= s.x0) dec.embed(id, s.x.data() + (pos - s.x0) * H);
-                ++pos;
-            }
-        }
+        s.x = model_.embed_prompt(s.ids, views, s.x0);
         s.img_tokens.clear();
         s.pixels.clear();
         s.phase = Phase::prefill;
@@ -823,22 +806,11 @@ private:
     // at least the last prompt position is left to compute); images entirely inside it need no vision.
     void adopt_prefix(Seq& s) {
         if (s.pos_keys.empty()) return;
-        const auto got = prefix_->match(s.pos_keys, s.T - 1);
-        if (got.positions(kv_->page_positions()) == 0) {
+        s.prefilled = prefix_->adopt_into(*s.kv, s.pos_keys, s.T - 1);
+        if (s.prefilled == 0) {
             m_.prefix_misses->add();
             return;
         }
-        s.kv->adopt_prefix(got.pages);
-        if (got.partial) {
-            try {
-                s.kv->adopt_partial(got.partial, got.partial_len);
-            } catch (...) {
-                prefix_->done_with(got.partial);
-                throw;
-            }
-            prefix_->done_with(got.partial);
-        }
-        s.prefilled = s.kv->size();
         const Index n = Index(model_.config().vision.num_tokens());
         for (std::size_t i = 0; i < s.img_pos.size(); ++i)
             if (s.img_pos[i] + n <= s.prefilled) s.pixels[i].reset();
@@ -847,7 +819,7 @@ private:
         m_.prefix_hits->add();
         m_.prefix_positions->add(std::uint64_t(s.prefilled));
     }
-    // When a sequence ends well: the prefix cache keeps its whole pages (prompt and generated tokens).
+    // When a sequence ends well: the prefix cache keeps its pages (prompt and generated tokens fed back).
     void keep_prefix(Seq& s) {
         if (s.pos_keys.empty()) return;
         std::vector<std::uint64_t> keys = s.pos_keys;

@@ -260,33 +260,43 @@ public:
         return parts().projector.forward(features, pool ? pool : this->pool());
     }
 
-    // [T, hidden] decoder input of a prompt: text ids embedded, the k-th −200 slot replaced by the
-    // rows of images[k] (spec §5.3; several images as mlx-vlm does for FastVLM). Errors name the
-    // placeholder count and the shapes.
-    Tensor<float, 2> embed_prompt(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images) const {
+    // [T − from, hidden] decoder input of a prompt's positions [from, T): text ids embedded, the k-th
+    // −200 slot replaced by the rows of images[k] (spec §5.3; several images as mlx-vlm does for
+    // FastVLM). An image whose positions all lie before `from` (a prefix whose KV is already there)
+    // may be an empty view: it stands for num_tokens() positions. Errors name the placeholder count
+    // and the shapes.
+    Tensor<float, 2> embed_prompt(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
+                                  Index from = 0) const {
         const auto& dec = decoder();
         const Index H = dec.hidden_size();
         const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
         FASTVLM_CHECK(n_img == Index(images.size()), "the prompt has ", n_img, " image placeholder", n_img == 1 ? "" : "s",
                       " (<image> / ", text::kImageTokenIndex, ") but ", images.size(), " image", images.size() == 1 ? " was" : "s were",
                       " given");
+        auto rows = [&](const TensorView<const float, 2>& im) { return im.data() ? im.dim(0) : Index(config().vision.num_tokens()); };
         Index T = Index(ids.size()) - n_img;
         for (const auto& im : images) {
-            FASTVLM_CHECK(im.dim(1) == H && im.is_contiguous(), "image tokens have shape ", shape_str(im.shape()),
+            FASTVLM_CHECK(!im.data() || (im.dim(1) == H && im.is_contiguous()), "image tokens have shape ", shape_str(im.shape()),
                           ", expected [N, ", H, "] (hidden_size)");
-            T += im.dim(0);
+            T += rows(im);
         }
-        Tensor<float, 2> x({T, H});
-        Index row = 0;
+        FASTVLM_CHECK(from >= 0 && from <= T, "embed_prompt: position ", from, " is outside the prompt's ", T, " positions");
+        Tensor<float, 2> x({T - from, H});
+        Index pos = 0;
         std::size_t k = 0;
         for (auto id : ids) {
             if (id == text::kImageTokenIndex) {
                 const auto& im = images[k++];
-                std::copy_n(im.data(), im.dim(0) * H, x.data() + row * H);
-                row += im.dim(0);
+                const Index n = rows(im);
+                if (pos + n > from) {
+                    FASTVLM_CHECK(im.data(), "image ", k, " of the prompt has no tokens but is not before position ", from);
+                    const Index skip = std::max<Index>(from - pos, 0);
+                    std::copy_n(im.data() + skip * H, (n - skip) * H, x.data() + (pos + skip - from) * H);
+                }
+                pos += n;
             } else {
-                dec.embed(id, x.data() + row * H);
-                ++row;
+                if (pos >= from) dec.embed(id, x.data() + (pos - from) * H);
+                ++pos;
             }
         }
         return x;

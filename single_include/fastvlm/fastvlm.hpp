@@ -1037,6 +1037,15 @@ inline void convert(const float* src, bf16* dst, std::size_t n) {
         __m256bh h = _mm512_cvtneps_pbh(v);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), std::bit_cast<__m256i>(h));
     }
+#elif defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) {  // to_bf16 on 8 lanes: u + 0x7fff + lsb, NaN → (u | quiet bit)
+        const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        const __m256i rnd = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+        const __m256i r = _mm256_srli_epi32(_mm256_blendv_epi8(rnd, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan), 16);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+    }
 #endif
     for (; i < n; ++i) dst[i] = to_bf16(src[i]);
 }
@@ -1518,7 +1527,8 @@ inline void attention_gqa(const float* q, Index ldq, const float* k, const float
 // Sharing (the engine's prefix cache, engine/prefix_cache.hpp): a page may have several holders
 // (retain() adds one, put_page() drops one; the page is free when the last one drops it). Only full
 // pages are shared and their holders never write into them: a sequence that adopts a shared prefix
-// writes from the position after it, into pages of its own (append-only sharing, no copy). Every
+// writes from the position after it, into pages of its own (append-only sharing, no copy; a prefix
+// that ends inside a page gets a copy of that page: adopt_partial). Every
 // holder keeps a reservation for each page it holds, so the pages in use never exceed the budget.
 //
 // Page layout (E = float or bf16): K[layer][pos in page][kv_dim], then V[layer][pos in page][kv_dim].
@@ -1736,7 +1746,7 @@ public:
         std::memcpy(pages_.back(), src, pool_->page_bytes());
         size_ += n;
     }
-    // The page holding position `pos` (for the prefix cache).
+    // The i-th page of the sequence (for the prefix cache).
     void* page(Index i) const { return pages_.at(std::size_t(i)); }
     // Hands one page's reservation to another holder (the prefix cache, which keeps one of this
     // sequence's pages after it ends). Only for a sequence that is ending: it must take no page after.
@@ -1862,7 +1872,7 @@ inline std::uint64_t image_position_key(const ImageKey& k, Index j) {
 class PrefixCache {
 public:
     struct Stats {
-        std::uint64_t hits = 0, misses = 0;  // lookups that adopted at least one page, and the others
+        std::uint64_t hits = 0, misses = 0;  // lookups that found at least one position, and the others
         std::uint64_t hit_positions = 0;     // positions adopted (prefill not run for them)
         std::uint64_t inserted_pages = 0, evictions = 0;
         Index pages = 0, max_pages = 0;  // held now, most held
@@ -1878,7 +1888,6 @@ public:
     }
 
     bool enabled() const { return max_pages_ > 0; }
-    Index page_positions() const { return pool_->page_positions(); }
 
     // The longest cached prefix of `keys`, at most `limit` positions (the caller keeps at least one
     // position to compute): whole pages to adopt, then optionally the first `partial_len` positions of
@@ -1938,6 +1947,25 @@ public:
     void release(const Match& m) {
         for (void* p : m.pages) pool_->put_page(p);
         done_with(m.partial);
+    }
+    // match() into an empty sequence: it adopts the whole pages and copies the partial one. Returns the
+    // positions it now holds (0 on a miss).
+    Index adopt_into(text::KVSeq& seq, std::span<const std::uint64_t> keys, Index limit) {
+        const Match m = match(keys, limit);
+        try {
+            seq.adopt_prefix(m.pages);  // takes over the holds of the whole pages
+        } catch (...) {
+            release(m);
+            throw;
+        }
+        try {
+            if (m.partial) seq.adopt_partial(m.partial, m.partial_len);
+        } catch (...) {
+            done_with(m.partial);
+            throw;
+        }
+        done_with(m.partial);
+        return seq.size();
     }
 
     // Keeps the pages of a sequence that ended: `keys` name its positions [0, seq.size()); its last
@@ -4735,6 +4763,7 @@ enum class Path {
     simd,         // xsimd, best architecture compiled in (float FMA)
     avx512_bf16,  // vdpbf16ps (BF16 x BF16)
     avx512_vnni,  // vpdpbusd (Q8/Q4 x Q8)
+    avx2_int8,    // vpmaddubsw + vpmaddwd (Q8/Q4 x Q8) where there is no AVX-512 VNNI
 };
 inline const char* path_name(Path p) {
     switch (p) {
@@ -4742,6 +4771,7 @@ inline const char* path_name(Path p) {
         case Path::simd: return "simd";
         case Path::avx512_bf16: return "avx512_bf16";
         case Path::avx512_vnni: return "avx512_vnni";
+        case Path::avx2_int8: return "avx2_int8";
     }
     return "?";
 }
@@ -4749,6 +4779,13 @@ inline const char* path_name(Path p) {
 inline bool have_avx512_bf16() {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
     return cpu().avx512f && cpu().avx512bf16;
+#else
+    return false;
+#endif
+}
+inline bool have_avx2_int8() {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    return cpu().avx2 && cpu().fma && cpu().f16c;
 #else
     return false;
 #endif
@@ -5521,7 +5558,8 @@ struct ImplBF16 {
 // Activations: each row of X quantized on the fly to blocks of 32: d = amax/127 (f32),
 // q = round_to_nearest_even(x·127/amax) (int8), and corr = −c·Σq (c = 128 for Q8, 8 for Q4), so
 //   Σ_j w_j x_j = d_w · d_x · (Σ_j u_j q_j + corr)        with u the stored unsigned weight byte.
-// vpdpbusd multiplies unsigned (weights) by signed (activations) bytes; floats only per block.
+// vpdpbusd multiplies unsigned (weights) by signed (activations) bytes; floats only per block. Without
+// AVX-512 VNNI the same layout runs on AVX2's vpmaddubsw (see ukr_q_avx2).
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -5769,6 +5807,42 @@ inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* 
         d[b] = amax / 127.f;
         corr[b] = -c * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     }
+#elif defined(__AVX2__)
+    const Index kb = ceil_div(k, kQB);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+    alignas(32) float tail[kQBlock];
+    for (Index b = 0; b < kb; ++b) {
+        const float* xb = x + b * kQB;
+        if (k - b * kQB < kQB) {  // the last, partial block: zero-padded as the reference does
+            std::fill(tail, tail + kQB, 0.f);
+            std::copy(xb, x + k, tail);
+            xb = tail;
+        }
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) m = _mm256_max_ps(_mm256_and_ps(v[i] = _mm256_loadu_ps(xb + 8 * i), absmask), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);  // vmaxps(NaN, m) = m: NaN drops out as in std::max
+        const __m256 id = _mm256_set1_ps(act_scale(amax));
+        __m256i qi[4], sum = _mm256_setzero_si256();
+        for (int i = 0; i < 4; ++i) {  // as act_q: NaN → 0, saturate to ±127, round to nearest even
+            __m256 y = _mm256_mul_ps(v[i], id);
+            y = _mm256_and_ps(y, _mm256_cmp_ps(y, y, _CMP_ORD_Q));
+            qi[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y, lo), hi));
+            sum = _mm256_add_epi32(sum, qi[i]);
+        }
+        // int32 → int8 (values already in ±127): the packs interleave 128-bit lanes; one permute restores order
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQB),
+                            _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        d[b] = amax / 127.f;
+        corr[b] = -c * _mm_cvtsi128_si32(s4);
+    }
 #else
     quantize_act_ref(x, k, c, q, d, corr);
 #endif
@@ -5976,11 +6050,152 @@ inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float*
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// AVX2 (no VNNI): vpmaddubsw multiplies unsigned by signed bytes into saturating int16 pairs, so each
+// pair must stay below 2^15. Q8: the stored bytes u = q + 128 are turned back into signed q (u ^ 0x80)
+// and the sign of x moves onto them: |x|·(±q) pairs ≤ 2·127·127 = 32 258 — exact, and no zero-point
+// correction (corr is not used). Q4: u ≤ 15, so u·x pairs (≤ 3 810) of a whole block are summed in int16
+// (≤ 30 480) before one vpmaddwd; corr is added as with VNNI. A 16-column panel is two ymm halves.
+namespace qa {
+inline __m256 f16x8(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+// Σ over byte quads of q(w)·x into int32 lanes: w holds stored Q8 bytes, xb four activations per dword.
+inline __m256i dot_q8(__m256i w, __m256i xb, __m256i ax) {
+    const __m256i sw = _mm256_sign_epi8(_mm256_xor_si256(w, _mm256_set1_epi8(char(0x80))), xb);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1));
+}
+}  // namespace qa
+
+template <bool Q4, int MR, int NV>
+inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
+                       const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
+                       float* __restrict tile, Index ldt) {
+    const Index lda = kb * kQB;
+    __m256 facc[MR][NV][2];
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) facc[r][v][0] = facc[r][v][1] = _mm256_setzero_ps();
+    for (Index b = 0; b < nb; ++b) {
+        __m256i ia[MR][NV][2];
+        const std::uint8_t* w = qblock<Q4>(bp, b);
+        const std::int8_t* x = aq + b * kQB;
+        if constexpr (Q4) {
+            const __m256i lo4 = _mm256_set1_epi8(0x0f);
+            __m256i s16[MR][NV][2];
+            for (int r = 0; r < MR; ++r)
+                for (int v = 0; v < NV; ++v) s16[r][v][0] = s16[r][v][1] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; ++t) {
+                __m256i wl[NV][2], wh[NV][2];
+                for (int v = 0; v < NV; ++v)
+                    for (int h = 0; h < 2; ++h) {
+                        const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + v * ps + t * 64 + h * 32));
+                        wl[v][h] = _mm256_and_si256(raw, lo4);
+                        wh[v][h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4);
+                    }
+                for (int r = 0; r < MR; ++r) {
+                    std::int32_t xl, xh;
+                    std::memcpy(&xl, x + r * lda + 4 * t, 4);
+                    std::memcpy(&xh, x + r * lda + 16 + 4 * t, 4);
+                    const __m256i bl = _mm256_set1_epi32(xl), bh = _mm256_set1_epi32(xh);
+                    for (int v = 0; v < NV; ++v)
+                        for (int h = 0; h < 2; ++h)
+                            s16[r][v][h] = _mm256_add_epi16(s16[r][v][h], _mm256_add_epi16(_mm256_maddubs_epi16(wl[v][h], bl),
+                                                                                           _mm256_maddubs_epi16(wh[v][h], bh)));
+                }
+            }
+            for (int r = 0; r < MR; ++r) {
+                const __m256i c0 = _mm256_set1_epi32(ac[r * kb + b]);
+                for (int v = 0; v < NV; ++v)
+                    for (int h = 0; h < 2; ++h) ia[r][v][h] = _mm256_add_epi32(c0, _mm256_madd_epi16(s16[r][v][h], _mm256_set1_epi16(1)));
+            }
+        } else {
+            for (int r = 0; r < MR; ++r)
+                for (int v = 0; v < NV; ++v) ia[r][v][0] = ia[r][v][1] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; ++t) {
+                __m256i wv[NV][2];
+                for (int v = 0; v < NV; ++v)
+                    for (int h = 0; h < 2; ++h) wv[v][h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + v * ps + t * 64 + h * 32));
+                for (int r = 0; r < MR; ++r) {
+                    std::int32_t xv;
+                    std::memcpy(&xv, x + r * lda + 4 * t, 4);
+                    const __m256i bx = _mm256_set1_epi32(xv), ax = _mm256_sign_epi8(bx, bx);
+                    for (int v = 0; v < NV; ++v)
+                        for (int h = 0; h < 2; ++h) ia[r][v][h] = _mm256_add_epi32(ia[r][v][h], qa::dot_q8(wv[v][h], bx, ax));
+                }
+            }
+        }
+        __m256 dw[NV][2];
+        for (int v = 0; v < NV; ++v)
+            for (int h = 0; h < 2; ++h) dw[v][h] = (qa::f16x8(qscales<Q4>(bp + v * ps, b) + h * 8));
+        for (int r = 0; r < MR; ++r) {
+            const __m256 dx = _mm256_set1_ps(ad[r * kb + b]);
+            for (int v = 0; v < NV; ++v)
+                for (int h = 0; h < 2; ++h)
+                    facc[r][v][h] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ia[r][v][h]), dx), dw[v][h], facc[r][v][h]);
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v)
+            for (int h = 0; h < 2; ++h) _mm256_store_ps(tile + r * ldt + v * kPanel + h * 8, facc[r][v][h]);
+}
+
+// m = 1, one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves per 64 bytes.
+template <bool Q4>
+inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
+                        const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
+    using PQ = PackedQ<Q4>;
+    const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
+    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+    for (Index sb = 0; sb < nb / PQ::G; ++sb) {
+        const std::uint8_t* s = bp + sb * PQ::kSuperBytes;
+        for (Index o = 0; o < PQ::kSuperBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(s + o) + kStreamPrefetch, _MM_HINT_T0);
+        const __m256i* w = reinterpret_cast<const __m256i*>(s);
+        const f16* sc = reinterpret_cast<const f16*>(s + PQ::G * PQ::kBlockBytes);
+#pragma GCC unroll 4
+        for (Index g = 0; g < PQ::G; ++g) {
+            const Index b = sb * PQ::G + g;
+            const std::int32_t* xb = x4 + b * 8;
+            __m256i a0, a1;
+            if constexpr (Q4) {
+                const __m256i lo4 = _mm256_set1_epi8(0x0f);
+                __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; ++t) {
+                    const __m256i bl = _mm256_set1_epi32(xb[t]), bh = _mm256_set1_epi32(xb[t + 4]);
+                    const __m256i r0 = _mm256_load_si256(w + g * 8 + 2 * t), r1 = _mm256_load_si256(w + g * 8 + 2 * t + 1);
+                    s0 = _mm256_add_epi16(s0, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r0, lo4), bl),
+                                                               _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), lo4), bh)));
+                    s1 = _mm256_add_epi16(s1, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r1, lo4), bl),
+                                                               _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), lo4), bh)));
+                }
+                const __m256i c = _mm256_set1_epi32(xc[b]), one = _mm256_set1_epi16(1);
+                a0 = _mm256_add_epi32(c, _mm256_madd_epi16(s0, one));
+                a1 = _mm256_add_epi32(c, _mm256_madd_epi16(s1, one));
+            } else {
+                a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; ++t) {
+                    const __m256i bx = _mm256_set1_epi32(xb[t]), ax = _mm256_sign_epi8(bx, bx);
+                    a0 = _mm256_add_epi32(a0, qa::dot_q8(_mm256_load_si256(w + g * 16 + 2 * t), bx, ax));
+                    a1 = _mm256_add_epi32(a1, qa::dot_q8(_mm256_load_si256(w + g * 16 + 2 * t + 1), bx, ax));
+                }
+            }
+            const __m256 dx = _mm256_set1_ps(xd[b]);
+            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), _mm256_mul_ps((qa::f16x8(sc + g * kPanel)), dx), f0);
+            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_mul_ps((qa::f16x8(sc + g * kPanel + 8)), dx), f1);
+        }
+    }
+    _mm256_storeu_ps(out, f0);
+    _mm256_storeu_ps(out + 8, f1);
+}
+#endif
+
 // ---- the kernel type for the driver (K unit = one superblock of G blocks) -------------------------------
-template <bool Q4, bool Vnni>
+template <bool Q4, Path Pth>
 struct KernQ {
     using PQ = PackedQ<Q4>;
-    static constexpr int MR = 6, NV = 2;
+    static constexpr bool kAvx2 = Pth == Path::avx2_int8;  // 16 ymm registers: a 4 × 16 tile
+    static constexpr int MR = kAvx2 ? 4 : 6, NV = kAvx2 ? 1 : 2;
     const PQ* P;
     Index n, npanels;
     const float* bias;
@@ -6006,8 +6221,14 @@ struct KernQ {
     void call(Index nb, const APack& a, const BPack& b, float* tile, Index ldt) const {
         const Index kb = xq.kb, ps = P->panel_bytes();
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-        if constexpr (Vnni) {
+        if constexpr (Pth == Path::avx512_vnni) {
             ukr_q_vnni<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+            return;
+        }
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+        if constexpr (kAvx2) {
+            ukr_q_avx2<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
             return;
         }
 #endif
@@ -6021,8 +6242,14 @@ struct KernQ {
     void gemv_panels(const QRows& x1, Index p0, Index p1, float* out) const {
         for (Index p = p0; p < p1; ++p) {  // one panel = one sequential stream at a time
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-            if constexpr (Vnni) {
+            if constexpr (Pth == Path::avx512_vnni) {
                 gemv_q_vnni<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
+                continue;
+            }
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+            if constexpr (kAvx2) {
+                gemv_q_avx2<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
                 continue;
             }
 #endif
@@ -6034,18 +6261,20 @@ struct KernQ {
 template <bool Q4>
 struct ImplQ {
     PackedQ<Q4> P;
-    static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : Path::scalar; }
-    static bool supports(Path p) { return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()); }
+    static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : have_avx2_int8() ? Path::avx2_int8 : Path::scalar; }
+    static bool supports(Path p) {
+        return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()) || (p == Path::avx2_int8 && have_avx2_int8());
+    }
     template <class Rows>
     void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
     void row(Index r, float* out) const { P.row(r, out); }
     std::size_t bytes() const { return P.bytes(); }
     Index npanels() const { return P.npanels; }
 
-    template <bool Vnni>
+    template <Path Pth>
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
              const float* bias) const {
-        using K = KernQ<Q4, Vnni>;
+        using K = KernQ<Q4, Pth>;
         const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<Q4>::kCorr, m > 1 ? pool : nullptr);
         K kern{&P, P.n, P.npanels, bias, xq};
         if (use_gemv(m, ep)) {
@@ -6058,8 +6287,11 @@ struct ImplQ {
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                  const Epilogue& ep, const float* bias) const {
-        if (path == Path::avx512_vnni) run<true>(x, m, ldx, y, ldy, pool, ep, bias);
-        else run<false>(x, m, ldx, y, ldy, pool, ep, bias);
+        switch (path) {
+            case Path::avx512_vnni: return run<Path::avx512_vnni>(x, m, ldx, y, ldy, pool, ep, bias);
+            case Path::avx2_int8: return run<Path::avx2_int8>(x, m, ldx, y, ldy, pool, ep, bias);
+            default: return run<Path::scalar>(x, m, ldx, y, ldy, pool, ep, bias);
+        }
     }
 };
 
@@ -9571,33 +9803,43 @@ public:
         return parts().projector.forward(features, pool ? pool : this->pool());
     }
 
-    // [T, hidden] decoder input of a prompt: text ids embedded, the k-th −200 slot replaced by the
-    // rows of images[k] (spec §5.3; several images as mlx-vlm does for FastVLM). Errors name the
-    // placeholder count and the shapes.
-    Tensor<float, 2> embed_prompt(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images) const {
+    // [T − from, hidden] decoder input of a prompt's positions [from, T): text ids embedded, the k-th
+    // −200 slot replaced by the rows of images[k] (spec §5.3; several images as mlx-vlm does for
+    // FastVLM). An image whose positions all lie before `from` (a prefix whose KV is already there)
+    // may be an empty view: it stands for num_tokens() positions. Errors name the placeholder count
+    // and the shapes.
+    Tensor<float, 2> embed_prompt(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
+                                  Index from = 0) const {
         const auto& dec = decoder();
         const Index H = dec.hidden_size();
         const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
         FASTVLM_CHECK(n_img == Index(images.size()), "the prompt has ", n_img, " image placeholder", n_img == 1 ? "" : "s",
                       " (<image> / ", text::kImageTokenIndex, ") but ", images.size(), " image", images.size() == 1 ? " was" : "s were",
                       " given");
+        auto rows = [&](const TensorView<const float, 2>& im) { return im.data() ? im.dim(0) : Index(config().vision.num_tokens()); };
         Index T = Index(ids.size()) - n_img;
         for (const auto& im : images) {
-            FASTVLM_CHECK(im.dim(1) == H && im.is_contiguous(), "image tokens have shape ", shape_str(im.shape()),
+            FASTVLM_CHECK(!im.data() || (im.dim(1) == H && im.is_contiguous()), "image tokens have shape ", shape_str(im.shape()),
                           ", expected [N, ", H, "] (hidden_size)");
-            T += im.dim(0);
+            T += rows(im);
         }
-        Tensor<float, 2> x({T, H});
-        Index row = 0;
+        FASTVLM_CHECK(from >= 0 && from <= T, "embed_prompt: position ", from, " is outside the prompt's ", T, " positions");
+        Tensor<float, 2> x({T - from, H});
+        Index pos = 0;
         std::size_t k = 0;
         for (auto id : ids) {
             if (id == text::kImageTokenIndex) {
                 const auto& im = images[k++];
-                std::copy_n(im.data(), im.dim(0) * H, x.data() + row * H);
-                row += im.dim(0);
+                const Index n = rows(im);
+                if (pos + n > from) {
+                    FASTVLM_CHECK(im.data(), "image ", k, " of the prompt has no tokens but is not before position ", from);
+                    const Index skip = std::max<Index>(from - pos, 0);
+                    std::copy_n(im.data() + skip * H, (n - skip) * H, x.data() + (pos + skip - from) * H);
+                }
+                pos += n;
             } else {
-                dec.embed(id, x.data() + row * H);
-                ++row;
+                if (pos >= from) dec.embed(id, x.data() + (pos - from) * H);
+                ++pos;
             }
         }
         return x;
@@ -10406,30 +10648,13 @@ private:
         }
         std::erase(running_, nullptr);
     }
-    // Embeds the prompt positions still to run, [prefilled, T) (an adopted prefix is skipped).
+    // Embeds the prompt positions still to run, [prefilled, T) (images inside an adopted prefix have no tokens).
     void to_prefill(Seq& s) {
-        const auto& dec = model_.decoder();
-        const Index H = dec.hidden_size();
+        std::vector<TensorView<const float, 2>> views(s.pixels.size());
+        for (std::size_t i = 0; i < s.img_tokens.size(); ++i)
+            if (s.img_tokens[i]) views[i] = s.img_tokens[i]->view();
         s.x0 = s.prefilled;
-        s.x = Tensor<float, 2>({s.T - s.x0, H});
-        Index pos = 0;
-        std::size_t k = 0;
-        for (auto id : s.ids) {
-            if (id == text::kImageTokenIndex) {
-                const Index n = Index(model_.config().vision.num_tokens());
-                if (pos + n > s.x0) {
-                    const auto& t = s.img_tokens.at(k);
-                    FASTVLM_CHECK(t && t->dim(0) == n && t->dim(1) == H, "image ", k + 1, ": tokens missing or of the wrong shape");
-                    const Index from = std::max<Index>(s.x0 - pos, 0);
-                    std::copy_n(t->data() + from * H, (n - from) * H, s.x.data() + (pos + from - s.x0) * H);
-                }
-                pos += n;
-                ++k;
-            } else {
-                if (pos >= s.x0) dec.embed(id, s.x.data() + (pos - s.x0) * H);
-                ++pos;
-            }
-        }
+        s.x = model_.embed_prompt(s.ids, views, s.x0);
         s.img_tokens.clear();
         s.pixels.clear();
         s.phase = Phase::prefill;
@@ -10438,22 +10663,11 @@ private:
     // at least the last prompt position is left to compute); images entirely inside it need no vision.
     void adopt_prefix(Seq& s) {
         if (s.pos_keys.empty()) return;
-        const auto got = prefix_->match(s.pos_keys, s.T - 1);
-        if (got.positions(kv_->page_positions()) == 0) {
+        s.prefilled = prefix_->adopt_into(*s.kv, s.pos_keys, s.T - 1);
+        if (s.prefilled == 0) {
             m_.prefix_misses->add();
             return;
         }
-        s.kv->adopt_prefix(got.pages);
-        if (got.partial) {
-            try {
-                s.kv->adopt_partial(got.partial, got.partial_len);
-            } catch (...) {
-                prefix_->done_with(got.partial);
-                throw;
-            }
-            prefix_->done_with(got.partial);
-        }
-        s.prefilled = s.kv->size();
         const Index n = Index(model_.config().vision.num_tokens());
         for (std::size_t i = 0; i < s.img_pos.size(); ++i)
             if (s.img_pos[i] + n <= s.prefilled) s.pixels[i].reset();
@@ -10462,7 +10676,7 @@ private:
         m_.prefix_hits->add();
         m_.prefix_positions->add(std::uint64_t(s.prefilled));
     }
-    // When a sequence ends well: the prefix cache keeps its whole pages (prompt and generated tokens).
+    // When a sequence ends well: the prefix cache keeps its pages (prompt and generated tokens fed back).
     void keep_prefix(Seq& s) {
         if (s.pos_keys.empty()) return;
         std::vector<std::uint64_t> keys = s.pos_keys;

@@ -110,6 +110,15 @@ inline void convert(const float* src, bf16* dst, std::size_t n) {
         __m256bh h = _mm512_cvtneps_pbh(v);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), std::bit_cast<__m256i>(h));
     }
+#elif defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) {  // to_bf16 on 8 lanes: u + 0x7fff + lsb, NaN → (u | quiet bit)
+        const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        const __m256i rnd = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+        const __m256i r = _mm256_srli_epi32(_mm256_blendv_epi8(rnd, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan), 16);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+    }
 #endif
     for (; i < n; ++i) dst[i] = to_bf16(src[i]);
 }

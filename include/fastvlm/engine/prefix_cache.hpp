@@ -44,7 +44,7 @@ inline std::uint64_t image_position_key(const ImageKey& k, Index j) {
 class PrefixCache {
 public:
     struct Stats {
-        std::uint64_t hits = 0, misses = 0;  // lookups that adopted at least one page, and the others
+        std::uint64_t hits = 0, misses = 0;  // lookups that found at least one position, and the others
         std::uint64_t hit_positions = 0;     // positions adopted (prefill not run for them)
         std::uint64_t inserted_pages = 0, evictions = 0;
         Index pages = 0, max_pages = 0;  // held now, most held
@@ -60,7 +60,6 @@ public:
     }
 
     bool enabled() const { return max_pages_ > 0; }
-    Index page_positions() const { return pool_->page_positions(); }
 
     // The longest cached prefix of `keys`, at most `limit` positions (the caller keeps at least one
     // position to compute): whole pages to adopt, then optionally the first `partial_len` positions of
@@ -120,6 +119,25 @@ public:
     void release(const Match& m) {
         for (void* p : m.pages) pool_->put_page(p);
         done_with(m.partial);
+    }
+    // match() into an empty sequence: it adopts the whole pages and copies the partial one. Returns the
+    // positions it now holds (0 on a miss).
+    Index adopt_into(text::KVSeq& seq, std::span<const std::uint64_t> keys, Index limit) {
+        const Match m = match(keys, limit);
+        try {
+            seq.adopt_prefix(m.pages);  // takes over the holds of the whole pages
+        } catch (...) {
+            release(m);
+            throw;
+        }
+        try {
+            if (m.partial) seq.adopt_partial(m.partial, m.partial_len);
+        } catch (...) {
+            done_with(m.partial);
+            throw;
+        }
+        done_with(m.partial);
+        return seq.size();
     }
 
     // Keeps the pages of a sequence that ended: `keys` name its positions [0, seq.size()); its last

@@ -12,7 +12,8 @@
 // Sharing (the engine's prefix cache, engine/prefix_cache.hpp): a page may have several holders
 // (retain() adds one, put_page() drops one; the page is free when the last one drops it). Only full
 // pages are shared and their holders never write into them: a sequence that adopts a shared prefix
-// writes from the position after it, into pages of its own (append-only sharing, no copy). Every
+// writes from the position after it, into pages of its own (append-only sharing, no copy; a prefix
+// that ends inside a page gets a copy of that page: adopt_partial). Every
 // holder keeps a reservation for each page it holds, so the pages in use never exceed the budget.
 //
 // Page layout (E = float or bf16): K[layer][pos in page][kv_dim], then V[layer][pos in page][kv_dim].
@@ -235,7 +236,7 @@ public:
         std::memcpy(pages_.back(), src, pool_->page_bytes());
         size_ += n;
     }
-    // The page holding position `pos` (for the prefix cache).
+    // The i-th page of the sequence (for the prefix cache).
     void* page(Index i) const { return pages_.at(std::size_t(i)); }
     // Hands one page's reservation to another holder (the prefix cache, which keeps one of this
     // sequence's pages after it ends). Only for a sequence that is ending: it must take no page after.

@@ -89,6 +89,7 @@ enum class Path {
     simd,         // xsimd, best architecture compiled in (float FMA)
     avx512_bf16,  // vdpbf16ps (BF16 x BF16)
     avx512_vnni,  // vpdpbusd (Q8/Q4 x Q8)
+    avx2_int8,    // vpmaddubsw + vpmaddwd (Q8/Q4 x Q8) where there is no AVX-512 VNNI
 };
 inline const char* path_name(Path p) {
     switch (p) {
@@ -96,6 +97,7 @@ inline const char* path_name(Path p) {
         case Path::simd: return "simd";
         case Path::avx512_bf16: return "avx512_bf16";
         case Path::avx512_vnni: return "avx512_vnni";
+        case Path::avx2_int8: return "avx2_int8";
     }
     return "?";
 }
@@ -103,6 +105,13 @@ inline const char* path_name(Path p) {
 inline bool have_avx512_bf16() {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
     return cpu().avx512f && cpu().avx512bf16;
+#else
+    return false;
+#endif
+}
+inline bool have_avx2_int8() {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    return cpu().avx2 && cpu().fma && cpu().f16c;
 #else
     return false;
 #endif

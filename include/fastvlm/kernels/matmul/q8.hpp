@@ -11,7 +11,8 @@
 // Activations: each row of X quantized on the fly to blocks of 32: d = amax/127 (f32),
 // q = round_to_nearest_even(x·127/amax) (int8), and corr = −c·Σq (c = 128 for Q8, 8 for Q4), so
 //   Σ_j w_j x_j = d_w · d_x · (Σ_j u_j q_j + corr)        with u the stored unsigned weight byte.
-// vpdpbusd multiplies unsigned (weights) by signed (activations) bytes; floats only per block.
+// vpdpbusd multiplies unsigned (weights) by signed (activations) bytes; floats only per block. Without
+// AVX-512 VNNI the same layout runs on AVX2's vpmaddubsw (see ukr_q_avx2).
 #pragma once
 #include <algorithm>
 #include <bit>
@@ -264,6 +265,42 @@ inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* 
         d[b] = amax / 127.f;
         corr[b] = -c * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     }
+#elif defined(__AVX2__)
+    const Index kb = ceil_div(k, kQB);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+    alignas(32) float tail[kQBlock];
+    for (Index b = 0; b < kb; ++b) {
+        const float* xb = x + b * kQB;
+        if (k - b * kQB < kQB) {  // the last, partial block: zero-padded as the reference does
+            std::fill(tail, tail + kQB, 0.f);
+            std::copy(xb, x + k, tail);
+            xb = tail;
+        }
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) m = _mm256_max_ps(_mm256_and_ps(v[i] = _mm256_loadu_ps(xb + 8 * i), absmask), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);  // vmaxps(NaN, m) = m: NaN drops out as in std::max
+        const __m256 id = _mm256_set1_ps(act_scale(amax));
+        __m256i qi[4], sum = _mm256_setzero_si256();
+        for (int i = 0; i < 4; ++i) {  // as act_q: NaN → 0, saturate to ±127, round to nearest even
+            __m256 y = _mm256_mul_ps(v[i], id);
+            y = _mm256_and_ps(y, _mm256_cmp_ps(y, y, _CMP_ORD_Q));
+            qi[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y, lo), hi));
+            sum = _mm256_add_epi32(sum, qi[i]);
+        }
+        // int32 → int8 (values already in ±127): the packs interleave 128-bit lanes; one permute restores order
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQB),
+                            _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        d[b] = amax / 127.f;
+        corr[b] = -c * _mm_cvtsi128_si32(s4);
+    }
 #else
     quantize_act_ref(x, k, c, q, d, corr);
 #endif
@@ -471,11 +508,152 @@ inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float*
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// AVX2 (no VNNI): vpmaddubsw multiplies unsigned by signed bytes into saturating int16 pairs, so each
+// pair must stay below 2^15. Q8: the stored bytes u = q + 128 are turned back into signed q (u ^ 0x80)
+// and the sign of x moves onto them: |x|·(±q) pairs ≤ 2·127·127 = 32 258 — exact, and no zero-point
+// correction (corr is not used). Q4: u ≤ 15, so u·x pairs (≤ 3 810) of a whole block are summed in int16
+// (≤ 30 480) before one vpmaddwd; corr is added as with VNNI. A 16-column panel is two ymm halves.
+namespace qa {
+inline __m256 f16x8(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+// Σ over byte quads of q(w)·x into int32 lanes: w holds stored Q8 bytes, xb four activations per dword.
+inline __m256i dot_q8(__m256i w, __m256i xb, __m256i ax) {
+    const __m256i sw = _mm256_sign_epi8(_mm256_xor_si256(w, _mm256_set1_epi8(char(0x80))), xb);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1));
+}
+}  // namespace qa
+
+template <bool Q4, int MR, int NV>
+inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
+                       const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
+                       float* __restrict tile, Index ldt) {
+    const Index lda = kb * kQB;
+    __m256 facc[MR][NV][2];
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) facc[r][v][0] = facc[r][v][1] = _mm256_setzero_ps();
+    for (Index b = 0; b < nb; ++b) {
+        __m256i ia[MR][NV][2];
+        const std::uint8_t* w = qblock<Q4>(bp, b);
+        const std::int8_t* x = aq + b * kQB;
+        if constexpr (Q4) {
+            const __m256i lo4 = _mm256_set1_epi8(0x0f);
+            __m256i s16[MR][NV][2];
+            for (int r = 0; r < MR; ++r)
+                for (int v = 0; v < NV; ++v) s16[r][v][0] = s16[r][v][1] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; ++t) {
+                __m256i wl[NV][2], wh[NV][2];
+                for (int v = 0; v < NV; ++v)
+                    for (int h = 0; h < 2; ++h) {
+                        const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + v * ps + t * 64 + h * 32));
+                        wl[v][h] = _mm256_and_si256(raw, lo4);
+                        wh[v][h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4);
+                    }
+                for (int r = 0; r < MR; ++r) {
+                    std::int32_t xl, xh;
+                    std::memcpy(&xl, x + r * lda + 4 * t, 4);
+                    std::memcpy(&xh, x + r * lda + 16 + 4 * t, 4);
+                    const __m256i bl = _mm256_set1_epi32(xl), bh = _mm256_set1_epi32(xh);
+                    for (int v = 0; v < NV; ++v)
+                        for (int h = 0; h < 2; ++h)
+                            s16[r][v][h] = _mm256_add_epi16(s16[r][v][h], _mm256_add_epi16(_mm256_maddubs_epi16(wl[v][h], bl),
+                                                                                           _mm256_maddubs_epi16(wh[v][h], bh)));
+                }
+            }
+            for (int r = 0; r < MR; ++r) {
+                const __m256i c0 = _mm256_set1_epi32(ac[r * kb + b]);
+                for (int v = 0; v < NV; ++v)
+                    for (int h = 0; h < 2; ++h) ia[r][v][h] = _mm256_add_epi32(c0, _mm256_madd_epi16(s16[r][v][h], _mm256_set1_epi16(1)));
+            }
+        } else {
+            for (int r = 0; r < MR; ++r)
+                for (int v = 0; v < NV; ++v) ia[r][v][0] = ia[r][v][1] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; ++t) {
+                __m256i wv[NV][2];
+                for (int v = 0; v < NV; ++v)
+                    for (int h = 0; h < 2; ++h) wv[v][h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + v * ps + t * 64 + h * 32));
+                for (int r = 0; r < MR; ++r) {
+                    std::int32_t xv;
+                    std::memcpy(&xv, x + r * lda + 4 * t, 4);
+                    const __m256i bx = _mm256_set1_epi32(xv), ax = _mm256_sign_epi8(bx, bx);
+                    for (int v = 0; v < NV; ++v)
+                        for (int h = 0; h < 2; ++h) ia[r][v][h] = _mm256_add_epi32(ia[r][v][h], qa::dot_q8(wv[v][h], bx, ax));
+                }
+            }
+        }
+        __m256 dw[NV][2];
+        for (int v = 0; v < NV; ++v)
+            for (int h = 0; h < 2; ++h) dw[v][h] = (qa::f16x8(qscales<Q4>(bp + v * ps, b) + h * 8));
+        for (int r = 0; r < MR; ++r) {
+            const __m256 dx = _mm256_set1_ps(ad[r * kb + b]);
+            for (int v = 0; v < NV; ++v)
+                for (int h = 0; h < 2; ++h)
+                    facc[r][v][h] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ia[r][v][h]), dx), dw[v][h], facc[r][v][h]);
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v)
+            for (int h = 0; h < 2; ++h) _mm256_store_ps(tile + r * ldt + v * kPanel + h * 8, facc[r][v][h]);
+}
+
+// m = 1, one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves per 64 bytes.
+template <bool Q4>
+inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
+                        const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
+    using PQ = PackedQ<Q4>;
+    const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
+    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+    for (Index sb = 0; sb < nb / PQ::G; ++sb) {
+        const std::uint8_t* s = bp + sb * PQ::kSuperBytes;
+        for (Index o = 0; o < PQ::kSuperBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(s + o) + kStreamPrefetch, _MM_HINT_T0);
+        const __m256i* w = reinterpret_cast<const __m256i*>(s);
+        const f16* sc = reinterpret_cast<const f16*>(s + PQ::G * PQ::kBlockBytes);
+#pragma GCC unroll 4
+        for (Index g = 0; g < PQ::G; ++g) {
+            const Index b = sb * PQ::G + g;
+            const std::int32_t* xb = x4 + b * 8;
+            __m256i a0, a1;
+            if constexpr (Q4) {
+                const __m256i lo4 = _mm256_set1_epi8(0x0f);
+                __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; ++t) {
+                    const __m256i bl = _mm256_set1_epi32(xb[t]), bh = _mm256_set1_epi32(xb[t + 4]);
+                    const __m256i r0 = _mm256_load_si256(w + g * 8 + 2 * t), r1 = _mm256_load_si256(w + g * 8 + 2 * t + 1);
+                    s0 = _mm256_add_epi16(s0, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r0, lo4), bl),
+                                                               _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), lo4), bh)));
+                    s1 = _mm256_add_epi16(s1, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r1, lo4), bl),
+                                                               _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), lo4), bh)));
+                }
+                const __m256i c = _mm256_set1_epi32(xc[b]), one = _mm256_set1_epi16(1);
+                a0 = _mm256_add_epi32(c, _mm256_madd_epi16(s0, one));
+                a1 = _mm256_add_epi32(c, _mm256_madd_epi16(s1, one));
+            } else {
+                a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; ++t) {
+                    const __m256i bx = _mm256_set1_epi32(xb[t]), ax = _mm256_sign_epi8(bx, bx);
+                    a0 = _mm256_add_epi32(a0, qa::dot_q8(_mm256_load_si256(w + g * 16 + 2 * t), bx, ax));
+                    a1 = _mm256_add_epi32(a1, qa::dot_q8(_mm256_load_si256(w + g * 16 + 2 * t + 1), bx, ax));
+                }
+            }
+            const __m256 dx = _mm256_set1_ps(xd[b]);
+            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), _mm256_mul_ps((qa::f16x8(sc + g * kPanel)), dx), f0);
+            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_mul_ps((qa::f16x8(sc + g * kPanel + 8)), dx), f1);
+        }
+    }
+    _mm256_storeu_ps(out, f0);
+    _mm256_storeu_ps(out + 8, f1);
+}
+#endif
+
 // ---- the kernel type for the driver (K unit = one superblock of G blocks) -------------------------------
-template <bool Q4, bool Vnni>
+template <bool Q4, Path Pth>
 struct KernQ {
     using PQ = PackedQ<Q4>;
-    static constexpr int MR = 6, NV = 2;
+    static constexpr bool kAvx2 = Pth == Path::avx2_int8;  // 16 ymm registers: a 4 × 16 tile
+    static constexpr int MR = kAvx2 ? 4 : 6, NV = kAvx2 ? 1 : 2;
     const PQ* P;
     Index n, npanels;
     const float* bias;
@@ -501,8 +679,14 @@ struct KernQ {
     void call(Index nb, const APack& a, const BPack& b, float* tile, Index ldt) const {
         const Index kb = xq.kb, ps = P->panel_bytes();
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-        if constexpr (Vnni) {
+        if constexpr (Pth == Path::avx512_vnni) {
             ukr_q_vnni<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+            return;
+        }
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+        if constexpr (kAvx2) {
+            ukr_q_avx2<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
             return;
         }
 #endif
@@ -516,8 +700,14 @@ struct KernQ {
     void gemv_panels(const QRows& x1, Index p0, Index p1, float* out) const {
         for (Index p = p0; p < p1; ++p) {  // one panel = one sequential stream at a time
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-            if constexpr (Vnni) {
+            if constexpr (Pth == Path::avx512_vnni) {
                 gemv_q_vnni<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
+                continue;
+            }
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+            if constexpr (kAvx2) {
+                gemv_q_avx2<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
                 continue;
             }
 #endif
@@ -529,18 +719,20 @@ struct KernQ {
 template <bool Q4>
 struct ImplQ {
     PackedQ<Q4> P;
-    static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : Path::scalar; }
-    static bool supports(Path p) { return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()); }
+    static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : have_avx2_int8() ? Path::avx2_int8 : Path::scalar; }
+    static bool supports(Path p) {
+        return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()) || (p == Path::avx2_int8 && have_avx2_int8());
+    }
     template <class Rows>
     void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
     void row(Index r, float* out) const { P.row(r, out); }
     std::size_t bytes() const { return P.bytes(); }
     Index npanels() const { return P.npanels; }
 
-    template <bool Vnni>
+    template <Path Pth>
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
              const float* bias) const {
-        using K = KernQ<Q4, Vnni>;
+        using K = KernQ<Q4, Pth>;
         const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<Q4>::kCorr, m > 1 ? pool : nullptr);
         K kern{&P, P.n, P.npanels, bias, xq};
         if (use_gemv(m, ep)) {
@@ -553,8 +745,11 @@ struct ImplQ {
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                  const Epilogue& ep, const float* bias) const {
-        if (path == Path::avx512_vnni) run<true>(x, m, ldx, y, ldy, pool, ep, bias);
-        else run<false>(x, m, ldx, y, ldy, pool, ep, bias);
+        switch (path) {
+            case Path::avx512_vnni: return run<Path::avx512_vnni>(x, m, ldx, y, ldy, pool, ep, bias);
+            case Path::avx2_int8: return run<Path::avx2_int8>(x, m, ldx, y, ldy, pool, ep, bias);
+            default: return run<Path::scalar>(x, m, ldx, y, ldy, pool, ep, bias);
+        }
     }
 };
 
