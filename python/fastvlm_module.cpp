@@ -528,7 +528,7 @@ PYBIND11_MODULE(fastvlm, mod) {
     py::class_<PyModel, ModelPtr>(mod, "Model", "A loaded FastVLM model folder (Hugging Face layout).")
         .def(py::init([](const py::object& path, const std::string& precision, unsigned threads, Index context, int parallel,
                          const std::string& kv_cache, bool load_vision, double image_cache_mb, const py::object& limits,
-                         const py::object& prefix_cache_mb) {
+                         const py::object& prefix_cache_mb, int image_size) {
                  auto m = std::make_shared<PyModel>();
                  m->path = py::str(py::module_::import("os").attr("fspath")(path));
                  if (parallel < 1) raise_error("parallel must be >= 1, got " + std::to_string(parallel));
@@ -538,6 +538,7 @@ PYBIND11_MODULE(fastvlm, mod) {
                  o.context = context;
                  o.load_vision = load_vision;
                  o.kv_type = text::parse_kv_type(kv_cache);
+                 o.image_size = image_size;
                  if (!limits.is_none()) {
                      if (!py::isinstance<py::dict>(limits)) raise_error("limits must be a dict {name: value}");
                      for (auto [k, v] : py::cast<py::dict>(limits)) {
@@ -566,10 +567,11 @@ PYBIND11_MODULE(fastvlm, mod) {
              }),
              py::arg("path"), py::arg("precision") = "fp32", py::arg("threads") = 0, py::arg("context") = 0, py::arg("parallel") = 8,
              py::arg("kv_cache") = "bf16", py::arg("load_vision") = true, py::arg("image_cache_mb") = 256.0,
-             py::arg("limits") = py::none(), py::arg("prefix_cache_mb") = py::none(),
+             py::arg("limits") = py::none(), py::arg("prefix_cache_mb") = py::none(), py::arg("image_size") = 0,
              "Loads a model folder. precision: fp32, bf16, fp16, int8, int8_int4, int4; threads: 0 = all cores; "
              "parallel: requests decoded together by the model's engine; image_cache_mb: image-feature cache (0 = off); "
              "prefix_cache_mb: KV of ended requests reused by later ones that start the same (None = up to the KV budget, 0 = off); "
+             "image_size: the vision input side, a multiple of 64 (0 = the config's, 1024; smaller is faster, less accurate); "
              "limits: input limits by name, e.g. {'max_image_size': 4096, 'max_pixels': '256M'} (docs/reliability.md).")
         .def_property_readonly("path", [](const PyModel& m) { return m.path; })
         .def_property_readonly("precision", [](const PyModel& m) { return std::string(m.model->precision()); })

@@ -31,6 +31,7 @@ const std::vector<Option> kOptions = [] {
     {"kv-budget-mb", "N", "KV cache budget in MB (default: parallel x min(context, 4096) positions)"},
     {"image-cache-mb", "N", "image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"},
     {"kv-cache", "T", "KV cache storage: bf16 (default) or f32"},
+    cli::image_size_option(),
     {"context", "N", "most positions of one request (default: the model's)"},
     {"api-key", "KEY", "require 'Authorization: Bearer KEY' on /v1/* (default: env FASTVLM_API_KEY, else none)"},
     {"max-body-mb", "N", "largest request body in MB; larger gets 413 (default 32)"},
@@ -95,6 +96,7 @@ int run(const cli::Args& a) {
     LoadOptions lo;
     lo.threads = unsigned(a.get_int("threads", 0, 0, 4096));
     if (auto kv = a.get("kv-cache")) lo.kv_type = text::parse_kv_type(*kv);
+    lo.image_size = cli::image_size_of(a);
     const io::Limits lim = cli::limits_of(a);
     lo.limits = lim.load;
     lo.image_limits = lim.image;

@@ -166,6 +166,43 @@ TEST(PipelineErrors, BadModelFoldersNameTheProblem) {
 }
 
 // ---- context limit ---------------------------------------------------------------------------------------
+// LoadOptions::image_size: another input side (a multiple of 64) gives (S/64)² image tokens from the same
+// tower weights — exactly what the tower computes on pixels of that side — and a prompt that uses them;
+// sizes that are not multiples of the stride, or above LoadLimits::max_image_size, name the option.
+TEST(PipelineImageSize, SmallerSideFewerTokensSameTower) {
+    const auto m = Model<>::load(kTiny, {.threads = 1, .kv_type = text::KVType::f32, .image_size = 128});
+    EXPECT_EQ(m.config().vision.image_size, 128);
+    io::Image img;
+    img.width = 96, img.height = 160;  // not square: padded, then resized to 128²
+    img.rgb.resize(std::size_t(img.width * img.height * 3));
+    for (std::size_t i = 0; i < img.rgb.size(); ++i) img.rgb[i] = std::uint8_t(i * 37 % 251);
+    const auto px = m.preprocess(img);
+    EXPECT_EQ(px.shape(), (std::array<Index, 3>{3, 128, 128}));
+    const auto feats = m.encode_image(px.view());
+    EXPECT_EQ(feats.dim(0), 4);  // (128/64)²
+    // The same tower loaded at the config's side (256), run on the 128² pixels directly: identical features.
+    const auto store = io::TensorStore::open(kTiny);
+    const auto cfg = io::ModelConfig::load(kTiny).vision;
+    ASSERT_EQ(cfg.image_size, 256);
+    const auto tower = vision::FastViTHD<policy::fp32>::load(store, cfg, vision::kCheckpointPrefix);
+    const auto ref = tower.forward(px.view(), nullptr);
+    ASSERT_EQ(ref.dim(0), feats.dim(0));
+    EXPECT_EQ(max_diff(feats.span(), ref.span()), 0.f);
+    // The 256² model refuses 128² pixels; the 128² model answers with 4 image positions.
+    const auto m256 = Model<>::load(kTiny, {.threads = 1});
+    EXPECT_THROW(m256.encode_image(px.view()), Error);
+    Session s(m);
+    const auto io = io::TensorStore::open(kTinyIo);
+    const auto r = s.generate(golden_ids(io), m.project(feats.view()).view(), {.max_new_tokens = 3});
+    EXPECT_EQ(r.ids.size(), 3u);
+    EXPECT_EQ(r.timings.prefill_tokens, Index(golden_ids(io).size()) - 1 + 4);
+    for (int bad : {100, -64, 64 * 1000}) {
+        const auto e = error_of([&] { Model<>::load(kTiny, {.threads = 1, .image_size = bad}); });
+        EXPECT_NE(e.find("LoadOptions::image_size = " + std::to_string(bad)), std::string::npos) << e;
+        EXPECT_NE(e.find(bad == 64 * 1000 ? "max_image_size" : "multiple of the vision tower's total stride"), std::string::npos) << e;
+    }
+}
+
 TEST(PipelineErrors, PromptLongerThanTheContextNamesTheLimit) {
     const auto io = io::TensorStore::open(kTinyIo);
     const auto model = Model<>::load(kTiny, {.threads = 1, .context = 30});

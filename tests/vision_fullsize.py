@@ -99,12 +99,16 @@ def main():
     ap.add_argument("--pixels-from", help="safetensors with pixel_values [1,3,1024,1024] (instead of --image)")
     ap.add_argument("--compare-to", help="safetensors with reference image_features")
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--image-size", type=int, default=0, help="fastvlm-cli embed --image-size (default: the config's 1024)")
     a = ap.parse_args()
     write_folder(a.dir, a.seed)
     if not a.cli:
         return 0
-    out = os.path.join(a.dir, "features_%s%s.safetensors" % (a.precision, "_px" if a.pixels_from else ""))
+    out = os.path.join(a.dir, "features_%s%s%s.safetensors" % (a.precision, "_px" if a.pixels_from else "",
+                                                              "_%d" % a.image_size if a.image_size else ""))
     cmd = [a.cli, "embed", "--model", a.dir, "--out", out, "--threads", a.threads, "--precision", a.precision]
+    if a.image_size:
+        cmd += ["--image-size", str(a.image_size)]
     if a.pixels_from:
         cmd += ["--pixels", a.pixels_from]
     else:
@@ -116,7 +120,8 @@ def main():
     subprocess.run(cmd, check=True)
     x = read_tensor(out, "image_features")
     finite = bool(np.all(np.isfinite(x)))
-    ok = list(x.shape) == [1, 256, 3072] and finite and float(x.std()) > 0
+    tokens = ((a.image_size or 1024) // 64) ** 2  # (S/64)² tokens
+    ok = list(x.shape) == [1, tokens, 3072] and finite and float(x.std()) > 0
     print("image_features %s: finite %s, std %.4g, max|x| %.4g" % (list(x.shape), finite, float(x.std()),
                                                                      float(np.abs(x).max())))
     if a.compare_to:

@@ -112,6 +112,13 @@ inline Option limit_option() {
             true};
 }
 
+// --image-size N: the vision tower's input side (LoadOptions::image_size).
+inline Option image_size_option() {
+    return {"image-size", "N", "vision input side in pixels, a multiple of 64: (N/64)^2 image tokens (default: config.json's, "
+                               "1024); smaller is faster and less accurate"};
+}
+inline int image_size_of(const Args& a) { return int(a.get_int("image-size", 0, 1, 1 << 20)); }
+
 // The limits given with --limit, on top of the defaults.
 inline io::Limits limits_of(const Args& a) {
     io::Limits lim;

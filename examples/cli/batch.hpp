@@ -171,6 +171,7 @@ inline Command batch_command() {
              limit_option(),
              {"context", "N", "most positions of one sequence (default min(8192, max_position_embeddings))"},
              {"kv-cache", "TYPE", "KV cache storage: bf16 (default) or f32"},
+             image_size_option(),
              {"prefill-chunk", "N", "most prompt rows per step (default 256)"}};
     for (auto& o : cache_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"))
         opts.push_back(o);

@@ -89,6 +89,7 @@ inline Command dump_command() {
              {"threads", "N", "threads (default: all cores)"},
              limit_option(),
              {"kv-cache", "TYPE", "KV cache storage: f32 (default here: exact) or bf16"},
+             image_size_option(),
              {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
              {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"}},
             run_dump};

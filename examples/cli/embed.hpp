@@ -44,8 +44,9 @@ inline int run_embed(const Args& a) {
     ThreadPool pool(threads);
     const io::Limits lim = limits_of(a);
     const io::TensorStore store = io::TensorStore::open(a.has("model") ? a.require("model") : a.require("weights"), lim.load);
-    const io::VisionConfig cfg = a.has("model") ? io::ModelConfig::load(a.require("model"), lim.load).vision
-                                                : vision::load_vision_config(a.require("config"), lim.load);
+    io::VisionConfig cfg = a.has("model") ? io::ModelConfig::load(a.require("model"), lim.load).vision
+                                          : vision::load_vision_config(a.require("config"), lim.load);
+    if (const int s = image_size_of(a)) io::set_image_size(cfg, s, lim.load, "--image-size");
     const std::string prefix = a.has("prefix") ? a.require("prefix") : vision::detect_prefix(store);
     const double t_open = sw.ms();
 
@@ -97,6 +98,7 @@ inline Command embed_command() {
              {"out", "FILE", "output .safetensors"},
              {"dump-stages", "", "also write stem, network0.., stage{i}, stage{i}.block{k}, conv_exp as (1, C, H, W)"},
              {"threads", "N", "threads (default: all cores)"},
+             image_size_option(),
              limit_option(),
              {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"}},
             run_embed};

@@ -217,6 +217,7 @@ inline Command eval_command() {
              {"threads", "N", "threads (default: all cores)"},
              limit_option(),
              {"max-tokens", "N", "maximum new tokens per answer (default 256)"},
+             image_size_option(),
              {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"},
              {"limit", "N", "only the first N prompts"},
              {"json", "", "print one JSON summary on stdout: accuracy, count, correct, ttft_ms, decode_tok_s, precision, by_prompt …"},

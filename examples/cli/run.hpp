@@ -28,6 +28,7 @@ inline std::vector<Option> generation_options() {
             {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
             {"context", "N", "KV-cache positions (default min(8192, max_position_embeddings))"},
             {"kv-cache", "TYPE", "KV cache storage: bf16 (default; half the bytes) or f32 (exact)"},
+            image_size_option(),
             limit_option()};
 }
 
@@ -61,6 +62,7 @@ inline std::unique_ptr<AnyModel> load_model_cli(const Args& a) {
     o.threads = unsigned(a.get_int("threads", long(std::max(1u, std::thread::hardware_concurrency())), 1, 1024));
     o.context = a.get_int("context", 0, 1, 1 << 24);
     if (auto k = a.get("kv-cache")) o.kv_type = text::parse_kv_type(*k);
+    o.image_size = image_size_of(a);
     const io::Limits lim = limits_of(a);
     o.limits = lim.load;
     o.image_limits = lim.image;

@@ -107,21 +107,21 @@ std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const
 // minutes per file). A program with several such files can compile them once: define
 // FASTVLM_EXTERN_PRESETS in every file, and in one file (or one per preset, to build them in parallel)
 // write FASTVLM_INSTANTIATE_PRESET(fp32) ... FASTVLM_INSTANTIATE_PRESET(int4) without the macro defined.
-// (fastvlm-cli, fastvlm-server, the Python module and test_pipeline share them this way: CMake target
-// fastvlm_presets.)
+// The macro also instantiates the two towers of the preset (vision::FastViTHD, text::Qwen2), whose heavy
+// members are defined out of their classes: with FASTVLM_EXTERN_PRESETS a file that uses Model<P>,
+// FastViTHD<P> or Qwen2<P> of a preset P directly compiles none of their loading and forward code either.
+// (fastvlm-cli, fastvlm-server, the Python module, the tests and benchmarks share them this way: CMake
+// target fastvlm_presets.)
 #define FASTVLM_INSTANTIATE_PRESET(name)                                                                \
+    template class fastvlm::vision::FastViTHD<::fastvlm::policy::name>;                                  \
+    template class fastvlm::text::Qwen2<::fastvlm::policy::name>;                                         \
     template std::unique_ptr<::fastvlm::AnyModel> fastvlm::detail::load_any_model<::fastvlm::policy::name>( \
         const std::filesystem::path&, const ::fastvlm::LoadOptions&);
 #ifdef FASTVLM_EXTERN_PRESETS
 #define FASTVLM_EXTERN_PRESET_(name)                                                                          \
     extern template std::unique_ptr<AnyModel> detail::load_any_model<policy::name>(const std::filesystem::path&, \
                                                                                    const LoadOptions&);
-FASTVLM_EXTERN_PRESET_(fp32)
-FASTVLM_EXTERN_PRESET_(bf16)
-FASTVLM_EXTERN_PRESET_(fp16)
-FASTVLM_EXTERN_PRESET_(int8)
-FASTVLM_EXTERN_PRESET_(int8_int4)
-FASTVLM_EXTERN_PRESET_(int4)
+FASTVLM_PRESETS(FASTVLM_EXTERN_PRESET_)
 #undef FASTVLM_EXTERN_PRESET_
 #endif
 

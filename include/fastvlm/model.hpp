@@ -41,6 +41,10 @@ struct LoadOptions {
     Index context = 0;        // default KV-cache positions per session; 0 = min(8192, max_position_embeddings)
     bool load_vision = true;  // false: text only, or image features computed elsewhere
     text::KVType kv_type = text::KVType::bf16;  // KV cache storage of sessions and engines (f32: exact)
+    // Side of the vision tower's square input in pixels; 0 = config.json's (1024 for FastVLM). Any multiple
+    // of the tower's stride (64) works: (S/64)² image tokens, work ∝ S². The models were trained at 1024 only,
+    // so a smaller side is faster and less accurate (docs/precision.md, "Image size").
+    int image_size = 0;
     io::LoadLimits limits = {};  // file sizes, JSON depth, tensor counts, image_size (docs/reliability.md)
     io::ImageLimits image_limits = {};  // images given by path (Session::describe) and preprocess()'s padded square
     // Called while loading: fraction done in [0, 1] and the part being loaded.
@@ -171,6 +175,7 @@ public:
         };
         progress(0.f, "config");
         p->config = io::ModelConfig::load(dir, opt.limits);
+        if (opt.image_size != 0) io::set_image_size(p->config.vision, opt.image_size, opt.limits, "LoadOptions::image_size");
         const auto& tc = p->config.text;
         {  // every parallel region is split over the pool: thousands of threads on a few cores only thrash
             const unsigned hw = std::max(1u, std::thread::hardware_concurrency());

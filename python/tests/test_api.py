@@ -265,6 +265,18 @@ def test_encode_image(model, scenes):
     np.testing.assert_array_equal(model.encode_image(img), f)
 
 
+def test_image_size_option(fastvlm, scenes):
+    """image_size= gives (S/64)² image tokens per image and still answers; bad sides raise naming the option."""
+    img = first_images(scenes, 1)[0]
+    small = fastvlm.Model(MODEL, threads=1, image_size=128)
+    assert small.image_size == 128
+    assert small.encode_image(img).shape[0] == 4
+    assert isinstance(small.describe(img, "What color is the shape?", max_tokens=4).text, str)
+    for bad in (100, -64):
+        with pytest.raises(fastvlm.Error, match="LoadOptions::image_size = %d" % bad):
+            fastvlm.Model(MODEL, threads=1, image_size=bad)
+
+
 def test_tokenize_roundtrip(model):
     ids = model.tokenize("A red circle on the left.")
     assert ids and model.detokenize(ids) == "A red circle on the left."

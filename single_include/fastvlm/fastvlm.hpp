@@ -2301,6 +2301,9 @@ struct int4 {
 static_assert(PrecisionPolicy<policy::fp32> && PrecisionPolicy<policy::bf16> && PrecisionPolicy<policy::fp16> &&
               PrecisionPolicy<policy::int8> && PrecisionPolicy<policy::int8_int4> && PrecisionPolicy<policy::int4>);
 
+// X(name) for every preset, for code that must list them all (the extern templates of FASTVLM_EXTERN_PRESETS).
+#define FASTVLM_PRESETS(X) X(fp32) X(bf16) X(fp16) X(int8) X(int8_int4) X(int4)
+
 // Calls fn.template operator()<Policy>() for the preset named `name`; throws for unknown names.
 template <class Fn>
 decltype(auto) with_preset(const std::string& name, Fn&& fn) {
@@ -3023,6 +3026,18 @@ inline void check_image_size(const VisionConfig& v, const std::string& src, cons
     if (v.image_size > limits.max_image_size)
         fail(src, ": key 'image_size': ", v.image_size, " is larger than the ", limits.max_image_size,
              " limit (LoadLimits::max_image_size; the vision tower's work grows with its square)");
+}
+
+// Another input side than the config's (LoadOptions::image_size, --image-size): a positive multiple of the
+// tower's total stride, within LoadLimits::max_image_size. `what` names the setting in errors.
+inline void set_image_size(VisionConfig& v, int size, const LoadLimits& limits, const std::string& what) {
+    const int stride = v.total_stride();
+    if (size <= 0 || size % stride != 0)
+        fail(what, " = ", size, " is not a positive multiple of the vision tower's total stride ", stride, " (stem 4 x down_stride^4)");
+    if (size > limits.max_image_size)
+        fail(what, " = ", size, " is larger than the ", limits.max_image_size,
+             " limit (LoadLimits::max_image_size; the vision tower's work grows with its square)");
+    v.image_size = size;
 }
 
 inline ModelConfig ModelConfig::load(const std::filesystem::path& p, const LoadLimits& limits) {
@@ -5102,6 +5117,19 @@ struct PackedF {
     }
 };
 
+// ---- micro-tile per architecture ------------------------------------------------------------------
+// 14 × 32 (28 accumulators) needs AVX-512's 32 registers. With 16 registers (AVX2, SSE) the same tile
+// would spill every accumulator on every k (measured on AMD Zen 3: 32 % of the FMA peak, half of
+// OpenBLAS): there it is 6 × 16 (AVX2: 12 ymm accumulators, 2 for the weights, 1 for x) or 3 × 16 (SSE).
+template <class Arch>
+struct FloatTile {
+    static constexpr int kLanes = [] {
+        if constexpr (std::is_void_v<Arch>) return 16;
+        else return int(xsimd::batch<float, Arch>::size);
+    }();
+    static constexpr int MR = kLanes >= 16 ? 14 : kLanes == 8 ? 6 : 3, NV = kLanes >= 16 ? 2 : 1;
+};
+
 // ---- micro-kernel: tile[MR][NV·16] = A[kc][MR]ᵀ · B (NV panels [kc][16], panel stride bs) --------
 // Arch = an xsimd architecture, or void for the scalar fallback.
 template <class Arch, int MR, int NV>
@@ -5177,6 +5205,7 @@ inline void gemv_panel_f32(const float* __restrict x, const float* __restrict w,
 }
 
 #if defined(__AVX512F__)
+#define FASTVLM_GEMV_16BIT 1
 // GEMV panel for 16-bit weights, widened in registers: out[16] = Σ_q x[q] · w[q][16].
 template <class E>
 inline __m512 widen16(const E* p) {
@@ -5197,12 +5226,46 @@ inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, I
     for (; q < k; ++q) acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(x[q]), widen16(w + q * kPanel), acc[0]);
     _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define FASTVLM_GEMV_16BIT 1
+// The same with AVX2: a k row of the panel (16 columns) is two ymm halves.
+template <class E>
+inline __m256 widen8(const E* p) {
+    const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<E, bf16>) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else return _mm256_cvtph_ps(h);
+}
+template <class E>
+inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
+    constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
+    __m256 acc[4][2];
+    for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
+    Index q = 0;
+    for (; q + 4 <= k; q += 4) {  // 4 k rows = 128 bytes = 2 cache lines
+        _mm_prefetch(reinterpret_cast<const char*>(w + q * kPanel + kPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + q * kPanel + kPrefetch) + 64, _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) {
+            const __m256 xv = _mm256_set1_ps(x[q + u]);
+            acc[u][0] = _mm256_fmadd_ps(xv, widen8(w + (q + u) * kPanel), acc[u][0]);
+            acc[u][1] = _mm256_fmadd_ps(xv, widen8(w + (q + u) * kPanel + 8), acc[u][1]);
+        }
+    }
+    for (; q < k; ++q) {
+        const __m256 xv = _mm256_set1_ps(x[q]);
+        acc[0][0] = _mm256_fmadd_ps(xv, widen8(w + q * kPanel), acc[0][0]);
+        acc[0][1] = _mm256_fmadd_ps(xv, widen8(w + q * kPanel + 8), acc[0][1]);
+    }
+    for (int h = 0; h < 2; ++h)
+        _mm256_storeu_ps(out + 8 * h, _mm256_add_ps(_mm256_add_ps(acc[0][h], acc[1][h]), _mm256_add_ps(acc[2][h], acc[3][h])));
+}
 #endif
 
 // ---- the kernel type for the driver ------------------------------------------------------------
 template <class E, class Arch>
 struct KernFloat {
-    static constexpr int MR = 14, NV = 2;  // 28 zmm accumulators (tuned on Zen: L1 48 KiB, L2 1 MiB)
+    // AVX-512: 14 × 32, 28 zmm accumulators (tuned on Zen 4: L1 48 KiB, L2 1 MiB); AVX2: 6 × 16 (FloatTile)
+    static constexpr int MR = FloatTile<Arch>::MR, NV = FloatTile<Arch>::NV;
     const PackedF<E>* P;
     Index n, npanels;
     const float* bias;
@@ -5252,7 +5315,7 @@ struct KernFloat {
             float* o = out + (p - p0) * kPanel;
             if constexpr (std::is_same_v<E, float>) {
                 gemv_panel_f32<Arch>(x, P->panel(p), k, o, false);
-#if defined(__AVX512F__)
+#if defined(FASTVLM_GEMV_16BIT)
             } else if constexpr (!std::is_void_v<Arch>) {
                 gemv_panel_16bit(x, P->panel(p), k, o);
 #endif
@@ -5339,7 +5402,7 @@ inline void round_bf16(const float* x, Index k, Index k2, float* out) {
 // ---- portable path: f32 FMA on widened weights and bf16-rounded X -------------------------------------
 template <class Arch>
 struct KernBF16Wide {
-    static constexpr int MR = 14, NV = 2;
+    static constexpr int MR = FloatTile<Arch>::MR, NV = FloatTile<Arch>::NV;  // f32.hpp
     const PackedBF2* P;
     Index n, npanels;
     const float* bias;
@@ -7170,6 +7233,13 @@ void Qwen2<Policy>::run_layers(float* x, std::span<const BatchSeq> seqs, Index T
     }
     for (const auto& s : seqs) s.kv->advance(s.rows);
 }
+
+#ifdef FASTVLM_EXTERN_PRESETS
+// Compiled once per preset elsewhere (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class Qwen2<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 
 }  // namespace fastvlm::text
 // ---- end fastvlm/text/qwen2.hpp
@@ -9552,6 +9622,13 @@ Tensor<float, 2> FastViTHD<P>::forward(TensorView<const float, 3> px, ThreadPool
     return out;
 }
 
+#ifdef FASTVLM_EXTERN_PRESETS
+// Compiled once per preset elsewhere (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class FastViTHD<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
+
 }  // namespace fastvlm::vision
 // ---- end fastvlm/vision/fastvithd.hpp
 // ---- begin fastvlm/model.hpp ---------------------------------------------------------------
@@ -9584,6 +9661,10 @@ struct LoadOptions {
     Index context = 0;        // default KV-cache positions per session; 0 = min(8192, max_position_embeddings)
     bool load_vision = true;  // false: text only, or image features computed elsewhere
     text::KVType kv_type = text::KVType::bf16;  // KV cache storage of sessions and engines (f32: exact)
+    // Side of the vision tower's square input in pixels; 0 = config.json's (1024 for FastVLM). Any multiple
+    // of the tower's stride (64) works: (S/64)² image tokens, work ∝ S². The models were trained at 1024 only,
+    // so a smaller side is faster and less accurate (docs/precision.md, "Image size").
+    int image_size = 0;
     io::LoadLimits limits = {};  // file sizes, JSON depth, tensor counts, image_size (docs/reliability.md)
     io::ImageLimits image_limits = {};  // images given by path (Session::describe) and preprocess()'s padded square
     // Called while loading: fraction done in [0, 1] and the part being loaded.
@@ -9714,6 +9795,7 @@ public:
         };
         progress(0.f, "config");
         p->config = io::ModelConfig::load(dir, opt.limits);
+        if (opt.image_size != 0) io::set_image_size(p->config.vision, opt.image_size, opt.limits, "LoadOptions::image_size");
         const auto& tc = p->config.text;
         {  // every parallel region is split over the pool: thousands of threads on a few cores only thrash
             const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
@@ -11221,21 +11303,21 @@ std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const
 // minutes per file). A program with several such files can compile them once: define
 // FASTVLM_EXTERN_PRESETS in every file, and in one file (or one per preset, to build them in parallel)
 // write FASTVLM_INSTANTIATE_PRESET(fp32) ... FASTVLM_INSTANTIATE_PRESET(int4) without the macro defined.
-// (fastvlm-cli, fastvlm-server, the Python module and test_pipeline share them this way: CMake target
-// fastvlm_presets.)
+// The macro also instantiates the two towers of the preset (vision::FastViTHD, text::Qwen2), whose heavy
+// members are defined out of their classes: with FASTVLM_EXTERN_PRESETS a file that uses Model<P>,
+// FastViTHD<P> or Qwen2<P> of a preset P directly compiles none of their loading and forward code either.
+// (fastvlm-cli, fastvlm-server, the Python module, the tests and benchmarks share them this way: CMake
+// target fastvlm_presets.)
 #define FASTVLM_INSTANTIATE_PRESET(name)                                                                \
+    template class fastvlm::vision::FastViTHD<::fastvlm::policy::name>;                                  \
+    template class fastvlm::text::Qwen2<::fastvlm::policy::name>;                                         \
     template std::unique_ptr<::fastvlm::AnyModel> fastvlm::detail::load_any_model<::fastvlm::policy::name>( \
         const std::filesystem::path&, const ::fastvlm::LoadOptions&);
 #ifdef FASTVLM_EXTERN_PRESETS
 #define FASTVLM_EXTERN_PRESET_(name)                                                                          \
     extern template std::unique_ptr<AnyModel> detail::load_any_model<policy::name>(const std::filesystem::path&, \
                                                                                    const LoadOptions&);
-FASTVLM_EXTERN_PRESET_(fp32)
-FASTVLM_EXTERN_PRESET_(bf16)
-FASTVLM_EXTERN_PRESET_(fp16)
-FASTVLM_EXTERN_PRESET_(int8)
-FASTVLM_EXTERN_PRESET_(int8_int4)
-FASTVLM_EXTERN_PRESET_(int4)
+FASTVLM_PRESETS(FASTVLM_EXTERN_PRESET_)
 #undef FASTVLM_EXTERN_PRESET_
 #endif
 

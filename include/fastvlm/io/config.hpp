@@ -405,6 +405,18 @@ inline void check_image_size(const VisionConfig& v, const std::string& src, cons
              " limit (LoadLimits::max_image_size; the vision tower's work grows with its square)");
 }
 
+// Another input side than the config's (LoadOptions::image_size, --image-size): a positive multiple of the
+// tower's total stride, within LoadLimits::max_image_size. `what` names the setting in errors.
+inline void set_image_size(VisionConfig& v, int size, const LoadLimits& limits, const std::string& what) {
+    const int stride = v.total_stride();
+    if (size <= 0 || size % stride != 0)
+        fail(what, " = ", size, " is not a positive multiple of the vision tower's total stride ", stride, " (stem 4 x down_stride^4)");
+    if (size > limits.max_image_size)
+        fail(what, " = ", size, " is larger than the ", limits.max_image_size,
+             " limit (LoadLimits::max_image_size; the vision tower's work grows with its square)");
+    v.image_size = size;
+}
+
 inline ModelConfig ModelConfig::load(const std::filesystem::path& p, const LoadLimits& limits) {
     std::error_code ec;
     const std::filesystem::path file = std::filesystem::is_directory(p, ec) ? p / "config.json" : p;

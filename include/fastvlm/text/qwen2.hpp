@@ -371,4 +371,11 @@ void Qwen2<Policy>::run_layers(float* x, std::span<const BatchSeq> seqs, Index T
     for (const auto& s : seqs) s.kv->advance(s.rows);
 }
 
+#ifdef FASTVLM_EXTERN_PRESETS
+// Compiled once per preset elsewhere (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class Qwen2<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
+
 }  // namespace fastvlm::text

@@ -481,4 +481,11 @@ Tensor<float, 2> FastViTHD<P>::forward(TensorView<const float, 3> px, ThreadPool
     return out;
 }
 
+#ifdef FASTVLM_EXTERN_PRESETS
+// Compiled once per preset elsewhere (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class FastViTHD<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
+
 }  // namespace fastvlm::vision

@@ -67,7 +67,7 @@ inline void round_bf16(const float* x, Index k, Index k2, float* out) {
 // ---- portable path: f32 FMA on widened weights and bf16-rounded X -------------------------------------
 template <class Arch>
 struct KernBF16Wide {
-    static constexpr int MR = 14, NV = 2;
+    static constexpr int MR = FloatTile<Arch>::MR, NV = FloatTile<Arch>::NV;  // f32.hpp
     const PackedBF2* P;
     Index n, npanels;
     const float* bias;
