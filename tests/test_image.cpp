@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -442,6 +443,59 @@ TEST(ImageDecode, JpegFillBytesBeforeSoi) {
     for (std::vector<std::uint8_t> tiny : {std::vector<std::uint8_t>{0xFF}, {0xFF, 0xD8}, {0xFF, 0xFF}, {0xD8}}) {
         EXPECT_ERROR_WITH(load_image_from_memory(tiny, "tiny.jpg"), "tiny.jpg", "decode");
     }
+}
+
+// Two stb_image weaknesses found by fuzz_image: it copies a zero-length IDAT that comes before the image
+// data into a null buffer (UB) — empty IDAT chunks carry nothing, the image decodes as if they were
+// absent; and it allocates what a chunk length declares before reading — refused, naming the chunk.
+TEST(ImageDecode, EmptyPngIdatChunksAndLyingLengths) {
+    for (const char* name : {"rgb.png", "palette.png", "palette_trns.png", "gray16.png"}) {
+        SCOPED_TRACE(name);
+        const auto png = read_bytes(kData / "formats" / name);
+        std::vector<std::size_t> idat;  // offsets of the IDAT chunks
+        for (std::size_t i = 8; i + 12 <= png.size();) {
+            const std::size_t len = std::size_t(png[i]) << 24 | std::size_t(png[i + 1]) << 16 | std::size_t(png[i + 2]) << 8 | png[i + 3];
+            if (std::memcmp(png.data() + i + 4, "IDAT", 4) == 0) idat.push_back(i);
+            i += 12 + len;
+        }
+        ASSERT_FALSE(idat.empty());
+        const std::uint8_t empty[12] = {0, 0, 0, 0, 'I', 'D', 'A', 'T', 0x35, 0xAF, 0x06, 0x1E};
+        std::vector<std::uint8_t> with(png.begin(), png.begin() + std::ptrdiff_t(idat[0]));
+        with.insert(with.end(), empty, empty + 12);  // before the data
+        with.insert(with.end(), png.begin() + std::ptrdiff_t(idat[0]), png.end());
+        with.insert(with.end() - 12, empty, empty + 12);  // after it, before IEND
+        const Image ref = load_image_from_memory(png, name);
+        const Image got = load_image_from_memory(with, "with_empty_idat.png");
+        EXPECT_EQ(got.width, ref.width);
+        EXPECT_EQ(got.height, ref.height);
+        EXPECT_EQ(got.rgb, ref.rgb);
+        // Only empty IDAT chunks, no data: a clear error.
+        std::vector<std::uint8_t> no_data(png.begin(), png.begin() + std::ptrdiff_t(idat[0]));
+        no_data.insert(no_data.end(), empty, empty + 12);
+        no_data.insert(no_data.end(), png.end() - 12, png.end());
+        EXPECT_ERROR_WITH(load_image_from_memory(no_data, "no_data.png"), "no_data.png", "decode");
+    }
+    // A chunk that declares more bytes than the file has (stb grew its buffer to that size first).
+    {
+        const auto png = read_bytes(kData / "formats" / "rgb.png");
+        std::vector<std::uint8_t> lying(png);
+        const std::size_t at = 8 + 12 + 13;  // the chunk after IHDR
+        for (std::uint32_t len : {0x40000F59u, 0xFFFFFFFFu, std::uint32_t(png.size())}) {
+            for (int k = 0; k < 4; ++k) lying[at + k] = std::uint8_t(len >> (24 - 8 * k));
+            const std::string declared = "declares " + std::to_string(len) + " bytes";
+            EXPECT_ERROR_WITH(load_image_from_memory(lying, "lying.png"), "lying.png", "truncated or corrupt",
+                              declared.c_str());
+        }
+    }
+    // The fuzzer's input: a palette PNG whose only IDAT is empty, followed by garbage.
+    const std::vector<std::uint8_t> found = {
+        0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0x0d, 0x49, 0x48, 0x44, 0x52, 0, 0, 0, 7, 0, 0, 0, 5,
+        4, 3, 0, 0, 0, 0x7b, 0xb4, 0xeb, 0xeb, 0, 0, 0, 0x12, 0x50, 0x4c, 0x54, 0x45, 0xff, 0xfc, 0xdf, 0xb5, 0xcf,
+        0xcf, 0x58, 0x60, 0x6c, 0x3b, 0x2e, 0x26, 0x1e, 0x19, 0x5b, 0x05, 0x04, 0x1c, 0, 0, 0, 0, 0, 0, 0, 0, 0x49,
+        0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x08, 0x0d, 0x36, 0x60, 0x60, 0x08, 0x75, 0x06, 0x12, 0x21, 0xc6, 0x8a,
+        0x0c, 0x0c, 0x2e, 0x4e, 0x40, 0x22, 0x54, 0x50, 0x48, 0x01, 0, 0x31, 0xbc, 0x03, 0x88, 0x69, 0x21, 0xdb,
+        0xf7, 0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82};
+    EXPECT_ERROR_WITH(load_image_from_memory(found, "fuzz_empty_idat.png"), "fuzz_empty_idat.png");
 }
 
 // A thin image pads to a huge square before resizing: refused before the canvas is allocated.

