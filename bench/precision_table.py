@@ -172,8 +172,19 @@ def layer_class(name):
     return "f32"
 
 
+def weight_files(model_dir):
+    """The folder's safetensors files: model.safetensors, or the shards model.safetensors.index.json lists."""
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            return [os.path.join(model_dir, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
+    return [os.path.join(model_dir, "model.safetensors")]
+
+
 def checkpoint_params(model_dir):
-    header, _, _ = read_header(os.path.join(model_dir, "model.safetensors"))
+    header = {}
+    for path in weight_files(model_dir):
+        header.update(read_header(path)[0])
     counts = {}
     for name, info in header.items():
         cls = layer_class(name)
@@ -434,7 +445,8 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", default=os.path.join(ROOT, "build", "examples", "fastvlm-cli"))
-    ap.add_argument("--model", required=True, help="full-size 0.5B folder (tools/make_synthetic_checkpoint.py --out DIR)")
+    ap.add_argument("--model", required=True, help="full-size folder (tools/make_synthetic_checkpoint.py --variant "
+                    "{0.5b,1.5b,7b} --out DIR); the accuracy part needs the 0.5B")
     ap.add_argument("--scene-model", default=os.path.join(ROOT, "models", "fastvlm-scenes"))
     ap.add_argument("--scenes", help="existing held-out scene folder (answers.jsonl); default: generated in the work dir")
     ap.add_argument("--bench-matmul", help="bench_matmul binary for the read bandwidth (default: CLI_DIR/../bench/bench_matmul, "
@@ -461,7 +473,9 @@ def main():
         ap.error(f"--presets: unknown {bad} (known: {', '.join(ALL_PRESETS)})")
     if a.reps < 1 or a.threads < 1 or a.max_tokens < 1 or a.generate < 2 or a.images < 1 or not 1 <= a.questions <= len(QUESTIONS):
         ap.error("--reps, --threads, --max-tokens, --images >= 1, --generate >= 2, --questions in 1..%d" % len(QUESTIONS))
-    for path, what in ((a.cli, "--cli"), (os.path.join(a.model, "model.safetensors"), "--model")):
+    if not os.path.isdir(a.model):
+        ap.error(f"--model: {a.model} is not a folder")
+    for path, what in [(a.cli, "--cli")] + [(f, "--model") for f in weight_files(a.model)]:
         if not os.path.exists(path):
             ap.error(f"{what}: {path} not found")
     do_scenes = not a.skip_accuracy and not a.skip_scenes
@@ -499,7 +513,8 @@ def main():
         images = [make_image(os.path.join(work, f"image_{i}.png"), 1000 + i) for i in range(max(1, a.images))]
         if not a.skip_speed:
             measure_bw("before")
-            warm_page_cache(os.path.join(a.model, "model.safetensors"))
+            for f in weight_files(a.model):
+                warm_page_cache(f)
             speed_runs(a, presets, images[0], res, errors)
             measure_bw("after")
         if not a.skip_accuracy:

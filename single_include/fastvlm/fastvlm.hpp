@@ -4812,6 +4812,12 @@ T* scratch(std::size_t n) {
     return buf.data();
 }
 
+// Micro-kernels inline everything they call (xsimd wrappers, small helpers such as widen8). In a
+// translation unit as large as a preset's (build/presets/preset_*.cpp), GCC's inliner stopped short
+// and left ukr_f32's accumulator array on the stack: the same GEMM ran at ~40 % of the FMA peak in
+// fastvlm-cli and at 82 % in bench_matmul's small TU (AVX2, 2026-12-04).
+#define FASTVLM_FLATTEN [[gnu::flatten]]
+
 // Which implementation runs. Every path reads the same packed layout.
 enum class Path {
     scalar,       // plain C++ loops: compiles and runs anywhere
@@ -5173,7 +5179,7 @@ struct FloatTile {
 // ---- micro-kernel: tile[MR][NV·16] = A[kc][MR]ᵀ · B (NV panels [kc][16], panel stride bs) --------
 // Arch = an xsimd architecture, or void for the scalar fallback.
 template <class Arch, int MR, int NV>
-inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict b, Index bs, float* __restrict tile,
+FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict b, Index bs, float* __restrict tile,
                     Index ldt) {
     if constexpr (std::is_void_v<Arch>) {
         float acc[MR][NV * kPanel] = {};
@@ -5212,7 +5218,7 @@ inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict
 
 // ---- GEMV panel: out[16] (=, or += when add) Σ_q x[q] · w[q][16] ---------------------------------
 template <class Arch>
-inline void gemv_panel_f32(const float* __restrict x, const float* __restrict w, Index k, float* __restrict out, bool add) {
+FASTVLM_FLATTEN inline void gemv_panel_f32(const float* __restrict x, const float* __restrict w, Index k, float* __restrict out, bool add) {
     if constexpr (std::is_void_v<Arch>) {
         float acc[kPanel] = {};
         for (Index q = 0; q < k; ++q)
@@ -5254,7 +5260,7 @@ inline __m512 widen16(const E* p) {
     else return _mm512_cvtph_ps(h);
 }
 template <class E>
-inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
+FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     Index q = 0;
@@ -5276,7 +5282,7 @@ inline __m256 widen8(const E* p) {
     else return _mm256_cvtph_ps(h);
 }
 template <class E>
-inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
+FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
     __m256 acc[4][2];
     for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();
@@ -5514,7 +5520,7 @@ inline void pack_pairs(const float* x, Index k, std::uint32_t* out) {
 }
 
 template <int MR, int NV>
-inline void ukr_bf16_dot(Index kc2, const std::uint32_t* __restrict a, const bf16* __restrict b, Index bs,
+FASTVLM_FLATTEN inline void ukr_bf16_dot(Index kc2, const std::uint32_t* __restrict a, const bf16* __restrict b, Index bs,
                          float* __restrict tile, Index ldt) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 16
@@ -5885,7 +5891,7 @@ inline void quantize_act_ref(const float* x, Index k, int c, std::int8_t* q, flo
     }
 }
 
-inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* d, std::int32_t* corr) {
+FASTVLM_FLATTEN inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* d, std::int32_t* corr) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     const Index kb = ceil_div(k, kQB);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
@@ -6022,7 +6028,7 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
 inline constexpr Index kStreamPrefetch = 4096;  // software prefetch distance (bytes) of the m = 1 weight stream
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 template <bool Q4, int MR, int NV>
-inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
+FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
                        const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
                        float* __restrict tile, Index ldt) {
     const Index lda = kb * kQB;
@@ -6106,7 +6112,7 @@ inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* 
 // vpdpbusd, Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q, exact in int32, divided
 // back once per block), and every block has its own accumulators (no long dependency chains).
 template <bool Q4>
-inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
+FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
                         const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
     using PQ = PackedQ<Q4>;
     const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
@@ -6169,7 +6175,7 @@ inline __m256i dot_q8(__m256i w, __m256i xb, __m256i ax) {
 }  // namespace qa
 
 template <bool Q4, int MR, int NV>
-inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
+FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
                        const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
                        float* __restrict tile, Index ldt) {
     const Index lda = kb * kQB;
@@ -6244,7 +6250,7 @@ inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* 
 
 // m = 1, one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves per 64 bytes.
 template <bool Q4>
-inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
+FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
                         const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
     using PQ = PackedQ<Q4>;
     const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);

@@ -139,7 +139,7 @@ inline void pack_pairs(const float* x, Index k, std::uint32_t* out) {
 }
 
 template <int MR, int NV>
-inline void ukr_bf16_dot(Index kc2, const std::uint32_t* __restrict a, const bf16* __restrict b, Index bs,
+FASTVLM_FLATTEN inline void ukr_bf16_dot(Index kc2, const std::uint32_t* __restrict a, const bf16* __restrict b, Index bs,
                          float* __restrict tile, Index ldt) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 16

@@ -67,7 +67,7 @@ struct FloatTile {
 // ---- micro-kernel: tile[MR][NV·16] = A[kc][MR]ᵀ · B (NV panels [kc][16], panel stride bs) --------
 // Arch = an xsimd architecture, or void for the scalar fallback.
 template <class Arch, int MR, int NV>
-inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict b, Index bs, float* __restrict tile,
+FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict b, Index bs, float* __restrict tile,
                     Index ldt) {
     if constexpr (std::is_void_v<Arch>) {
         float acc[MR][NV * kPanel] = {};
@@ -106,7 +106,7 @@ inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict
 
 // ---- GEMV panel: out[16] (=, or += when add) Σ_q x[q] · w[q][16] ---------------------------------
 template <class Arch>
-inline void gemv_panel_f32(const float* __restrict x, const float* __restrict w, Index k, float* __restrict out, bool add) {
+FASTVLM_FLATTEN inline void gemv_panel_f32(const float* __restrict x, const float* __restrict w, Index k, float* __restrict out, bool add) {
     if constexpr (std::is_void_v<Arch>) {
         float acc[kPanel] = {};
         for (Index q = 0; q < k; ++q)
@@ -148,7 +148,7 @@ inline __m512 widen16(const E* p) {
     else return _mm512_cvtph_ps(h);
 }
 template <class E>
-inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
+FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     Index q = 0;
@@ -170,7 +170,7 @@ inline __m256 widen8(const E* p) {
     else return _mm256_cvtph_ps(h);
 }
 template <class E>
-inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
+FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
     __m256 acc[4][2];
     for (auto& a : acc) a[0] = a[1] = _mm256_setzero_ps();

@@ -240,7 +240,7 @@ inline void quantize_act_ref(const float* x, Index k, int c, std::int8_t* q, flo
     }
 }
 
-inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* d, std::int32_t* corr) {
+FASTVLM_FLATTEN inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* d, std::int32_t* corr) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     const Index kb = ceil_div(k, kQB);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
@@ -377,7 +377,7 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
 inline constexpr Index kStreamPrefetch = 4096;  // software prefetch distance (bytes) of the m = 1 weight stream
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 template <bool Q4, int MR, int NV>
-inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
+FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
                        const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
                        float* __restrict tile, Index ldt) {
     const Index lda = kb * kQB;
@@ -461,7 +461,7 @@ inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* 
 // vpdpbusd, Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q, exact in int32, divided
 // back once per block), and every block has its own accumulators (no long dependency chains).
 template <bool Q4>
-inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
+FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
                         const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
     using PQ = PackedQ<Q4>;
     const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
@@ -524,7 +524,7 @@ inline __m256i dot_q8(__m256i w, __m256i xb, __m256i ax) {
 }  // namespace qa
 
 template <bool Q4, int MR, int NV>
-inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
+FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
                        const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
                        float* __restrict tile, Index ldt) {
     const Index lda = kb * kQB;
@@ -599,7 +599,7 @@ inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* 
 
 // m = 1, one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves per 64 bytes.
 template <bool Q4>
-inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
+FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
                         const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
     using PQ = PackedQ<Q4>;
     const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
