@@ -80,12 +80,13 @@ if(FASTVLM_BUILD_EXAMPLES AND FASTVLM_PYTHON)
       "max_pixels=2000|image .*a61x47.png.*61x47 = 2867 pixels exceeds the limit of 2000"           # decoding: 2,867 pixels
       "max_padded_pixels=3000|61x61 square \\(3721 pixels\\).*limit of 3000"                          # preprocessing: the 61 x 61 square
       "max_image_size=128|image_size.*256.*128"                    # config.json image_size 256
-      "max_json_depth=1|config.json: JSON nested deeper than 1 levels"                      # config.json nests 2 levels
+      "max_json_depth=1|config.json: JSON nested deeper than 1 levels .limit max_json_depth."                    # config.json nests 2 levels
       "max_json_file_bytes=100|config.json.*100"
       "max_tokenizer_file_bytes=1k|vocab.json.*1024"
       "max_header_bytes=64|model.safetensors.*64"
       "max_tensors=3|model.safetensors.*3"
-      "max_added_tokens=1|added.*1")
+      "max_added_tokens=1|added.*1"
+      "max_weight_bytes=100k|precision fp32: its weights need about .* GiB, more than the limit max_weight_bytes = 102400 bytes")
   foreach(_c IN LISTS _limit_cases)
     string(REPLACE "|" ";" _c "${_c}")
     list(GET _c 0 _spec)

@@ -212,7 +212,7 @@ TEST(LoadLimits, ConfigDepthImageSizeAndFileKind) {
     expect_has(error_of([&] { io::ModelConfig::load(d.path); }), {"config.json", "image_size", "max_image_size"});
     EXPECT_NO_THROW(io::ModelConfig::load(d.path, {.max_image_size = 4096}));
     write(d / "config.json", "{\"x\":" + nested(100000) + "}");
-    expect_has(error_of([&] { io::ModelConfig::load(d.path); }), {"config.json", "nested deeper than 64"});
+    expect_has(error_of([&] { io::ModelConfig::load(d.path); }), {"config.json", "nested deeper than 64 levels (limit max_json_depth)"});
     std::string empties = "[";
     for (int i = 0; i < 1000000; ++i) empties += i ? ",{}" : "{}";
     write(d / "config.json", empties + "]");
@@ -233,7 +233,7 @@ TEST(LoadLimits, TokenizerFiles) {
     fs::copy_file(tiny / "tokenizer_config.json", d / "tokenizer_config.json", fs::copy_options::overwrite_existing);
     fs::rename(d / "vocab.json", d / "vocab.saved");
     write(d / "tokenizer.json", "{\"model\":" + nested(100000, "{\"a\":", "}") + "}");  // used when vocab.json is absent
-    expect_has(error_of([&] { text::Tokenizer::load(d.path); }), {"tokenizer.json", "nested deeper than 64"});
+    expect_has(error_of([&] { text::Tokenizer::load(d.path); }), {"tokenizer.json", "nested deeper than 64 levels (limit max_json_depth)"});
     fs::remove(d / "tokenizer.json");
     ASSERT_EQ(::mkfifo((d / "vocab.json").c_str(), 0600), 0);
     expect_has(error_of([&] { text::Tokenizer::load(d.path); }), {"vocab.json", "FIFO"});

@@ -114,6 +114,34 @@ TEST(PipelineGolden, AnyModelPicksThePolicyAtRunTime) {
     EXPECT_THROW(load_model(kTiny, "fp8"), Error);
 }
 
+// The weights' memory is estimated from the tensor shapes before anything is read: the estimate is
+// close to what the loaded model holds, and a load that would not fit is refused naming the limit.
+template <class P>
+void check_weight_estimate() {
+    const auto store = io::TensorStore::open(kTiny);
+    const double est = detail::estimated_weight_bytes<P>(store, true);
+    const auto m = Model<P>::load(kTiny, {.threads = 1});
+    const double held = double(m.weight_bytes());
+    EXPECT_NEAR(est / held, 1.0, 0.25) << P::name << ": estimated " << est << " B, loaded " << held << " B";
+    const auto need = static_cast<std::uint64_t>(est);
+    io::LoadLimits lim;
+    lim.max_weight_bytes = need / 2;
+    const auto e = error_of([&] { Model<P>::load(kTiny, {.threads = 1, .limits = lim}); });
+    for (const char* part : {"with precision", "weights need about", "max_weight_bytes", P::name})
+        EXPECT_NE(e.find(part), std::string::npos) << "'" << part << "' not in: " << e;
+    lim.max_weight_bytes = need * 2;
+    EXPECT_NO_THROW(Model<P>::load(kTiny, {.threads = 1, .limits = lim}));
+}
+TEST(PipelineErrors, WeightMemoryIsCheckedBeforeLoading) {
+    check_weight_estimate<policy::fp32>();
+    check_weight_estimate<policy::bf16>();
+    check_weight_estimate<policy::int8>();
+    check_weight_estimate<policy::int4>();
+    // The default (0) compares with the memory available now: the tiny model fits on any machine.
+    EXPECT_GT(detail::available_memory_bytes(), 0.0);
+    EXPECT_NO_THROW(Model<policy::fp32>::load(kTiny, {.threads = 1}));
+}
+
 // ---- bad model folders ---------------------------------------------------------------------------------
 TEST(PipelineErrors, BadModelFoldersNameTheProblem) {
     {

@@ -6,7 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -151,6 +153,92 @@ struct ModelParts {
     std::vector<std::int32_t> stop_ids;
     io::ImageLimits image_limits;
 };
+
+// Bytes the weights of `store` will take once Model<Policy>::load has packed them (the policy's format
+// per layer class, f32 for norms, biases and depthwise kernels), from the tensor shapes alone, before
+// any weight is read. Panel padding is ignored (FastVLM's sizes are multiples of 32).
+template <class Policy>
+double estimated_weight_bytes(const io::TensorStore& store, bool with_vision) {
+    auto bytes = [](auto fmt_tag) { return decltype(fmt_tag)::bits_per_weight / 8; };
+    constexpr std::string_view vprefix = "model.vision_tower.";
+    double total = 0;
+    for (const auto& name : store.names()) {
+        const io::TensorRef& t = store.at(name);
+        const double n = double(t.numel());
+        std::string_view nm = name;
+        const bool matrix = nm.ends_with(".weight") && t.shape.size() >= 2;
+        if (nm.starts_with(vprefix)) {
+            if (!with_vision || nm.find(".head.") != std::string_view::npos) continue;  // CLIP head: unused
+            const bool one_by_one = t.shape.size() == 4 && t.shape[2] == 1 && t.shape[3] == 1;
+            total += n * (t.shape.size() == 2 ? bytes(typename Policy::vision_attention::weight{})
+                          : one_by_one        ? bytes(typename Policy::vision_conv::weight{})
+                                              : 4.0);
+        } else if (nm.starts_with("model.mm_projector.")) {
+            total += n * (matrix ? bytes(typename Policy::projector::weight{}) : 4.0);
+        } else if (nm == "lm_head.weight") {
+            total += n * bytes(typename Policy::lm_head::weight{});
+        } else if (nm == "model.embed_tokens.weight") {
+            total += n * bytes(typename Policy::embeddings{});
+            if (!store.contains("lm_head.weight")) total += n * bytes(typename Policy::lm_head::weight{});  // tied
+        } else if (matrix && nm.find(".self_attn.") != std::string_view::npos) {
+            total += n * bytes(typename Policy::decoder_attention::weight{});
+        } else if (matrix && nm.find(".mlp.") != std::string_view::npos) {
+            total += n * bytes(typename Policy::decoder_mlp::weight{});
+        } else if (t.dtype != io::DType::I64) {
+            total += n * 4.0;
+        }
+    }
+    return total;
+}
+
+// Memory a load may still take: MemAvailable + SwapFree (/proc/meminfo), and no more than the room
+// left under this process's cgroup v2 memory.max. 0 when /proc/meminfo cannot be read.
+inline double available_memory_bytes() {
+    auto meminfo = [](std::string_view key) -> double {
+        std::ifstream f("/proc/meminfo");
+        std::string k;
+        double kb = 0;
+        std::string unit;
+        while (f >> k >> kb) {
+            std::getline(f, unit);
+            if (k.size() == key.size() + 1 && k.starts_with(key) && k.back() == ':') return kb * 1024;
+        }
+        return -1;
+    };
+    const double avail = meminfo("MemAvailable");
+    if (avail < 0) return 0;
+    double room = avail + std::max(0.0, meminfo("SwapFree"));
+    std::ifstream cg("/proc/self/cgroup");
+    for (std::string line; std::getline(cg, line);) {
+        if (!line.starts_with("0::")) continue;  // cgroup v2
+        const std::filesystem::path dir = std::filesystem::path("/sys/fs/cgroup") / line.substr(4);
+        std::ifstream fmax(dir / "memory.max"), fcur(dir / "memory.current");
+        double max = 0, cur = 0;
+        if (fmax >> max && fcur >> cur) room = std::min(room, std::max(0.0, max - cur));  // "max" = no limit: not read
+    }
+    return room;
+}
+
+// Throws before any weight is read when the policy's weights cannot fit: LoadLimits::max_weight_bytes,
+// or (0, the default) the memory available now. An fp32 FastVLM-7B (~31 GB) on a 24 GB machine is this
+// error instead of the kernel's OOM killer part-way through a minute-long load.
+template <class Policy>
+void check_weight_memory(const io::TensorStore& store, bool with_vision, const io::LoadLimits& limits,
+                         const std::filesystem::path& dir, std::string_view preset) {
+    const double need = estimated_weight_bytes<Policy>(store, with_vision);
+    const bool automatic = limits.max_weight_bytes == 0;
+    const double room = automatic ? available_memory_bytes() : double(limits.max_weight_bytes);
+    if (room <= 0 || need <= room) return;
+    auto gib = [](double b) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.2f", b / double(1 << 30));
+        return std::string(buf);
+    };
+    fail("model '", dir.string(), "' with precision ", preset, ": its weights need about ", gib(need), " GiB, more than ",
+         automatic ? "the " + gib(room) + " GiB of memory available (MemAvailable + SwapFree, cgroup memory.max)"
+                   : "the limit max_weight_bytes = " + std::to_string(limits.max_weight_bytes) + " bytes",
+         "; choose a smaller precision (int8, int4) or set the limit max_weight_bytes");
+}
 }  // namespace detail
 
 template <class Policy>
@@ -194,6 +282,7 @@ public:
             p->tokenizer = text::Tokenizer::load(dir, opt.limits);
         }
         const auto store = io::TensorStore::open(dir, opt.limits);
+        detail::check_weight_memory<Policy>(store, opt.load_vision, opt.limits, dir, Policy::name);
         // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
         if (opt.load_vision) {
             progress(0.01f, "vision");

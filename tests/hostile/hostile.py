@@ -1365,6 +1365,7 @@ def cases_prompts(ctx):
                        ("limit_tight_depth", "max_json_depth=1"), ("limit_tight_tensors", "max_tensors=1"),
                        ("limit_tight_header", "max_header_bytes=2"), ("limit_tight_files", "max_json_file_bytes=1,max_file_bytes=1"),
                        ("limit_tight_tokenizer", "max_tokenizer_file_bytes=1,max_added_tokens=0"),
+                       ("limit_tight_weights", "max_weight_bytes=1"),
                        ("limit_loose_all", "max_json_depth=1000,max_pixels=16G,max_padded_pixels=16G,max_image_size=16384"),
                        ("limit_help", "help")]:
         run(name, extra=["--limit", spec])

@@ -42,6 +42,9 @@ struct LoadLimits {
     int max_json_depth = 64;
     // config.json image_size (FastViTHD's work grows with its square; the official models use 1024).
     int max_image_size = 2048;
+    // Bytes the packed weights may take; 0 = the memory available at load time (MemAvailable +
+    // SwapFree, cgroup memory.max). Checked from the tensor shapes before any weight is read.
+    std::uint64_t max_weight_bytes = 0;
 };
 
 namespace detail {

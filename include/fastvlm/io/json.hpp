@@ -87,7 +87,7 @@ private:
     }
     bool open(json&& v) {
         if (int(stack_.size()) >= opt_.max_depth)
-            fail(what_, ": JSON nested deeper than ", opt_.max_depth, " levels");
+            fail(what_, ": JSON nested deeper than ", opt_.max_depth, " levels (limit max_json_depth)");
         stack_.push_back(slot(std::move(v)));  // the parents of the open value never move while it is open
         return true;
     }

@@ -51,7 +51,7 @@ inline std::string shown(std::string_view s) { return s.size() <= 80 ? std::stri
 
 // The table: name, meaning, allowed range. The upper bounds keep every limit within what the code can
 // represent (and, for the JSON depth, within what the stack of a recursive consumer of the DOM holds).
-inline constexpr std::array<LimitInfo, 11> kLimits = {
+inline constexpr std::array<LimitInfo, 12> kLimits = {
     detail::limit<&Limits::load, &LoadLimits::max_json_file_bytes>(
         "max_json_file_bytes", "bytes of config.json and the other small JSON files", 1, detail::kTiB),
     detail::limit<&Limits::load, &LoadLimits::max_tokenizer_file_bytes>(
@@ -65,6 +65,8 @@ inline constexpr std::array<LimitInfo, 11> kLimits = {
     detail::limit<&Limits::load, &LoadLimits::max_json_depth>("max_json_depth", "nesting of any JSON input", 1, 1000),
     detail::limit<&Limits::load, &LoadLimits::max_image_size>("max_image_size", "config.json image_size (pixels a side)",
                                                                64, 16384),
+    detail::limit<&Limits::load, &LoadLimits::max_weight_bytes>(
+        "max_weight_bytes", "bytes of the packed weights of a model (0 = the memory available at load)", 0, std::uint64_t(1) << 50),
     detail::limit<&Limits::image, &ImageLimits::max_pixels>("max_pixels", "pixels of a decoded image", 1,
                                                              std::uint64_t(1) << 34),
     detail::limit<&Limits::image, &ImageLimits::max_padded_pixels>(

@@ -547,7 +547,7 @@ private:
         return true;
     }
     bool open(bool object) {
-        if (int(st_.size()) >= max_depth) fail("tokenizer: ", src, ": JSON nested deeper than ", max_depth, " levels");
+        if (int(st_.size()) >= max_depth) fail("tokenizer: ", src, ": JSON nested deeper than ", max_depth, " levels (limit max_json_depth)");
         Mode mode = kDom;
         if (!st_.empty() && st_.back().mode == kVocab)
             fail("tokenizer: ", src, ": id of token '", st_.back().key, "' is not an integer");

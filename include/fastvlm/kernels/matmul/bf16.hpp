@@ -47,9 +47,22 @@ struct PackedBF2 {
         const bf16* s = panel(r / kPanel) + 2 * (r % kPanel);
         for (Index q = 0; q < k; ++q) out[q] = to_float(s[(q / 2) * 2 * kPanel + (q & 1)]);
     }
-    // Columns of panel p, k-pairs [u0, u0+uc), widened to f32 [2·uc][16].
+    // Columns of panel p, k-pairs [u0, u0+uc), widened to f32 [2·uc][16]. A k-pair of a column is one
+    // dword: the even k in its low half (as f32: dword << 16), the odd k in its high half (dword & ~0xFFFF).
     void widen(Index p, Index u0, Index uc, float* out) const {
         const bf16* s = panel(p) + u0 * 2 * kPanel;
+#if defined(__AVX2__)
+        const __m256i high = _mm256_set1_epi32(int(0xFFFF0000u));
+        for (Index u = 0; u < uc; ++u, s += 2 * kPanel, out += 2 * kPanel) {
+            const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));      // columns 0..7
+            const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 16)); // columns 8..15
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_slli_epi32(a, 16));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_slli_epi32(b, 16));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kPanel), _mm256_and_si256(a, high));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kPanel + 8), _mm256_and_si256(b, high));
+        }
+        return;
+#endif
         for (Index u = 0; u < uc; ++u)
             for (Index c = 0; c < kPanel; ++c) {
                 out[(2 * u) * kPanel + c] = to_float(s[u * 2 * kPanel + 2 * c]);
@@ -57,6 +70,40 @@ struct PackedBF2 {
             }
     }
 };
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define FASTVLM_GEMV_BF16_PAIRS 1
+// out[16] = Σ_q xr[q] · W[q][16] straight from the pair layout [k2][16][2] (one 64-byte line per
+// k-pair; the dwords widen with a shift and a mask), xr = bf16-rounded x, 2·k2 floats. m = 1 of the
+// BF16-compute path without vdpbf16ps: it widened 128 k-pairs into a buffer first (48 % of the read
+// bandwidth at decode on Zen 3).
+FASTVLM_FLATTEN inline void gemv_panel_bf16_pairs(const float* __restrict xr, const bf16* __restrict w, Index k2,
+                                                  float* __restrict out) {
+    constexpr Index kPrefetch = 4096 / sizeof(bf16);  // elements ahead (the stream comes from DRAM)
+    const __m256i high = _mm256_set1_epi32(int(0xFFFF0000u));
+    __m256 acc[2][4];  // [columns 0..7 | 8..15][even k, odd k; two k-pairs in flight]
+    for (auto& a : acc) a[0] = a[1] = a[2] = a[3] = _mm256_setzero_ps();
+    Index u = 0;
+    auto step = [&](Index v, int slot) {
+        const bf16* s = w + v * 2 * kPanel;
+        const __m256 xe = _mm256_set1_ps(xr[2 * v]), xo = _mm256_set1_ps(xr[2 * v + 1]);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 16 * h));
+            acc[h][slot] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(d, 16)), acc[h][slot]);
+            acc[h][slot + 1] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(d, high)), acc[h][slot + 1]);
+        }
+    };
+    for (; u + 2 <= k2; u += 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + u * 2 * kPanel + kPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + u * 2 * kPanel + kPrefetch) + 64, _MM_HINT_T0);
+        step(u, 0);
+        step(u + 1, 2);
+    }
+    if (u < k2) step(u, 0);
+    for (int h = 0; h < 2; ++h)
+        _mm256_storeu_ps(out + 8 * h, _mm256_add_ps(_mm256_add_ps(acc[h][0], acc[h][1]), _mm256_add_ps(acc[h][2], acc[h][3])));
+}
+#endif
 
 // x[k] → bf16-rounded floats, zero-padded to 2·k2 values.
 inline void round_bf16(const float* x, Index k, Index k2, float* out) {
@@ -108,6 +155,12 @@ struct KernBF16Wide {
     }
     // xr: bf16-rounded x, 2·k2 floats.
     void gemv_panels(const float* xr, Index p0, Index p1, float* out) const {
+#if defined(FASTVLM_GEMV_BF16_PAIRS)
+        if constexpr (!std::is_void_v<Arch>) {
+            for (Index p = p0; p < p1; ++p) gemv_panel_bf16_pairs(xr, P->panel(p), P->k2, out + (p - p0) * kPanel);
+            return;
+        }
+#endif
         constexpr Index kChunk = 128;  // k-pairs per widened chunk
         float* buf = scratch<float, 3>(std::size_t(2 * kChunk * kPanel));
         for (Index p = p0; p < p1; ++p) {
