@@ -2361,6 +2361,9 @@ struct LoadLimits {
     int max_json_depth = 64;
     // config.json image_size (FastViTHD's work grows with its square; the official models use 1024).
     int max_image_size = 2048;
+    // Bytes the packed weights may take; 0 = the memory available at load time (MemAvailable +
+    // SwapFree, cgroup memory.max). Checked from the tensor shapes before any weight is read.
+    std::uint64_t max_weight_bytes = 0;
 };
 
 namespace detail {
@@ -2583,7 +2586,7 @@ private:
     }
     bool open(json&& v) {
         if (int(stack_.size()) >= opt_.max_depth)
-            fail(what_, ": JSON nested deeper than ", opt_.max_depth, " levels");
+            fail(what_, ": JSON nested deeper than ", opt_.max_depth, " levels (limit max_json_depth)");
         stack_.push_back(slot(std::move(v)));  // the parents of the open value never move while it is open
         return true;
     }
@@ -5428,9 +5431,22 @@ struct PackedBF2 {
         const bf16* s = panel(r / kPanel) + 2 * (r % kPanel);
         for (Index q = 0; q < k; ++q) out[q] = to_float(s[(q / 2) * 2 * kPanel + (q & 1)]);
     }
-    // Columns of panel p, k-pairs [u0, u0+uc), widened to f32 [2·uc][16].
+    // Columns of panel p, k-pairs [u0, u0+uc), widened to f32 [2·uc][16]. A k-pair of a column is one
+    // dword: the even k in its low half (as f32: dword << 16), the odd k in its high half (dword & ~0xFFFF).
     void widen(Index p, Index u0, Index uc, float* out) const {
         const bf16* s = panel(p) + u0 * 2 * kPanel;
+#if defined(__AVX2__)
+        const __m256i high = _mm256_set1_epi32(int(0xFFFF0000u));
+        for (Index u = 0; u < uc; ++u, s += 2 * kPanel, out += 2 * kPanel) {
+            const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));      // columns 0..7
+            const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 16)); // columns 8..15
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_slli_epi32(a, 16));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_slli_epi32(b, 16));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kPanel), _mm256_and_si256(a, high));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kPanel + 8), _mm256_and_si256(b, high));
+        }
+        return;
+#endif
         for (Index u = 0; u < uc; ++u)
             for (Index c = 0; c < kPanel; ++c) {
                 out[(2 * u) * kPanel + c] = to_float(s[u * 2 * kPanel + 2 * c]);
@@ -5438,6 +5454,40 @@ struct PackedBF2 {
             }
     }
 };
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define FASTVLM_GEMV_BF16_PAIRS 1
+// out[16] = Σ_q xr[q] · W[q][16] straight from the pair layout [k2][16][2] (one 64-byte line per
+// k-pair; the dwords widen with a shift and a mask), xr = bf16-rounded x, 2·k2 floats. m = 1 of the
+// BF16-compute path without vdpbf16ps: it widened 128 k-pairs into a buffer first (48 % of the read
+// bandwidth at decode on Zen 3).
+FASTVLM_FLATTEN inline void gemv_panel_bf16_pairs(const float* __restrict xr, const bf16* __restrict w, Index k2,
+                                                  float* __restrict out) {
+    constexpr Index kPrefetch = 4096 / sizeof(bf16);  // elements ahead (the stream comes from DRAM)
+    const __m256i high = _mm256_set1_epi32(int(0xFFFF0000u));
+    __m256 acc[2][4];  // [columns 0..7 | 8..15][even k, odd k; two k-pairs in flight]
+    for (auto& a : acc) a[0] = a[1] = a[2] = a[3] = _mm256_setzero_ps();
+    Index u = 0;
+    auto step = [&](Index v, int slot) {
+        const bf16* s = w + v * 2 * kPanel;
+        const __m256 xe = _mm256_set1_ps(xr[2 * v]), xo = _mm256_set1_ps(xr[2 * v + 1]);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 16 * h));
+            acc[h][slot] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(d, 16)), acc[h][slot]);
+            acc[h][slot + 1] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(d, high)), acc[h][slot + 1]);
+        }
+    };
+    for (; u + 2 <= k2; u += 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + u * 2 * kPanel + kPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + u * 2 * kPanel + kPrefetch) + 64, _MM_HINT_T0);
+        step(u, 0);
+        step(u + 1, 2);
+    }
+    if (u < k2) step(u, 0);
+    for (int h = 0; h < 2; ++h)
+        _mm256_storeu_ps(out + 8 * h, _mm256_add_ps(_mm256_add_ps(acc[h][0], acc[h][1]), _mm256_add_ps(acc[h][2], acc[h][3])));
+}
+#endif
 
 // x[k] → bf16-rounded floats, zero-padded to 2·k2 values.
 inline void round_bf16(const float* x, Index k, Index k2, float* out) {
@@ -5489,6 +5539,12 @@ struct KernBF16Wide {
     }
     // xr: bf16-rounded x, 2·k2 floats.
     void gemv_panels(const float* xr, Index p0, Index p1, float* out) const {
+#if defined(FASTVLM_GEMV_BF16_PAIRS)
+        if constexpr (!std::is_void_v<Arch>) {
+            for (Index p = p0; p < p1; ++p) gemv_panel_bf16_pairs(xr, P->panel(p), P->k2, out + (p - p0) * kPanel);
+            return;
+        }
+#endif
         constexpr Index kChunk = 128;  // k-pairs per widened chunk
         float* buf = scratch<float, 3>(std::size_t(2 * kChunk * kPanel));
         for (Index p = p0; p < p1; ++p) {
@@ -5751,8 +5807,52 @@ inline bool finite(__m512 v0, __m512 v1) {
 }  // namespace qv
 #endif
 
+#if !(defined(__AVX512F__) && defined(__AVX512BW__)) && defined(__AVX2__)
+// The same on AVX2 (the packers of int8/int4 presets spent ~5 s of a 0.5B load in the scalar loop).
+namespace qv2 {
+inline __m256 absv(__m256 v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+inline __m256 round_half_away(__m256 y) {
+    const __m256 t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 up = _mm256_cmp_ps(absv(_mm256_sub_ps(y, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.f), _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), y));
+    return _mm256_add_ps(t, _mm256_and_ps(up, one));
+}
+// x[32] as 4 vectors; false if any is NaN or ±inf. amax = max |x|.
+inline bool load_block(const float* x, __m256 (&v)[4], __m256 (&a)[4], float& amax) {
+    const __m256 big = _mm256_set1_ps(3.4e38f);
+    int ok = 0xff;
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        a[i] = absv(v[i]);
+        ok &= _mm256_movemask_ps(_mm256_cmp_ps(a[i], big, _CMP_LE_OQ));
+    }
+    if (ok != 0xff) return false;
+    __m256 m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    amax = _mm_cvtss_f32(h);
+    return true;
+}
+inline __m256i quant(__m256 v, __m256 vid) { return _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v, vid))); }
+}  // namespace qv2
+#endif
+
 inline bool quantize_block_q8(const float* x, f16& d16, std::uint8_t* out) {
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if !(defined(__AVX512F__) && defined(__AVX512BW__)) && defined(__AVX2__)
+    __m256 v[4], a[4];
+    float amax = 0.f;
+    if (!qv2::load_block(x, v, a, amax)) return false;
+    const float d = amax / 127.f, id = finite_inverse(d);
+    d16 = to_f16(d);
+    const __m256 vid = _mm256_set1_ps(id);
+    const __m256i off = _mm256_set1_epi32(128);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_add_epi32(qv2::quant(v[i], vid), off);  // 1..255
+    const __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return true;
+#elif defined(__AVX512F__) && defined(__AVX512BW__)
     const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
     if (!qv::finite(v0, v1)) return false;
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
@@ -5772,7 +5872,30 @@ inline bool quantize_block_q8(const float* x, f16& d16, std::uint8_t* out) {
 }
 
 inline bool quantize_block_q4(const float* x, f16& d16, std::uint8_t* out) {
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if !(defined(__AVX512F__) && defined(__AVX512BW__)) && defined(__AVX2__)
+    __m256 v[4], a[4];
+    float amax = 0.f;
+    if (!qv2::load_block(x, v, a, amax)) return false;
+    float vmax = 0.f;  // the first value of largest magnitude (as the scalar loop's strict >)
+    if (amax > 0.f) {
+        const __m256 am = _mm256_set1_ps(amax);
+        std::uint32_t m = 0;
+        for (int i = 0; i < 4; ++i) m |= std::uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a[i], am, _CMP_EQ_OQ))) << (8 * i);
+        vmax = x[std::countr_zero(m)];
+    }
+    const float d = vmax / -8.f, id = finite_inverse(d);
+    d16 = to_f16(d);
+    const __m256 vid = _mm256_set1_ps(id);
+    const __m256i eight = _mm256_set1_epi32(8), zero = _mm256_setzero_si256(), fifteen = _mm256_set1_epi32(15);
+    auto q = [&](__m256 w) { return _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(qv2::quant(w, vid), eight), zero), fifteen); };
+    // byte j = q[j] | q[j + 16] << 4
+    const __m256i lo = _mm256_or_si256(q(v[0]), _mm256_slli_epi32(q(v[2]), 4));  // j = 0..7
+    const __m256i hi = _mm256_or_si256(q(v[1]), _mm256_slli_epi32(q(v[3]), 4));  // j = 8..15
+    const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);  // 16-bit, j order
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                     _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1)));
+    return true;
+#elif defined(__AVX512F__) && defined(__AVX512BW__)
     const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
     if (!qv::finite(v0, v1)) return false;
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
@@ -7937,7 +8060,7 @@ private:
         return true;
     }
     bool open(bool object) {
-        if (int(st_.size()) >= max_depth) fail("tokenizer: ", src, ": JSON nested deeper than ", max_depth, " levels");
+        if (int(st_.size()) >= max_depth) fail("tokenizer: ", src, ": JSON nested deeper than ", max_depth, " levels (limit max_json_depth)");
         Mode mode = kDom;
         if (!st_.empty() && st_.back().mode == kVocab)
             fail("tokenizer: ", src, ": id of token '", st_.back().key, "' is not an integer");
@@ -9685,7 +9808,9 @@ FASTVLM_PRESETS(FASTVLM_EXTERN_)
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -9817,6 +9942,92 @@ struct ModelParts {
     std::vector<std::int32_t> stop_ids;
     io::ImageLimits image_limits;
 };
+
+// Bytes the weights of `store` will take once Model<Policy>::load has packed them (the policy's format
+// per layer class, f32 for norms, biases and depthwise kernels), from the tensor shapes alone, before
+// any weight is read. Panel padding is ignored (FastVLM's sizes are multiples of 32).
+template <class Policy>
+double estimated_weight_bytes(const io::TensorStore& store, bool with_vision) {
+    auto bytes = [](auto fmt_tag) { return decltype(fmt_tag)::bits_per_weight / 8; };
+    constexpr std::string_view vprefix = "model.vision_tower.";
+    double total = 0;
+    for (const auto& name : store.names()) {
+        const io::TensorRef& t = store.at(name);
+        const double n = double(t.numel());
+        std::string_view nm = name;
+        const bool matrix = nm.ends_with(".weight") && t.shape.size() >= 2;
+        if (nm.starts_with(vprefix)) {
+            if (!with_vision || nm.find(".head.") != std::string_view::npos) continue;  // CLIP head: unused
+            const bool one_by_one = t.shape.size() == 4 && t.shape[2] == 1 && t.shape[3] == 1;
+            total += n * (t.shape.size() == 2 ? bytes(typename Policy::vision_attention::weight{})
+                          : one_by_one        ? bytes(typename Policy::vision_conv::weight{})
+                                              : 4.0);
+        } else if (nm.starts_with("model.mm_projector.")) {
+            total += n * (matrix ? bytes(typename Policy::projector::weight{}) : 4.0);
+        } else if (nm == "lm_head.weight") {
+            total += n * bytes(typename Policy::lm_head::weight{});
+        } else if (nm == "model.embed_tokens.weight") {
+            total += n * bytes(typename Policy::embeddings{});
+            if (!store.contains("lm_head.weight")) total += n * bytes(typename Policy::lm_head::weight{});  // tied
+        } else if (matrix && nm.find(".self_attn.") != std::string_view::npos) {
+            total += n * bytes(typename Policy::decoder_attention::weight{});
+        } else if (matrix && nm.find(".mlp.") != std::string_view::npos) {
+            total += n * bytes(typename Policy::decoder_mlp::weight{});
+        } else if (t.dtype != io::DType::I64) {
+            total += n * 4.0;
+        }
+    }
+    return total;
+}
+
+// Memory a load may still take: MemAvailable + SwapFree (/proc/meminfo), and no more than the room
+// left under this process's cgroup v2 memory.max. 0 when /proc/meminfo cannot be read.
+inline double available_memory_bytes() {
+    auto meminfo = [](std::string_view key) -> double {
+        std::ifstream f("/proc/meminfo");
+        std::string k;
+        double kb = 0;
+        std::string unit;
+        while (f >> k >> kb) {
+            std::getline(f, unit);
+            if (k.size() == key.size() + 1 && k.starts_with(key) && k.back() == ':') return kb * 1024;
+        }
+        return -1;
+    };
+    const double avail = meminfo("MemAvailable");
+    if (avail < 0) return 0;
+    double room = avail + std::max(0.0, meminfo("SwapFree"));
+    std::ifstream cg("/proc/self/cgroup");
+    for (std::string line; std::getline(cg, line);) {
+        if (!line.starts_with("0::")) continue;  // cgroup v2
+        const std::filesystem::path dir = std::filesystem::path("/sys/fs/cgroup") / line.substr(4);
+        std::ifstream fmax(dir / "memory.max"), fcur(dir / "memory.current");
+        double max = 0, cur = 0;
+        if (fmax >> max && fcur >> cur) room = std::min(room, std::max(0.0, max - cur));  // "max" = no limit: not read
+    }
+    return room;
+}
+
+// Throws before any weight is read when the policy's weights cannot fit: LoadLimits::max_weight_bytes,
+// or (0, the default) the memory available now. An fp32 FastVLM-7B (~31 GB) on a 24 GB machine is this
+// error instead of the kernel's OOM killer part-way through a minute-long load.
+template <class Policy>
+void check_weight_memory(const io::TensorStore& store, bool with_vision, const io::LoadLimits& limits,
+                         const std::filesystem::path& dir, std::string_view preset) {
+    const double need = estimated_weight_bytes<Policy>(store, with_vision);
+    const bool automatic = limits.max_weight_bytes == 0;
+    const double room = automatic ? available_memory_bytes() : double(limits.max_weight_bytes);
+    if (room <= 0 || need <= room) return;
+    auto gib = [](double b) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.2f", b / double(1 << 30));
+        return std::string(buf);
+    };
+    fail("model '", dir.string(), "' with precision ", preset, ": its weights need about ", gib(need), " GiB, more than ",
+         automatic ? "the " + gib(room) + " GiB of memory available (MemAvailable + SwapFree, cgroup memory.max)"
+                   : "the limit max_weight_bytes = " + std::to_string(limits.max_weight_bytes) + " bytes",
+         "; choose a smaller precision (int8, int4) or set the limit max_weight_bytes");
+}
 }  // namespace detail
 
 template <class Policy>
@@ -9860,6 +10071,7 @@ public:
             p->tokenizer = text::Tokenizer::load(dir, opt.limits);
         }
         const auto store = io::TensorStore::open(dir, opt.limits);
+        detail::check_weight_memory<Policy>(store, opt.load_vision, opt.limits, dir, Policy::name);
         // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
         if (opt.load_vision) {
             progress(0.01f, "vision");
@@ -11425,7 +11637,7 @@ inline std::string shown(std::string_view s) { return s.size() <= 80 ? std::stri
 
 // The table: name, meaning, allowed range. The upper bounds keep every limit within what the code can
 // represent (and, for the JSON depth, within what the stack of a recursive consumer of the DOM holds).
-inline constexpr std::array<LimitInfo, 11> kLimits = {
+inline constexpr std::array<LimitInfo, 12> kLimits = {
     detail::limit<&Limits::load, &LoadLimits::max_json_file_bytes>(
         "max_json_file_bytes", "bytes of config.json and the other small JSON files", 1, detail::kTiB),
     detail::limit<&Limits::load, &LoadLimits::max_tokenizer_file_bytes>(
@@ -11439,6 +11651,8 @@ inline constexpr std::array<LimitInfo, 11> kLimits = {
     detail::limit<&Limits::load, &LoadLimits::max_json_depth>("max_json_depth", "nesting of any JSON input", 1, 1000),
     detail::limit<&Limits::load, &LoadLimits::max_image_size>("max_image_size", "config.json image_size (pixels a side)",
                                                                64, 16384),
+    detail::limit<&Limits::load, &LoadLimits::max_weight_bytes>(
+        "max_weight_bytes", "bytes of the packed weights of a model (0 = the memory available at load)", 0, std::uint64_t(1) << 50),
     detail::limit<&Limits::image, &ImageLimits::max_pixels>("max_pixels", "pixels of a decoded image", 1,
                                                              std::uint64_t(1) << 34),
     detail::limit<&Limits::image, &ImageLimits::max_padded_pixels>(
