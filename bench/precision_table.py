@@ -181,6 +181,16 @@ def weight_files(model_dir):
     return [os.path.join(model_dir, "model.safetensors")]
 
 
+def model_size(model_dir):
+    """FastVLM size from config.json's hidden_size (spec §4), or the hidden size itself."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            h = json.load(f).get("hidden_size")
+    except (OSError, ValueError):
+        return "?"
+    return {896: "0.5B", 1536: "1.5B", 3584: "7B"}.get(h, f"hidden {h}")
+
+
 def checkpoint_params(model_dir):
     header = {}
     for path in weight_files(model_dir):
@@ -542,7 +552,7 @@ def main():
         f"{' / '.join(f'{x:.2f}' for x in load_start)}, at end {' / '.join(f'{x:.2f}' for x in load_end)}.",
         f"- Machine: {machine()}. CLI: `{a.cli}` ({st.st_size} B, modified "
         f"{datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc):%Y-%m-%d %H:%M} UTC).",
-        f"- Speed: `{os.path.basename(a.model.rstrip('/'))}` (0.5B), 1024² image, default prompt, --max-tokens {a.max_tokens}, "
+        f"- Speed: `{os.path.basename(a.model.rstrip('/'))}` ({model_size(a.model)}), 1024² image, default prompt, --max-tokens {a.max_tokens}, "
         f"--threads {a.threads}, medians of {a.reps} run(s) per preset (round-robin)." if not a.skip_speed else "- Speed: skipped.",
     ]
     if not a.skip_speed:
