@@ -68,7 +68,11 @@ void BM_Linear(benchmark::State& st) {
     // m = 1 (decode) streams each layer's weights from DRAM: rotate over copies of ≥ 128 MB in
     // total, so that neither these weights nor a part of them stay in the 32 MB L3.
     std::vector<std::unique_ptr<const Linear<W, A>>> lins;
-    lins.push_back(std::make_unique<const Linear<W, A>>(w.data(), s.n, s.k));
+    {
+        auto first = std::make_unique<Linear<W, A>>(w.data(), s.n, s.k);
+        if (st.range(2) >= 0) first->set_path(detail::mm::kAllPaths[st.range(2)]);  // else the builtin path
+        lins.push_back(std::move(first));
+    }
     const std::size_t bytes = lins[0]->weight_bytes();
     if (s.m == 1)
         while (lins.size() < 64 && lins.size() * bytes < (std::size_t(128) << 20))
@@ -87,7 +91,7 @@ void BM_Linear(benchmark::State& st) {
     }
     const fb::Unit isa = std::is_same_v<A, fmt::BF16> ? fb::Unit::dpbf16 : std::is_same_v<A, fmt::Q8> ? fb::Unit::vnni : fb::Unit::fma;
     fb::report(st, 2.0 * double(s.m) * double(s.n) * double(s.k), double(bytes), timer.seconds(), threads, isa);
-    st.SetLabel(std::string(detail::mm::path_name(lins[0]->path())) + (lins.size() > 1 ? " x" + std::to_string(lins.size()) + " copies" : ""));
+    st.SetLabel(std::string(detail::mm::path_name(lins[0]->path(s.m == 1 ? KernelClass::gemv : KernelClass::gemm))) + (lins.size() > 1 ? " x" + std::to_string(lins.size()) + " copies" : ""));
 }
 
 #if defined(FASTVLM_HAVE_BLAS)
@@ -197,15 +201,26 @@ void register_small_m(const std::string& name) {
         }
 }
 
+// Matmul/NAME/... runs the builtin path; Matmul/NAME@PATH/... each other path this CPU has (the
+// candidates kernel choice times at load, kernels/kernel_choice.hpp).
 template <class W, class A>
 void register_format(const std::string& name) {
-    for (int i = 0; i < int(std::size(kShapes)); ++i)
-        benchmark::RegisterBenchmark(("Matmul/" + name + "/" + kShapes[i].name).c_str(), BM_Linear<W, A>)
-            ->Args({i, 1})
-            ->Args({i, 2})
-            ->ArgNames({"shape", "threads"})
-            ->UseRealTime()
-            ->Unit(benchmark::kMillisecond);
+    const auto builtin = detail::mm::ImplFor<W, A>::type::best();
+    for (int pi = -1; pi < int(std::size(detail::mm::kAllPaths)); ++pi) {
+        std::string label = name;
+        if (pi >= 0) {
+            const auto p = detail::mm::kAllPaths[pi];
+            if (p == builtin || p == detail::mm::Path::scalar || !Linear<W, A>::supports(p)) continue;
+            label += std::string("@") + detail::mm::path_name(p);
+        }
+        for (int i = 0; i < int(std::size(kShapes)); ++i)
+            benchmark::RegisterBenchmark(("Matmul/" + label + "/" + kShapes[i].name).c_str(), BM_Linear<W, A>)
+                ->Args({i, 1, pi})
+                ->Args({i, 2, pi})
+                ->ArgNames({"shape", "threads", "path"})
+                ->UseRealTime()
+                ->Unit(benchmark::kMillisecond);
+    }
 }
 
 }  // namespace

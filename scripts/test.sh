@@ -10,6 +10,10 @@ stage() { echo "test.sh: ${SECONDS}s: $*"; }  # where the minutes go (CI must st
 
 # The microbenchmarks (bench/) are not built here: they are measured by hand (bench/README.md), and
 # building them cost CI minutes that the sanitizer and fuzz passes need.
+# Kernel paths: the builtin ones, not timed at each load (docs/kernels.md, "Kernel choice"): every test
+# process runs the same arithmetic and nothing is cached under $HOME. The kernel-choice tests set their own.
+export FASTVLM_KERNELS=default
+
 stage "release build"
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DFASTVLM_BUILD_BENCH=OFF >/dev/null
 cmake --build build/release -j"$jobs"

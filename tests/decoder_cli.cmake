@@ -60,6 +60,13 @@ if(FASTVLM_BUILD_EXAMPLES AND FASTVLM_PYTHON)
                    --max-tokens 5 --temp 0.8 --top-k 20 --top-p 0.9 --seed 3 --threads 1 --json)
   set_tests_properties(decoder_cli_run_tiny_json PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
                        PASS_REGULAR_EXPRESSION "\"ids\":\\[[0-9,]+\\].*\"timings\":.*\"weight_mb\":[0-9.]+")
+  # Kernel choice end to end: the first run times the BF16 x BF16 candidates and writes the cache, the second
+  # reads it (docs/kernels.md, "Kernel choice"). test.sh runs the suite with FASTVLM_KERNELS=default otherwise.
+  add_test(NAME decoder_cli_run_tiny_kernels_measured_then_cached
+           COMMAND sh -c "rm -f \"$2\" && for k in measure ''; do FASTVLM_KERNELS=$k FASTVLM_KERNEL_CACHE=\"$2\" \"$0\" run --model \"$1\" --image \"$3\" --precision bf16 --max-tokens 3 --threads 2 --json || exit 1; done"
+                   ${_cli} ${_tm} ${_out}/kernel-cache-test.json ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png)
+  set_tests_properties(decoder_cli_run_tiny_kernels_measured_then_cached PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                       PASS_REGULAR_EXPRESSION "\"bf16xbf16\":{\"candidates\":\\[[a-z0-9_\",]*\\],\"gemm\":\"[a-z0-9_]+\",\"gemm_ms\":{[^}]*},\"gemv\":\"[a-z0-9_]+\",\"gemv_ms\":{[^}]*},\"source\":\"measured\"}.*\"bf16xbf16\":{\"candidates\":\\[[a-z0-9_\",]*\\],\"gemm\":\"[a-z0-9_]+\",\"gemv\":\"[a-z0-9_]+\",\"source\":\"cached\"}")
   add_test(NAME decoder_cli_chat_tiny
            COMMAND sh -c "printf 'What is it?\\nAnd now?\\n/reset\\nHi\\n' | \"$0\" chat --model \"$1\" --image \"$2\" --max-tokens 4 --threads 1"
                    ${_cli} ${_tm} ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png)

@@ -15,12 +15,16 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "fastvlm/kernels/kernel_choice.hpp"
 #include "fastvlm/kernels/matmul.hpp"
+#include "support.hpp"
 
 namespace {
 
@@ -65,12 +69,15 @@ template <class W, class A>
 constexpr int kCorr = std::is_same_v<W, fmt::Q4> ? 8 : 128;
 
 // The activations the kernel really multiplies (x rounded to bf16, or quantized to Q8 blocks).
+// Path::widen_f32 computes a BF16 x BF16 layer on unrounded x.
 template <class W, class A>
-std::vector<float> kernel_x(const std::vector<float>& x, Index m, Index k, std::vector<float>* err_bound = nullptr) {
+std::vector<float> kernel_x(const std::vector<float>& x, Index m, Index k, std::vector<float>* err_bound = nullptr,
+                            Path path = Path::simd) {
     std::vector<float> out(x);
     if (err_bound) err_bound->assign(x.size(), 0.f);
     if constexpr (std::is_same_v<A, fmt::BF16>) {
-        for (auto& v : out) v = to_float(to_bf16(v));
+        if (path != Path::widen_f32)
+            for (auto& v : out) v = to_float(to_bf16(v));
     } else if constexpr (kQuant<W, A>) {
         const Index kb = (k + 31) / 32;
         std::vector<std::int8_t> q(sz(kb * 32));
@@ -137,7 +144,7 @@ template <class W, class A>
 std::vector<Path> paths_to_test() {
     std::vector<Path> out;
     Linear<W, A> probe;
-    for (Path p : {Path::scalar, Path::simd, Path::avx512_bf16, Path::avx512_vnni, Path::avx2_int8}) {
+    for (Path p : detail::mm::kAllPaths) {
         try {
             probe.set_path(p);
             out.push_back(p);
@@ -179,7 +186,7 @@ void run_case(const Case& c, Path path, ThreadPool& pool, std::mt19937& g, bool 
     std::vector<float> wk(sz(n * k));
     for (Index j = 0; j < n; ++j) lin.row(j, wk.data() + j * k);
     std::vector<float> ex;
-    const auto xk = kernel_x<W, A>(x, m, k, &ex);
+    const auto xk = kernel_x<W, A>(x, m, k, &ex, path);
     std::vector<float> ref;
     std::vector<double> mag;
     reference(xk, m, k, wk, n, bias, es.ep, y0, ref, mag);
@@ -295,14 +302,11 @@ TEST(Matmul, Q4xQ8) { run_all<fmt::Q4, fmt::Q8>(); }
 
 // The CPU's fast paths are in use where the CPU has them (and the compiler targeted them).
 TEST(Matmul, BestPathOnThisCpu) {
-    EXPECT_EQ(Linear<fmt::F32>().path(), Path::scalar);  // default-constructed: nothing packed
+    force_kernels("default");  // the builtin paths, whatever an earlier test chose
     std::vector<float> w(64, 1.f);
     EXPECT_EQ((Linear<fmt::F32>(w.data(), 8, 8).path()), Path::simd);
-#if defined(__AVX512BF16__)
-    if (cpu().avx512bf16) {
-        EXPECT_EQ((Linear<fmt::BF16, fmt::BF16>(w.data(), 8, 8).path()), Path::avx512_bf16);
-    }
-#endif
+    EXPECT_EQ((Linear<fmt::BF16, fmt::BF16>(w.data(), 8, 8).path()),
+              detail::mm::have_avx512_bf16() ? Path::avx512_bf16 : Path::widen_f32);
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
     if (cpu().avx512vnni) {
         EXPECT_EQ((Linear<fmt::Q8, fmt::Q8>(w.data(), 8, 8).path()), Path::avx512_vnni);
@@ -484,6 +488,169 @@ TEST(Matmul, BadArgumentsThrow) {
     Linear<fmt::Q4, fmt::Q8> empty;
     EXPECT_EQ(empty.out_features(), 0);
     EXPECT_NO_THROW(empty.forward(x.data(), 0, 0, y.data(), 0, nullptr));
+}
+
+
+// ---- kernel choice (kernels/kernel_choice.hpp) -------------------------------------------------------------
+// Restores the builtin paths and the environment at the end of a test (the choice is process-wide).
+struct KernelChoiceGuard {
+    std::string cache_env, kernels_env;
+    bool had_cache = false, had_kernels = false;
+    KernelChoiceGuard() {
+        if (const char* e = std::getenv("FASTVLM_KERNEL_CACHE")) had_cache = true, cache_env = e;
+        if (const char* e = std::getenv("FASTVLM_KERNELS")) had_kernels = true, kernels_env = e;
+        ::unsetenv("FASTVLM_KERNELS");
+        force_kernels("default");
+    }
+    ~KernelChoiceGuard() {
+        force_kernels("default");
+        if (had_cache) ::setenv("FASTVLM_KERNEL_CACHE", cache_env.c_str(), 1);
+        else ::unsetenv("FASTVLM_KERNEL_CACHE");
+        if (had_kernels) ::setenv("FASTVLM_KERNELS", kernels_env.c_str(), 1);
+    }
+};
+
+const KernelChoice& choice_of(const std::vector<KernelChoice>& all, const std::string& pair) {
+    for (const auto& c : all)
+        if (c.pair == pair) return c;
+    throw std::runtime_error("no pair " + pair);
+}
+
+TEST(KernelChoice, ForceSpecIsParsedValidatedAndAllOrNothing) {
+    KernelChoiceGuard guard;
+    auto bf = [] { return choice_of(kernel_choices(), "bf16xbf16"); };
+    EXPECT_EQ(bf().source, KernelSource::builtin);
+    EXPECT_EQ(choice_of(kernel_choices(), "f32xf32").candidates, std::vector<std::string>{"simd"});
+
+    force_kernels("bf16xbf16=simd");
+    EXPECT_EQ(bf().gemv, "simd");
+    EXPECT_EQ(bf().gemm, "simd");
+    EXPECT_EQ(bf().source, KernelSource::forced);
+    force_kernels("bf16xbf16.gemm=widen_f32, ");  // one class; a trailing comma is fine
+    EXPECT_EQ(bf().gemv, "simd");
+    EXPECT_EQ(bf().gemm, "widen_f32");
+    std::vector<float> w(64, 1.f);
+    Linear<fmt::BF16, fmt::BF16> lin(w.data(), 8, 8);
+    EXPECT_EQ(lin.path(KernelClass::gemv), Path::simd);
+    EXPECT_EQ(lin.path(KernelClass::gemm), Path::widen_f32);
+
+    using test_support::error_of;
+    EXPECT_NE(error_of([] { force_kernels("nope=simd", "FASTVLM_KERNELS"); }).find("FASTVLM_KERNELS: unknown pair 'nope' (pairs: f32xf32, bf16xf32"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { force_kernels("bf16xbf16=avx512_vnni"); })
+                  .find("kernel path 'avx512_vnni' is not available for bf16xbf16 on this CPU (available: scalar, simd"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { force_kernels("f32xf32=fast"); }).find("'fast' is not available for f32xf32"), std::string::npos);
+    EXPECT_NE(error_of([] { force_kernels("bf16xbf16"); }).find("is not PAIR=PATH"), std::string::npos);
+    EXPECT_NE(error_of([] { force_kernels("bf16xbf16.gemx=simd"); }).find("unknown pair 'bf16xbf16.gemx'"), std::string::npos);
+    // A spec with one bad item changes nothing.
+    force_kernels("default");
+    EXPECT_THROW(force_kernels("bf16xbf16=simd,q8xq8=bogus"), Error);
+    EXPECT_EQ(bf().source, KernelSource::builtin);
+    EXPECT_EQ(bf().gemv, detail::mm::path_name(detail::mm::ImplBF16::best()));
+}
+
+// A Linear without a forced path runs the process-wide choice: forcing a path gives exactly that path's
+// result, for GEMV and GEMM calls.
+TEST(KernelChoice, CallsRunTheChosenPath) {
+    KernelChoiceGuard guard;
+    ThreadPool pool(2);
+    std::mt19937 g(5);
+    const Index n = 70, k = 45;
+    const auto w = randn(sz(n * k), g, 0.5f), x = randn(sz(9 * k), g, 1.f);
+    Linear<fmt::BF16, fmt::BF16> chosen(w.data(), n, k), fixed(w.data(), n, k);
+    for (Path p : {Path::simd, Path::widen_f32}) {
+        force_kernels(std::string("bf16xbf16=") + detail::mm::path_name(p));
+        fixed.set_path(p);
+        for (Index m : {Index(1), Index(9)}) {
+            std::vector<float> a(sz(m * n)), b(sz(m * n));
+            chosen.forward(x.data(), m, k, a.data(), n, &pool);
+            fixed.forward(x.data(), m, k, b.data(), n, &pool);
+            EXPECT_EQ(a, b) << detail::mm::path_name(p) << " m=" << m;
+        }
+    }
+    // The two paths differ (x rounded or not), so the check above can fail.
+    std::vector<float> a(sz(n)), b(sz(n));
+    fixed.set_path(Path::simd);
+    fixed.forward(x.data(), 1, k, a.data(), n, nullptr);
+    fixed.set_path(Path::widen_f32);
+    fixed.forward(x.data(), 1, k, b.data(), n, nullptr);
+    EXPECT_NE(a, b);
+}
+
+// choose_kernels times the candidates on the given layers, keeps the result in the cache file, reads it
+// back on the next choice, and measures again when the file is corrupt or names a path this CPU lacks.
+TEST(KernelChoice, MeasuresCachesAndSurvivesABadCache) {
+    KernelChoiceGuard guard;
+    test_support::TempDir dir("kernel_choice", "cache");
+    const auto file = dir.path / "sub" / "kernels.json";
+    ::setenv("FASTVLM_KERNEL_CACHE", file.c_str(), 1);
+    ThreadPool pool(2);
+    std::mt19937 g(9);
+    const auto w = randn(sz(96 * 64), g, 0.5f);
+    std::vector<Linear<fmt::BF16, fmt::BF16>> bf;
+    for (int i = 0; i < 3; ++i) bf.emplace_back(w.data(), 96, 64);
+    Linear<fmt::F32> f32(w.data(), 96, 64);
+    auto visit = [&](auto&& fn) {
+        for (const auto& l : bf) fn(l);
+        fn(f32);
+    };
+    auto bfc = [] { return choice_of(kernel_choices(), "bf16xbf16"); };
+    ASSERT_GE(bfc().candidates.size(), 2u);  // simd and widen_f32 at least
+
+    choose_kernels(visit, &pool, "measure");
+    const KernelChoice m = bfc();
+    EXPECT_EQ(m.source, KernelSource::measured);
+    ASSERT_EQ(m.gemv_ms.size(), m.candidates.size());
+    ASSERT_EQ(m.gemm_ms.size(), m.candidates.size());
+    for (const auto& [path, ms] : m.gemv_ms) EXPECT_GT(ms, 0.0) << path;
+    EXPECT_EQ(choice_of(kernel_choices(), "f32xf32").source, KernelSource::builtin);  // one candidate: nothing to time
+    ASSERT_TRUE(std::filesystem::exists(file));
+    const auto cache = io::parse_json(io::read_file(file, 1 << 20), "cache");
+    const std::string key = detail::kc::cache_key(pool.size());
+    ASSERT_TRUE(cache.contains(key)) << cache.dump();
+    EXPECT_EQ(cache[key]["bf16xbf16"]["gemv"], m.gemv);
+    EXPECT_EQ(cache[key]["bf16xbf16"]["gemm"], m.gemm);
+
+    // Already decided in this process: kept. A new process (here: back to builtin) reads the cache.
+    choose_kernels(visit, &pool, "");
+    EXPECT_EQ(bfc().source, KernelSource::measured);
+    force_kernels("default");
+    choose_kernels(visit, &pool, "");
+    EXPECT_EQ(bfc().source, KernelSource::cached);
+    EXPECT_EQ(bfc().gemv, m.gemv);
+    EXPECT_EQ(bfc().gemm, m.gemm);
+
+    // Bad caches are measured over and rewritten.
+    const std::string deep(100000, '[');
+    const std::string bad_path = "{\"" + key + "\": {\"bf16xbf16\": {\"gemv\": \"avx512_bf16\", \"gemm\": \"no_such\"}}}";
+    for (const std::string& bad : {std::string("{{{ not json"), deep, std::string("[1, 2]"), bad_path, std::string(2 << 20, ' ')}) {
+        { std::ofstream(file, std::ios::trunc) << bad; }
+        force_kernels("default");
+        choose_kernels(visit, &pool, "");
+        EXPECT_EQ(bfc().source, KernelSource::measured) << bad.substr(0, 40);
+        const auto again = io::parse_json(io::read_file(file, 1 << 20), "cache");
+        EXPECT_TRUE(again.contains(key)) << bad.substr(0, 40);
+    }
+
+    // FASTVLM_KERNELS applies where the caller gives no spec; "off" keeps no cache.
+    force_kernels("default");
+    ::setenv("FASTVLM_KERNELS", "bf16xbf16=simd", 1);
+    choose_kernels(visit, &pool, "");
+    EXPECT_EQ(bfc().source, KernelSource::forced);
+    EXPECT_EQ(bfc().gemm, "simd");
+    ::setenv("FASTVLM_KERNELS", "bf16xbf16=warp_drive", 1);
+    EXPECT_NE(test_support::error_of([&] { choose_kernels(visit, &pool, ""); }).find("FASTVLM_KERNELS: kernel path 'warp_drive'"),
+              std::string::npos);
+    ::setenv("FASTVLM_KERNELS", "default", 1);
+    choose_kernels(visit, &pool, "");
+    EXPECT_EQ(bfc().source, KernelSource::builtin);
+    ::unsetenv("FASTVLM_KERNELS");
+    std::filesystem::remove(file);
+    ::setenv("FASTVLM_KERNEL_CACHE", "off", 1);
+    choose_kernels(visit, &pool, "measure");
+    EXPECT_EQ(bfc().source, KernelSource::measured);
+    EXPECT_FALSE(std::filesystem::exists(file));
 }
 
 }  // namespace

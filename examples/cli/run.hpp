@@ -102,6 +102,22 @@ inline nlohmann::json timings_json(const Timings& t) {
             {"decode_tokens", t.decode_tokens}, {"decode_tok_s", t.decode_tok_s()}, {"peak_rss_mb", peak_rss_mb()}};
 }
 
+// The kernel path of every (weight, compute) pair, where it came from, and its measured times (ms per sweep).
+inline nlohmann::json kernels_json() {
+    nlohmann::json out = nlohmann::json::object();
+    for (const KernelChoice& c : kernel_choices()) {
+        nlohmann::json e = {{"gemv", c.gemv}, {"gemm", c.gemm}, {"source", to_string(c.source)}, {"candidates", c.candidates}};
+        for (auto [key, ms] : {std::pair{"gemv_ms", &c.gemv_ms}, std::pair{"gemm_ms", &c.gemm_ms}})
+            if (!ms->empty()) {
+                nlohmann::json t = nlohmann::json::object();
+                for (const auto& [path, v] : *ms) t[path] = v;
+                e[key] = std::move(t);
+            }
+        out[c.pair] = std::move(e);
+    }
+    return out;
+}
+
 inline int run_run(const Args& a) {
     const std::string image_path = a.require("image");
     const std::string prompt = a.get_or("prompt", std::string(text::kDefaultQuestion));
@@ -127,7 +143,8 @@ inline int run_run(const Args& a) {
                             {"stop", to_string(r.stop)},
                             {"precision", model->precision()},
                             {"weight_mb", double(model->weight_bytes()) / double(1 << 20)},
-                            {"timings", timings_json(r.timings)}};
+                            {"timings", timings_json(r.timings)},
+                            {"kernels", kernels_json()}};
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else {
         std::printf("\n");

@@ -26,6 +26,7 @@
 #include "fastvlm/io/config.hpp"
 #include "fastvlm/io/image.hpp"
 #include "fastvlm/io/safetensors.hpp"
+#include "fastvlm/kernels/kernel_choice.hpp"
 #include "fastvlm/text/chat.hpp"
 #include "fastvlm/text/projector.hpp"
 #include "fastvlm/text/qwen2.hpp"
@@ -49,6 +50,10 @@ struct LoadOptions {
     int image_size = 0;
     io::LoadLimits limits = {};  // file sizes, JSON depth, tensor counts, image_size (docs/reliability.md)
     io::ImageLimits image_limits = {};  // images given by path (Session::describe) and preprocess()'s padded square
+    // Kernel paths (kernels/kernel_choice.hpp, docs/kernels.md): "" = FASTVLM_KERNELS if set, else "measure"
+    // (time the candidate paths on this model's layers, through the per-CPU cache); "default" (builtin, no
+    // timing); or forced paths, e.g. "bf16xbf16=widen_f32,q8xq8.gemv=avx2_int8".
+    std::string kernels = {};
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
@@ -295,6 +300,12 @@ public:
         p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
             progress(0.16f + 0.84f * float(done) / float(total), "decoder");
         }, p->pool.get());
+        progress(0.99f, "kernels");
+        choose_kernels([&](auto&& fn) {
+            if (p->vision) p->vision->for_each_linear(fn);
+            p->projector.for_each_linear(fn);
+            p->decoder.for_each_linear(fn);
+        }, p->pool.get(), opt.kernels);
         // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
         p->stop_ids = tc.eos_token_ids;
         if (p->tokenizer)

@@ -4474,109 +4474,111 @@ inline void write_safetensors(const std::filesystem::path& path, std::initialize
 
 }  // namespace fastvlm::io
 // ---- end fastvlm/io/safetensors.hpp
-// ---- begin fastvlm/text/chat.hpp -----------------------------------------------------------
-// fastvlm/text/chat.hpp — the ChatML prompt of FastVLM's conv mode `qwen_2` (spec §5.2) and its
-// tokenization with the image placeholder (`tokenizer_image_token`).
-//
-//   <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n
-//   <|im_start|>user\n<image>\n{question}<|im_end|>\n
-//   <|im_start|>assistant\n
-//
-// The literal "<image>" is never given to the tokenizer: the prompt is split on it, each chunk is
-// tokenized on its own (no BOS for Qwen2), and the chunks are joined by the id −200.
+// ---- begin fastvlm/core/cpu.hpp ------------------------------------------------------------
+// fastvlm/core/cpu.hpp — what the running CPU (and OS) can do, read once with CPUID/XGETBV,
+// and the AMX permission request (Linux arch_prctl). Kernels compiled for an extension check
+// these flags before taking that path, so a binary built with -march=native on one machine
+// falls back cleanly where a feature (AMX above all) is absent or not granted.
 #include <cstdint>
-#include <span>
+#include <mutex>
 #include <string>
-#include <string_view>
-#include <vector>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
 
-namespace fastvlm::text {
+namespace fastvlm {
 
-inline constexpr std::int32_t kImageTokenIndex = -200;  // spec §5.1 IMAGE_TOKEN_INDEX
-inline constexpr std::string_view kImageToken = "<image>";
-inline constexpr std::string_view kDefaultSystem = "You are a helpful assistant.";
-inline constexpr std::string_view kDefaultQuestion = "Describe the image.";
-
-struct ChatMessage {
-    std::string role;     // "user" or "assistant"
-    std::string content;  // may contain "<image>"
+struct CpuFeatures {
+    bool avx2 = false, fma = false, f16c = false;
+    bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
+    bool avx512bf16 = false, avx512fp16 = false;
+    bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
 };
 
-// conv_qwen_2 rendering: system + sep, then role + message + sep per message; with
-// add_generation_prompt the final empty assistant turn emits only its role header.
-inline std::string chat_prompt(std::span<const ChatMessage> messages, std::string_view system = kDefaultSystem,
-                               bool add_generation_prompt = true) {
-    std::string s = "<|im_start|>system\n";
-    s += system;
-    s += "<|im_end|>\n";
-    for (const auto& m : messages) {
-        FASTVLM_CHECK(m.role == "user" || m.role == "assistant", "chat prompt: unknown role '", m.role,
-                      "' (expected user or assistant)");
-        s += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+namespace detail {
+inline CpuFeatures detect_cpu() {
+    CpuFeatures f;
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d)) return f;
+    const bool osxsave = (c >> 27) & 1;
+    f.fma = (c >> 12) & 1;
+    f.f16c = (c >> 29) & 1;
+    std::uint64_t xcr0 = 0;
+    if (osxsave) {
+        std::uint32_t lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        xcr0 = (std::uint64_t(hi) << 32) | lo;
     }
-    if (add_generation_prompt) s += "<|im_start|>assistant\n";
-    return s;
+    const bool os_avx = (xcr0 & 0x6) == 0x6;
+    const bool os_avx512 = (xcr0 & 0xe6) == 0xe6;
+    const bool os_amx = (xcr0 & (3ull << 17)) == (3ull << 17);
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
+    f.avx2 = os_avx && ((b >> 5) & 1);
+    f.fma = f.fma && os_avx;
+    f.f16c = f.f16c && os_avx;
+    f.avx512f = os_avx512 && ((b >> 16) & 1);
+    f.avx512bw = f.avx512f && ((b >> 30) & 1);
+    f.avx512vl = f.avx512f && ((b >> 31) & 1);
+    f.avx512vnni = f.avx512f && ((c >> 11) & 1);
+    f.avx512fp16 = f.avx512f && ((d >> 23) & 1);
+    f.amx_bf16 = os_amx && ((d >> 22) & 1);
+    f.amx_tile = os_amx && ((d >> 24) & 1);
+    f.amx_int8 = os_amx && ((d >> 25) & 1);
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512bf16 = f.avx512f && ((a >> 5) & 1);
+#endif
+    return f;
+}
+}  // namespace detail
+
+// The features of this CPU (computed once; immutable afterwards).
+inline const CpuFeatures& cpu() {
+    static const CpuFeatures f = detail::detect_cpu();
+    return f;
 }
 
-// The single-turn prompt of predict.py: the user message is "<image>\n" + question.
-inline std::string image_prompt(std::string_view question = kDefaultQuestion, std::string_view system = kDefaultSystem) {
-    const ChatMessage m{"user", std::string(kImageToken) + "\n" + std::string(question)};
-    return chat_prompt(std::span<const ChatMessage>(&m, 1), system);
+// The CPU's brand string (CPUID 0x80000002..4), e.g. "AMD EPYC 7B13 64-Core Processor"; "" if absent.
+inline const std::string& cpu_brand() {
+    static const std::string brand = [] {
+        std::string s;
+#if defined(__x86_64__)
+        unsigned r[4];
+        if (__get_cpuid(0x80000000u, &r[0], &r[1], &r[2], &r[3]) && r[0] >= 0x80000004u)
+            for (unsigned leaf = 0x80000002u; leaf <= 0x80000004u; ++leaf) {
+                __get_cpuid(leaf, &r[0], &r[1], &r[2], &r[3]);
+                s.append(reinterpret_cast<const char*>(r), sizeof(r));
+            }
+#endif
+        s.resize(s.find('\0') == std::string::npos ? s.size() : s.find('\0'));
+        while (!s.empty() && s.back() == ' ') s.pop_back();
+        while (!s.empty() && s.front() == ' ') s.erase(s.begin());
+        return s;
+    }();
+    return brand;
 }
 
-// Text that continues a conversation after an assistant answer whose tokens are already in the
-// KV cache: closes the assistant turn, adds the next user turn and the assistant header.
-inline std::string continuation_prompt(std::string_view user_content) {
-    return "<|im_end|>\n<|im_start|>user\n" + std::string(user_content) + "<|im_end|>\n<|im_start|>assistant\n";
+// Asks the Linux kernel for permission to use the AMX tile state (once per process). Returns
+// false where AMX is absent or refused; callers then take their non-AMX path.
+inline bool amx_available() {
+#if defined(__x86_64__) && defined(__linux__)
+    static const bool ok = [] {
+        if (!cpu().amx_tile) return false;
+        constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+        return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    }();
+    return ok;
+#else
+    return false;
+#endif
 }
 
-// tokenizer_image_token: `encode(chunk)` must return the ids of one chunk (special tokens parsed).
-template <class Encode>
-std::vector<std::int32_t> tokenize_with_image(std::string_view prompt, Encode&& encode,
-                                              std::int32_t image_id = kImageTokenIndex) {
-    std::vector<std::int32_t> ids;
-    std::size_t start = 0;
-    for (;;) {
-        const std::size_t at = prompt.find(kImageToken, start);
-        const std::string_view chunk = prompt.substr(start, at == std::string_view::npos ? std::string_view::npos : at - start);
-        if (!chunk.empty()) {
-            const auto part = encode(std::string(chunk));
-            ids.insert(ids.end(), part.begin(), part.end());
-        }
-        if (at == std::string_view::npos) break;
-        ids.push_back(image_id);
-        start = at + kImageToken.size();
-    }
-    return ids;
-}
-
-// Parses "1,2,-200,3" (spaces allowed) into ids.
-inline std::vector<std::int32_t> parse_id_list(std::string_view s) {
-    std::vector<std::int32_t> ids;
-    std::size_t i = 0;
-    while (i < s.size()) {
-        while (i < s.size() && (s[i] == ' ' || s[i] == ',')) ++i;
-        if (i >= s.size()) break;
-        std::size_t j = i;
-        if (s[j] == '-' || s[j] == '+') ++j;
-        const std::size_t digits = j;
-        while (j < s.size() && s[j] >= '0' && s[j] <= '9') ++j;
-        FASTVLM_CHECK(j > digits && (j == s.size() || s[j] == ',' || s[j] == ' '), "token id list: cannot parse '",
-                      std::string(s.substr(i)), "' (expected integers separated by commas)");
-        long long v = 0;
-        for (std::size_t p = digits; p < j; ++p) {
-            v = v * 10 + (s[p] - '0');
-            FASTVLM_CHECK(v <= 2147483647LL, "token id list: '", std::string(s.substr(i, j - i)), "' is out of range");
-        }
-        ids.push_back(std::int32_t(s[i] == '-' ? -v : v));
-        i = j;
-    }
-    return ids;
-}
-
-}  // namespace fastvlm::text
-// ---- end fastvlm/text/chat.hpp
+}  // namespace fastvlm
+// ---- end fastvlm/core/cpu.hpp
 // ---- begin fastvlm/kernels/activation.hpp --------------------------------------------------
 // fastvlm/kernels/activation.hpp — element-wise activations: exact-erf GELU, SiLU, ReLU, sigmoid.
 // Scalar reference functions plus in-place SIMD versions (xsimd, best compiled architecture).
@@ -4649,90 +4651,6 @@ inline void silu_mul(float* g, const float* u, std::size_t n) {
 
 }  // namespace fastvlm
 // ---- end fastvlm/kernels/activation.hpp
-// ---- begin fastvlm/core/cpu.hpp ------------------------------------------------------------
-// fastvlm/core/cpu.hpp — what the running CPU (and OS) can do, read once with CPUID/XGETBV,
-// and the AMX permission request (Linux arch_prctl). Kernels compiled for an extension check
-// these flags before taking that path, so a binary built with -march=native on one machine
-// falls back cleanly where a feature (AMX above all) is absent or not granted.
-#include <cstdint>
-#include <mutex>
-
-#if defined(__x86_64__)
-#include <cpuid.h>
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-#endif
-
-namespace fastvlm {
-
-struct CpuFeatures {
-    bool avx2 = false, fma = false, f16c = false;
-    bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
-    bool avx512bf16 = false, avx512fp16 = false;
-    bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
-};
-
-namespace detail {
-inline CpuFeatures detect_cpu() {
-    CpuFeatures f;
-#if defined(__x86_64__)
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d)) return f;
-    const bool osxsave = (c >> 27) & 1;
-    f.fma = (c >> 12) & 1;
-    f.f16c = (c >> 29) & 1;
-    std::uint64_t xcr0 = 0;
-    if (osxsave) {
-        std::uint32_t lo, hi;
-        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-        xcr0 = (std::uint64_t(hi) << 32) | lo;
-    }
-    const bool os_avx = (xcr0 & 0x6) == 0x6;
-    const bool os_avx512 = (xcr0 & 0xe6) == 0xe6;
-    const bool os_amx = (xcr0 & (3ull << 17)) == (3ull << 17);
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
-    f.avx2 = os_avx && ((b >> 5) & 1);
-    f.fma = f.fma && os_avx;
-    f.f16c = f.f16c && os_avx;
-    f.avx512f = os_avx512 && ((b >> 16) & 1);
-    f.avx512bw = f.avx512f && ((b >> 30) & 1);
-    f.avx512vl = f.avx512f && ((b >> 31) & 1);
-    f.avx512vnni = f.avx512f && ((c >> 11) & 1);
-    f.avx512fp16 = f.avx512f && ((d >> 23) & 1);
-    f.amx_bf16 = os_amx && ((d >> 22) & 1);
-    f.amx_tile = os_amx && ((d >> 24) & 1);
-    f.amx_int8 = os_amx && ((d >> 25) & 1);
-    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512bf16 = f.avx512f && ((a >> 5) & 1);
-#endif
-    return f;
-}
-}  // namespace detail
-
-// The features of this CPU (computed once; immutable afterwards).
-inline const CpuFeatures& cpu() {
-    static const CpuFeatures f = detail::detect_cpu();
-    return f;
-}
-
-// Asks the Linux kernel for permission to use the AMX tile state (once per process). Returns
-// false where AMX is absent or refused; callers then take their non-AMX path.
-inline bool amx_available() {
-#if defined(__x86_64__) && defined(__linux__)
-    static const bool ok = [] {
-        if (!cpu().amx_tile) return false;
-        constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-        return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-    }();
-    return ok;
-#else
-    return false;
-#endif
-}
-
-}  // namespace fastvlm
-// ---- end fastvlm/core/cpu.hpp
 // ---- begin fastvlm/kernels/matmul/common.hpp -----------------------------------------------
 // fastvlm/kernels/matmul/common.hpp — shared pieces of the matrix kernels: aligned storage,
 // kernel paths, the panel width of the packed weight layouts, per-thread scratch and the
@@ -4828,7 +4746,9 @@ enum class Path {
     avx512_bf16,  // vdpbf16ps (BF16 x BF16)
     avx512_vnni,  // vpdpbusd (Q8/Q4 x Q8)
     avx2_int8,    // vpmaddubsw + vpmaddwd (Q8/Q4 x Q8) where there is no AVX-512 VNNI
+    widen_f32,    // BF16 x BF16 layer computed as BF16 x F32: weights widened to f32, activations not rounded
 };
+inline constexpr Path kAllPaths[] = {Path::scalar, Path::simd, Path::avx512_bf16, Path::avx512_vnni, Path::avx2_int8, Path::widen_f32};
 inline const char* path_name(Path p) {
     switch (p) {
         case Path::scalar: return "scalar";
@@ -4836,6 +4756,7 @@ inline const char* path_name(Path p) {
         case Path::avx512_bf16: return "avx512_bf16";
         case Path::avx512_vnni: return "avx512_vnni";
         case Path::avx2_int8: return "avx2_int8";
+        case Path::widen_f32: return "widen_f32";
     }
     return "?";
 }
@@ -5391,7 +5312,8 @@ struct KernFloat {
 // Packed layout: [panel][k/2][16][2] bf16 — one zmm = the k-pair (2p, 2p+1) of 16 columns, the
 // operand order of vdpbf16ps: acc[c] += a[2c]·b[2c] + a[2c+1]·b[2c+1]. X is packed as k-pairs
 // (one dword each) and broadcast. K is padded to even with zeros.
-// Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it.
+// Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it; widen_f32 (the
+// same without rounding X: BF16 weights × F32 activations), chosen where it measures faster (choice.hpp).
 #include <algorithm>
 #include <cstring>
 
@@ -5489,21 +5411,24 @@ FASTVLM_FLATTEN inline void gemv_panel_bf16_pairs(const float* __restrict xr, co
 }
 #endif
 
-// x[k] → bf16-rounded floats, zero-padded to 2·k2 values.
-inline void round_bf16(const float* x, Index k, Index k2, float* out) {
-    for (Index q = 0; q < k; ++q) out[q] = to_float(to_bf16(x[q]));
+// x[k] → floats (bf16-rounded when round), zero-padded to 2·k2 values.
+inline void pad_pairs(const float* x, Index k, Index k2, bool round, float* out) {
+    if (round) for (Index q = 0; q < k; ++q) out[q] = to_float(to_bf16(x[q]));
+    else std::copy(x, x + k, out);
     for (Index q = k; q < 2 * k2; ++q) out[q] = 0.f;
 }
 
-// ---- portable path: f32 FMA on widened weights and bf16-rounded X -------------------------------------
-template <class Arch>
+// ---- portable paths: f32 FMA on widened weights ---------------------------------------------------------
+// RoundX: X rounded to bf16 first (Path::simd, the arithmetic of BF16 compute), or used as it is
+// (Path::widen_f32: BF16 weights × F32 activations, as fast as the f32 kernel where there is no vdpbf16ps).
+template <class Arch, bool RoundX = true>
 struct KernBF16Wide {
     static constexpr int MR = FloatTile<Arch>::MR, NV = FloatTile<Arch>::NV;  // f32.hpp
     const PackedBF2* P;
     Index n, npanels;
     const float* bias;
     Index units() const { return P->k2; }
-    Index kc_units() const { return 128; }
+    Index kc_units() const { return 512; }
     Index mc_max() const { return 224; }
     struct APack {
         const float* p;
@@ -5511,6 +5436,16 @@ struct KernBF16Wide {
     APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
         const Index nmp = ceil_div(mc, MR), kc = 2 * uc, k = P->k;
         float* buf = scratch<float, 1>(std::size_t(nmp * MR * kc));
+        if constexpr (!RoundX) {  // as KernFloat; the k-pair padding past k is zero
+            const Index len = std::min(kc, k - 2 * u0);
+            for (Index mp = 0; mp < nmp; ++mp) {
+                float* d = buf + mp * MR * kc;
+                const float* x0 = x + (m0 + mp * MR) * ldx + 2 * u0;
+                pack_rows_t<MR, float>([&](Index r) { return x0 + r * ldx; }, std::min<Index>(MR, mc - mp * MR), len, d);
+                std::fill(d + len * MR, d + kc * MR, 0.f);
+            }
+            return {buf};
+        }
         for (Index mp = 0; mp < nmp; ++mp) {
             float* d = buf + mp * MR * kc;
             for (Index r = 0; r < MR; ++r) {
@@ -5537,7 +5472,7 @@ struct KernBF16Wide {
             ukr_f32<Arch, MR, decltype(c)::value>(2 * uc, a.p + ir * MR * 2 * uc, b.p, b.stride, tile, NV * kPanel);
         });
     }
-    // xr: bf16-rounded x, 2·k2 floats.
+    // xr: x (bf16-rounded when RoundX) zero-padded to 2·k2 floats.
     void gemv_panels(const float* xr, Index p0, Index p1, float* out) const {
 #if defined(FASTVLM_GEMV_BF16_PAIRS)
         if constexpr (!std::is_void_v<Arch>) {
@@ -5663,22 +5598,25 @@ struct KernBF16Dot {
 
 struct ImplBF16 {
     PackedBF2 P;
-    static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::simd; }
-    static bool supports(Path p) { return p == Path::scalar || p == Path::simd || (p == Path::avx512_bf16 && have_avx512_bf16()); }
+    // Without vdpbf16ps, rounding X to bf16 only costs time: the default is then widen_f32.
+    static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::widen_f32; }
+    static bool supports(Path p) {
+        return p == Path::scalar || p == Path::simd || p == Path::widen_f32 || (p == Path::avx512_bf16 && have_avx512_bf16());
+    }
     template <class Rows>
     void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
     void row(Index r, float* out) const { P.row(r, out); }
     std::size_t bytes() const { return P.bytes(); }
     Index npanels() const { return P.npanels; }
 
-    template <class Arch>
+    template <class Arch, bool RoundX>
     void run_wide(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
                   const float* bias) const {
-        KernBF16Wide<Arch> kern{&P, P.n, P.npanels, bias};
+        KernBF16Wide<Arch, RoundX> kern{&P, P.n, P.npanels, bias};
         if (use_gemv(m, ep)) {
             const Index ld = 2 * P.k2;
             std::vector<float> xr(std::size_t(m * ld));
-            for (Index r = 0; r < m; ++r) round_bf16(x + r * ldx, P.k, P.k2, xr.data() + r * ld);
+            for (Index r = 0; r < m; ++r) pad_pairs(x + r * ldx, P.k, P.k2, RoundX, xr.data() + r * ld);
             gemv_rows(kern, [&](Index r) { return xr.data() + r * ld; }, m, y, ldy, pool, ep, P.k);
         } else {
             gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
@@ -5700,8 +5638,9 @@ struct ImplBF16 {
             return;
         }
 #endif
-        if (path == Path::simd) run_wide<xsimd::default_arch>(x, m, ldx, y, ldy, pool, ep, bias);
-        else run_wide<void>(x, m, ldx, y, ldy, pool, ep, bias);
+        if (path == Path::widen_f32) run_wide<xsimd::default_arch, false>(x, m, ldx, y, ldy, pool, ep, bias);
+        else if (path == Path::simd) run_wide<xsimd::default_arch, true>(x, m, ldx, y, ldy, pool, ep, bias);
+        else run_wide<void, true>(x, m, ldx, y, ldy, pool, ep, bias);
     }
 };
 
@@ -6541,6 +6480,7 @@ struct ImplQ {
 // m = 1 takes a GEMV path that streams the packed weights once, split over the threads.
 // Each format keeps a portable path (xsimd or scalar) next to the intrinsic one; see docs/kernels.md.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -6623,7 +6563,25 @@ struct ImplFor<fmt::Q4, fmt::Q8> {
     using type = ImplQ<true>;
 };
 
+// The path every Linear<W, A> without a forced path runs, per kernel class, for the whole process:
+// Impl::best() until choice.hpp measures, reads a cached choice or is told (FASTVLM_KERNELS).
+struct PathChoice {
+    std::atomic<Path> gemv, gemm;
+    std::atomic<int> source{0};  // KernelSource (choice.hpp)
+    explicit PathChoice(Path p) : gemv(p), gemm(p) {}
+    Path get(bool gemv_rows) const { return (gemv_rows ? gemv : gemm).load(std::memory_order_relaxed); }
+};
+template <class W, class A>
+PathChoice& path_choice() {
+    static PathChoice c(ImplFor<W, A>::type::best());
+    return c;
+}
+
 }  // namespace detail::mm
+
+// Which loop nest a call runs, for kernel choice: GEMV (m = 1 and decode rows: the weights are streamed)
+// or the blocked GEMM (prefill, vision).
+enum class KernelClass { gemv, gemm };
 
 // A linear layer y = x·Wᵀ + b with weights repacked for the kernels of (W, A).
 template <class W, class A = fmt::F32>
@@ -6663,7 +6621,14 @@ public:
         FASTVLM_CHECK(ldx >= k_ && ldy >= n_, "Linear::forward [", n_, "x", k_, "]: ldx=", ldx, " must be >= k=", k_,
                       " and ldy=", ldy, " >= n=", n_);
         FASTVLM_CHECK(x && y, "Linear::forward: null input or output pointer");
-        impl_.forward(path_, x, m, ldx, y, ldy, pool, ep, bias_.empty() ? nullptr : bias_.data());
+        const bool gemv = use_gemv(m, ep);
+        impl_.forward(forced_ ? path_ : detail::mm::path_choice<W, A>().get(gemv), x, m, ldx, y, ldy, pool, ep,
+                      bias_.empty() ? nullptr : bias_.data());
+    }
+    // Internal (kernel measurement, choice.hpp): one call through path p, which must be supported.
+    void forward_path(detail::mm::Path p, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
+                      const Epilogue& ep = {}) const {
+        if (m > 0 && n_ > 0) impl_.forward(p, x, m, ldx, y, ldy, pool, ep, bias_.empty() ? nullptr : bias_.data());
     }
 
     // Row n of W dequantized to float (k values) — used for embedding lookups.
@@ -6672,12 +6637,17 @@ public:
         impl_.row(n, out);
     }
 
-    // Internal (tests, benchmarks): the kernel path in use, and forcing another one.
-    detail::mm::Path path() const { return path_; }
+    // The kernel path calls of class c run: the one forced on this layer, else the process-wide choice
+    // for (W, A) (choice.hpp). set_path forces one (tests, benchmarks).
+    detail::mm::Path path(KernelClass c = KernelClass::gemv) const {
+        return forced_ ? path_ : detail::mm::path_choice<W, A>().get(c == KernelClass::gemv);
+    }
+    static bool supports(detail::mm::Path p) { return Impl::supports(p); }
     void set_path(detail::mm::Path p) {
         FASTVLM_CHECK(Impl::supports(p), "Linear<", W::name, ",", A::name, ">: kernel path ", detail::mm::path_name(p),
                       " is not available for this format on this CPU");
         path_ = p;
+        forced_ = true;
     }
 
 private:
@@ -6690,19 +6660,525 @@ private:
             bias_.assign(std::size_t(impl_.npanels() * detail::mm::kPanel), 0.f);
             std::copy(bias, bias + n, bias_.begin());
         }
-        path_ = Impl::best();
     }
 
     Index n_ = 0, k_ = 0;
     Impl impl_;
     detail::mm::avec<float> bias_;
     detail::mm::Path path_ = detail::mm::Path::scalar;
+    bool forced_ = false;
 };
 
 }  // namespace fastvlm
 
 #pragma GCC diagnostic pop
 // ---- end fastvlm/kernels/matmul.hpp
+// ---- begin fastvlm/kernels/kernel_choice.hpp -----------------------------------------------
+// fastvlm/kernels/kernel_choice.hpp — which kernel path each (weight, compute) pair runs, chosen by
+// measurement (FFTW's "wisdom"). A pair with more than one path on this CPU (BF16 weights: vdpbf16ps
+// with bf16 activations, or widening to f32; Q8/Q4: AVX-512 VNNI or AVX2) has each candidate timed on
+// the loaded model's own layers, per kernel class (GEMV: m = 1 and decode rows; GEMM: prefill and
+// vision), and the fastest is kept for the process. The decision is cached per CPU (brand, features,
+// threads) in a small JSON file so the next load skips the timing; FASTVLM_KERNELS or
+// LoadOptions::kernels forces paths (docs/kernels.md, "Kernel choice").
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include <unistd.h>
+
+
+namespace fastvlm {
+
+// Where the path of a pair came from.
+enum class KernelSource { builtin, measured, cached, forced };
+inline const char* to_string(KernelSource s) {
+    switch (s) {
+        case KernelSource::builtin: return "builtin";
+        case KernelSource::measured: return "measured";
+        case KernelSource::cached: return "cached";
+        case KernelSource::forced: return "forced";
+    }
+    return "?";
+}
+
+// The state of one (weight, compute) pair, as kernel_choices() reports it.
+struct KernelChoice {
+    std::string pair;                     // "bf16xbf16": weight format x compute format
+    std::string gemv, gemm;               // path names (detail::mm::path_name)
+    KernelSource source = KernelSource::builtin;
+    std::vector<std::string> candidates;  // paths this CPU (and build) can run, scalar excluded
+    // When measured in this process: milliseconds per sweep of each candidate, per class.
+    std::vector<std::pair<std::string, double>> gemv_ms, gemm_ms;
+};
+
+namespace detail::kc {
+using mm::Path;
+
+template <class W, class A>
+struct Pair {
+    using weight = W;
+    using compute = A;
+    static std::string name() { return std::string(W::name) + "x" + A::name; }
+};
+using AllPairs = std::tuple<Pair<fmt::F32, fmt::F32>, Pair<fmt::BF16, fmt::F32>, Pair<fmt::F16, fmt::F32>,
+                            Pair<fmt::BF16, fmt::BF16>, Pair<fmt::Q8, fmt::Q8>, Pair<fmt::Q4, fmt::Q8>>;
+template <class F>
+void for_each_pair(F&& f) {
+    std::apply([&](auto... p) { (f(p), ...); }, AllPairs{});
+}
+inline std::string pair_names() {
+    std::string s;
+    for_each_pair([&](auto p) { s += (s.empty() ? "" : ", ") + decltype(p)::name(); });
+    return s;
+}
+
+// The paths a pair can take here, fastest kind first; scalar only where nothing else is compiled in.
+template <class W, class A>
+std::vector<Path> candidates() {
+    std::vector<Path> out;
+    for (Path p : mm::kAllPaths)
+        if (p != Path::scalar && Linear<W, A>::supports(p)) out.push_back(p);
+    if (out.empty()) out.push_back(Path::scalar);
+    return out;
+}
+
+// Timings of the last measurement per pair (for kernel_choices()).
+struct Timings {
+    std::mutex m;
+    std::vector<std::pair<std::string, std::vector<std::pair<std::string, double>>>> gemv, gemm;
+};
+inline Timings& timings() {
+    static Timings t;
+    return t;
+}
+inline void record(std::vector<std::pair<std::string, std::vector<std::pair<std::string, double>>>>& v,
+                   const std::string& pair, std::vector<std::pair<std::string, double>> ms) {
+    for (auto& e : v)
+        if (e.first == pair) return void(e.second = std::move(ms));
+    v.emplace_back(pair, std::move(ms));
+}
+
+template <class W, class A>
+void set(Path gemv, Path gemm, KernelSource src) {
+    auto& c = mm::path_choice<W, A>();
+    c.gemv.store(gemv);
+    c.gemm.store(gemm);
+    c.source.store(int(src));
+}
+template <class W, class A>
+KernelSource source() {
+    return KernelSource(mm::path_choice<W, A>().source.load());
+}
+
+inline std::optional<Path> path_named(std::string_view s) {
+    for (Path p : mm::kAllPaths)
+        if (s == mm::path_name(p)) return p;
+    return std::nullopt;
+}
+
+// ---- measurement ----------------------------------------------------------------------------------------
+inline double now_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Times `sweep(path)` for every candidate, interleaved over rounds; the minimum per candidate. A sweep
+// is repeated until it has run ≥ 2 ms, so tiny models are timed above the clock's noise.
+template <class Sweep>
+std::vector<double> time_candidates(const std::vector<Path>& cands, Sweep&& sweep, int rounds = 5) {
+    std::vector<double> best(cands.size(), 1e300);
+    for (Path p : cands) sweep(p);  // warm-up (first-touch of scratch, caches)
+    for (int r = 0; r < rounds; ++r)
+        for (std::size_t i = 0; i < cands.size(); ++i) {
+            int reps = 0;
+            const double t0 = now_ms();
+            double t = 0;
+            do {
+                sweep(cands[i]);
+                ++reps;
+                t = now_ms() - t0;
+            } while (t < 2.0 && reps < 1000);
+            best[i] = std::min(best[i], t / reps);
+        }
+    return best;
+}
+
+// The candidate to keep: the builtin default unless another is faster by more than `margin`
+// (a 7 % margin keeps a noisy machine from flipping between two paths of equal speed).
+inline std::size_t pick(const std::vector<Path>& cands, const std::vector<double>& ms, Path fallback, double margin = 0.07) {
+    std::size_t def = 0, fast = 0;
+    for (std::size_t i = 0; i < cands.size(); ++i) {
+        if (cands[i] == fallback) def = i;
+        if (ms[i] < ms[fast]) fast = i;
+    }
+    return ms[fast] < (1.0 - margin) * ms[def] ? fast : def;
+}
+
+inline std::vector<std::pair<std::string, double>> named(const std::vector<Path>& c, const std::vector<double>& ms) {
+    std::vector<std::pair<std::string, double>> out;
+    for (std::size_t i = 0; i < c.size(); ++i) out.emplace_back(mm::path_name(c[i]), ms[i]);
+    return out;
+}
+
+// Measures pair (W, A) on `lins` (a model's layers of that pair) and sets the process-wide choice.
+// GEMV: one row through layers in order until ≥ 64 MiB of weights streamed (the decode regime: weights
+// from DRAM). GEMM: 128 rows through layers until ≥ 1 GFLOP.
+template <class W, class A>
+void measure(const std::vector<const Linear<W, A>*>& lins, ThreadPool* pool) {
+    const auto cands = candidates<W, A>();
+    const Path fallback = mm::ImplFor<W, A>::type::best();
+    if (lins.empty() || cands.size() < 2) return set<W, A>(fallback, fallback, KernelSource::measured);
+    constexpr Index kRows = 128;
+    Index kmax = 1, nmax = 1;
+    for (const auto* l : lins) kmax = std::max(kmax, l->in_features()), nmax = std::max(nmax, l->out_features());
+    std::vector<float> x(std::size_t(kRows * kmax)), y(std::size_t(kRows * nmax));
+    std::uint32_t s = 12345;
+    for (float& v : x) v = float(int((s = s * 1664525u + 1013904223u) >> 9) - (1 << 22)) / float(1 << 22);
+
+    // Layers in order (cycling) until `budget` of cost; at most max(#layers, 256) calls per sweep.
+    auto layers_until = [&](auto&& cost, double budget) {
+        std::vector<const Linear<W, A>*> out;
+        const std::size_t cap = std::max<std::size_t>(lins.size(), 256);
+        double c = 0;
+        for (std::size_t i = 0; c < budget && out.size() < cap; i = (i + 1) % lins.size()) {
+            out.push_back(lins[i]);
+            c += cost(*lins[i]);
+        }
+        return out;
+    };
+    const auto gv = layers_until([](const Linear<W, A>& l) { return double(l.weight_bytes()); }, double(64 << 20));
+    const auto gm = layers_until(
+        [](const Linear<W, A>& l) { return 2.0 * kRows * double(l.in_features()) * double(l.out_features()); }, 1e9);
+    const Epilogue gemv_ep{.rows = RowKernel::gemv}, gemm_ep{.rows = RowKernel::gemm};
+    const auto tv = time_candidates(cands, [&](Path p) {
+        for (const auto* l : gv) l->forward_path(p, x.data(), 1, l->in_features(), y.data(), l->out_features(), pool, gemv_ep);
+    });
+    const auto tm = time_candidates(cands, [&](Path p) {
+        for (const auto* l : gm)
+            l->forward_path(p, x.data(), kRows, l->in_features(), y.data(), l->out_features(), pool, gemm_ep);
+    });
+    set<W, A>(cands[pick(cands, tv, fallback)], cands[pick(cands, tm, fallback)], KernelSource::measured);
+    std::lock_guard lk(timings().m);
+    record(timings().gemv, Pair<W, A>::name(), named(cands, tv));
+    record(timings().gemm, Pair<W, A>::name(), named(cands, tm));
+}
+
+// ---- the cache file ---------------------------------------------------------------------------------------
+// FASTVLM_KERNEL_CACHE (a file; "off" = none), else $XDG_CACHE_HOME/fastvlm/kernels.json, else
+// $HOME/.cache/fastvlm/kernels.json; empty when there is nowhere to keep it.
+inline std::filesystem::path cache_path() {
+    if (const char* e = std::getenv("FASTVLM_KERNEL_CACHE"); e && *e) return std::string_view(e) == "off" ? "" : e;
+    if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::filesystem::path(x) / "fastvlm" / "kernels.json";
+    if (const char* h = std::getenv("HOME"); h && *h) return std::filesystem::path(h) / ".cache" / "fastvlm" / "kernels.json";
+    return {};
+}
+
+// What a decision depends on: the CPU model, what this build and CPU can run, and the thread count.
+inline std::string cache_key(unsigned threads) {
+    std::string k = cpu_brand().empty() ? "unknown-cpu" : cpu_brand();
+    k += " |";
+    for_each_pair([&](auto p) {
+        using P = decltype(p);
+        k += " " + P::name() + ":";
+        for (Path c : candidates<typename P::weight, typename P::compute>()) k += std::string(mm::path_name(c)) + "/";
+    });
+    return k + " | threads " + std::to_string(threads) + " | v1";
+}
+
+inline constexpr std::size_t kMaxCacheBytes = 1 << 20;
+
+// The cache as JSON; an unreadable, oversized or malformed file counts as empty (it is rewritten).
+inline nlohmann::json read_cache(const std::filesystem::path& file) {
+    if (file.empty() || !io::present(file)) return nlohmann::json::object();
+    try {
+        auto j = io::parse_json(io::read_file(file, kMaxCacheBytes), file.string(), {.max_depth = 8});
+        if (j.is_object()) return j;
+    } catch (const std::exception&) {
+    }
+    return nlohmann::json::object();
+}
+
+// The cached paths of pair (W, A) under `key`, if present and valid here.
+template <class W, class A>
+bool load_cached(const nlohmann::json& cache, const std::string& key) {
+    const auto e = cache.find(key);
+    if (e == cache.end() || !e->is_object()) return false;
+    const auto p = e->find(Pair<W, A>::name());
+    if (p == e->end() || !p->is_object()) return false;
+    std::optional<Path> g, m;
+    const auto gi = p->find("gemv"), mi = p->find("gemm");
+    if (gi != p->end() && gi->is_string()) g = path_named(gi->template get<std::string>());
+    if (mi != p->end() && mi->is_string()) m = path_named(mi->template get<std::string>());
+    if (!g || !m || !Linear<W, A>::supports(*g) || !Linear<W, A>::supports(*m)) return false;
+    set<W, A>(*g, *m, KernelSource::cached);
+    return true;
+}
+
+// Writes `cache` atomically (temporary file + rename). Failures are ignored: the cache is an optimization.
+inline void write_cache(const std::filesystem::path& file, const nlohmann::json& cache) {
+    if (file.empty()) return;
+    std::error_code ec;
+    std::filesystem::create_directories(file.parent_path(), ec);
+    const auto tmp = std::filesystem::path(file.string() + ".tmp." + std::to_string(::getpid()));
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        if (!out) return;
+        out << cache.dump(1) << "\n";
+        if (!out) return std::filesystem::remove(tmp, ec), void();
+    }
+    std::filesystem::rename(tmp, file, ec);
+    if (ec) std::filesystem::remove(tmp, ec);
+}
+
+}  // namespace detail::kc
+
+// The path of every (weight, compute) pair now, where it came from and, if measured, the timings.
+inline std::vector<KernelChoice> kernel_choices() {
+    using namespace detail::kc;
+    std::vector<KernelChoice> out;
+    std::lock_guard lk(timings().m);
+    for_each_pair([&](auto p) {
+        using P = decltype(p);
+        using W = typename P::weight;
+        using A = typename P::compute;
+        KernelChoice c;
+        c.pair = P::name();
+        const auto& pc = detail::mm::path_choice<W, A>();
+        c.gemv = detail::mm::path_name(pc.get(true));
+        c.gemm = detail::mm::path_name(pc.get(false));
+        c.source = source<W, A>();
+        for (Path q : candidates<W, A>()) c.candidates.emplace_back(detail::mm::path_name(q));
+        for (const auto& [name, ms] : timings().gemv)
+            if (name == c.pair) c.gemv_ms = ms;
+        for (const auto& [name, ms] : timings().gemm)
+            if (name == c.pair) c.gemm_ms = ms;
+        out.push_back(std::move(c));
+    });
+    return out;
+}
+
+// Forces kernel paths for the process. spec: "default" (every pair back to its builtin path), or a
+// comma-separated list of PAIR=PATH (both classes) or PAIR.gemv=PATH / PAIR.gemm=PATH, e.g.
+// "bf16xbf16=widen_f32,q8xq8.gemv=avx2_int8". `what` names the source in errors
+// ("FASTVLM_KERNELS", "LoadOptions::kernels"). Nothing changes unless the whole spec is valid.
+inline void force_kernels(std::string_view spec, std::string_view what = "kernels") {
+    using namespace detail::kc;
+    if (spec == "default") {
+        for_each_pair([&](auto p) {
+            using P = decltype(p);
+            const Path b = detail::mm::ImplFor<typename P::weight, typename P::compute>::type::best();
+            set<typename P::weight, typename P::compute>(b, b, KernelSource::builtin);
+        });
+        return;
+    }
+    std::vector<std::function<void()>> apply;
+    std::size_t pos = 0;
+    while (pos <= spec.size()) {
+        std::size_t end = spec.find(',', pos);
+        if (end == std::string_view::npos) end = spec.size();
+        std::string_view item = spec.substr(pos, end - pos);
+        pos = end + 1;
+        while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+        while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+        if (item.empty()) {
+            if (end == spec.size()) break;
+            continue;
+        }
+        const std::size_t eq = item.find('=');
+        if (eq == std::string_view::npos)
+            fail(what, ": '", std::string(item.substr(0, 80)), "' is not PAIR=PATH or PAIR.gemv|gemm=PATH (or 'default')");
+        std::string_view lhs = item.substr(0, eq), rhs = item.substr(eq + 1);
+        int cls = -1;  // -1 both, 0 gemv, 1 gemm
+        if (lhs.ends_with(".gemv")) cls = 0, lhs.remove_suffix(5);
+        else if (lhs.ends_with(".gemm")) cls = 1, lhs.remove_suffix(5);
+        const auto path = path_named(rhs);
+        bool found = false;
+        for_each_pair([&](auto p) {
+            using P = decltype(p);
+            using W = typename P::weight;
+            using A = typename P::compute;
+            if (found || lhs != P::name()) return;
+            found = true;
+            std::string avail;
+            for (Path q : detail::mm::kAllPaths)
+                if (Linear<W, A>::supports(q)) avail += (avail.empty() ? "" : ", ") + std::string(detail::mm::path_name(q));
+            if (!path || !Linear<W, A>::supports(*path))
+                fail(what, ": kernel path '", std::string(rhs.substr(0, 80)), "' is not available for ", P::name(),
+                     " on this CPU (available: ", avail, ")");
+            apply.push_back([cls, q = *path] {
+                auto& c = detail::mm::path_choice<W, A>();
+                if (cls != 1) c.gemv.store(q);
+                if (cls != 0) c.gemm.store(q);
+                c.source.store(int(KernelSource::forced));
+            });
+        });
+        if (!found) fail(what, ": unknown pair '", std::string(lhs.substr(0, 80)), "' (pairs: ", pair_names(), ")");
+    }
+    for (auto& f : apply) f();
+}
+
+// Decides the paths of the pairs a model uses. `visit(fn)` calls fn(const Linear<W, A>&) for each of the
+// model's matrix layers. Pairs already forced, measured or cached in this process are kept. `spec`:
+// "" or "measure" (measure, through the cache), "default" (builtin paths, no timing) or a force spec.
+// FASTVLM_KERNELS, when set, is used where spec is empty.
+template <class Visit>
+void choose_kernels(Visit&& visit, ThreadPool* pool, std::string_view spec = {}) {
+    using namespace detail::kc;
+    std::string_view what = "LoadOptions::kernels";
+    if (spec.empty())
+        if (const char* e = std::getenv("FASTVLM_KERNELS"); e && *e) spec = e, what = "FASTVLM_KERNELS";
+    if (spec == "default") return force_kernels(spec, what);
+    if (!spec.empty() && spec != "measure") force_kernels(spec, what);
+
+    // The model's layers, per pair.
+    using Lists = decltype(std::apply(
+        [](auto... p) {
+            return std::tuple<std::vector<const Linear<typename decltype(p)::weight, typename decltype(p)::compute>*>...>{};
+        },
+        AllPairs{}));
+    Lists lists;
+    visit([&](const auto& lin) { std::get<std::vector<const std::decay_t<decltype(lin)>*>>(lists).push_back(&lin); });
+
+    const auto file = cache_path();
+    const std::string key = cache_key(pool_size(pool));
+    nlohmann::json cache;
+    bool loaded = false, dirty = false;
+    for_each_pair([&](auto p) {
+        using P = decltype(p);
+        using W = typename P::weight;
+        using A = typename P::compute;
+        const auto& lins = std::get<std::vector<const Linear<W, A>*>>(lists);
+        if (lins.empty() || source<W, A>() != KernelSource::builtin) return;
+        if (candidates<W, A>().size() < 2) return;  // nothing to choose
+        if (!loaded) cache = read_cache(file), loaded = true;
+        if (load_cached<W, A>(cache, key)) return;
+        measure<W, A>(lins, pool);
+        if (!cache[key].is_object()) cache[key] = nlohmann::json::object();
+        const auto& pc = detail::mm::path_choice<W, A>();
+        nlohmann::json entry = nlohmann::json::object();
+        entry["gemv"] = detail::mm::path_name(pc.get(true));
+        entry["gemm"] = detail::mm::path_name(pc.get(false));
+        cache[key][P::name()] = std::move(entry);
+        dirty = true;
+    });
+    if (dirty) write_cache(file, cache);
+}
+
+}  // namespace fastvlm
+// ---- end fastvlm/kernels/kernel_choice.hpp
+// ---- begin fastvlm/text/chat.hpp -----------------------------------------------------------
+// fastvlm/text/chat.hpp — the ChatML prompt of FastVLM's conv mode `qwen_2` (spec §5.2) and its
+// tokenization with the image placeholder (`tokenizer_image_token`).
+//
+//   <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n
+//   <|im_start|>user\n<image>\n{question}<|im_end|>\n
+//   <|im_start|>assistant\n
+//
+// The literal "<image>" is never given to the tokenizer: the prompt is split on it, each chunk is
+// tokenized on its own (no BOS for Qwen2), and the chunks are joined by the id −200.
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+namespace fastvlm::text {
+
+inline constexpr std::int32_t kImageTokenIndex = -200;  // spec §5.1 IMAGE_TOKEN_INDEX
+inline constexpr std::string_view kImageToken = "<image>";
+inline constexpr std::string_view kDefaultSystem = "You are a helpful assistant.";
+inline constexpr std::string_view kDefaultQuestion = "Describe the image.";
+
+struct ChatMessage {
+    std::string role;     // "user" or "assistant"
+    std::string content;  // may contain "<image>"
+};
+
+// conv_qwen_2 rendering: system + sep, then role + message + sep per message; with
+// add_generation_prompt the final empty assistant turn emits only its role header.
+inline std::string chat_prompt(std::span<const ChatMessage> messages, std::string_view system = kDefaultSystem,
+                               bool add_generation_prompt = true) {
+    std::string s = "<|im_start|>system\n";
+    s += system;
+    s += "<|im_end|>\n";
+    for (const auto& m : messages) {
+        FASTVLM_CHECK(m.role == "user" || m.role == "assistant", "chat prompt: unknown role '", m.role,
+                      "' (expected user or assistant)");
+        s += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    }
+    if (add_generation_prompt) s += "<|im_start|>assistant\n";
+    return s;
+}
+
+// The single-turn prompt of predict.py: the user message is "<image>\n" + question.
+inline std::string image_prompt(std::string_view question = kDefaultQuestion, std::string_view system = kDefaultSystem) {
+    const ChatMessage m{"user", std::string(kImageToken) + "\n" + std::string(question)};
+    return chat_prompt(std::span<const ChatMessage>(&m, 1), system);
+}
+
+// Text that continues a conversation after an assistant answer whose tokens are already in the
+// KV cache: closes the assistant turn, adds the next user turn and the assistant header.
+inline std::string continuation_prompt(std::string_view user_content) {
+    return "<|im_end|>\n<|im_start|>user\n" + std::string(user_content) + "<|im_end|>\n<|im_start|>assistant\n";
+}
+
+// tokenizer_image_token: `encode(chunk)` must return the ids of one chunk (special tokens parsed).
+template <class Encode>
+std::vector<std::int32_t> tokenize_with_image(std::string_view prompt, Encode&& encode,
+                                              std::int32_t image_id = kImageTokenIndex) {
+    std::vector<std::int32_t> ids;
+    std::size_t start = 0;
+    for (;;) {
+        const std::size_t at = prompt.find(kImageToken, start);
+        const std::string_view chunk = prompt.substr(start, at == std::string_view::npos ? std::string_view::npos : at - start);
+        if (!chunk.empty()) {
+            const auto part = encode(std::string(chunk));
+            ids.insert(ids.end(), part.begin(), part.end());
+        }
+        if (at == std::string_view::npos) break;
+        ids.push_back(image_id);
+        start = at + kImageToken.size();
+    }
+    return ids;
+}
+
+// Parses "1,2,-200,3" (spaces allowed) into ids.
+inline std::vector<std::int32_t> parse_id_list(std::string_view s) {
+    std::vector<std::int32_t> ids;
+    std::size_t i = 0;
+    while (i < s.size()) {
+        while (i < s.size() && (s[i] == ' ' || s[i] == ',')) ++i;
+        if (i >= s.size()) break;
+        std::size_t j = i;
+        if (s[j] == '-' || s[j] == '+') ++j;
+        const std::size_t digits = j;
+        while (j < s.size() && s[j] >= '0' && s[j] <= '9') ++j;
+        FASTVLM_CHECK(j > digits && (j == s.size() || s[j] == ',' || s[j] == ' '), "token id list: cannot parse '",
+                      std::string(s.substr(i)), "' (expected integers separated by commas)");
+        long long v = 0;
+        for (std::size_t p = digits; p < j; ++p) {
+            v = v * 10 + (s[p] - '0');
+            FASTVLM_CHECK(v <= 2147483647LL, "token id list: '", std::string(s.substr(i, j - i)), "' is out of range");
+        }
+        ids.push_back(std::int32_t(s[i] == '-' ? -v : v));
+        i = j;
+    }
+    return ids;
+}
+
+}  // namespace fastvlm::text
+// ---- end fastvlm/text/chat.hpp
 // ---- begin fastvlm/text/projector.hpp ------------------------------------------------------
 // fastvlm/text/projector.hpp — the multimodal projector `mlp2x_gelu` (spec §3):
 //   y = W2·GELU(W1·x + b1) + b2,  W1 [H, mm_hidden], W2 [H, H], exact-erf GELU,
@@ -6811,6 +7287,10 @@ public:
     Index in_features() const { return in_; }
     Index out_features() const { return out_; }
     std::size_t weight_bytes() const { return fc1_.weight_bytes() + fc2_.weight_bytes(); }
+    template <class F>
+    void for_each_linear(F&& f) const {
+        f(fc1_), f(fc2_);
+    }
 
     // features [N, mm_hidden] → [N, H].
     Tensor<float, 2> forward(TensorView<const float, 2> features, ThreadPool* pool) const {
@@ -7127,6 +7607,13 @@ public:
         std::size_t n = head_.weight_bytes() + emb_.weight_bytes();
         for (const auto& b : blocks_) n += b.qkv.weight_bytes() + b.o.weight_bytes() + b.gate_up.weight_bytes() + b.down.weight_bytes();
         return n;
+    }
+
+    // Calls f(const Linear<W, A>&) for every matrix layer a forward runs (the embedding table is a lookup).
+    template <class F>
+    void for_each_linear(F&& f) const {
+        for (const auto& b : blocks_) f(b.qkv), f(b.o), f(b.gate_up), f(b.down);
+        f(head_);
     }
 
     // Default context: min(8192, max_position_embeddings) (spec §4, §5.3).
@@ -9427,6 +9914,16 @@ public:
         std::size_t ffn_fuse_min_bytes = kDefaultFuseBytes;
         Index chunk_pixels = 512;
     };
+    // Calls f(const Linear<W, A>&) for every matrix layer of the tower (1×1 convs, MHSA projections).
+    template <class F>
+    void for_each_linear(F&& f) const {
+        f(stem2_);
+        for (const auto& st : stages_) {
+            for (const auto& b : st.mixers) f(b.convffn.fc1), f(b.convffn.fc2);
+            for (const auto& b : st.attns) f(b.qkv), f(b.proj), f(b.convffn.fc1), f(b.convffn.fc2);
+            if (st.has_patch_embed) f(st.down.proj1);
+        }
+    }
     void set_options(const Options& o) { opt_ = o; }
     const Options& options() const { return opt_; }
 
@@ -9838,6 +10335,10 @@ struct LoadOptions {
     int image_size = 0;
     io::LoadLimits limits = {};  // file sizes, JSON depth, tensor counts, image_size (docs/reliability.md)
     io::ImageLimits image_limits = {};  // images given by path (Session::describe) and preprocess()'s padded square
+    // Kernel paths (kernels/kernel_choice.hpp, docs/kernels.md): "" = FASTVLM_KERNELS if set, else "measure"
+    // (time the candidate paths on this model's layers, through the per-CPU cache); "default" (builtin, no
+    // timing); or forced paths, e.g. "bf16xbf16=widen_f32,q8xq8.gemv=avx2_int8".
+    std::string kernels = {};
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
@@ -10084,6 +10585,12 @@ public:
         p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
             progress(0.16f + 0.84f * float(done) / float(total), "decoder");
         }, p->pool.get());
+        progress(0.99f, "kernels");
+        choose_kernels([&](auto&& fn) {
+            if (p->vision) p->vision->for_each_linear(fn);
+            p->projector.for_each_linear(fn);
+            p->decoder.for_each_linear(fn);
+        }, p->pool.get(), opt.kernels);
         // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
         p->stop_ids = tc.eos_token_ids;
         if (p->tokenizer)

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <mutex>
+#include <string>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -63,6 +64,26 @@ inline CpuFeatures detect_cpu() {
 inline const CpuFeatures& cpu() {
     static const CpuFeatures f = detail::detect_cpu();
     return f;
+}
+
+// The CPU's brand string (CPUID 0x80000002..4), e.g. "AMD EPYC 7B13 64-Core Processor"; "" if absent.
+inline const std::string& cpu_brand() {
+    static const std::string brand = [] {
+        std::string s;
+#if defined(__x86_64__)
+        unsigned r[4];
+        if (__get_cpuid(0x80000000u, &r[0], &r[1], &r[2], &r[3]) && r[0] >= 0x80000004u)
+            for (unsigned leaf = 0x80000002u; leaf <= 0x80000004u; ++leaf) {
+                __get_cpuid(leaf, &r[0], &r[1], &r[2], &r[3]);
+                s.append(reinterpret_cast<const char*>(r), sizeof(r));
+            }
+#endif
+        s.resize(s.find('\0') == std::string::npos ? s.size() : s.find('\0'));
+        while (!s.empty() && s.back() == ' ') s.pop_back();
+        while (!s.empty() && s.front() == ' ') s.erase(s.begin());
+        return s;
+    }();
+    return brand;
 }
 
 // Asks the Linux kernel for permission to use the AMX tile state (once per process). Returns

@@ -8,6 +8,7 @@
 // Each format keeps a portable path (xsimd or scalar) next to the intrinsic one; see docs/kernels.md.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -102,7 +103,25 @@ struct ImplFor<fmt::Q4, fmt::Q8> {
     using type = ImplQ<true>;
 };
 
+// The path every Linear<W, A> without a forced path runs, per kernel class, for the whole process:
+// Impl::best() until choice.hpp measures, reads a cached choice or is told (FASTVLM_KERNELS).
+struct PathChoice {
+    std::atomic<Path> gemv, gemm;
+    std::atomic<int> source{0};  // KernelSource (choice.hpp)
+    explicit PathChoice(Path p) : gemv(p), gemm(p) {}
+    Path get(bool gemv_rows) const { return (gemv_rows ? gemv : gemm).load(std::memory_order_relaxed); }
+};
+template <class W, class A>
+PathChoice& path_choice() {
+    static PathChoice c(ImplFor<W, A>::type::best());
+    return c;
+}
+
 }  // namespace detail::mm
+
+// Which loop nest a call runs, for kernel choice: GEMV (m = 1 and decode rows: the weights are streamed)
+// or the blocked GEMM (prefill, vision).
+enum class KernelClass { gemv, gemm };
 
 // A linear layer y = x·Wᵀ + b with weights repacked for the kernels of (W, A).
 template <class W, class A = fmt::F32>
@@ -142,7 +161,14 @@ public:
         FASTVLM_CHECK(ldx >= k_ && ldy >= n_, "Linear::forward [", n_, "x", k_, "]: ldx=", ldx, " must be >= k=", k_,
                       " and ldy=", ldy, " >= n=", n_);
         FASTVLM_CHECK(x && y, "Linear::forward: null input or output pointer");
-        impl_.forward(path_, x, m, ldx, y, ldy, pool, ep, bias_.empty() ? nullptr : bias_.data());
+        const bool gemv = use_gemv(m, ep);
+        impl_.forward(forced_ ? path_ : detail::mm::path_choice<W, A>().get(gemv), x, m, ldx, y, ldy, pool, ep,
+                      bias_.empty() ? nullptr : bias_.data());
+    }
+    // Internal (kernel measurement, choice.hpp): one call through path p, which must be supported.
+    void forward_path(detail::mm::Path p, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
+                      const Epilogue& ep = {}) const {
+        if (m > 0 && n_ > 0) impl_.forward(p, x, m, ldx, y, ldy, pool, ep, bias_.empty() ? nullptr : bias_.data());
     }
 
     // Row n of W dequantized to float (k values) — used for embedding lookups.
@@ -151,12 +177,17 @@ public:
         impl_.row(n, out);
     }
 
-    // Internal (tests, benchmarks): the kernel path in use, and forcing another one.
-    detail::mm::Path path() const { return path_; }
+    // The kernel path calls of class c run: the one forced on this layer, else the process-wide choice
+    // for (W, A) (choice.hpp). set_path forces one (tests, benchmarks).
+    detail::mm::Path path(KernelClass c = KernelClass::gemv) const {
+        return forced_ ? path_ : detail::mm::path_choice<W, A>().get(c == KernelClass::gemv);
+    }
+    static bool supports(detail::mm::Path p) { return Impl::supports(p); }
     void set_path(detail::mm::Path p) {
         FASTVLM_CHECK(Impl::supports(p), "Linear<", W::name, ",", A::name, ">: kernel path ", detail::mm::path_name(p),
                       " is not available for this format on this CPU");
         path_ = p;
+        forced_ = true;
     }
 
 private:
@@ -169,13 +200,13 @@ private:
             bias_.assign(std::size_t(impl_.npanels() * detail::mm::kPanel), 0.f);
             std::copy(bias, bias + n, bias_.begin());
         }
-        path_ = Impl::best();
     }
 
     Index n_ = 0, k_ = 0;
     Impl impl_;
     detail::mm::avec<float> bias_;
     detail::mm::Path path_ = detail::mm::Path::scalar;
+    bool forced_ = false;
 };
 
 }  // namespace fastvlm

@@ -113,6 +113,10 @@ public:
     Index in_features() const { return in_; }
     Index out_features() const { return out_; }
     std::size_t weight_bytes() const { return fc1_.weight_bytes() + fc2_.weight_bytes(); }
+    template <class F>
+    void for_each_linear(F&& f) const {
+        f(fc1_), f(fc2_);
+    }
 
     // features [N, mm_hidden] → [N, H].
     Tensor<float, 2> forward(TensorView<const float, 2> features, ThreadPool* pool) const {

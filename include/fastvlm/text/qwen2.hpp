@@ -97,6 +97,13 @@ public:
         return n;
     }
 
+    // Calls f(const Linear<W, A>&) for every matrix layer a forward runs (the embedding table is a lookup).
+    template <class F>
+    void for_each_linear(F&& f) const {
+        for (const auto& b : blocks_) f(b.qkv), f(b.o), f(b.gate_up), f(b.down);
+        f(head_);
+    }
+
     // Default context: min(8192, max_position_embeddings) (spec §4, §5.3).
     Index default_context() const { return std::min<Index>(8192, cfg_.max_position_embeddings); }
 

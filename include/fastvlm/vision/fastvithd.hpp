@@ -117,6 +117,16 @@ public:
         std::size_t ffn_fuse_min_bytes = kDefaultFuseBytes;
         Index chunk_pixels = 512;
     };
+    // Calls f(const Linear<W, A>&) for every matrix layer of the tower (1×1 convs, MHSA projections).
+    template <class F>
+    void for_each_linear(F&& f) const {
+        f(stem2_);
+        for (const auto& st : stages_) {
+            for (const auto& b : st.mixers) f(b.convffn.fc1), f(b.convffn.fc2);
+            for (const auto& b : st.attns) f(b.qkv), f(b.proj), f(b.convffn.fc1), f(b.convffn.fc2);
+            if (st.has_patch_embed) f(st.down.proj1);
+        }
+    }
     void set_options(const Options& o) { opt_ = o; }
     const Options& options() const { return opt_; }
 

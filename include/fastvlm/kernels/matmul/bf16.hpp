@@ -2,7 +2,8 @@
 // Packed layout: [panel][k/2][16][2] bf16 — one zmm = the k-pair (2p, 2p+1) of 16 columns, the
 // operand order of vdpbf16ps: acc[c] += a[2c]·b[2c] + a[2c+1]·b[2c+1]. X is packed as k-pairs
 // (one dword each) and broadcast. K is padded to even with zeros.
-// Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it.
+// Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it; widen_f32 (the
+// same without rounding X: BF16 weights × F32 activations), chosen where it measures faster (choice.hpp).
 #pragma once
 #include <algorithm>
 #include <cstring>
@@ -105,21 +106,24 @@ FASTVLM_FLATTEN inline void gemv_panel_bf16_pairs(const float* __restrict xr, co
 }
 #endif
 
-// x[k] → bf16-rounded floats, zero-padded to 2·k2 values.
-inline void round_bf16(const float* x, Index k, Index k2, float* out) {
-    for (Index q = 0; q < k; ++q) out[q] = to_float(to_bf16(x[q]));
+// x[k] → floats (bf16-rounded when round), zero-padded to 2·k2 values.
+inline void pad_pairs(const float* x, Index k, Index k2, bool round, float* out) {
+    if (round) for (Index q = 0; q < k; ++q) out[q] = to_float(to_bf16(x[q]));
+    else std::copy(x, x + k, out);
     for (Index q = k; q < 2 * k2; ++q) out[q] = 0.f;
 }
 
-// ---- portable path: f32 FMA on widened weights and bf16-rounded X -------------------------------------
-template <class Arch>
+// ---- portable paths: f32 FMA on widened weights ---------------------------------------------------------
+// RoundX: X rounded to bf16 first (Path::simd, the arithmetic of BF16 compute), or used as it is
+// (Path::widen_f32: BF16 weights × F32 activations, as fast as the f32 kernel where there is no vdpbf16ps).
+template <class Arch, bool RoundX = true>
 struct KernBF16Wide {
     static constexpr int MR = FloatTile<Arch>::MR, NV = FloatTile<Arch>::NV;  // f32.hpp
     const PackedBF2* P;
     Index n, npanels;
     const float* bias;
     Index units() const { return P->k2; }
-    Index kc_units() const { return 128; }
+    Index kc_units() const { return 512; }
     Index mc_max() const { return 224; }
     struct APack {
         const float* p;
@@ -127,6 +131,16 @@ struct KernBF16Wide {
     APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
         const Index nmp = ceil_div(mc, MR), kc = 2 * uc, k = P->k;
         float* buf = scratch<float, 1>(std::size_t(nmp * MR * kc));
+        if constexpr (!RoundX) {  // as KernFloat; the k-pair padding past k is zero
+            const Index len = std::min(kc, k - 2 * u0);
+            for (Index mp = 0; mp < nmp; ++mp) {
+                float* d = buf + mp * MR * kc;
+                const float* x0 = x + (m0 + mp * MR) * ldx + 2 * u0;
+                pack_rows_t<MR, float>([&](Index r) { return x0 + r * ldx; }, std::min<Index>(MR, mc - mp * MR), len, d);
+                std::fill(d + len * MR, d + kc * MR, 0.f);
+            }
+            return {buf};
+        }
         for (Index mp = 0; mp < nmp; ++mp) {
             float* d = buf + mp * MR * kc;
             for (Index r = 0; r < MR; ++r) {
@@ -153,7 +167,7 @@ struct KernBF16Wide {
             ukr_f32<Arch, MR, decltype(c)::value>(2 * uc, a.p + ir * MR * 2 * uc, b.p, b.stride, tile, NV * kPanel);
         });
     }
-    // xr: bf16-rounded x, 2·k2 floats.
+    // xr: x (bf16-rounded when RoundX) zero-padded to 2·k2 floats.
     void gemv_panels(const float* xr, Index p0, Index p1, float* out) const {
 #if defined(FASTVLM_GEMV_BF16_PAIRS)
         if constexpr (!std::is_void_v<Arch>) {
@@ -279,22 +293,25 @@ struct KernBF16Dot {
 
 struct ImplBF16 {
     PackedBF2 P;
-    static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::simd; }
-    static bool supports(Path p) { return p == Path::scalar || p == Path::simd || (p == Path::avx512_bf16 && have_avx512_bf16()); }
+    // Without vdpbf16ps, rounding X to bf16 only costs time: the default is then widen_f32.
+    static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::widen_f32; }
+    static bool supports(Path p) {
+        return p == Path::scalar || p == Path::simd || p == Path::widen_f32 || (p == Path::avx512_bf16 && have_avx512_bf16());
+    }
     template <class Rows>
     void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
     void row(Index r, float* out) const { P.row(r, out); }
     std::size_t bytes() const { return P.bytes(); }
     Index npanels() const { return P.npanels; }
 
-    template <class Arch>
+    template <class Arch, bool RoundX>
     void run_wide(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
                   const float* bias) const {
-        KernBF16Wide<Arch> kern{&P, P.n, P.npanels, bias};
+        KernBF16Wide<Arch, RoundX> kern{&P, P.n, P.npanels, bias};
         if (use_gemv(m, ep)) {
             const Index ld = 2 * P.k2;
             std::vector<float> xr(std::size_t(m * ld));
-            for (Index r = 0; r < m; ++r) round_bf16(x + r * ldx, P.k, P.k2, xr.data() + r * ld);
+            for (Index r = 0; r < m; ++r) pad_pairs(x + r * ldx, P.k, P.k2, RoundX, xr.data() + r * ld);
             gemv_rows(kern, [&](Index r) { return xr.data() + r * ld; }, m, y, ldy, pool, ep, P.k);
         } else {
             gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
@@ -316,8 +333,9 @@ struct ImplBF16 {
             return;
         }
 #endif
-        if (path == Path::simd) run_wide<xsimd::default_arch>(x, m, ldx, y, ldy, pool, ep, bias);
-        else run_wide<void>(x, m, ldx, y, ldy, pool, ep, bias);
+        if (path == Path::widen_f32) run_wide<xsimd::default_arch, false>(x, m, ldx, y, ldy, pool, ep, bias);
+        else if (path == Path::simd) run_wide<xsimd::default_arch, true>(x, m, ldx, y, ldy, pool, ep, bias);
+        else run_wide<void, true>(x, m, ldx, y, ldy, pool, ep, bias);
     }
 };
 

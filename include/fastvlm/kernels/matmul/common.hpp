@@ -96,7 +96,9 @@ enum class Path {
     avx512_bf16,  // vdpbf16ps (BF16 x BF16)
     avx512_vnni,  // vpdpbusd (Q8/Q4 x Q8)
     avx2_int8,    // vpmaddubsw + vpmaddwd (Q8/Q4 x Q8) where there is no AVX-512 VNNI
+    widen_f32,    // BF16 x BF16 layer computed as BF16 x F32: weights widened to f32, activations not rounded
 };
+inline constexpr Path kAllPaths[] = {Path::scalar, Path::simd, Path::avx512_bf16, Path::avx512_vnni, Path::avx2_int8, Path::widen_f32};
 inline const char* path_name(Path p) {
     switch (p) {
         case Path::scalar: return "scalar";
@@ -104,6 +106,7 @@ inline const char* path_name(Path p) {
         case Path::avx512_bf16: return "avx512_bf16";
         case Path::avx512_vnni: return "avx512_vnni";
         case Path::avx2_int8: return "avx2_int8";
+        case Path::widen_f32: return "widen_f32";
     }
     return "?";
 }
