@@ -15,7 +15,7 @@ if [ ! -f "node-llama-cpp-$version.tgz" ]; then
   npm pack --silent "node-llama-cpp@$version" >/dev/null
 fi
 [ -f package/llama/gitRelease.bundle ] || tar xzf "node-llama-cpp-$version.tgz" package/llama/gitRelease.bundle
-[ -d src/.git ] || git clone -q package/llama/gitRelease.bundle src
+[ -d src/.git ] || git -c advice.detachedHead=false clone -q package/llama/gitRelease.bundle src
 cmake -S src -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
       -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
 cmake --build build -j"$(nproc)" --target llama-bench llama-quantize >/dev/null

@@ -50,8 +50,10 @@ def ggufs(a, types):
         f = work / f"{stem}.{t}.gguf"
         if not f.exists():
             pt.log(f"llama-quantize -> {f}")
-            pt.run_cmd([str(Path(a.llama) / "build" / "bin" / "llama-quantize"), str(base), str(f), t, str(a.threads)], 3600,
-                       "llama-quantize")
+            # --pure: every matrix in type t (else llama-quantize upgrades output.weight to Q6_K / Q8_0), as
+            # fastvlm's presets keep the lm_head in the preset's format.
+            pt.run_cmd([str(Path(a.llama) / "build" / "bin" / "llama-quantize"), "--pure", str(base), str(f), t, str(a.threads)],
+                       3600, "llama-quantize")
         out[t] = f
     return out
 

@@ -1019,6 +1019,11 @@ inline void convert(const bf16* src, float* dst, std::size_t n) {
         __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
         _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(w));
     }
+#elif defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) {  // the bf16 KV cache rows of decode attention (Zen 3: a scalar loop before)
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
 #endif
     for (; i < n; ++i) dst[i] = to_float(src[i]);
 }
@@ -1378,6 +1383,31 @@ inline float dot_f32(const float* a, const float* b, Index n) {
     for (; i < n; ++i) s += a[i] * b[i];
     return s;
 }
+// out[r] = a · rows[r] for the R = batch-size rows of one block (decode attention scores: one query head
+// against R cached keys). The R lane sums are reduced together (haddp), not one horizontal add per row.
+inline void dot_rows_f32(const float* a, const float* const* rows, Index n, float* out) {
+    using B = xsimd::batch<float>;
+    constexpr int R = int(B::size);
+    constexpr Index W = Index(B::size);
+    B acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = B(0.f);
+    Index i = 0;
+    for (; i + W <= n; i += W) {
+        const B av = B::load_unaligned(a + i);
+        for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(av, B::load_unaligned(rows[r] + i), acc[r]);
+    }
+    B s = xsimd::haddp(acc);
+    if (i < n) {
+        alignas(64) float tail[R];
+        for (int r = 0; r < R; ++r) {
+            float t = 0.f;
+            for (Index q = i; q < n; ++q) t += a[q] * rows[r][q];
+            tail[r] = t;
+        }
+        s += B::load_aligned(tail);
+    }
+    s.store_unaligned(out);
+}
 // y[0:n] += a·x[0:n]
 inline void axpy_f32(float a, const float* x, float* y, Index n) {
     using B = xsimd::batch<float>;
@@ -1458,17 +1488,18 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
         const Index nh = h1 - h0;
         const Index t0 = rb * sp.rows_per_task, t1 = std::min(T, t0 + sp.rows_per_task);
         const Index stride = p0 + t1;  // score row length of this task's longest query
+        constexpr Index RB = Index(xsimd::batch<float>::size);  // key rows scored together
         if (scratch.size() < std::size_t(nh * stride)) scratch.resize(std::size_t(nh * stride));
         if constexpr (!std::is_same_v<E, float>)
-            if (rowbuf.size() < std::size_t(d)) rowbuf.resize(std::size_t(d));
-        // Row j of KV head g as floats (bf16 widened into rowbuf: exact).
-        auto get = [&](const KVRows<E>& kv, Index j) -> const float* {
+            if (rowbuf.size() < std::size_t(RB * d)) rowbuf.resize(std::size_t(RB * d));
+        // Row j of KV head g as floats (bf16 widened into slot `slot` of rowbuf: exact).
+        auto get = [&](const KVRows<E>& kv, Index j, Index slot = 0) -> const float* {
             const E* r = kv.row(j) + g * d;
             if constexpr (std::is_same_v<E, float>) {
                 return r;
             } else {
-                convert(r, rowbuf.data(), std::size_t(d));
-                return rowbuf.data();
+                convert(r, rowbuf.data() + slot * d, std::size_t(d));
+                return rowbuf.data() + slot * d;
             }
         };
         auto prefetch = [&](const KVRows<E>& kv, Index j, Index n) {
@@ -1479,8 +1510,20 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
         for (Index t = t0; t < t1; ++t) {
             const Index n = p0 + t + 1;
             const float* qt = sq.q + t * sq.ldq;
-            for (Index j = 0; j < n; ++j) {
-                prefetch(sq.k, j, n);
+            Index j = 0;
+            for (; j + RB <= n; j += RB) {  // blocks of RB keys, each widened once for every head of the chunk
+                const float* kr[RB];
+                for (Index r = 0; r < RB; ++r) {
+                    prefetch(sq.k, j + r, n);
+                    kr[r] = get(sq.k, j + r, r);
+                }
+                for (Index h = h0; h < h1; ++h) {
+                    float* sc = scratch.data() + (h - h0) * stride + j;
+                    detail::dot_rows_f32(qt + h * d, kr, d, sc);
+                    for (Index r = 0; r < RB; ++r) sc[r] *= scale;
+                }
+            }
+            for (; j < n; ++j) {
                 const float* kj = get(sq.k, j);
                 for (Index h = h0; h < h1; ++h) scratch[std::size_t((h - h0) * stride + j)] = detail::dot_f32(qt + h * d, kj, d) * scale;
             }
