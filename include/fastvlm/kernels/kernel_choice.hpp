@@ -7,6 +7,7 @@
 // LoadOptions::kernels forces paths (docs/kernels.md, "Kernel choice").
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -259,7 +260,9 @@ inline void write_cache(const std::filesystem::path& file, const nlohmann::json&
     if (file.empty()) return;
     std::error_code ec;
     std::filesystem::create_directories(file.parent_path(), ec);
-    const auto tmp = std::filesystem::path(file.string() + ".tmp." + std::to_string(::getpid()));
+    static std::atomic<unsigned> serial{0};  // two loads in one process must not share a temporary file
+    const auto tmp = std::filesystem::path(file.string() + ".tmp." + std::to_string(::getpid()) + "." +
+                                           std::to_string(serial.fetch_add(1)));
     {
         std::ofstream out(tmp, std::ios::trunc);
         if (!out) return;
