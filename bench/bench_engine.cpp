@@ -20,8 +20,16 @@
 //    (image-feature cache alone) and with both off; then a 6-turn chat about image B sent as growing
 //    `messages` (what a chat client sends): per turn vision ms, prompt positions, positions prefilled,
 //    positions adopted from the prefix cache, TTFT. Greedy, 16 new tokens per answer.
+// 5. Adaptive precision (issue 13): `--precision auto:P1,P2 --adaptive-load [--clients 1,2,4,8,1]
+//    [--phase-s 40] [--ttft-target-ms T]`: closed-loop clients (each sends its next request when its
+//    previous one ends, images round-robin) whose number steps through --clients, one phase each. The
+//    images are put in the shared image-feature cache for every preset first and the prefix cache is
+//    off (TTFT is then queueing + the prefill of the whole prompt, what the preset changes). Per phase: requests, p50/p95 TTFT, how many
+//    each preset served; then every switch with its time and reason.
 // Medians over --reps. Output: a markdown table on stdout, everything in --json.
 #include <algorithm>
+#include <atomic>
+#include <map>
 #include <chrono>
 #include <cstdio>
 #include <mutex>
@@ -58,7 +66,9 @@ struct Args {
     std::vector<std::string> images;
     unsigned threads = 2;
     int max_tokens = 64, reps = 1;
-    bool kv_fit = false, caches = false;
+    bool kv_fit = false, caches = false, adaptive_load = false;
+    std::vector<int> clients = {1, 2, 4, 8, 1};
+    double phase_s = 40, ttft_target_ms = 0;
 };
 
 Request make_request(const Args& a, const std::string& image, int max_tokens) {
@@ -259,6 +269,102 @@ void caches(const AnyModel& m, const Args& a) {
     }
 }
 
+// 5. (see the top of the file)
+void adaptive_load(const AnyModel& m, const Args& a) {
+    const auto* am = dynamic_cast<const detail::AdaptiveModel*>(&m);
+    FASTVLM_CHECK(am, "--adaptive-load needs --precision auto:P1,P2,...");
+    const int max_clients = *std::max_element(a.clients.begin(), a.clients.end());
+    EngineOptions o;
+    o.max_running = max_clients;
+    o.prefix_cache_bytes = 0;  // every request prefills its prompt (the prefix cache would skip it: same image, same question)
+    o.image_cache = std::make_shared<ImageFeatureCache>(std::size_t(512) << 20);
+    for (const auto& p : am->presets()) {  // warm the shared image cache for every preset
+        EngineOptions w;
+        w.image_cache = o.image_cache;
+        auto e = p->new_engine(w);
+        for (const auto& img : a.images) (void)e->run(make_request(a, img, 2));
+    }
+    struct Switch {
+        double t_s;
+        PresetSwitch sw;
+    };
+    std::mutex mu;
+    std::vector<Switch> switches;
+    const auto t0 = Clock::now();
+    auto since = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+    o.adaptive.ttft_target_ms = a.ttft_target_ms;
+    o.adaptive.on_switch = [&](const PresetSwitch& sw) {
+        std::lock_guard lk(mu);
+        switches.push_back({since(), sw});
+        std::fprintf(stderr, "  %.1f s: %s -> %s (%s)\n", since(), sw.from_preset.c_str(), sw.to_preset.c_str(), sw.reason.c_str());
+    };
+    auto engine = m.new_engine(o);
+    struct Done {
+        int phase;
+        double ttft_ms;
+        std::string preset;
+    };
+    std::vector<Done> done;
+    std::atomic<int> phase{0}, active{0}, next_image{0};
+    std::atomic<bool> over{false};
+    std::vector<std::thread> pool;
+    auto client = [&](int id) {
+        while (!over.load()) {
+            if (id >= active.load()) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                continue;
+            }
+            const int ph = phase.load();
+            const auto& img = a.images[std::size_t(next_image.fetch_add(1)) % a.images.size()];
+            const Result r = engine->run(make_request(a, img, a.max_tokens));
+            FASTVLM_CHECK(r.ok(), "request failed: ", r.error);
+            std::lock_guard lk(mu);
+            done.push_back({ph, r.timings.ttft_ms, r.preset});
+        }
+    };
+    for (int i = 0; i < max_clients; ++i) pool.emplace_back(client, i);
+    for (std::size_t p = 0; p < a.clients.size(); ++p) {
+        phase = int(p);
+        active = a.clients[p];
+        std::fprintf(stderr, "%.1f s: phase %zu, %d clients\n", since(), p + 1, a.clients[p]);
+        std::this_thread::sleep_for(std::chrono::duration<double>(a.phase_s));
+    }
+    over = true;
+    for (auto& t : pool) t.join();
+    auto q = [](std::vector<double> v, double f) {
+        if (v.empty()) return 0.0;
+        std::sort(v.begin(), v.end());
+        return v[std::min(v.size() - 1, std::size_t(f * double(v.size() - 1) + 0.5))];
+    };
+    std::printf("| phase | clients | requests | p50 TTFT | p95 TTFT | served by |\n|---|---:|---:|---:|---:|---|\n");
+    nlohmann::json phases = nlohmann::json::array();
+    for (std::size_t p = 0; p < a.clients.size(); ++p) {
+        std::vector<double> t;
+        std::map<std::string, int> by;
+        for (const auto& d : done)
+            if (d.phase == int(p)) t.push_back(d.ttft_ms), ++by[d.preset];
+        std::string served;
+        for (const auto& [k, n] : by) served += (served.empty() ? "" : ", ") + k + " " + std::to_string(n);
+        std::printf("| %zu | %d | %zu | %.0f ms | %.0f ms | %s |\n", p + 1, a.clients[p], t.size(), q(t, 0.5), q(t, 0.95), served.c_str());
+        phases.push_back({{"clients", a.clients[p]}, {"requests", t.size()}, {"ttft_p50_ms", q(t, 0.5)}, {"ttft_p95_ms", q(t, 0.95)},
+                          {"served_by", by}});
+    }
+    std::printf("\nswitches:\n");
+    nlohmann::json sw = nlohmann::json::array();
+    for (const auto& s : switches) {
+        std::printf("- %.1f s: %s -> %s (%s)\n", s.t_s, s.sw.from_preset.c_str(), s.sw.to_preset.c_str(), s.sw.reason.c_str());
+        sw.push_back({{"t_s", s.t_s}, {"from", s.sw.from_preset}, {"to", s.sw.to_preset}, {"reason", s.sw.reason}});
+    }
+    if (!a.json.empty()) {
+        std::FILE* f = std::fopen(a.json.c_str(), "w");
+        FASTVLM_CHECK(f, "cannot write ", a.json);
+        const nlohmann::json j = {{"precision", m.precision()}, {"phase_s", a.phase_s}, {"ttft_target_ms", a.ttft_target_ms},
+                                  {"max_tokens", a.max_tokens}, {"phases", phases}, {"switches", sw}};
+        std::fprintf(f, "%s\n", j.dump(1).c_str());
+        std::fclose(f);
+    }
+}
+
 int run(int argc, char** argv) {
     Args a;
     for (int i = 1; i < argc; ++i) {
@@ -277,6 +383,14 @@ int run(int argc, char** argv) {
         else if (k == "--json") a.json = val();
         else if (k == "--kv-fit") a.kv_fit = true;
         else if (k == "--caches") a.caches = true;
+        else if (k == "--adaptive-load") a.adaptive_load = true;
+        else if (k == "--phase-s") a.phase_s = std::stod(val());
+        else if (k == "--ttft-target-ms") a.ttft_target_ms = std::stod(val());
+        else if (k == "--clients") {
+            a.clients.clear();
+            for (const auto& c : split(val(), ',')) a.clients.push_back(std::stoi(c));
+            FASTVLM_CHECK(!a.clients.empty() && *std::min_element(a.clients.begin(), a.clients.end()) >= 1, "--clients: counts >= 1");
+        }
         else fail("unknown option ", k, " (see the comment at the top of bench/bench_engine.cpp)");
     }
     if (a.kv_fit) {
@@ -293,6 +407,10 @@ int run(int argc, char** argv) {
     auto m = load_model(a.model, a.precision, lo);
     if (a.caches) {
         caches(*m, a);
+        return 0;
+    }
+    if (a.adaptive_load) {
+        adaptive_load(*m, a);
         return 0;
     }
     const int N = int(a.images.size());

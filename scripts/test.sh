@@ -38,11 +38,12 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 stage "TSan build"
 cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=None -DFASTVLM_BUILD_BENCH=OFF -DFASTVLM_BUILD_EXAMPLES=OFF -DFASTVLM_BUILD_SERVER=ON \
       -DFASTVLM_BUILD_PYTHON=OFF -DCMAKE_CXX_FLAGS="-Og -g1 -fsanitize=thread" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" >/dev/null
-cmake --build build/tsan -j"$jobs" --target test_engine test_metrics test_frames fastvlm-server
+cmake --build build/tsan -j"$jobs" --target test_engine test_metrics test_frames test_adaptive fastvlm-server
 stage "TSan tests"
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build/tsan/tests/test_engine
 TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/test_metrics
 TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/test_frames
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build/tsan/tests/test_adaptive
 TSAN_OPTIONS=halt_on_error=1:exitcode=66 ctest --test-dir build/tsan --output-on-failure -R '^server\.errors$'
 
 # libFuzzer smoke run: every target in tests/fuzz for 20 s (clang-14, ASan + UBSan; tests/fuzz/README.md).

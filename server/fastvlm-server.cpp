@@ -22,7 +22,7 @@ using cli::Option;
 const std::vector<Option> kOptions = [] {
     std::vector<Option> v = {
     {"model", "DIR", "model folder (required)"},
-    {"precision", "P", "fp32, bf16, fp16, int8, int8_int4 or int4 (default int8)"},
+    {"precision", "P", "fp32, bf16, fp16, int8, int8_int4 or int4 (default int8), or auto:P1,P2,... (adaptive: most accurate first)"},
     {"host", "ADDR", "address to bind (default 127.0.0.1; 0.0.0.0 exposes the server to the network)"},
     {"port", "N", "port (default 8080; 0 = any free port, printed on stderr)"},
     {"parallel", "N", "sequences decoding at once (default 8)"},
@@ -45,7 +45,7 @@ const std::vector<Option> kOptions = [] {
     {"quiet", "", "no log line per request"},
     cli::limit_option(),
     };
-    for (auto& o : cli::cache_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"))
+    for (auto& o : cli::engine_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"))
         v.push_back(o);
     return v;
 }();
@@ -83,7 +83,7 @@ int run(const cli::Args& a) {
     eo.max_running = int(a.get_int("parallel", 8, 1, 1024));
     eo.max_queued = int(a.get_int("max-queue", 64, 0, 1 << 20));
     eo.kv_budget_bytes = std::size_t(a.get_int("kv-budget-mb", 0, 0, 1l << 24)) << 20;
-    cli::set_cache_options(a, eo);
+    cli::set_engine_options(a, eo);
     if (auto t = a.get("timeout-s")) {
         char* end = nullptr;
         eo.timeout_s = std::strtod(t->c_str(), &end);

@@ -318,7 +318,7 @@ inline json timings_json(const Result& r) {
     return {{"queue_ms", t.queue_ms},   {"preprocess_ms", t.preprocess_ms}, {"vision_ms", t.vision_ms},
             {"projector_ms", t.projector_ms}, {"prefill_ms", t.prefill_ms}, {"prefill_tokens", t.prefill_tokens},
             {"cached_tokens", t.cached_tokens}, {"ttft_ms", t.ttft_ms},
-            {"decode_tok_s", t.decode_tok_s()}, {"total_ms", t.total_ms}};
+            {"decode_tok_s", t.decode_tok_s()}, {"total_ms", t.total_ms}, {"preset", r.preset}};
 }
 
 inline json completion_json(const std::string& id, std::int64_t created, const std::string& model, const Result& r) {

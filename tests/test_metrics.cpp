@@ -543,3 +543,33 @@ TEST(Metrics, ResidentSetSize) {
     EXPECT_GE(metrics::peak_rss_bytes(), after);
     EXPECT_EQ(big[4096], char(4096));
 }
+
+// attach(): a child registry's series appear with the extra label, families of the same name from
+// several registries are merged under one HELP/TYPE, and JSON holds each child under "by_<label>".
+TEST(Metrics, AttachedRegistriesRenderWithTheirLabel) {
+    Registry parent, a, b;
+    parent.counter("switches_total", "Switches").add(2);
+    a.counter("requests_total", "Requests by outcome", {{"status", "ok"}}).add(3);
+    b.counter("requests_total", "Requests by outcome", {{"status", "ok"}}).add(5);
+    b.gauge("queue_length", "Queue").set(7);
+    a.histogram("ttft_seconds", "TTFT", {0.1, 1.0}).record(0.5);
+    parent.attach("preset", "int8", a);
+    parent.attach("preset", "int4", b);
+    const std::string p = parent.to_prometheus();
+    EXPECT_NE(p.find("fastvlm_switches_total 2\n"), std::string::npos) << p;
+    EXPECT_NE(p.find("fastvlm_requests_total{preset=\"int8\",status=\"ok\"} 3\n"), std::string::npos) << p;
+    EXPECT_NE(p.find("fastvlm_requests_total{preset=\"int4\",status=\"ok\"} 5\n"), std::string::npos) << p;
+    EXPECT_NE(p.find("fastvlm_queue_length{preset=\"int4\"} 7\n"), std::string::npos) << p;
+    EXPECT_NE(p.find("fastvlm_ttft_seconds_bucket{preset=\"int8\",le=\"1\"} 1\n"), std::string::npos) << p;
+    EXPECT_NE(p.find("fastvlm_ttft_seconds_count{preset=\"int8\"} 1\n"), std::string::npos) << p;
+    std::size_t types = 0;
+    for (std::size_t at = 0; (at = p.find("# TYPE fastvlm_requests_total counter", at)) != std::string::npos; ++at) ++types;
+    EXPECT_EQ(types, 1u) << "one TYPE line per family, whatever registries hold it";
+    const auto j = parent.to_json();
+    EXPECT_EQ(j["counters"]["switches_total"], 2);
+    EXPECT_EQ(j["by_preset"]["int8"]["counters"]["requests_total"]["status=ok"], 3);
+    EXPECT_EQ(j["by_preset"]["int4"]["gauges"]["queue_length"], 7.0);
+    EXPECT_NE(error_of([&] { parent.attach("le", "x", a); }), "");
+    EXPECT_NE(error_of([&] { parent.attach("bad-name", "x", a); }), "");
+    EXPECT_NE(error_of([&] { parent.attach("preset", "x", parent); }), "");
+}

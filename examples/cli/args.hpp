@@ -133,17 +133,25 @@ inline void print_limits() {
                 "name", "default", "(range) meaning", io::describe_limits().c_str());
 }
 
-// --image-cache-mb and --prefix-cache-mb: the engine's caches (docs/api.md: image-feature cache, prefix KV reuse).
-inline std::vector<Option> cache_options(const char* image_help) {
-    return {{"image-cache-mb", "N", image_help},
+// The engine's options: --image-cache-mb and --prefix-cache-mb (docs/api.md: image-feature cache, prefix KV
+// reuse), --ttft-target-ms (adaptive precision, --precision auto:...).
+inline std::vector<Option> engine_options(const char* image_help) {
+    return {{"ttft-target-ms", "MS",
+             "with --precision auto:P1,P2,...: switch to the next cheaper preset while the p95 time to first token is above MS "
+             "(back when it is below half of it; memory and CPU pressure also count; default 0: pressure and queue only)"},
+            {"image-cache-mb", "N", image_help},
             {"prefix-cache-mb", "N",
              "prefix KV reuse: KV pages of ended requests kept for later ones that start the same (a second question about an "
              "image, the next chat turn) in MB (default: up to the whole KV budget, given back when requests need it; 0 = off)"}};
 }
 template <class EngineOptions>
-void set_cache_options(const Args& a, EngineOptions& eo) {
+void set_engine_options(const Args& a, EngineOptions& eo) {
     eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
     if (a.has("prefix-cache-mb")) eo.prefix_cache_bytes = std::size_t(a.get_int("prefix-cache-mb", 0, 0, 1l << 24)) << 20;
+    eo.adaptive.ttft_target_ms = double(a.get_int("ttft-target-ms", 0, 0, 1l << 30));
+    eo.adaptive.on_switch = [](const auto& sw) {
+        std::fprintf(stderr, "fastvlm: precision %s -> %s: %s\n", sw.from_preset.c_str(), sw.to_preset.c_str(), sw.reason.c_str());
+    };
 }
 
 struct Command {

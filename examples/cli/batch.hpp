@@ -76,7 +76,7 @@ inline int run_batch(const Args& a) {
     eo.max_running = parallel;
     eo.max_queued = parallel + 8;
     eo.prefill_chunk = a.get_int("prefill-chunk", 256, 1, 1 << 16);
-    set_cache_options(a, eo);
+    set_engine_options(a, eo);
     eo.context = a.get_int("context", 0, 1, 1 << 24);
     auto engine = model->new_engine(eo);
 
@@ -163,7 +163,7 @@ inline Command batch_command() {
              {"jsonl", "FILE", "requests, one JSON object per line"},
              {"max-line-bytes", "N", "longest input line; a longer one gets an error line (default 1048576)"},
              {"parallel", "N", "sequences decoded together (default 8)"},
-             {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4"},
+             {"precision", "NAME", "fp32 (default), bf16, fp16, int8, int8_int4, int4, or auto:P1,P2,... (adaptive: most accurate first)"},
              {"max-tokens", "N", "default maximum new tokens per request (default 256; a line's max_tokens wins)"},
              {"out", "FILE", "write the per-line results there (default: stdout, unless --json)"},
              {"json", "", "print one summary object on stdout (wall time, throughput, TTFT/queue percentiles, accuracy, metrics)"},
@@ -173,7 +173,7 @@ inline Command batch_command() {
              {"kv-cache", "TYPE", "KV cache storage: bf16 (default) or f32"},
              image_size_option(),
              {"prefill-chunk", "N", "most prompt rows per step (default 256)"}};
-    for (auto& o : cache_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"))
+    for (auto& o : engine_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)"))
         opts.push_back(o);
     return {"batch",
             "Offline batch inference with continuous batching: one JSON object per input line {\"image\": FILE | [FILES], "

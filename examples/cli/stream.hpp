@@ -43,7 +43,7 @@ inline int run_stream(const Args& a) {
     if (!model->tokenizer()) fail(a.require("model"), ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");
     EngineOptions eo;
     eo.max_running = 1;  // one frame at a time: the newest frame is what matters
-    set_cache_options(a, eo);
+    set_engine_options(a, eo);
     auto engine = model->new_engine(eo);
 
     std::mutex out_mu;
@@ -54,6 +54,7 @@ inline int run_stream(const Args& a) {
             if (f.error.empty()) {
                 j["text"] = f.text;
                 j["cached"] = f.cached;
+                j["preset"] = f.result.preset;
             } else {
                 j["error"] = f.error;
             }
@@ -104,14 +105,15 @@ inline Command stream_command() {
     auto opts = generation_options();
     for (auto& o : opts)
         if (o.name == "max-tokens") o.help = "maximum new tokens per frame (default 64)";
+        else if (o.name == "precision") o.help += ", or auto:P1,P2,... (adaptive: most accurate first)";
     opts.insert(opts.end(), {{"prompt", "TEXT", "question asked about every frame (default \"Describe the image.\")"},
                              {"input", "FILE", "concatenated JPEG/PNG images; - = stdin (default)"},
                              {"fps-limit", "X", "answer at most X frames per second (default: as fast as answers come)"},
                              {"every-frame", "", "answer every frame in order instead of the latest one (offline input)"},
                              {"json", "", "one JSON object per answered frame: {\"frame\", \"t_ms\", \"text\", \"latency_ms\", "
-                                          "\"skipped\", \"cached\"} (or \"error\")"},
+                                          "\"skipped\", \"cached\", \"preset\"} (or \"error\")"},
                              {"max-frame-mb", "N", "largest accepted frame (default 64)"}});
-    for (auto& o : cache_options("image-feature cache in MB: an unchanged frame skips the vision tower (default 256, 0 = off)"))
+    for (auto& o : engine_options("image-feature cache in MB: an unchanged frame skips the vision tower (default 256, 0 = off)"))
         opts.push_back(o);
     return {"stream",
             "Answer a live stream of concatenated JPEG or PNG images (ffmpeg -f image2pipe) frame by frame; while a frame is "

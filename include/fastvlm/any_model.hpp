@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "fastvlm/adaptive.hpp"
 #include "fastvlm/engine.hpp"
 #include "fastvlm/model.hpp"
 #include "fastvlm/session.hpp"
@@ -33,6 +34,7 @@ public:
     virtual const char* precision() const = 0;
     virtual const io::ModelConfig& config() const = 0;
     virtual const text::Tokenizer* tokenizer() const = 0;  // nullptr when the folder has none
+    virtual std::shared_ptr<const text::Tokenizer> shared_tokenizer() const = 0;  // the same, to share (LoadOptions::tokenizer)
     virtual double load_ms() const = 0;
     virtual std::size_t weight_bytes() const = 0;
     virtual Index context() const = 0;
@@ -78,6 +80,7 @@ public:
     const char* precision() const override { return Policy::name; }
     const io::ModelConfig& config() const override { return m_.config(); }
     const text::Tokenizer* tokenizer() const override { return m_.has_tokenizer() ? &m_.tokenizer() : nullptr; }
+    std::shared_ptr<const text::Tokenizer> shared_tokenizer() const override { return m_.shared_tokenizer(); }
     double load_ms() const override { return m_.load_ms(); }
     std::size_t weight_bytes() const override { return m_.weight_bytes(); }
     Index context() const override { return m_.context(); }
@@ -125,9 +128,71 @@ FASTVLM_PRESETS(FASTVLM_EXTERN_PRESET_)
 #undef FASTVLM_EXTERN_PRESET_
 #endif
 
-// Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4).
+namespace detail {
+// Several presets of one folder behind one AnyModel (load_model(dir, "auto:int8,int4")): its engine is an
+// AdaptiveCore (adaptive.hpp) over one engine per preset; direct calls use the first preset.
+class AdaptiveModel final : public AnyModel {
+public:
+    AdaptiveModel(std::string spec, std::vector<std::unique_ptr<AnyModel>> models) : spec_(std::move(spec)), models_(std::move(models)) {}
+    const char* precision() const override { return spec_.c_str(); }
+    const io::ModelConfig& config() const override { return first().config(); }
+    const text::Tokenizer* tokenizer() const override { return first().tokenizer(); }
+    std::shared_ptr<const text::Tokenizer> shared_tokenizer() const override { return first().shared_tokenizer(); }
+    double load_ms() const override {
+        double t = 0;
+        for (const auto& m : models_) t += m->load_ms();
+        return t;
+    }
+    std::size_t weight_bytes() const override {
+        std::size_t b = 0;
+        for (const auto& m : models_) b += m->weight_bytes();
+        return b;
+    }
+    Index context() const override { return first().context(); }
+    Index valid_vocab() const override { return first().valid_vocab(); }
+    Tensor<float, 3> preprocess(const io::Image& img) const override { return first().preprocess(img); }
+    Tensor<float, 2> encode_image(TensorView<const float, 3> px) const override { return first().encode_image(px); }
+    Tensor<float, 2> project(TensorView<const float, 2> f) const override { return first().project(f); }
+    std::unique_ptr<AnySession> new_session(const SessionOptions& o) const override { return first().new_session(o); }
+    std::unique_ptr<Engine> new_engine(const EngineOptions& opt) const override {
+        EngineOptions o = opt;
+        if (!o.image_cache) o.image_cache = std::make_shared<ImageFeatureCache>(o.image_cache_bytes);
+        std::vector<std::pair<std::string, std::unique_ptr<Engine>>> engines;
+        for (const auto& m : models_) engines.emplace_back(m->precision(), m->new_engine(o));
+        return std::make_unique<Engine>(std::make_unique<AdaptiveCore>(std::move(engines), opt));
+    }
+    // The presets, level 0 first.
+    const std::vector<std::unique_ptr<AnyModel>>& presets() const { return models_; }
+
+private:
+    const AnyModel& first() const { return *models_.front(); }
+    std::string spec_;
+    std::vector<std::unique_ptr<AnyModel>> models_;
+};
+
+inline std::unique_ptr<AnyModel> load_adaptive_model(const std::filesystem::path& dir, const std::string& spec, const LoadOptions& opt) {
+    const auto names = parse_adaptive_spec(spec);
+    std::vector<std::unique_ptr<AnyModel>> models;
+    LoadOptions o = opt;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        if (opt.progress)
+            o.progress = [&, i](float f, std::string_view stage) {
+                opt.progress((float(i) + f) / float(names.size()), names[i] + ": " + std::string(stage));
+            };
+        models.push_back(with_preset(names[i], [&]<class P>() { return load_any_model<P>(dir, o); }));
+        if (!o.tokenizer) o.tokenizer = models.back()->shared_tokenizer();  // loaded once
+    }
+    std::string canonical = "auto:";
+    for (std::size_t i = 0; i < names.size(); ++i) canonical += (i ? "," : "") + names[i];
+    return std::make_unique<AdaptiveModel>(canonical, std::move(models));
+}
+}  // namespace detail
+// Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4), or
+// with several presets and an engine that chooses between them per request: "auto:int8,int4", the most
+// accurate first (fastvlm/adaptive.hpp).
 inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, const std::string& precision = "fp32",
                                             const LoadOptions& opt = {}) {
+    if (precision.starts_with("auto:")) return detail::load_adaptive_model(dir, precision, opt);
     return with_preset(precision, [&]<class P>() -> std::unique_ptr<AnyModel> { return detail::load_any_model<P>(dir, opt); });
 }
 

@@ -129,6 +129,7 @@ inline nlohmann::json output(const Line& b, const Result* r) {
     j["queue_ms"] = r->timings.queue_ms;
     j["ttft_ms"] = r->timings.ttft_ms;
     j["total_ms"] = r->timings.total_ms;
+    if (!r->preset.empty()) j["preset"] = r->preset;  // the precision preset that served it (adaptive: it varies)
     return j;
 }
 

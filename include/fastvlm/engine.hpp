@@ -29,6 +29,7 @@
 #include <thread>
 #include <variant>
 
+#include "fastvlm/engine/adaptive_policy.hpp"
 #include "fastvlm/engine/image_cache.hpp"
 #include "fastvlm/engine/metrics.hpp"
 #include "fastvlm/engine/prefix_cache.hpp"
@@ -123,12 +124,19 @@ struct EngineOptions {
     Index context = 0;               // most positions of one sequence; 0 = the model's context
     // Image-feature cache (projected image tokens by a hash of the preprocessed pixels, LRU); 0 = off.
     std::size_t image_cache_bytes = std::size_t(256) << 20;
+    // A cache to share instead (image_cache_bytes is then ignored): engines of presets whose vision tower and
+    // projector use the same formats (int8 and int8_int4) share entries; others never see each other's, since
+    // keys are salted with those formats.
+    std::shared_ptr<ImageFeatureCache> image_cache = {};
     // Prefix KV reuse (engine/prefix_cache.hpp): most bytes of KV pages kept from ended sequences for
     // later ones that start the same. Unset: up to the whole KV budget (cached pages are evicted, least
     // recently used first, whenever admission needs their room); 0 = off.
     std::optional<std::size_t> prefix_cache_bytes = {};
     // Called (on the thread that recorded it) when a stage takes more than 2× its running mean.
     std::function<void(const metrics::Anomaly&)> on_anomaly = {};
+    // When to switch presets; read only by the engine of an adaptive model (load_model(dir, "auto:int8,int4"),
+    // fastvlm/adaptive.hpp).
+    AdaptiveOptions adaptive = {};
 };
 
 // A point-in-time view of the engine (the same numbers as metrics_json()).
@@ -224,7 +232,9 @@ public:
     virtual metrics::Registry& registry() = 0;
     virtual const EngineOptions& options() const = 0;
     virtual void drain() = 0;
+    virtual Index waiting() const = 0;  // submitted, not yet running
 };
+class AdaptiveCore;
 }  // namespace detail
 
 // The caller's side of a submitted request.
@@ -257,6 +267,15 @@ private:
 };
 
 namespace detail {
+
+// The formats of a preset's vision tower and projector, e.g. "q8xq8,q8xq8,q8xq8": presets with equal
+// strings compute equal image tokens.
+template <class Policy>
+std::string vision_formats() {
+    auto f = []<class L>() { return std::string(L::weight::name) + "x" + L::compute::name; };
+    return f.template operator()<typename Policy::vision_conv>() + "," + f.template operator()<typename Policy::vision_attention>() +
+           "," + f.template operator()<typename Policy::projector>();
+}
 
 template <class Policy>
 class EngineImpl final : public EngineCore {
@@ -304,7 +323,7 @@ public:
         logits_.resize(std::size_t(opt_.max_running) * std::size_t(dec.vocab_size()));
         xbuf_.resize(std::size_t((Index(opt_.max_running) + opt_.prefill_chunk) * dec.hidden_size()));
         pool_ = model_.pool();
-        image_cache_ = std::make_unique<ImageFeatureCache>(opt_.image_cache_bytes);
+        image_cache_ = opt_.image_cache ? opt_.image_cache : std::make_shared<ImageFeatureCache>(opt_.image_cache_bytes);
         const std::size_t prefix_bytes = std::min(opt_.prefix_cache_bytes.value_or(budget), budget);
         prefix_ = std::make_unique<PrefixCache>(kv_, Index(prefix_bytes / kv_->page_bytes()));
         init_metrics();
@@ -360,6 +379,10 @@ public:
     void drain() override {
         std::unique_lock lk(mu_);
         idle_cv_.wait(lk, [&] { return stop_ || (waiting_ == 0 && n_running_ == 0); });
+    }
+    Index waiting() const override {
+        std::lock_guard lk(mu_);
+        return waiting_;
     }
 
     EngineStats stats() const override {
@@ -484,6 +507,7 @@ private:
         t.total_ms = ms(now - s.st->submitted);
         if (s.first_token != Clock::time_point{}) t.decode_ms = ms(now - s.first_token);
         t.load_ms = model_.load_ms();
+        r.preset = Policy::name;
         if (s.kv && kind == ErrorKind::none) keep_prefix(s);
         s.kv.reset();  // pages back to the pool (those the prefix cache keeps stay)
         record(r);
@@ -628,7 +652,7 @@ private:
                 } else {
                     s->pixels.push_back(std::make_shared<const Tensor<float, 3>>(model_.preprocess(in.load())));
                 }
-                if (image_cache_->enabled() || prefix_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), Policy::name));
+                if (image_cache_->enabled() || prefix_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), vision_salt_));
             } catch (const Error& e) {
                 fail("image ", i + 1, " of ", n_img, ": ", e.what());
             }
@@ -954,7 +978,8 @@ private:
     RopeTable rope_;
     std::vector<float> logits_, xbuf_;
     ThreadPool* pool_ = nullptr;
-    std::unique_ptr<ImageFeatureCache> image_cache_;
+    std::shared_ptr<ImageFeatureCache> image_cache_;
+    const std::string vision_salt_ = vision_formats<Policy>();  // image keys: equal only for equal vision arithmetic
     std::unique_ptr<PrefixCache> prefix_;
     metrics::Registry reg_;
     Metrics m_;
@@ -994,6 +1019,7 @@ public:
     const EngineOptions& options() const { return core_->options(); }
 
 private:
+    friend class detail::AdaptiveCore;
     std::unique_ptr<detail::EngineCore> core_;
 };
 

@@ -14,6 +14,7 @@
 // stream, latest frame wins), any_model.hpp (preset chosen at run time), batch_jsonl.hpp (the batch
 // line format), io/frames.hpp (splitting concatenated JPEG/PNG), io/limits.hpp (every input limit by name).
 #pragma once
+#include "fastvlm/adaptive.hpp"
 #include "fastvlm/any_model.hpp"
 #include "fastvlm/engine.hpp"
 #include "fastvlm/io/limits.hpp"

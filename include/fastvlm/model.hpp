@@ -54,6 +54,9 @@ struct LoadOptions {
     // (time the candidate paths on this model's layers, through the per-CPU cache); "default" (builtin, no
     // timing); or forced paths, e.g. "bf16xbf16=widen_f32,q8xq8.gemv=avx2_int8".
     std::string kernels = {};
+    // A tokenizer to use instead of loading the folder's (several presets of one folder share one: the
+    // adaptive model of load_model(dir, "auto:int8,int4")).
+    std::shared_ptr<const text::Tokenizer> tokenizer = {};
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
@@ -128,6 +131,7 @@ struct Result {
     StopReason stop = StopReason::eos;
     Timings timings;
     Index prompt_tokens = 0;                 // positions of the prompt (image tokens included)
+    std::string preset;                      // engine requests: the precision preset that served it (e.g. "int8")
     ErrorKind error_kind = ErrorKind::none;  // engine requests: why it failed
     std::string error;                       // and the message (empty when it did not fail)
     bool ok() const { return error_kind == ErrorKind::none; }
@@ -147,7 +151,7 @@ template <class Policy>
 struct ModelParts {
     std::filesystem::path dir;
     io::ModelConfig config;
-    std::optional<text::Tokenizer> tokenizer;
+    std::shared_ptr<const text::Tokenizer> tokenizer;  // shared between presets of one folder
     std::optional<vision::FastViTHD<Policy>> vision;
     text::Projector<Policy> projector;
     text::Qwen2<Policy> decoder;
@@ -282,9 +286,11 @@ public:
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
         FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
                       " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
-        if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
+        if (opt.tokenizer) {
+            p->tokenizer = opt.tokenizer;
+        } else if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
             progress(0.f, "tokenizer");
-            p->tokenizer = text::Tokenizer::load(dir, opt.limits);
+            p->tokenizer = std::make_shared<const text::Tokenizer>(text::Tokenizer::load(dir, opt.limits));
         }
         const auto store = io::TensorStore::open(dir, opt.limits);
         detail::check_weight_memory<Policy>(store, opt.load_vision, opt.limits, dir, Policy::name);
@@ -321,7 +327,9 @@ public:
     bool loaded() const { return p_ != nullptr; }
     const io::ModelConfig& config() const { return parts().config; }
     const std::filesystem::path& dir() const { return parts().dir; }
-    bool has_tokenizer() const { return parts().tokenizer.has_value(); }
+    bool has_tokenizer() const { return parts().tokenizer != nullptr; }
+    // The tokenizer shared (LoadOptions::tokenizer of another load); nullptr when the folder has none.
+    std::shared_ptr<const text::Tokenizer> shared_tokenizer() const { return parts().tokenizer; }
     const text::Tokenizer& tokenizer() const {
         FASTVLM_CHECK(has_tokenizer(), parts().dir.string(),
                       ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");

@@ -319,3 +319,20 @@ def test_prefix_cache_reuses_and_answers_the_same(fastvlm, scenes):
     assert counters["prefix_cache_hits_total"] == 2
     with pytest.raises(fastvlm.Error, match="prefix_cache_mb"):
         fastvlm.Model(MODEL, prefix_cache_mb=-1)
+
+
+def test_adaptive_precision_names_its_preset(fastvlm, model, scenes):
+    img = first_images(scenes, 1)[0]
+    auto = fastvlm.Model(MODEL, precision="auto:fp32,int8", threads=2, ttft_target_ms=60000)
+    assert auto.precision == "auto:fp32,int8"
+    got = auto.describe(img, max_tokens=32)
+    assert got.ok and got.preset == "fp32"
+    assert got.text == model.describe(img, max_tokens=32).text
+    assert model.describe(img, max_tokens=4).preset == "fp32"
+    m = auto.metrics()
+    assert m["counters"]["preset_requests_total"]["preset=fp32"] == 1
+    assert "fp32" in m["by_preset"] and "int8" in m["by_preset"]
+    with pytest.raises(fastvlm.Error, match="at least two"):
+        fastvlm.Model(MODEL, precision="auto:int8")
+    with pytest.raises(fastvlm.Error, match="ttft_target_ms"):
+        fastvlm.Model(MODEL, precision="int8", ttft_target_ms=-1)

@@ -55,6 +55,252 @@ template <class... Args>
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/error.hpp
+// ---- begin fastvlm/engine/adaptive_policy.hpp ----------------------------------------------
+// fastvlm/engine/adaptive_policy.hpp — when to serve with a cheaper precision preset (docs/api.md,
+// "Adaptive precision"). The decision logic only: no model, no threads. The engine that applies it
+// lives in fastvlm/adaptive.hpp (load_model(dir, "auto:int8,int4")).
+//
+// Levels 0..n-1 are the presets in the order given: 0 the most accurate, n-1 the cheapest. A request
+// is served at the level current when it is submitted. The level moves one step at a time:
+//   down (cheaper)  when the system is overloaded:   recent p95 TTFT at this level > ttft_target_ms, or
+//                   more requests waiting than queue_high, or memory/CPU pressure (Linux PSI, "some"
+//                   avg10) or the cgroup's memory use above its high mark;
+//   up (better)     when it has been relaxed for up_hold_s without a break: p95 TTFT below
+//                   up_fraction × target (or no target), nothing waiting, every pressure below its low
+//                   mark.
+// Hysteresis: high and low marks differ, a switch waits min_dwell_s after the previous one, going up
+// needs a sustained calm, and the TTFT window restarts at every switch (it only holds requests served
+// at the current level).
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+
+namespace fastvlm {
+
+// What the system reports. A value that cannot be read is 0 (no pressure).
+struct Pressure {
+    double memory_some_avg10 = 0;  // % of the last 10 s some task stalled on memory (/proc/pressure/memory)
+    double cpu_some_avg10 = 0;     // % of the last 10 s some runnable task waited for a CPU (/proc/pressure/cpu)
+    double cgroup_memory = 0;      // memory use / limit of this process's cgroup, in [0, 1]; 0 when unlimited
+};
+
+namespace detail {
+// "some avg10=1.23 avg60=..." -> 1.23; nullopt when the line is missing or malformed.
+inline std::optional<double> psi_some_avg10(const std::filesystem::path& file) {
+    std::ifstream f(file);
+    std::string line;
+    while (f && std::getline(f, line)) {
+        if (!line.starts_with("some ")) continue;
+        const auto at = line.find("avg10=");
+        if (at == std::string::npos) return std::nullopt;
+        double v = 0;
+        const char* b = line.data() + at + 6;
+        const auto r = std::from_chars(b, line.data() + line.size(), v);
+        if (r.ec != std::errc() || !std::isfinite(v) || v < 0) return std::nullopt;
+        return std::min(v, 100.0);
+    }
+    return std::nullopt;
+}
+// A cgroup file holding one number ("max" = unlimited -> nullopt).
+inline std::optional<double> cgroup_number(const std::filesystem::path& file) {
+    std::ifstream f(file);
+    std::string s;
+    if (!(f >> s) || s == "max") return std::nullopt;
+    double v = 0;
+    const auto r = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (r.ec != std::errc() || !std::isfinite(v) || v < 0) return std::nullopt;
+    return v;
+}
+// use / limit, or 0 when there is no limit (v1 reports "no limit" as a number near 2^63).
+inline double cgroup_ratio(const std::filesystem::path& use, const std::filesystem::path& limit) {
+    const auto u = cgroup_number(use), l = cgroup_number(limit);
+    if (!u || !l || *l <= 0 || *l >= 0x1p62) return 0;
+    return std::clamp(*u / *l, 0.0, 1.0);
+}
+}  // namespace detail
+
+// Reads Linux PSI (`proc`/pressure/{memory,cpu}) and the memory use of this process's cgroup (v2
+// memory.current / memory.max, else v1 memory.usage_in_bytes / memory.limit_in_bytes), under
+// `cgroup_root`. Missing files (other kernels, no PSI) read as no pressure. The roots are parameters
+// for tests.
+inline Pressure read_system_pressure(const std::filesystem::path& proc = "/proc",
+                                     const std::filesystem::path& cgroup_root = "/sys/fs/cgroup") {
+    Pressure p;
+    p.memory_some_avg10 = detail::psi_some_avg10(proc / "pressure" / "memory").value_or(0);
+    p.cpu_some_avg10 = detail::psi_some_avg10(proc / "pressure" / "cpu").value_or(0);
+    // /proc/self/cgroup: "0::/path" (v2) and "N:memory:/path" (v1).
+    std::ifstream f(proc / "self" / "cgroup");
+    std::string line, v2, v1;
+    while (f && std::getline(f, line)) {
+        if (line.starts_with("0::")) v2 = line.substr(3);
+        else if (const auto c = line.find(":memory:"); c != std::string::npos) v1 = line.substr(c + 8);
+    }
+    auto rel = [](const std::string& s) { return std::filesystem::path(s).relative_path(); };
+    std::vector<std::pair<std::filesystem::path, std::filesystem::path>> tries;  // (use, limit), first readable wins
+    if (f.is_open() || !v2.empty()) {
+        tries.push_back({cgroup_root / rel(v2) / "memory.current", cgroup_root / rel(v2) / "memory.max"});
+        tries.push_back({cgroup_root / "memory.current", cgroup_root / "memory.max"});
+    }
+    tries.push_back({cgroup_root / "memory" / rel(v1) / "memory.usage_in_bytes", cgroup_root / "memory" / rel(v1) / "memory.limit_in_bytes"});
+    tries.push_back({cgroup_root / "memory" / "memory.usage_in_bytes", cgroup_root / "memory" / "memory.limit_in_bytes"});
+    for (const auto& [use, limit] : tries) {
+        if (!detail::cgroup_number(use)) continue;
+        p.cgroup_memory = detail::cgroup_ratio(use, limit);
+        break;
+    }
+    return p;
+}
+
+// A switch of the serving level, for logs and metrics.
+struct PresetSwitch {
+    int from = 0, to = 0;              // levels
+    std::string from_preset, to_preset;  // their names (filled in by the adaptive engine)
+    double at_s = 0;     // the policy clock
+    std::string reason;  // e.g. "p95 TTFT 5210 ms > target 3000 ms"
+};
+
+struct AdaptiveOptions {
+    double ttft_target_ms = 0;   // p95 time to first token to stay under; 0 = TTFT does not count
+    double up_fraction = 0.5;    // going back up needs p95 TTFT < up_fraction × target
+    int queue_high = -1;         // more requests waiting than this = overloaded; −1 = EngineOptions::max_running
+    double memory_psi_high = 10, memory_psi_low = 2;    // % (PSI "some" avg10)
+    double cpu_psi_high = 60, cpu_psi_low = 20;         // % (the engine's own threads cause some: keep it high)
+    double cgroup_memory_high = 0.90, cgroup_memory_low = 0.80;  // use / limit
+    double min_dwell_s = 5;      // no switch sooner than this after the previous one
+    double up_hold_s = 15;       // relaxed this long, without a break, before going up a level
+    int ttft_window = 16;        // requests of the current level whose TTFT counts (most recent)
+    int ttft_min_samples = 4;    // fewer than this: TTFT neither overloads nor relaxes
+    double sample_interval_s = 0.25;  // pressure read at most this often
+    // Test hooks: the pressure source (default read_system_pressure()) and the clock in seconds
+    // (default steady_clock).
+    std::function<Pressure()> pressure = {};
+    std::function<double()> clock = {};
+    // Called on every switch (on the submitting thread; keep it short), e.g. to log it.
+    std::function<void(const PresetSwitch&)> on_switch = {};
+};
+
+// What the policy sees at a decision.
+struct AdaptiveSignals {
+    int waiting = 0;  // requests submitted and not yet running (all levels)
+    Pressure pressure;
+};
+
+class AdaptivePolicy {
+public:
+    AdaptivePolicy(int levels, AdaptiveOptions opt, int max_running) : n_(levels), opt_(std::move(opt)) {
+        FASTVLM_CHECK(levels >= 1, "adaptive precision: needs at least one preset");
+        auto finite_ge0 = [](double v) { return std::isfinite(v) && v >= 0; };
+        FASTVLM_CHECK(finite_ge0(opt_.ttft_target_ms), "AdaptiveOptions::ttft_target_ms must be >= 0, got ", opt_.ttft_target_ms);
+        FASTVLM_CHECK(opt_.up_fraction > 0 && opt_.up_fraction <= 1, "AdaptiveOptions::up_fraction must be in (0, 1], got ",
+                      opt_.up_fraction);
+        FASTVLM_CHECK(finite_ge0(opt_.min_dwell_s) && finite_ge0(opt_.up_hold_s) && finite_ge0(opt_.sample_interval_s),
+                      "AdaptiveOptions: min_dwell_s, up_hold_s and sample_interval_s must be >= 0");
+        FASTVLM_CHECK(opt_.memory_psi_low <= opt_.memory_psi_high && opt_.cpu_psi_low <= opt_.cpu_psi_high &&
+                          opt_.cgroup_memory_low <= opt_.cgroup_memory_high,
+                      "AdaptiveOptions: each low mark must be <= its high mark");
+        FASTVLM_CHECK(opt_.ttft_window >= 1 && opt_.ttft_min_samples >= 1 && opt_.ttft_min_samples <= opt_.ttft_window,
+                      "AdaptiveOptions: need 1 <= ttft_min_samples <= ttft_window");
+        queue_high_ = opt_.queue_high >= 0 ? opt_.queue_high : max_running;
+    }
+
+    int level() const { return level_; }
+    int levels() const { return n_; }
+    const AdaptiveOptions& options() const { return opt_; }
+
+    // A request served at `level` had this TTFT (ms). Only the current level's count.
+    void record_ttft(int level, double ttft_ms, double submitted_at_s) {
+        if (level != level_ || submitted_at_s < since_) return;  // before the switch, or another level
+        ttft_.push_back(ttft_ms);
+        while (int(ttft_.size()) > opt_.ttft_window) ttft_.pop_front();
+    }
+    // p95 of the current window; nullopt with too few samples.
+    std::optional<double> p95_ttft_ms() const {
+        if (int(ttft_.size()) < opt_.ttft_min_samples) return std::nullopt;
+        std::vector<double> v(ttft_.begin(), ttft_.end());
+        std::sort(v.begin(), v.end());
+        const double r = 0.95 * double(v.size() - 1);  // linear interpolation between order statistics
+        const std::size_t lo = std::size_t(r);
+        const double f = r - double(lo);
+        return lo + 1 < v.size() ? v[lo] * (1 - f) + v[lo + 1] * f : v[lo];
+    }
+
+    // Looks at the signals at time `now` (seconds); returns the switch it made, if any.
+    std::optional<PresetSwitch> update(const AdaptiveSignals& s, double now) {
+        last_reason_.clear();
+        const auto p95 = p95_ttft_ms();
+        std::string over;
+        auto note = [&](std::string r) {
+            if (over.empty()) over = std::move(r);
+        };
+        const double target = opt_.ttft_target_ms;
+        if (target > 0 && p95 && *p95 > target) note("p95 TTFT " + fmt(*p95) + " ms > target " + fmt(target) + " ms");
+        if (s.waiting > queue_high_) note(std::to_string(s.waiting) + " requests waiting > " + std::to_string(queue_high_));
+        if (s.pressure.memory_some_avg10 > opt_.memory_psi_high)
+            note("memory pressure " + fmt(s.pressure.memory_some_avg10) + " % > " + fmt(opt_.memory_psi_high) + " %");
+        if (s.pressure.cgroup_memory > opt_.cgroup_memory_high)
+            note("cgroup memory " + fmt(100 * s.pressure.cgroup_memory) + " % of its limit > " + fmt(100 * opt_.cgroup_memory_high) + " %");
+        if (s.pressure.cpu_some_avg10 > opt_.cpu_psi_high)
+            note("CPU pressure " + fmt(s.pressure.cpu_some_avg10) + " % > " + fmt(opt_.cpu_psi_high) + " %");
+        const bool relaxed = (target <= 0 || (p95 && *p95 < opt_.up_fraction * target)) && s.waiting == 0 &&
+                             s.pressure.memory_some_avg10 <= opt_.memory_psi_low && s.pressure.cgroup_memory <= opt_.cgroup_memory_low &&
+                             s.pressure.cpu_some_avg10 <= opt_.cpu_psi_low;
+        if (!relaxed) relaxed_since_.reset();
+        else if (!relaxed_since_) relaxed_since_ = now;
+        last_reason_ = over;
+        const bool dwelt = !switched_ || now - since_ >= opt_.min_dwell_s;
+        if (!over.empty() && level_ + 1 < n_ && dwelt) return move(level_ + 1, now, over);
+        if (over.empty() && relaxed && level_ > 0 && dwelt && now - *relaxed_since_ >= opt_.up_hold_s)
+            return move(level_ - 1, now, "relaxed for " + fmt(now - *relaxed_since_) + " s" +
+                                             (p95 ? " (p95 TTFT " + fmt(*p95) + " ms)" : std::string()));
+        return std::nullopt;
+    }
+    // Why the last update() saw overload ("" = it did not).
+    const std::string& overload_reason() const { return last_reason_; }
+
+private:
+    static std::string fmt(double v) {
+        std::ostringstream o;
+        o.precision(v < 10 ? 2 : 0);
+        o << std::fixed << v;
+        return o.str();
+    }
+    PresetSwitch move(int to, double now, std::string why) {
+        PresetSwitch sw;
+        sw.from = level_;
+        sw.to = to;
+        sw.at_s = now;
+        sw.reason = std::move(why);
+        level_ = to;
+        since_ = now;
+        switched_ = true;
+        ttft_.clear();
+        relaxed_since_.reset();
+        return sw;
+    }
+
+    int n_;
+    AdaptiveOptions opt_;
+    int queue_high_ = 0;
+    int level_ = 0;
+    double since_ = -std::numeric_limits<double>::infinity();  // time of the last switch
+    bool switched_ = false;
+    std::deque<double> ttft_;
+    std::optional<double> relaxed_since_;
+    std::string last_reason_;
+};
+
+}  // namespace fastvlm
+// ---- end fastvlm/engine/adaptive_policy.hpp
 // ---- begin fastvlm/core/tensor.hpp ---------------------------------------------------------
 // fastvlm/core/tensor.hpp — typed tensors. The element type and the rank are template parameters;
 // shapes are run-time values. Tensor<T, R> owns 64-byte aligned storage (row-major);
@@ -317,7 +563,8 @@ struct ImageKey {
 };
 
 // Hash of preprocessed pixels [3, S, S] (their float bits: equal keys mean equal inputs to the
-// vision tower) salted with `salt` (the policy name: features differ between presets).
+// vision tower) salted with `salt` (the formats of the vision tower and projector, detail::vision_formats:
+// features differ between presets whose formats differ).
 inline ImageKey image_key(TensorView<const float, 3> px, std::string_view salt) {
     const std::uint64_t seed = XXH3_64bits(salt.data(), salt.size()) ^ (std::uint64_t(px.dim(1)) << 32 | std::uint64_t(px.dim(2)));
     const XXH128_hash_t h = XXH3_128bits_withSeed(px.data(), std::size_t(px.size()) * sizeof(float), seed);
@@ -733,9 +980,21 @@ public:
         hook_.min_samples.store(min_samples, std::memory_order_relaxed);
     }
 
+    // Shows `child` inside this registry: to_prometheus() renders its series with `label`="value" added
+    // (families of the same name from several children and this registry are merged), to_json() puts
+    // child.to_json() under "by_<label>": {value: ...}. The adaptive engine attaches one engine's registry
+    // per preset. The child must outlive this registry; a child is never attached to its own descendant.
+    void attach(const std::string& label, std::string value, const Registry& child) {
+        FASTVLM_CHECK(detail::valid_label_name(label) && label != "le", "metrics: invalid label name '", label, "' to attach a registry");
+        FASTVLM_CHECK(&child != this, "metrics: a registry cannot be attached to itself");
+        std::lock_guard lk(mu_);
+        children_.push_back({label, std::move(value), &child});
+    }
+
     // {"histograms": {name: {count, sum, mean, min, max, p50, p95, p99, p50_ms, p95_ms, p99_ms, mean_ms}},
     //  "counters": {name: value | {"k=v,k2=v2": value, ...}}, "gauges": likewise}. A family whose only series
     // is unlabelled is a plain number; otherwise an object (the unlabelled series, if any, under key "").
+    // Attached registries follow under "by_<label>".
     nlohmann::json to_json() const {
         nlohmann::json out = {{"histograms", nlohmann::json::object()},
                               {"counters", nlohmann::json::object()},
@@ -763,6 +1022,7 @@ public:
                 group[name] = std::move(obj);
             }
         }
+        for (const auto& c : children_) out["by_" + c.label][c.value] = c.reg->to_json();
         return out;
     }
 
@@ -772,24 +1032,22 @@ public:
                       prefix, "' (must match [a-zA-Z_:][a-zA-Z0-9_:]*)");
         std::string out;
         std::lock_guard lk(mu_);
-        for (const auto& [name, fam] : families_) {
+        // Every family name of this registry and the attached ones; the first to have it gives help and type.
+        std::map<std::string, const Family*> names;
+        for (const auto& [name, fam] : families_) names.emplace(name, &fam);
+        std::vector<std::unique_lock<std::mutex>> child_locks;
+        for (const auto& c : children_) {
+            child_locks.emplace_back(c.reg->mu_);
+            for (const auto& [name, fam] : c.reg->families_) names.emplace(name, &fam);
+        }
+        for (const auto& [name, first] : names) {
             const std::string full = std::string(prefix) + name;
-            if (!fam.help.empty()) out += "# HELP " + full + " " + detail::escape_help(fam.help) + "\n";
-            out += "# TYPE " + full + " " + kind_name(fam.kind) + "\n";
-            if (fam.kind == Kind::histogram) {
-                const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
-                for (std::size_t i = 0; i < s.bounds.size(); ++i)
-                    out += full + "_bucket{le=\"" + detail::format_number(s.bounds[i]) + "\"} " +
-                           std::to_string(s.cumulative[i]) + "\n";
-                out += full + "_sum " + detail::format_number(s.sum) + "\n";
-                out += full + "_count " + std::to_string(s.count) + "\n";
-                continue;
-            }
-            for (const auto& [key, se] : fam.series) {
-                out += full + label_text(se->labels) + " ";
-                out += se->counter ? std::to_string(se->counter->value()) : detail::format_number(se->gauge->value());
-                out += "\n";
-            }
+            if (!first->help.empty()) out += "# HELP " + full + " " + detail::escape_help(first->help) + "\n";
+            out += "# TYPE " + full + " " + kind_name(first->kind) + "\n";
+            if (auto it = families_.find(name); it != families_.end()) render(out, full, it->second, {});
+            for (const auto& c : children_)
+                if (auto it = c.reg->families_.find(name); it != c.reg->families_.end() && it->second.kind == first->kind)
+                    render(out, full, it->second, {{c.label, c.value}});
         }
         return out;
     }
@@ -812,6 +1070,27 @@ private:
         std::map<std::string, std::unique_ptr<Series>> series;  // key: "k=v,k2=v2" ("" = no labels)
     };
 
+    // The series of one family, each with `extra` labels in front of its own.
+    static void render(std::string& out, const std::string& full, const Family& fam, const Labels& extra) {
+        if (fam.kind == Kind::histogram) {
+            const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
+            for (std::size_t i = 0; i < s.bounds.size(); ++i) {
+                Labels l = extra;
+                l.emplace_back("le", detail::format_number(s.bounds[i]));
+                out += full + "_bucket" + label_text(l) + " " + std::to_string(s.cumulative[i]) + "\n";
+            }
+            out += full + "_sum" + label_text(extra) + " " + detail::format_number(s.sum) + "\n";
+            out += full + "_count" + label_text(extra) + " " + std::to_string(s.count) + "\n";
+            return;
+        }
+        for (const auto& [key, se] : fam.series) {
+            Labels l = extra;
+            l.insert(l.end(), se->labels.begin(), se->labels.end());
+            out += full + label_text(l) + " ";
+            out += se->counter ? std::to_string(se->counter->value()) : detail::format_number(se->gauge->value());
+            out += "\n";
+        }
+    }
     static std::string label_text(const Labels& labels) {
         if (labels.empty()) return "";
         std::string s = "{";
@@ -895,8 +1174,13 @@ private:
         else return *it->second->gauge;
     }
 
-    mutable std::mutex mu_;                 // guards families_ (the maps and help texts, not the values)
+    struct Child {
+        std::string label, value;
+        const Registry* reg;
+    };
+    mutable std::mutex mu_;                 // guards families_ and children_ (the maps and help texts, not the values)
     std::map<std::string, Family> families_;
+    std::vector<Child> children_;
     detail::AnomalyHook hook_;
 };
 
@@ -10385,6 +10669,9 @@ struct LoadOptions {
     // (time the candidate paths on this model's layers, through the per-CPU cache); "default" (builtin, no
     // timing); or forced paths, e.g. "bf16xbf16=widen_f32,q8xq8.gemv=avx2_int8".
     std::string kernels = {};
+    // A tokenizer to use instead of loading the folder's (several presets of one folder share one: the
+    // adaptive model of load_model(dir, "auto:int8,int4")).
+    std::shared_ptr<const text::Tokenizer> tokenizer = {};
     // Called while loading: fraction done in [0, 1] and the part being loaded.
     std::function<void(float fraction, std::string_view stage)> progress = {};
 };
@@ -10459,6 +10746,7 @@ struct Result {
     StopReason stop = StopReason::eos;
     Timings timings;
     Index prompt_tokens = 0;                 // positions of the prompt (image tokens included)
+    std::string preset;                      // engine requests: the precision preset that served it (e.g. "int8")
     ErrorKind error_kind = ErrorKind::none;  // engine requests: why it failed
     std::string error;                       // and the message (empty when it did not fail)
     bool ok() const { return error_kind == ErrorKind::none; }
@@ -10478,7 +10766,7 @@ template <class Policy>
 struct ModelParts {
     std::filesystem::path dir;
     io::ModelConfig config;
-    std::optional<text::Tokenizer> tokenizer;
+    std::shared_ptr<const text::Tokenizer> tokenizer;  // shared between presets of one folder
     std::optional<vision::FastViTHD<Policy>> vision;
     text::Projector<Policy> projector;
     text::Qwen2<Policy> decoder;
@@ -10613,9 +10901,11 @@ public:
         p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
         FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
                       " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
-        if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
+        if (opt.tokenizer) {
+            p->tokenizer = opt.tokenizer;
+        } else if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
             progress(0.f, "tokenizer");
-            p->tokenizer = text::Tokenizer::load(dir, opt.limits);
+            p->tokenizer = std::make_shared<const text::Tokenizer>(text::Tokenizer::load(dir, opt.limits));
         }
         const auto store = io::TensorStore::open(dir, opt.limits);
         detail::check_weight_memory<Policy>(store, opt.load_vision, opt.limits, dir, Policy::name);
@@ -10652,7 +10942,9 @@ public:
     bool loaded() const { return p_ != nullptr; }
     const io::ModelConfig& config() const { return parts().config; }
     const std::filesystem::path& dir() const { return parts().dir; }
-    bool has_tokenizer() const { return parts().tokenizer.has_value(); }
+    bool has_tokenizer() const { return parts().tokenizer != nullptr; }
+    // The tokenizer shared (LoadOptions::tokenizer of another load); nullptr when the folder has none.
+    std::shared_ptr<const text::Tokenizer> shared_tokenizer() const { return parts().tokenizer; }
     const text::Tokenizer& tokenizer() const {
         FASTVLM_CHECK(has_tokenizer(), parts().dir.string(),
                       ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");
@@ -10873,12 +11165,19 @@ struct EngineOptions {
     Index context = 0;               // most positions of one sequence; 0 = the model's context
     // Image-feature cache (projected image tokens by a hash of the preprocessed pixels, LRU); 0 = off.
     std::size_t image_cache_bytes = std::size_t(256) << 20;
+    // A cache to share instead (image_cache_bytes is then ignored): engines of presets whose vision tower and
+    // projector use the same formats (int8 and int8_int4) share entries; others never see each other's, since
+    // keys are salted with those formats.
+    std::shared_ptr<ImageFeatureCache> image_cache = {};
     // Prefix KV reuse (engine/prefix_cache.hpp): most bytes of KV pages kept from ended sequences for
     // later ones that start the same. Unset: up to the whole KV budget (cached pages are evicted, least
     // recently used first, whenever admission needs their room); 0 = off.
     std::optional<std::size_t> prefix_cache_bytes = {};
     // Called (on the thread that recorded it) when a stage takes more than 2× its running mean.
     std::function<void(const metrics::Anomaly&)> on_anomaly = {};
+    // When to switch presets; read only by the engine of an adaptive model (load_model(dir, "auto:int8,int4"),
+    // fastvlm/adaptive.hpp).
+    AdaptiveOptions adaptive = {};
 };
 
 // A point-in-time view of the engine (the same numbers as metrics_json()).
@@ -10974,7 +11273,9 @@ public:
     virtual metrics::Registry& registry() = 0;
     virtual const EngineOptions& options() const = 0;
     virtual void drain() = 0;
+    virtual Index waiting() const = 0;  // submitted, not yet running
 };
+class AdaptiveCore;
 }  // namespace detail
 
 // The caller's side of a submitted request.
@@ -11007,6 +11308,15 @@ private:
 };
 
 namespace detail {
+
+// The formats of a preset's vision tower and projector, e.g. "q8xq8,q8xq8,q8xq8": presets with equal
+// strings compute equal image tokens.
+template <class Policy>
+std::string vision_formats() {
+    auto f = []<class L>() { return std::string(L::weight::name) + "x" + L::compute::name; };
+    return f.template operator()<typename Policy::vision_conv>() + "," + f.template operator()<typename Policy::vision_attention>() +
+           "," + f.template operator()<typename Policy::projector>();
+}
 
 template <class Policy>
 class EngineImpl final : public EngineCore {
@@ -11054,7 +11364,7 @@ public:
         logits_.resize(std::size_t(opt_.max_running) * std::size_t(dec.vocab_size()));
         xbuf_.resize(std::size_t((Index(opt_.max_running) + opt_.prefill_chunk) * dec.hidden_size()));
         pool_ = model_.pool();
-        image_cache_ = std::make_unique<ImageFeatureCache>(opt_.image_cache_bytes);
+        image_cache_ = opt_.image_cache ? opt_.image_cache : std::make_shared<ImageFeatureCache>(opt_.image_cache_bytes);
         const std::size_t prefix_bytes = std::min(opt_.prefix_cache_bytes.value_or(budget), budget);
         prefix_ = std::make_unique<PrefixCache>(kv_, Index(prefix_bytes / kv_->page_bytes()));
         init_metrics();
@@ -11110,6 +11420,10 @@ public:
     void drain() override {
         std::unique_lock lk(mu_);
         idle_cv_.wait(lk, [&] { return stop_ || (waiting_ == 0 && n_running_ == 0); });
+    }
+    Index waiting() const override {
+        std::lock_guard lk(mu_);
+        return waiting_;
     }
 
     EngineStats stats() const override {
@@ -11234,6 +11548,7 @@ private:
         t.total_ms = ms(now - s.st->submitted);
         if (s.first_token != Clock::time_point{}) t.decode_ms = ms(now - s.first_token);
         t.load_ms = model_.load_ms();
+        r.preset = Policy::name;
         if (s.kv && kind == ErrorKind::none) keep_prefix(s);
         s.kv.reset();  // pages back to the pool (those the prefix cache keeps stay)
         record(r);
@@ -11378,7 +11693,7 @@ private:
                 } else {
                     s->pixels.push_back(std::make_shared<const Tensor<float, 3>>(model_.preprocess(in.load())));
                 }
-                if (image_cache_->enabled() || prefix_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), Policy::name));
+                if (image_cache_->enabled() || prefix_->enabled()) s->keys.push_back(image_key(s->pixels.back()->view(), vision_salt_));
             } catch (const Error& e) {
                 fail("image ", i + 1, " of ", n_img, ": ", e.what());
             }
@@ -11704,7 +12019,8 @@ private:
     RopeTable rope_;
     std::vector<float> logits_, xbuf_;
     ThreadPool* pool_ = nullptr;
-    std::unique_ptr<ImageFeatureCache> image_cache_;
+    std::shared_ptr<ImageFeatureCache> image_cache_;
+    const std::string vision_salt_ = vision_formats<Policy>();  // image keys: equal only for equal vision arithmetic
     std::unique_ptr<PrefixCache> prefix_;
     metrics::Registry reg_;
     Metrics m_;
@@ -11744,11 +12060,212 @@ public:
     const EngineOptions& options() const { return core_->options(); }
 
 private:
+    friend class detail::AdaptiveCore;
     std::unique_ptr<detail::EngineCore> core_;
 };
 
 }  // namespace fastvlm
 // ---- end fastvlm/engine.hpp
+// ---- begin fastvlm/adaptive.hpp ------------------------------------------------------------
+// fastvlm/adaptive.hpp — adaptive precision: an engine over one engine per preset of a folder that
+// serves each request with the preset its policy chooses at submit (the production guide's dynamic
+// quantization; docs/api.md "Adaptive precision"). The model side (several presets behind one AnyModel,
+// loaded by load_model(dir, "auto:...")) is detail::AdaptiveModel in any_model.hpp.
+//
+//   auto model = fastvlm::load_model(dir, "auto:int8,int4");        // level 0 = int8, level 1 = int4
+//   auto engine = model->new_engine({.adaptive = {.ttft_target_ms = 3000}});
+//   fastvlm::Result r = engine->run(request);                        // r.preset: "int8" or "int4"
+//
+// What is shared: the tokenizer (loaded once), the image-feature cache (one byte budget; entries are
+// shared between presets whose vision tower and projector use the same formats, e.g. int8 and
+// int8_int4). What is not: weights (each preset's are in memory: weight_bytes() is their sum), the
+// thread pool, the KV pool and the prefix cache of each preset's engine (an idle preset holds only
+// the prefix pages it cached). Direct calls (new_session, encode_image, ...) use the first preset.
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+
+namespace fastvlm {
+namespace detail {
+
+class AdaptiveCore final : public EngineCore {
+    struct Level {
+        std::string preset;
+        std::unique_ptr<Engine> engine;
+        metrics::Counter* served = nullptr;
+        metrics::Gauge* active = nullptr;
+    };
+
+public:
+    // engines[i] serves level i; opt.adaptive is the policy.
+    AdaptiveCore(std::vector<std::pair<std::string, std::unique_ptr<Engine>>> engines, EngineOptions opt)
+        : opt_(std::move(opt)), policy_(int(engines.size()), opt_.adaptive, opt_.max_running) {
+        const auto t0 = std::chrono::steady_clock::now();
+        clock_ = opt_.adaptive.clock ? opt_.adaptive.clock : std::function<double()>([t0] {
+            return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        });
+        pressure_fn_ = opt_.adaptive.pressure ? opt_.adaptive.pressure : std::function<Pressure()>([] { return read_system_pressure(); });
+        for (auto& [name, e] : engines) {
+            Level l{name, std::move(e)};
+            l.served = &reg_.counter("preset_requests_total", "Requests submitted to each preset", {{"preset", name}});
+            l.active = &reg_.gauge("preset_active", "1 for the preset new requests go to, else 0", {{"preset", name}});
+            reg_.attach("preset", name, l.engine->core_->registry());
+            levels_.push_back(std::move(l));
+        }
+        m_down_ = &reg_.counter("preset_switches_total", "Switches to a cheaper (down) or a better (up) preset", {{"direction", "down"}});
+        m_up_ = &reg_.counter("preset_switches_total", "Switches to a cheaper (down) or a better (up) preset", {{"direction", "up"}});
+        m_level_ = &reg_.gauge("adaptive_level", "Index of the preset new requests go to (0 = the first, most accurate)");
+        m_p95_ = &reg_.gauge("adaptive_ttft_p95_seconds", "p95 TTFT of the current preset's recent requests (0 = too few yet)");
+        m_mem_ = &reg_.gauge("pressure_memory_some_avg10", "Linux PSI memory 'some' avg10 (%) at the last reading");
+        m_cpu_ = &reg_.gauge("pressure_cpu_some_avg10", "Linux PSI CPU 'some' avg10 (%) at the last reading");
+        m_cg_ = &reg_.gauge("cgroup_memory_ratio", "Memory use / limit of the cgroup at the last reading (0 = no limit)");
+        levels_[0].active->set(1);
+    }
+    ~AdaptiveCore() override {
+        // Each engine ends its own requests; their on_finish (record) still finds this object whole.
+        for (auto& l : levels_) l.engine.reset();
+    }
+
+    std::shared_ptr<RequestState> submit(Request r) override {
+        Index waiting_now = 0;  // read before taking mu_: an engine's lock is never held inside ours
+        for (auto& l : levels_) waiting_now += l.engine->core_->waiting();
+        int level = 0;
+        double now = 0;
+        std::optional<PresetSwitch> sw;
+        {
+            std::lock_guard lk(mu_);
+            now = clock_();
+            if (!sampled_ || now - last_sample_ >= opt_.adaptive.sample_interval_s) {
+                pressure_ = pressure_fn_();
+                last_sample_ = now;
+                sampled_ = true;
+            }
+            sw = policy_.update({int(waiting_now), pressure_}, now);
+            level = policy_.level();
+            if (sw) {
+                sw->from_preset = levels_[std::size_t(sw->from)].preset;
+                sw->to_preset = levels_[std::size_t(sw->to)].preset;
+                (sw->to > sw->from ? m_down_ : m_up_)->add();
+                for (std::size_t i = 0; i < levels_.size(); ++i) levels_[i].active->set(int(i) == level ? 1 : 0);
+            }
+            m_level_->set(level);
+            m_mem_->set(pressure_.memory_some_avg10);
+            m_cpu_->set(pressure_.cpu_some_avg10);
+            m_cg_->set(pressure_.cgroup_memory);
+        }
+        if (sw && opt_.adaptive.on_switch) {
+            try {
+                opt_.adaptive.on_switch(*sw);
+            } catch (...) {  // a logging hook must not fail the request
+            }
+        }
+        r.on_finish = [this, level, now, user = std::move(r.on_finish)](const Result& res) {
+            if (res.ok() && res.timings.ttft_ms > 0) {
+                std::lock_guard lk(mu_);
+                policy_.record_ttft(level, res.timings.ttft_ms, now);
+                m_p95_->set(policy_.p95_ttft_ms().value_or(0) / 1e3);
+            }
+            if (user) user(res);
+        };
+        Level& l = levels_[std::size_t(level)];
+        auto st = l.engine->core_->submit(std::move(r));
+        l.served->add();
+        return st;
+    }
+
+    EngineStats stats() const override {
+        EngineStats s;
+        for (const auto& l : levels_) {
+            const EngineStats e = l.engine->stats();
+            s.running += e.running;
+            s.queued += e.queued;
+            s.kv_pages_used += e.kv_pages_used;
+            s.kv_pages_reserved += e.kv_pages_reserved;
+            s.kv_pages_total += e.kv_pages_total;
+            s.kv_page_bytes = e.kv_page_bytes;
+            s.kv_bytes_per_position = e.kv_bytes_per_position;
+            s.weight_bytes += e.weight_bytes;
+            s.peak_rss_bytes = std::max(s.peak_rss_bytes, e.peak_rss_bytes);
+            s.requests_ok += e.requests_ok;
+            s.requests_failed += e.requests_failed;
+            s.prompt_tokens += e.prompt_tokens;
+            s.generated_tokens += e.generated_tokens;
+            s.images += e.images;
+            s.decode_busy_s += e.decode_busy_s;
+            s.decode_only_s += e.decode_only_s;
+            s.decode_only_tokens += e.decode_only_tokens;
+            s.image_cache = e.image_cache;  // one shared cache
+            s.prefix_cache.hits += e.prefix_cache.hits;
+            s.prefix_cache.misses += e.prefix_cache.misses;
+            s.prefix_cache.hit_positions += e.prefix_cache.hit_positions;
+            s.prefix_cache.inserted_pages += e.prefix_cache.inserted_pages;
+            s.prefix_cache.evictions += e.prefix_cache.evictions;
+            s.prefix_cache.pages += e.prefix_cache.pages;
+            s.prefix_cache.max_pages += e.prefix_cache.max_pages;
+            for (const auto& [name, h] : e.stages) s.stages[l.preset + "/" + name] = h;  // per preset
+        }
+        return s;
+    }
+    metrics::Registry& registry() override {
+        for (auto& l : levels_) (void)l.engine->core_->registry();  // refreshes their gauges
+        return reg_;
+    }
+    const EngineOptions& options() const override { return opt_; }
+    void drain() override {
+        for (auto& l : levels_) l.engine->drain();
+    }
+    Index waiting() const override {
+        Index n = 0;
+        for (const auto& l : levels_) n += l.engine->core_->waiting();
+        return n;
+    }
+
+private:
+    EngineOptions opt_;
+    metrics::Registry reg_;  // declared before levels_: the engines' registries are attached to it
+    std::vector<Level> levels_;
+    mutable std::mutex mu_;  // policy_, pressure_
+    AdaptivePolicy policy_;
+    std::function<double()> clock_;
+    std::function<Pressure()> pressure_fn_;
+    Pressure pressure_;
+    double last_sample_ = 0;
+    bool sampled_ = false;
+    metrics::Counter *m_down_ = nullptr, *m_up_ = nullptr;
+    metrics::Gauge *m_level_ = nullptr, *m_p95_ = nullptr, *m_mem_ = nullptr, *m_cpu_ = nullptr, *m_cg_ = nullptr;
+};
+
+}  // namespace detail
+
+// "auto:int8,int4" -> {"int8", "int4"}; throws on anything else (fewer than two presets, unknown or repeated ones).
+inline std::vector<std::string> parse_adaptive_spec(std::string_view spec) {
+    FASTVLM_CHECK(spec.starts_with("auto:"), "adaptive precision '", spec, "' must start with 'auto:' (e.g. auto:int8,int4)");
+    std::vector<std::string> names;
+    std::string_view rest = spec.substr(5);
+    for (;;) {
+        const auto comma = rest.find(',');
+        const std::string name(rest.substr(0, comma));
+        bool known = false;
+#define FASTVLM_KNOWN_(p) known = known || name == #p;
+        FASTVLM_PRESETS(FASTVLM_KNOWN_)
+#undef FASTVLM_KNOWN_
+        FASTVLM_CHECK(known, "adaptive precision '", spec, "': unknown preset '", name, "' (known: fp32, bf16, fp16, int8, int8_int4, int4)");
+        FASTVLM_CHECK(std::find(names.begin(), names.end(), name) == names.end(), "adaptive precision '", spec, "': preset '", name,
+                      "' given twice");
+        names.push_back(name);
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+    }
+    FASTVLM_CHECK(names.size() >= 2, "adaptive precision '", spec, "' needs at least two presets, most accurate first (e.g. auto:int8,int4)");
+    return names;
+}
+
+}  // namespace fastvlm
+// ---- end fastvlm/adaptive.hpp
 // ---- begin fastvlm/session.hpp -------------------------------------------------------------
 // fastvlm/session.hpp — Session<Policy>: one conversation on a Model (its own KV sequence,
 // position and sampler), run on the calling thread through the same batch-first decoder the Engine
@@ -12040,6 +12557,7 @@ public:
     virtual const char* precision() const = 0;
     virtual const io::ModelConfig& config() const = 0;
     virtual const text::Tokenizer* tokenizer() const = 0;  // nullptr when the folder has none
+    virtual std::shared_ptr<const text::Tokenizer> shared_tokenizer() const = 0;  // the same, to share (LoadOptions::tokenizer)
     virtual double load_ms() const = 0;
     virtual std::size_t weight_bytes() const = 0;
     virtual Index context() const = 0;
@@ -12085,6 +12603,7 @@ public:
     const char* precision() const override { return Policy::name; }
     const io::ModelConfig& config() const override { return m_.config(); }
     const text::Tokenizer* tokenizer() const override { return m_.has_tokenizer() ? &m_.tokenizer() : nullptr; }
+    std::shared_ptr<const text::Tokenizer> shared_tokenizer() const override { return m_.shared_tokenizer(); }
     double load_ms() const override { return m_.load_ms(); }
     std::size_t weight_bytes() const override { return m_.weight_bytes(); }
     Index context() const override { return m_.context(); }
@@ -12132,9 +12651,71 @@ FASTVLM_PRESETS(FASTVLM_EXTERN_PRESET_)
 #undef FASTVLM_EXTERN_PRESET_
 #endif
 
-// Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4).
+namespace detail {
+// Several presets of one folder behind one AnyModel (load_model(dir, "auto:int8,int4")): its engine is an
+// AdaptiveCore (adaptive.hpp) over one engine per preset; direct calls use the first preset.
+class AdaptiveModel final : public AnyModel {
+public:
+    AdaptiveModel(std::string spec, std::vector<std::unique_ptr<AnyModel>> models) : spec_(std::move(spec)), models_(std::move(models)) {}
+    const char* precision() const override { return spec_.c_str(); }
+    const io::ModelConfig& config() const override { return first().config(); }
+    const text::Tokenizer* tokenizer() const override { return first().tokenizer(); }
+    std::shared_ptr<const text::Tokenizer> shared_tokenizer() const override { return first().shared_tokenizer(); }
+    double load_ms() const override {
+        double t = 0;
+        for (const auto& m : models_) t += m->load_ms();
+        return t;
+    }
+    std::size_t weight_bytes() const override {
+        std::size_t b = 0;
+        for (const auto& m : models_) b += m->weight_bytes();
+        return b;
+    }
+    Index context() const override { return first().context(); }
+    Index valid_vocab() const override { return first().valid_vocab(); }
+    Tensor<float, 3> preprocess(const io::Image& img) const override { return first().preprocess(img); }
+    Tensor<float, 2> encode_image(TensorView<const float, 3> px) const override { return first().encode_image(px); }
+    Tensor<float, 2> project(TensorView<const float, 2> f) const override { return first().project(f); }
+    std::unique_ptr<AnySession> new_session(const SessionOptions& o) const override { return first().new_session(o); }
+    std::unique_ptr<Engine> new_engine(const EngineOptions& opt) const override {
+        EngineOptions o = opt;
+        if (!o.image_cache) o.image_cache = std::make_shared<ImageFeatureCache>(o.image_cache_bytes);
+        std::vector<std::pair<std::string, std::unique_ptr<Engine>>> engines;
+        for (const auto& m : models_) engines.emplace_back(m->precision(), m->new_engine(o));
+        return std::make_unique<Engine>(std::make_unique<AdaptiveCore>(std::move(engines), opt));
+    }
+    // The presets, level 0 first.
+    const std::vector<std::unique_ptr<AnyModel>>& presets() const { return models_; }
+
+private:
+    const AnyModel& first() const { return *models_.front(); }
+    std::string spec_;
+    std::vector<std::unique_ptr<AnyModel>> models_;
+};
+
+inline std::unique_ptr<AnyModel> load_adaptive_model(const std::filesystem::path& dir, const std::string& spec, const LoadOptions& opt) {
+    const auto names = parse_adaptive_spec(spec);
+    std::vector<std::unique_ptr<AnyModel>> models;
+    LoadOptions o = opt;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        if (opt.progress)
+            o.progress = [&, i](float f, std::string_view stage) {
+                opt.progress((float(i) + f) / float(names.size()), names[i] + ": " + std::string(stage));
+            };
+        models.push_back(with_preset(names[i], [&]<class P>() { return load_any_model<P>(dir, o); }));
+        if (!o.tokenizer) o.tokenizer = models.back()->shared_tokenizer();  // loaded once
+    }
+    std::string canonical = "auto:";
+    for (std::size_t i = 0; i < names.size(); ++i) canonical += (i ? "," : "") + names[i];
+    return std::make_unique<AdaptiveModel>(canonical, std::move(models));
+}
+}  // namespace detail
+// Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4), or
+// with several presets and an engine that chooses between them per request: "auto:int8,int4", the most
+// accurate first (fastvlm/adaptive.hpp).
 inline std::unique_ptr<AnyModel> load_model(const std::filesystem::path& dir, const std::string& precision = "fp32",
                                             const LoadOptions& opt = {}) {
+    if (precision.starts_with("auto:")) return detail::load_adaptive_model(dir, precision, opt);
     return with_preset(precision, [&]<class P>() -> std::unique_ptr<AnyModel> { return detail::load_any_model<P>(dir, opt); });
 }
 
@@ -12627,6 +13208,7 @@ inline nlohmann::json output(const Line& b, const Result* r) {
     j["queue_ms"] = r->timings.queue_ms;
     j["ttft_ms"] = r->timings.ttft_ms;
     j["total_ms"] = r->timings.total_ms;
+    if (!r->preset.empty()) j["preset"] = r->preset;  // the precision preset that served it (adaptive: it varies)
     return j;
 }
 

@@ -271,6 +271,7 @@ def error_cases(a, s, lines, refs, images_dir):
     st, _, data = s.chat(good)
     check(st == 200 and json.loads(data)["choices"][0]["message"]["content"] == refs[0],
           "after the error cases: right answer (%s %r vs %r)" % (st, data[:200], refs[0]))
+    check(st == 200 and json.loads(data)["timings"]["preset"] == a.precision, "timings.preset names the preset (%r)" % data[-200:])
     # -- prefix KV reuse: the same image with another question adopts the KV of the shared prefix
     # (system prompt and image tokens), reported as usage.prompt_tokens_details.cached_tokens, and the
     # answer is the one `fastvlm-cli batch` gives to that line (computed without reuse; without --cli, as in
@@ -289,6 +290,27 @@ def error_cases(a, s, lines, refs, images_dir):
             break
     else:
         check(False, "prefix reuse: the model's answers.jsonl has no second question about its first image")
+
+
+def adaptive_cases(a, lines, refs, images_dir):
+    """--precision auto:<precision>,int8: answers come from the first preset while the server is idle and say so
+    (timings.preset); /metrics has the adaptive series and each preset's engine series with a preset label."""
+    spec = "auto:%s,%s" % (a.precision, "int8" if a.precision != "int8" else "int4")
+    s = Server(a.server, ["--model", a.model, "--precision", spec, "--threads", "2", "--parallel", "2",
+                          "--ttft-target-ms", "60000"], a.work, "server_adaptive")
+    try:
+        img0 = open(os.path.join(images_dir, lines[0]["image"]), "rb").read()
+        st, _, data = s.chat({"messages": [user_msg(lines[0]["prompt"], [data_url(img0)])], "max_tokens": 64})
+        js = json.loads(data) if st == 200 else {}
+        check(st == 200 and js["choices"][0]["message"]["content"] == refs[0] and js["timings"]["preset"] == a.precision,
+              "adaptive: first preset's answer (%s %r)" % (st, data[:300]))
+        m = s.metrics()
+        check(m.get('fastvlm_preset_requests_total{preset="%s"}' % a.precision) == 1 and
+              m.get('fastvlm_requests_total{preset="%s",status="ok"}' % a.precision) == 1 and
+              m.get("fastvlm_adaptive_level") == 0, "adaptive: /metrics per preset (%r)" %
+              {k: v for k, v in m.items() if "preset" in k or "adaptive" in k})
+    finally:
+        check(s.stop() == 0, "adaptive server: clean exit on SIGTERM")
 
 
 def busy_server_cases(a, lines, images_dir):
@@ -376,6 +398,7 @@ def main():
         check(s.stop() == 0, "server: clean exit on SIGTERM")
     if not a.client_only:
         busy_server_cases(a, lines, images_dir)
+        adaptive_cases(a, lines, refs, images_dir)
     print("server tests: %d failure(s), %.1f s" % (len(FAILURES), time.time() - t0))
     return 1 if FAILURES else 0
 

@@ -24,7 +24,8 @@ struct ImageKey {
 };
 
 // Hash of preprocessed pixels [3, S, S] (their float bits: equal keys mean equal inputs to the
-// vision tower) salted with `salt` (the policy name: features differ between presets).
+// vision tower) salted with `salt` (the formats of the vision tower and projector, detail::vision_formats:
+// features differ between presets whose formats differ).
 inline ImageKey image_key(TensorView<const float, 3> px, std::string_view salt) {
     const std::uint64_t seed = XXH3_64bits(salt.data(), salt.size()) ^ (std::uint64_t(px.dim(1)) << 32 | std::uint64_t(px.dim(2)));
     const XXH128_hash_t h = XXH3_128bits_withSeed(px.data(), std::size_t(px.size()) * sizeof(float), seed);

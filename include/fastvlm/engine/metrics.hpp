@@ -341,9 +341,21 @@ public:
         hook_.min_samples.store(min_samples, std::memory_order_relaxed);
     }
 
+    // Shows `child` inside this registry: to_prometheus() renders its series with `label`="value" added
+    // (families of the same name from several children and this registry are merged), to_json() puts
+    // child.to_json() under "by_<label>": {value: ...}. The adaptive engine attaches one engine's registry
+    // per preset. The child must outlive this registry; a child is never attached to its own descendant.
+    void attach(const std::string& label, std::string value, const Registry& child) {
+        FASTVLM_CHECK(detail::valid_label_name(label) && label != "le", "metrics: invalid label name '", label, "' to attach a registry");
+        FASTVLM_CHECK(&child != this, "metrics: a registry cannot be attached to itself");
+        std::lock_guard lk(mu_);
+        children_.push_back({label, std::move(value), &child});
+    }
+
     // {"histograms": {name: {count, sum, mean, min, max, p50, p95, p99, p50_ms, p95_ms, p99_ms, mean_ms}},
     //  "counters": {name: value | {"k=v,k2=v2": value, ...}}, "gauges": likewise}. A family whose only series
     // is unlabelled is a plain number; otherwise an object (the unlabelled series, if any, under key "").
+    // Attached registries follow under "by_<label>".
     nlohmann::json to_json() const {
         nlohmann::json out = {{"histograms", nlohmann::json::object()},
                               {"counters", nlohmann::json::object()},
@@ -371,6 +383,7 @@ public:
                 group[name] = std::move(obj);
             }
         }
+        for (const auto& c : children_) out["by_" + c.label][c.value] = c.reg->to_json();
         return out;
     }
 
@@ -380,24 +393,22 @@ public:
                       prefix, "' (must match [a-zA-Z_:][a-zA-Z0-9_:]*)");
         std::string out;
         std::lock_guard lk(mu_);
-        for (const auto& [name, fam] : families_) {
+        // Every family name of this registry and the attached ones; the first to have it gives help and type.
+        std::map<std::string, const Family*> names;
+        for (const auto& [name, fam] : families_) names.emplace(name, &fam);
+        std::vector<std::unique_lock<std::mutex>> child_locks;
+        for (const auto& c : children_) {
+            child_locks.emplace_back(c.reg->mu_);
+            for (const auto& [name, fam] : c.reg->families_) names.emplace(name, &fam);
+        }
+        for (const auto& [name, first] : names) {
             const std::string full = std::string(prefix) + name;
-            if (!fam.help.empty()) out += "# HELP " + full + " " + detail::escape_help(fam.help) + "\n";
-            out += "# TYPE " + full + " " + kind_name(fam.kind) + "\n";
-            if (fam.kind == Kind::histogram) {
-                const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
-                for (std::size_t i = 0; i < s.bounds.size(); ++i)
-                    out += full + "_bucket{le=\"" + detail::format_number(s.bounds[i]) + "\"} " +
-                           std::to_string(s.cumulative[i]) + "\n";
-                out += full + "_sum " + detail::format_number(s.sum) + "\n";
-                out += full + "_count " + std::to_string(s.count) + "\n";
-                continue;
-            }
-            for (const auto& [key, se] : fam.series) {
-                out += full + label_text(se->labels) + " ";
-                out += se->counter ? std::to_string(se->counter->value()) : detail::format_number(se->gauge->value());
-                out += "\n";
-            }
+            if (!first->help.empty()) out += "# HELP " + full + " " + detail::escape_help(first->help) + "\n";
+            out += "# TYPE " + full + " " + kind_name(first->kind) + "\n";
+            if (auto it = families_.find(name); it != families_.end()) render(out, full, it->second, {});
+            for (const auto& c : children_)
+                if (auto it = c.reg->families_.find(name); it != c.reg->families_.end() && it->second.kind == first->kind)
+                    render(out, full, it->second, {{c.label, c.value}});
         }
         return out;
     }
@@ -420,6 +431,27 @@ private:
         std::map<std::string, std::unique_ptr<Series>> series;  // key: "k=v,k2=v2" ("" = no labels)
     };
 
+    // The series of one family, each with `extra` labels in front of its own.
+    static void render(std::string& out, const std::string& full, const Family& fam, const Labels& extra) {
+        if (fam.kind == Kind::histogram) {
+            const HistogramSnapshot s = fam.series.begin()->second->histogram->snapshot();
+            for (std::size_t i = 0; i < s.bounds.size(); ++i) {
+                Labels l = extra;
+                l.emplace_back("le", detail::format_number(s.bounds[i]));
+                out += full + "_bucket" + label_text(l) + " " + std::to_string(s.cumulative[i]) + "\n";
+            }
+            out += full + "_sum" + label_text(extra) + " " + detail::format_number(s.sum) + "\n";
+            out += full + "_count" + label_text(extra) + " " + std::to_string(s.count) + "\n";
+            return;
+        }
+        for (const auto& [key, se] : fam.series) {
+            Labels l = extra;
+            l.insert(l.end(), se->labels.begin(), se->labels.end());
+            out += full + label_text(l) + " ";
+            out += se->counter ? std::to_string(se->counter->value()) : detail::format_number(se->gauge->value());
+            out += "\n";
+        }
+    }
     static std::string label_text(const Labels& labels) {
         if (labels.empty()) return "";
         std::string s = "{";
@@ -503,8 +535,13 @@ private:
         else return *it->second->gauge;
     }
 
-    mutable std::mutex mu_;                 // guards families_ (the maps and help texts, not the values)
+    struct Child {
+        std::string label, value;
+        const Registry* reg;
+    };
+    mutable std::mutex mu_;                 // guards families_ and children_ (the maps and help texts, not the values)
     std::map<std::string, Family> families_;
+    std::vector<Child> children_;
     detail::AnomalyHook hook_;
 };
 
