@@ -131,8 +131,8 @@ void BM_OpenBLAS(benchmark::State& st) {
 #endif
 
 // ---- small M: the matmuls of decode batches (issue 11) -------------------------------------------------
-// One Qwen2-0.5B decoder layer (q 896×896, k/v 128×896, o 896×896, gate/up 4864×896, down 896×4864)
-// or the lm_head (151936×896) at M = 1…32 rows, through the GEMV rows kernel (RowKernel::gemv: the
+// One Qwen2-0.5B decoder layer (q 896×896, k/v 128×896, o 896×896, gate/up 4864×896, down 896×4864),
+// the lm_head (151936×896) or one Qwen2-1.5B layer (hidden 1536, intermediate 8960) at M = 1…32 rows, through the GEMV rows kernel (RowKernel::gemv: the
 // weights stream once for all M rows; what Qwen2::forward_batch uses for decode rows) or the blocked
 // GEMM (RowKernel::gemm). Layers rotate over copies (≥ 256 MB) so the weights come from DRAM, as in
 // a decode step. GB/s = packed weight bytes / time, against the read bandwidth of the same run.
@@ -143,6 +143,7 @@ struct SmallMShape {
 const SmallMShape kSmallM[] = {
     {"qwen2_0.5b_layer", {{896, 896}, {128, 896}, {128, 896}, {896, 896}, {4864, 896}, {4864, 896}, {896, 4864}}},
     {"lm_head_151936x896", {{151936, 896}}},
+    {"qwen2_1.5b_layer", {{1536, 1536}, {256, 1536}, {256, 1536}, {1536, 1536}, {8960, 1536}, {8960, 1536}, {1536, 8960}}},
 };
 constexpr int kSmallMRows[] = {1, 2, 4, 8, 16, 32};
 

@@ -187,6 +187,7 @@ inline std::unique_ptr<AnyModel> load_adaptive_model(const std::filesystem::path
     return std::make_unique<AdaptiveModel>(canonical, std::move(models));
 }
 }  // namespace detail
+
 // Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4), or
 // with several presets and an engine that chooses between them per request: "auto:int8,int4", the most
 // accurate first (fastvlm/adaptive.hpp).

@@ -5640,7 +5640,7 @@ struct KernFloat {
 // operand order of vdpbf16ps: acc[c] += a[2c]·b[2c] + a[2c+1]·b[2c+1]. X is packed as k-pairs
 // (one dword each) and broadcast. K is padded to even with zeros.
 // Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it; widen_f32 (the
-// same without rounding X: BF16 weights × F32 activations), chosen where it measures faster (choice.hpp).
+// same without rounding X: BF16 weights × F32 activations), chosen where it measures faster (kernel_choice.hpp).
 #include <algorithm>
 #include <cstring>
 
@@ -6891,10 +6891,10 @@ struct ImplFor<fmt::Q4, fmt::Q8> {
 };
 
 // The path every Linear<W, A> without a forced path runs, per kernel class, for the whole process:
-// Impl::best() until choice.hpp measures, reads a cached choice or is told (FASTVLM_KERNELS).
+// Impl::best() until kernel_choice.hpp measures, reads a cached choice or is told (FASTVLM_KERNELS).
 struct PathChoice {
     std::atomic<Path> gemv, gemm;
-    std::atomic<int> source{0};  // KernelSource (choice.hpp)
+    std::atomic<int> source{0};  // KernelSource (kernel_choice.hpp)
     explicit PathChoice(Path p) : gemv(p), gemm(p) {}
     Path get(bool gemv_rows) const { return (gemv_rows ? gemv : gemm).load(std::memory_order_relaxed); }
 };
@@ -6952,7 +6952,7 @@ public:
         impl_.forward(forced_ ? path_ : detail::mm::path_choice<W, A>().get(gemv), x, m, ldx, y, ldy, pool, ep,
                       bias_.empty() ? nullptr : bias_.data());
     }
-    // Internal (kernel measurement, choice.hpp): one call through path p, which must be supported.
+    // Internal (kernel measurement, kernel_choice.hpp): one call through path p, which must be supported.
     void forward_path(detail::mm::Path p, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                       const Epilogue& ep = {}) const {
         if (m > 0 && n_ > 0) impl_.forward(p, x, m, ldx, y, ldy, pool, ep, bias_.empty() ? nullptr : bias_.data());
@@ -6965,7 +6965,7 @@ public:
     }
 
     // The kernel path calls of class c run: the one forced on this layer, else the process-wide choice
-    // for (W, A) (choice.hpp). set_path forces one (tests, benchmarks).
+    // for (W, A) (kernel_choice.hpp). set_path forces one (tests, benchmarks).
     detail::mm::Path path(KernelClass c = KernelClass::gemv) const {
         return forced_ ? path_ : detail::mm::path_choice<W, A>().get(c == KernelClass::gemv);
     }
@@ -12710,6 +12710,7 @@ inline std::unique_ptr<AnyModel> load_adaptive_model(const std::filesystem::path
     return std::make_unique<AdaptiveModel>(canonical, std::move(models));
 }
 }  // namespace detail
+
 // Loads `dir` with the compiled precision preset `precision` (fp32, bf16, fp16, int8, int8_int4, int4), or
 // with several presets and an engine that chooses between them per request: "auto:int8,int4", the most
 // accurate first (fastvlm/adaptive.hpp).

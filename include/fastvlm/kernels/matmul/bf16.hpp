@@ -3,7 +3,7 @@
 // operand order of vdpbf16ps: acc[c] += a[2c]·b[2c] + a[2c+1]·b[2c+1]. X is packed as k-pairs
 // (one dword each) and broadcast. K is padded to even with zeros.
 // Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it; widen_f32 (the
-// same without rounding X: BF16 weights × F32 activations), chosen where it measures faster (choice.hpp).
+// same without rounding X: BF16 weights × F32 activations), chosen where it measures faster (kernel_choice.hpp).
 #pragma once
 #include <algorithm>
 #include <cstring>
