@@ -99,28 +99,31 @@ private:
 };
 
 // Model<Policy>::load behind the AnyModel interface: everything a preset needs is instantiated from here.
-// A function template, not inline, so that FASTVLM_EXTERN_PRESETS (below) can keep it out of a file.
+// A function template, not inline, so that compiled mode (core/compiled.hpp) can keep it out of a file.
 template <class Policy>
 std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const LoadOptions& opt) {
     return std::make_unique<AnyModelImpl<Policy>>(Model<Policy>::load(dir, opt));
 }
 }  // namespace detail
 
-// Build time. Every file that calls load_model() compiles all six presets (the whole model six times:
-// minutes per file). A program with several such files can compile them once: define
-// FASTVLM_EXTERN_PRESETS in every file, and in one file (or one per preset, to build them in parallel)
-// write FASTVLM_INSTANTIATE_PRESET(fp32) ... FASTVLM_INSTANTIATE_PRESET(int4) without the macro defined.
-// The macro also instantiates the two towers of the preset (vision::FastViTHD, text::Qwen2), whose heavy
-// members are defined out of their classes: with FASTVLM_EXTERN_PRESETS a file that uses Model<P>,
-// FastViTHD<P> or Qwen2<P> of a preset P directly compiles none of their loading and forward code either.
-// (fastvlm-cli, fastvlm-server, the Python module, the tests and benchmarks share them this way: CMake
-// target fastvlm_presets.)
+// Build time (core/compiled.hpp, docs/api.md "Build time"). Header-only, every file that calls load_model()
+// compiles all six presets (the whole model six times: minutes per file). In compiled mode, every file is
+// compiled with FASTVLM_COMPILED_LIB and the presets are compiled once, in files of their own (one per
+// preset builds them in parallel), each holding FASTVLM_INSTANTIATE_PRESET(fp32) ... (int4), plus one file
+// that defines FASTVLM_COMPILED_LIB_SOURCE before including fastvlm/fastvlm.hpp (the non-template
+// functions). The headers declare the same instantiations `extern template` for every preset, so a file
+// that uses Model<P>, Session<P> or a tower of a preset P directly compiles none of their code either.
+// CMake target fastvlm::presets does all this (fastvlm-cli, fastvlm-server, the Python module, the tests
+// and benchmarks use it).
 #define FASTVLM_INSTANTIATE_PRESET(name)                                                                \
     template class fastvlm::vision::FastViTHD<::fastvlm::policy::name>;                                  \
     template class fastvlm::text::Qwen2<::fastvlm::policy::name>;                                         \
+    template class fastvlm::text::Projector<::fastvlm::policy::name>;                                     \
+    template class fastvlm::Model<::fastvlm::policy::name>;                                               \
+    template class fastvlm::Session<::fastvlm::policy::name>;                                             \
     template std::unique_ptr<::fastvlm::AnyModel> fastvlm::detail::load_any_model<::fastvlm::policy::name>( \
         const std::filesystem::path&, const ::fastvlm::LoadOptions&);
-#ifdef FASTVLM_EXTERN_PRESETS
+#if defined(FASTVLM_COMPILED_LIB)
 #define FASTVLM_EXTERN_PRESET_(name)                                                                          \
     extern template std::unique_ptr<AnyModel> detail::load_any_model<policy::name>(const std::filesystem::path&, \
                                                                                    const LoadOptions&);

@@ -262,67 +262,7 @@ public:
     Model() = default;
 
     // Loads a model folder (spec model-dir.md). Errors name the file, the tensor or the key.
-    static Model load(const std::filesystem::path& dir, const LoadOptions& opt = {}) {
-        namespace fs = std::filesystem;
-        detail::Stopwatch sw;
-        auto p = std::make_shared<detail::ModelParts<Policy>>();
-        p->dir = dir;
-        auto progress = [&](float f, std::string_view stage) {
-            if (opt.progress) opt.progress(f, stage);
-        };
-        progress(0.f, "config");
-        p->config = io::ModelConfig::load(dir, opt.limits);
-        if (opt.image_size != 0) io::set_image_size(p->config.vision, opt.image_size, opt.limits, "LoadOptions::image_size");
-        const auto& tc = p->config.text;
-        {  // every parallel region is split over the pool: thousands of threads on a few cores only thrash
-            const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-            const unsigned max_threads = std::min(1024u, std::max(16u, 8 * hw));
-            FASTVLM_CHECK(opt.threads <= max_threads, "LoadOptions::threads = ", opt.threads, " is more than the limit of ", max_threads,
-                          " (8 x the ", hw, " hardware threads, at least 16, at most 1024)");
-        }
-        p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
-        p->kv_type = opt.kv_type;
-        p->image_limits = opt.image_limits;
-        p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
-        FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
-                      " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
-        if (opt.tokenizer) {
-            p->tokenizer = opt.tokenizer;
-        } else if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
-            progress(0.f, "tokenizer");
-            p->tokenizer = std::make_shared<const text::Tokenizer>(text::Tokenizer::load(dir, opt.limits));
-        }
-        const auto store = io::TensorStore::open(dir, opt.limits);
-        detail::check_weight_memory<Policy>(store, opt.load_vision, opt.limits, dir, Policy::name);
-        // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
-        if (opt.load_vision) {
-            progress(0.01f, "vision");
-            p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, "model.vision_tower.vision_tower.model.",
-                                                        p->pool.get());
-        }
-        progress(0.15f, "projector");
-        p->projector = text::Projector<Policy>::load(store, p->config);
-        progress(0.16f, "decoder");
-        p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
-            progress(0.16f + 0.84f * float(done) / float(total), "decoder");
-        }, p->pool.get());
-        progress(0.99f, "kernels");
-        choose_kernels([&](auto&& fn) {
-            if (p->vision) p->vision->for_each_linear(fn);
-            p->projector.for_each_linear(fn);
-            p->decoder.for_each_linear(fn);
-        }, p->pool.get(), opt.kernels);
-        // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
-        p->stop_ids = tc.eos_token_ids;
-        if (p->tokenizer)
-            for (const char* s : {"<|im_end|>", "<|endoftext|>"})
-                if (auto id = p->tokenizer->token_id(s)) p->stop_ids.push_back(*id);
-        p->load_ms = sw.ms();
-        progress(1.f, "done");
-        Model m;
-        m.p_ = std::move(p);
-        return m;
-    }
+    static Model load(const std::filesystem::path& dir, const LoadOptions& opt = {});
 
     bool loaded() const { return p_ != nullptr; }
     const io::ModelConfig& config() const { return parts().config; }
@@ -379,41 +319,7 @@ public:
     // may be an empty view: it stands for num_tokens() positions. Errors name the placeholder count
     // and the shapes.
     Tensor<float, 2> embed_prompt(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
-                                  Index from = 0) const {
-        const auto& dec = decoder();
-        const Index H = dec.hidden_size();
-        const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
-        FASTVLM_CHECK(n_img == Index(images.size()), "the prompt has ", n_img, " image placeholder", n_img == 1 ? "" : "s",
-                      " (<image> / ", text::kImageTokenIndex, ") but ", images.size(), " image", images.size() == 1 ? " was" : "s were",
-                      " given");
-        auto rows = [&](const TensorView<const float, 2>& im) { return im.data() ? im.dim(0) : Index(config().vision.num_tokens()); };
-        Index T = Index(ids.size()) - n_img;
-        for (const auto& im : images) {
-            FASTVLM_CHECK(!im.data() || (im.dim(1) == H && im.is_contiguous()), "image tokens have shape ", shape_str(im.shape()),
-                          ", expected [N, ", H, "] (hidden_size)");
-            T += rows(im);
-        }
-        FASTVLM_CHECK(from >= 0 && from <= T, "embed_prompt: position ", from, " is outside the prompt's ", T, " positions");
-        Tensor<float, 2> x({T - from, H});
-        Index pos = 0;
-        std::size_t k = 0;
-        for (auto id : ids) {
-            if (id == text::kImageTokenIndex) {
-                const auto& im = images[k++];
-                const Index n = rows(im);
-                if (pos + n > from) {
-                    FASTVLM_CHECK(im.data(), "image ", k, " of the prompt has no tokens but is not before position ", from);
-                    const Index skip = std::max<Index>(from - pos, 0);
-                    std::copy_n(im.data() + skip * H, (n - skip) * H, x.data() + (pos + skip - from) * H);
-                }
-                pos += n;
-            } else {
-                if (pos >= from) dec.embed(id, x.data() + (pos - from) * H);
-                ++pos;
-            }
-        }
-        return x;
-    }
+                                  Index from = 0) const;
 
     // One-shot convenience: a fresh session per call.
     Result describe(const std::filesystem::path& image, std::string_view question = text::kDefaultQuestion,
@@ -427,5 +333,115 @@ private:
     std::shared_ptr<const detail::ModelParts<Policy>> p_;
     friend class Session<Policy>;
 };
+
+// ---- defined out of the class (not inline), so that compiled mode (core/compiled.hpp) keeps them out of
+// a user's file ----
+
+template <class Policy>
+Model<Policy> Model<Policy>::load(const std::filesystem::path& dir, const LoadOptions& opt) {
+    detail::Stopwatch sw;
+    auto p = std::make_shared<detail::ModelParts<Policy>>();
+    p->dir = dir;
+    auto progress = [&](float f, std::string_view stage) {
+        if (opt.progress) opt.progress(f, stage);
+    };
+    progress(0.f, "config");
+    p->config = io::ModelConfig::load(dir, opt.limits);
+    if (opt.image_size != 0) io::set_image_size(p->config.vision, opt.image_size, opt.limits, "LoadOptions::image_size");
+    const auto& tc = p->config.text;
+    {  // every parallel region is split over the pool: thousands of threads on a few cores only thrash
+        const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+        const unsigned max_threads = std::min(1024u, std::max(16u, 8 * hw));
+        FASTVLM_CHECK(opt.threads <= max_threads, "LoadOptions::threads = ", opt.threads, " is more than the limit of ", max_threads,
+                      " (8 x the ", hw, " hardware threads, at least 16, at most 1024)");
+    }
+    p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
+    p->kv_type = opt.kv_type;
+    p->image_limits = opt.image_limits;
+    p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
+    FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
+                  " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
+    if (opt.tokenizer) {
+        p->tokenizer = opt.tokenizer;
+    } else if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
+        progress(0.f, "tokenizer");
+        p->tokenizer = std::make_shared<const text::Tokenizer>(text::Tokenizer::load(dir, opt.limits));
+    }
+    const auto store = io::TensorStore::open(dir, opt.limits);
+    detail::check_weight_memory<Policy>(store, opt.load_vision, opt.limits, dir, Policy::name);
+    // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
+    if (opt.load_vision) {
+        progress(0.01f, "vision");
+        p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, "model.vision_tower.vision_tower.model.",
+                                                    p->pool.get());
+    }
+    progress(0.15f, "projector");
+    p->projector = text::Projector<Policy>::load(store, p->config);
+    progress(0.16f, "decoder");
+    p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
+        progress(0.16f + 0.84f * float(done) / float(total), "decoder");
+    }, p->pool.get());
+    progress(0.99f, "kernels");
+    choose_kernels([&](auto&& fn) {
+        if (p->vision) p->vision->for_each_linear(fn);
+        p->projector.for_each_linear(fn);
+        p->decoder.for_each_linear(fn);
+    }, p->pool.get(), opt.kernels);
+    // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
+    p->stop_ids = tc.eos_token_ids;
+    if (p->tokenizer)
+        for (const char* s : {"<|im_end|>", "<|endoftext|>"})
+            if (auto id = p->tokenizer->token_id(s)) p->stop_ids.push_back(*id);
+    p->load_ms = sw.ms();
+    progress(1.f, "done");
+    Model m;
+    m.p_ = std::move(p);
+    return m;
+}
+
+template <class Policy>
+Tensor<float, 2> Model<Policy>::embed_prompt(std::span<const std::int32_t> ids,
+                                             std::span<const TensorView<const float, 2>> images, Index from) const {
+    const auto& dec = decoder();
+    const Index H = dec.hidden_size();
+    const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
+    FASTVLM_CHECK(n_img == Index(images.size()), "the prompt has ", n_img, " image placeholder", n_img == 1 ? "" : "s",
+                  " (<image> / ", text::kImageTokenIndex, ") but ", images.size(), " image", images.size() == 1 ? " was" : "s were",
+                  " given");
+    auto rows = [&](const TensorView<const float, 2>& im) { return im.data() ? im.dim(0) : Index(config().vision.num_tokens()); };
+    Index T = Index(ids.size()) - n_img;
+    for (const auto& im : images) {
+        FASTVLM_CHECK(!im.data() || (im.dim(1) == H && im.is_contiguous()), "image tokens have shape ", shape_str(im.shape()),
+                      ", expected [N, ", H, "] (hidden_size)");
+        T += rows(im);
+    }
+    FASTVLM_CHECK(from >= 0 && from <= T, "embed_prompt: position ", from, " is outside the prompt's ", T, " positions");
+    Tensor<float, 2> x({T - from, H});
+    Index pos = 0;
+    std::size_t k = 0;
+    for (auto id : ids) {
+        if (id == text::kImageTokenIndex) {
+            const auto& im = images[k++];
+            const Index n = rows(im);
+            if (pos + n > from) {
+                FASTVLM_CHECK(im.data(), "image ", k, " of the prompt has no tokens but is not before position ", from);
+                const Index skip = std::max<Index>(from - pos, 0);
+                std::copy_n(im.data() + skip * H, (n - skip) * H, x.data() + (pos + skip - from) * H);
+            }
+            pos += n;
+        } else {
+            if (pos >= from) dec.embed(id, x.data() + (pos - from) * H);
+            ++pos;
+        }
+    }
+    return x;
+}
+
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class Model<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 
 }  // namespace fastvlm

@@ -16,15 +16,7 @@ struct SessionOptions {
 template <class Policy>
 class Session {
 public:
-    explicit Session(const Model<Policy>& model, const SessionOptions& opt = {}) : model_(model) {
-        const auto& dec = model_.decoder();
-        const Index ctx = opt.context > 0 ? opt.context : model_.context();
-        cache_ = dec.make_cache(ctx, opt.kv_type.value_or(model_.kv_type()));
-        ws_ = dec.make_workspace();
-        rope_ = dec.make_rope(ctx);
-        logits_.resize(std::size_t(dec.vocab_size()));
-        pool_ = opt.pool ? opt.pool : model_.pool();
-    }
+    explicit Session(const Model<Policy>& model, const SessionOptions& opt = {});
 
     const Model<Policy>& model() const { return model_; }
     Index position() const { return cache_.size(); }
@@ -40,52 +32,21 @@ public:
     // ---- high level ---------------------------------------------------------------------------------
     // Starts a new conversation about an image (predict.py prompt, spec §5.2).
     Result describe(const std::filesystem::path& image, std::string_view question = text::kDefaultQuestion,
-                    const GenerateOptions& g = {}) {
-        detail::Stopwatch sw;
-        const io::Image img = io::load_image(image, model_.image_limits());
-        auto px = model_.preprocess(img);
-        const double pre = sw.ms();
-        reset();
-        return turn(std::string(question), &px, g, sw, pre);
-    }
-    Result describe(const io::Image& image, std::string_view question = text::kDefaultQuestion, const GenerateOptions& g = {}) {
-        detail::Stopwatch sw;
-        auto px = model_.preprocess(image);
-        const double pre = sw.ms();
-        reset();
-        return turn(std::string(question), &px, g, sw, pre);
-    }
+                    const GenerateOptions& g = {});
+    Result describe(const io::Image& image, std::string_view question = text::kDefaultQuestion, const GenerateOptions& g = {});
     // pixels [3, S, S], already preprocessed.
     Result describe_pixels(TensorView<const float, 3> pixels, std::string_view question = text::kDefaultQuestion,
-                           const GenerateOptions& g = {}) {
-        detail::Stopwatch sw;
-        reset();
-        return turn(std::string(question), &pixels, g, sw, 0.0);
-    }
+                           const GenerateOptions& g = {});
     // Next user turn of the conversation, keeping the KV cache. The first turn of a session gets
     // the system prompt; with an image its content is "<image>\n" + text.
-    Result chat(std::string_view user_text, const GenerateOptions& g = {}, const io::Image* image = nullptr) {
-        detail::Stopwatch sw;
-        std::optional<Tensor<float, 3>> px;
-        if (image) px = model_.preprocess(*image);
-        const double pre = sw.ms();
-        if (px) {
-            TensorView<const float, 3> v = px->view();
-            return turn(std::string(user_text), &v, g, sw, pre);
-        }
-        return turn<TensorView<const float, 3>>(std::string(user_text), nullptr, g, sw, pre);
-    }
+    Result chat(std::string_view user_text, const GenerateOptions& g = {}, const io::Image* image = nullptr);
 
     // ---- low level -------------------------------------------------------------------------------------
     // Appends ids (−200 = the image slot, spliced with image_tokens [N, hidden]) to the context and
     // runs them. Returns the logits of the last position, or of every position ([T, vocab]) when
     // all_logits. Throws before running when the context would overflow.
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
-                             bool all_logits = false) {
-        check_fits(Index(ids.size()) + (image_tokens ? image_tokens->dim(0) - 1 : 0), 0);  // before embedding
-        Tensor<float, 2> x = embed(ids, image_tokens);
-        return run_prefill(x, all_logits);
-    }
+                             bool all_logits = false);
 
 private:
     Tensor<float, 2> run_prefill(Tensor<float, 2>& x, bool all_logits) {
@@ -102,28 +63,12 @@ private:
 public:
     // Several images: the k-th −200 slot takes images[k].
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
-                             bool all_logits = false) {
-        Index T = Index(ids.size());
-        for (const auto& im : images) T += im.dim(0) - 1;
-        check_fits(T, 0);  // before embedding: a long prompt fails without allocating T x hidden
-        Tensor<float, 2> x = model_.embed_prompt(ids, images);
-        return run_prefill(x, all_logits);
-    }
+                             bool all_logits = false);
     // Feeds one token; returns the next logits (valid until the next call).
-    std::span<const float> step(std::int32_t id) {
-        check_fits(1, 0);
-        embed_buf_.resize(std::size_t(model_.decoder().hidden_size()));
-        model_.decoder().embed(id, embed_buf_.data());
-        model_.decoder().forward(embed_buf_.data(), 1, cache_, ws_, rope_, pool_, text::Logits::last, logits_.data());
-        return logits_;
-    }
+    std::span<const float> step(std::int32_t id);
     // Prefill ids (with optional image tokens), then sample up to max_new_tokens.
     Result generate(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
-                    const GenerateOptions& g = {}) {
-        detail::Stopwatch sw;
-        Timings t;
-        return run(ids, image_tokens, g, sw, t);
-    }
+                    const GenerateOptions& g = {});
 
 private:
     void check_fits(Index prompt, Index new_tokens) const {
@@ -245,6 +190,95 @@ private:
     std::optional<std::int32_t> pending_;
 };
 
+// ---- defined out of the class (not inline), so that compiled mode (core/compiled.hpp) keeps them out of
+// a user's file ----
+
+template <class Policy>
+Session<Policy>::Session(const Model<Policy>& model, const SessionOptions& opt) : model_(model) {
+    const auto& dec = model_.decoder();
+    const Index ctx = opt.context > 0 ? opt.context : model_.context();
+    cache_ = dec.make_cache(ctx, opt.kv_type.value_or(model_.kv_type()));
+    ws_ = dec.make_workspace();
+    rope_ = dec.make_rope(ctx);
+    logits_.resize(std::size_t(dec.vocab_size()));
+    pool_ = opt.pool ? opt.pool : model_.pool();
+}
+
+template <class Policy>
+Result Session<Policy>::describe(const std::filesystem::path& image, std::string_view question, const GenerateOptions& g) {
+    detail::Stopwatch sw;
+    const io::Image img = io::load_image(image, model_.image_limits());
+    auto px = model_.preprocess(img);
+    const double pre = sw.ms();
+    reset();
+    return turn(std::string(question), &px, g, sw, pre);
+}
+
+template <class Policy>
+Result Session<Policy>::describe(const io::Image& image, std::string_view question, const GenerateOptions& g) {
+    detail::Stopwatch sw;
+    auto px = model_.preprocess(image);
+    const double pre = sw.ms();
+    reset();
+    return turn(std::string(question), &px, g, sw, pre);
+}
+
+template <class Policy>
+Result Session<Policy>::describe_pixels(TensorView<const float, 3> pixels, std::string_view question, const GenerateOptions& g) {
+    detail::Stopwatch sw;
+    reset();
+    return turn(std::string(question), &pixels, g, sw, 0.0);
+}
+
+template <class Policy>
+Result Session<Policy>::chat(std::string_view user_text, const GenerateOptions& g, const io::Image* image) {
+    detail::Stopwatch sw;
+    std::optional<Tensor<float, 3>> px;
+    if (image) px = model_.preprocess(*image);
+    const double pre = sw.ms();
+    if (px) {
+        TensorView<const float, 3> v = px->view();
+        return turn(std::string(user_text), &v, g, sw, pre);
+    }
+    return turn<TensorView<const float, 3>>(std::string(user_text), nullptr, g, sw, pre);
+}
+
+template <class Policy>
+Tensor<float, 2> Session<Policy>::prefill(std::span<const std::int32_t> ids,
+                                          std::optional<TensorView<const float, 2>> image_tokens, bool all_logits) {
+    check_fits(Index(ids.size()) + (image_tokens ? image_tokens->dim(0) - 1 : 0), 0);  // before embedding
+    Tensor<float, 2> x = embed(ids, image_tokens);
+    return run_prefill(x, all_logits);
+}
+
+template <class Policy>
+Tensor<float, 2> Session<Policy>::prefill(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
+                                          bool all_logits) {
+    Index T = Index(ids.size());
+    for (const auto& im : images) T += im.dim(0) - 1;
+    check_fits(T, 0);  // before embedding: a long prompt fails without allocating T x hidden
+    Tensor<float, 2> x = model_.embed_prompt(ids, images);
+    return run_prefill(x, all_logits);
+}
+
+template <class Policy>
+std::span<const float> Session<Policy>::step(std::int32_t id) {
+    check_fits(1, 0);
+    embed_buf_.resize(std::size_t(model_.decoder().hidden_size()));
+    model_.decoder().embed(id, embed_buf_.data());
+    model_.decoder().forward(embed_buf_.data(), 1, cache_, ws_, rope_, pool_, text::Logits::last, logits_.data());
+    return logits_;
+}
+
+template <class Policy>
+Result Session<Policy>::generate(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
+                                 const GenerateOptions& g) {
+    detail::Stopwatch sw;
+    Timings t;
+    return run(ids, image_tokens, g, sw, t);
+}
+
+
 template <class Policy>
 Session(const Model<Policy>&) -> Session<Policy>;
 template <class Policy>
@@ -255,5 +289,12 @@ Result Model<Policy>::describe(const std::filesystem::path& image, std::string_v
     Session<Policy> s(*this);
     return s.describe(image, question, g);
 }
+
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class Session<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 
 }  // namespace fastvlm

@@ -2396,6 +2396,37 @@ private:
 
 }  // namespace fastvlm
 // ---- end fastvlm/engine/prefix_cache.hpp
+// ---- begin fastvlm/core/compiled.hpp -------------------------------------------------------
+// fastvlm/core/compiled.hpp — header-only mode (the default) or compiled mode (FASTVLM_COMPILED_LIB),
+// as spdlog and fmt offer them (docs/api.md, "Build time").
+//
+// Header-only: every file that uses a preset compiles its whole model, and every file that decodes an
+// image compiles the decoders. Compiled: define FASTVLM_COMPILED_LIB in every file of the program and
+// link libfastvlm_presets (CMake target fastvlm::presets), which holds, compiled once:
+//   - the six presets' templates: Model<P>, Session<P>, vision::FastViTHD<P>, text::Qwen2<P>,
+//     text::Projector<P> and load_model()'s part for P (extern templates in their headers;
+//     FASTVLM_INSTANTIATE_PRESET(name) in any_model.hpp defines them);
+//   - the heavy functions that are not templates (image decoding and preprocessing), marked
+//     FASTVLM_INLINE and defined under FASTVLM_DEFINE_INLINES.
+// A custom policy still compiles in the user's own file. FASTVLM_EXTERN_PRESETS is an older name.
+
+#if defined(FASTVLM_EXTERN_PRESETS) && !defined(FASTVLM_COMPILED_LIB)
+#define FASTVLM_COMPILED_LIB
+#endif
+
+#if defined(FASTVLM_COMPILED_LIB)
+#define FASTVLM_INLINE
+// The one file of libfastvlm_presets that defines the FASTVLM_INLINE functions defines this first.
+#if defined(FASTVLM_COMPILED_LIB_SOURCE)
+#define FASTVLM_DEFINE_INLINES 1
+#else
+#define FASTVLM_DEFINE_INLINES 0
+#endif
+#else
+#define FASTVLM_INLINE inline
+#define FASTVLM_DEFINE_INLINES 1
+#endif
+// ---- end fastvlm/core/compiled.hpp
 // ---- begin fastvlm/core/formats.hpp --------------------------------------------------------
 // fastvlm/core/formats.hpp — weight formats: tag types plus the block-quantized layouts.
 //   F32, BF16, F16 : one value per element.
@@ -2628,7 +2659,7 @@ struct int4 {
 static_assert(PrecisionPolicy<policy::fp32> && PrecisionPolicy<policy::bf16> && PrecisionPolicy<policy::fp16> &&
               PrecisionPolicy<policy::int8> && PrecisionPolicy<policy::int8_int4> && PrecisionPolicy<policy::int4>);
 
-// X(name) for every preset, for code that must list them all (the extern templates of FASTVLM_EXTERN_PRESETS).
+// X(name) for every preset, for code that must list them all (the extern templates of compiled mode, core/compiled.hpp).
 #define FASTVLM_PRESETS(X) X(fp32) X(bf16) X(fp16) X(int8) X(int8_int4) X(int4)
 
 // Calls fn.template operator()<Policy>() for the preset named `name`; throws for unknown names.
@@ -3850,8 +3881,14 @@ inline bool is_png_gray16(std::span<const std::uint8_t> b) {
 // Decodes a JPEG/PNG/BMP/TGA/GIF (first frame)/binary PNM image held in memory to RGB8, like
 // PIL `Image.open(...).convert('RGB')`: alpha dropped (not composited), gray replicated, palette
 // expanded. `name` appears in every error message.
-inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::string_view name,
-                                    const ImageLimits& limits = {}) {
+FASTVLM_INLINE Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::string_view name, const ImageLimits& limits = {});
+// Reads and decodes an image file (see load_image_from_memory).
+FASTVLM_INLINE Image load_image(const std::filesystem::path& file, const ImageLimits& limits = {});
+// spec §6.1 (predict.py): expand_to_square (black) -> resize_bicubic to image_size² -> to_chw_float.
+FASTVLM_INLINE Tensor<float, 3> preprocess_image(const Image& img, int image_size, const ImageLimits& limits = {});
+
+#if FASTVLM_DEFINE_INLINES  // core/compiled.hpp
+FASTVLM_INLINE Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::string_view name, const ImageLimits& limits) {
     FASTVLM_CHECK(!bytes.empty(), "image '", name, "': the file is empty");
     FASTVLM_CHECK(bytes.size() <= std::size_t(INT_MAX), "image '", name, "': ", bytes.size(),
                   " bytes is more than stb_image reads (2 GiB)");
@@ -3921,12 +3958,12 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
     return img;
 }
 
-// Reads and decodes an image file (see load_image_from_memory).
-inline Image load_image(const std::filesystem::path& file, const ImageLimits& limits = {}) {
+FASTVLM_INLINE Image load_image(const std::filesystem::path& file, const ImageLimits& limits) {
     const std::string name = file.string();
     const std::string bytes = read_file(file, std::min<std::size_t>(limits.max_file_bytes, INT_MAX), "image '" + name + "'");
     return load_image_from_memory(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()), name, limits);
 }
+#endif  // FASTVLM_DEFINE_INLINES
 
 // spec §6.1 expand2square: a max(W,H)² canvas filled with `background`, the image pasted at
 // ((S-W)//2, (S-H)//2). A square image is returned unchanged.
@@ -4131,13 +4168,14 @@ inline Tensor<float, 3> to_chw_float(const Image& img) {
     return t;
 }
 
-// spec §6.1 (predict.py): expand_to_square (black) -> resize_bicubic to image_size² -> to_chw_float.
-inline Tensor<float, 3> preprocess_image(const Image& img, int image_size, const ImageLimits& limits = {}) {
+#if FASTVLM_DEFINE_INLINES
+FASTVLM_INLINE Tensor<float, 3> preprocess_image(const Image& img, int image_size, const ImageLimits& limits) {
     detail::check_image(img, "preprocess_image");
     FASTVLM_CHECK(image_size > 0, "preprocess_image: image_size must be positive, got ", image_size);
     if (img.width == img.height) return to_chw_float(resize_bicubic(img, image_size, image_size));
     return to_chw_float(resize_bicubic(expand_to_square(img, {0, 0, 0}, limits), image_size, image_size));
 }
+#endif  // FASTVLM_DEFINE_INLINES
 
 }  // namespace fastvlm::io
 // ---- end fastvlm/io/image.hpp
@@ -7602,17 +7640,7 @@ public:
 
     Projector() = default;
 
-    static Projector load(const io::TensorStore& st, const io::ModelConfig& cfg) {
-        FASTVLM_CHECK(cfg.mm_projector_type == "mlp2x_gelu", cfg.source, ": mm_projector_type '", cfg.mm_projector_type,
-                      "' is not supported (only \"mlp2x_gelu\")");
-        Projector p;
-        p.in_ = cfg.mm_hidden_size;
-        p.out_ = cfg.text.hidden_size;
-        const std::string pre = kPrefix;
-        p.fc1_ = load_layer<typename Policy::projector>(st, {{pre + "0.weight", pre + "0.bias", p.out_}}, p.in_);
-        p.fc2_ = load_layer<typename Policy::projector>(st, {{pre + "2.weight", pre + "2.bias", p.out_}}, p.out_);
-        return p;
-    }
+    static Projector load(const io::TensorStore& st, const io::ModelConfig& cfg);
 
     Index in_features() const { return in_; }
     Index out_features() const { return out_; }
@@ -7623,21 +7651,47 @@ public:
     }
 
     // features [N, mm_hidden] → [N, H].
-    Tensor<float, 2> forward(TensorView<const float, 2> features, ThreadPool* pool) const {
-        FASTVLM_CHECK(features.dim(1) == in_ && features.stride(1) == 1,
-                      "projector: image features have shape ", shape_str(features.shape()), ", expected [N, ", in_,
-                      "] (mm_hidden_size) with contiguous rows");
-        const Index n = features.dim(0);
-        Tensor<float, 2> hidden({n, out_}), out({n, out_});
-        fc1_.forward(features.data(), n, features.stride(0), hidden.data(), out_, pool, {.act = Act::gelu});
-        fc2_.forward(hidden.data(), n, out_, out.data(), out_, pool);
-        return out;
-    }
+    Tensor<float, 2> forward(TensorView<const float, 2> features, ThreadPool* pool) const;
 
 private:
     Index in_ = 0, out_ = 0;
     LinearOf<typename Policy::projector> fc1_, fc2_;
 };
+
+// ---- defined out of the class (not inline), so that compiled mode (core/compiled.hpp) keeps them out of
+// a user's file ----
+
+template <class Policy>
+Projector<Policy> Projector<Policy>::load(const io::TensorStore& st, const io::ModelConfig& cfg) {
+    FASTVLM_CHECK(cfg.mm_projector_type == "mlp2x_gelu", cfg.source, ": mm_projector_type '", cfg.mm_projector_type,
+                  "' is not supported (only \"mlp2x_gelu\")");
+    Projector p;
+    p.in_ = cfg.mm_hidden_size;
+    p.out_ = cfg.text.hidden_size;
+    const std::string pre = kPrefix;
+    p.fc1_ = load_layer<typename Policy::projector>(st, {{pre + "0.weight", pre + "0.bias", p.out_}}, p.in_);
+    p.fc2_ = load_layer<typename Policy::projector>(st, {{pre + "2.weight", pre + "2.bias", p.out_}}, p.out_);
+    return p;
+}
+
+template <class Policy>
+Tensor<float, 2> Projector<Policy>::forward(TensorView<const float, 2> features, ThreadPool* pool) const {
+    FASTVLM_CHECK(features.dim(1) == in_ && features.stride(1) == 1,
+                  "projector: image features have shape ", shape_str(features.shape()), ", expected [N, ", in_,
+                  "] (mm_hidden_size) with contiguous rows");
+    const Index n = features.dim(0);
+    Tensor<float, 2> hidden({n, out_}), out({n, out_});
+    fc1_.forward(features.data(), n, features.stride(0), hidden.data(), out_, pool, {.act = Act::gelu});
+    fc2_.forward(hidden.data(), n, out_, out.data(), out_, pool);
+    return out;
+}
+
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class Projector<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 
 }  // namespace fastvlm::text
 // ---- end fastvlm/text/projector.hpp
@@ -8064,7 +8118,7 @@ private:
 };
 
 // ---- the heavy members, defined out of the class (not inline), so that a program can compile them
-// once per preset (any_model.hpp: FASTVLM_EXTERN_PRESETS) ----
+// once per preset (core/compiled.hpp) ----
 
 template <class Policy>
 Qwen2<Policy> Qwen2<Policy>::load(const io::TensorStore& st, const io::TextConfig& cfg, const std::function<void(int, int)>& progress,
@@ -8220,8 +8274,8 @@ void Qwen2<Policy>::run_layers(float* x, std::span<const BatchSeq> seqs, Index T
     for (const auto& s : seqs) s.kv->advance(s.rows);
 }
 
-#ifdef FASTVLM_EXTERN_PRESETS
-// Compiled once per preset elsewhere (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
 #define FASTVLM_EXTERN_(name) extern template class Qwen2<policy::name>;
 FASTVLM_PRESETS(FASTVLM_EXTERN_)
 #undef FASTVLM_EXTERN_
@@ -10618,8 +10672,8 @@ Tensor<float, 2> FastViTHD<P>::forward(TensorView<const float, 3> px, ThreadPool
     return out;
 }
 
-#ifdef FASTVLM_EXTERN_PRESETS
-// Compiled once per preset elsewhere (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
 #define FASTVLM_EXTERN_(name) extern template class FastViTHD<policy::name>;
 FASTVLM_PRESETS(FASTVLM_EXTERN_)
 #undef FASTVLM_EXTERN_
@@ -10877,67 +10931,7 @@ public:
     Model() = default;
 
     // Loads a model folder (spec model-dir.md). Errors name the file, the tensor or the key.
-    static Model load(const std::filesystem::path& dir, const LoadOptions& opt = {}) {
-        namespace fs = std::filesystem;
-        detail::Stopwatch sw;
-        auto p = std::make_shared<detail::ModelParts<Policy>>();
-        p->dir = dir;
-        auto progress = [&](float f, std::string_view stage) {
-            if (opt.progress) opt.progress(f, stage);
-        };
-        progress(0.f, "config");
-        p->config = io::ModelConfig::load(dir, opt.limits);
-        if (opt.image_size != 0) io::set_image_size(p->config.vision, opt.image_size, opt.limits, "LoadOptions::image_size");
-        const auto& tc = p->config.text;
-        {  // every parallel region is split over the pool: thousands of threads on a few cores only thrash
-            const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-            const unsigned max_threads = std::min(1024u, std::max(16u, 8 * hw));
-            FASTVLM_CHECK(opt.threads <= max_threads, "LoadOptions::threads = ", opt.threads, " is more than the limit of ", max_threads,
-                          " (8 x the ", hw, " hardware threads, at least 16, at most 1024)");
-        }
-        p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
-        p->kv_type = opt.kv_type;
-        p->image_limits = opt.image_limits;
-        p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
-        FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
-                      " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
-        if (opt.tokenizer) {
-            p->tokenizer = opt.tokenizer;
-        } else if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
-            progress(0.f, "tokenizer");
-            p->tokenizer = std::make_shared<const text::Tokenizer>(text::Tokenizer::load(dir, opt.limits));
-        }
-        const auto store = io::TensorStore::open(dir, opt.limits);
-        detail::check_weight_memory<Policy>(store, opt.load_vision, opt.limits, dir, Policy::name);
-        // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
-        if (opt.load_vision) {
-            progress(0.01f, "vision");
-            p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, "model.vision_tower.vision_tower.model.",
-                                                        p->pool.get());
-        }
-        progress(0.15f, "projector");
-        p->projector = text::Projector<Policy>::load(store, p->config);
-        progress(0.16f, "decoder");
-        p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
-            progress(0.16f + 0.84f * float(done) / float(total), "decoder");
-        }, p->pool.get());
-        progress(0.99f, "kernels");
-        choose_kernels([&](auto&& fn) {
-            if (p->vision) p->vision->for_each_linear(fn);
-            p->projector.for_each_linear(fn);
-            p->decoder.for_each_linear(fn);
-        }, p->pool.get(), opt.kernels);
-        // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
-        p->stop_ids = tc.eos_token_ids;
-        if (p->tokenizer)
-            for (const char* s : {"<|im_end|>", "<|endoftext|>"})
-                if (auto id = p->tokenizer->token_id(s)) p->stop_ids.push_back(*id);
-        p->load_ms = sw.ms();
-        progress(1.f, "done");
-        Model m;
-        m.p_ = std::move(p);
-        return m;
-    }
+    static Model load(const std::filesystem::path& dir, const LoadOptions& opt = {});
 
     bool loaded() const { return p_ != nullptr; }
     const io::ModelConfig& config() const { return parts().config; }
@@ -10994,41 +10988,7 @@ public:
     // may be an empty view: it stands for num_tokens() positions. Errors name the placeholder count
     // and the shapes.
     Tensor<float, 2> embed_prompt(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
-                                  Index from = 0) const {
-        const auto& dec = decoder();
-        const Index H = dec.hidden_size();
-        const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
-        FASTVLM_CHECK(n_img == Index(images.size()), "the prompt has ", n_img, " image placeholder", n_img == 1 ? "" : "s",
-                      " (<image> / ", text::kImageTokenIndex, ") but ", images.size(), " image", images.size() == 1 ? " was" : "s were",
-                      " given");
-        auto rows = [&](const TensorView<const float, 2>& im) { return im.data() ? im.dim(0) : Index(config().vision.num_tokens()); };
-        Index T = Index(ids.size()) - n_img;
-        for (const auto& im : images) {
-            FASTVLM_CHECK(!im.data() || (im.dim(1) == H && im.is_contiguous()), "image tokens have shape ", shape_str(im.shape()),
-                          ", expected [N, ", H, "] (hidden_size)");
-            T += rows(im);
-        }
-        FASTVLM_CHECK(from >= 0 && from <= T, "embed_prompt: position ", from, " is outside the prompt's ", T, " positions");
-        Tensor<float, 2> x({T - from, H});
-        Index pos = 0;
-        std::size_t k = 0;
-        for (auto id : ids) {
-            if (id == text::kImageTokenIndex) {
-                const auto& im = images[k++];
-                const Index n = rows(im);
-                if (pos + n > from) {
-                    FASTVLM_CHECK(im.data(), "image ", k, " of the prompt has no tokens but is not before position ", from);
-                    const Index skip = std::max<Index>(from - pos, 0);
-                    std::copy_n(im.data() + skip * H, (n - skip) * H, x.data() + (pos + skip - from) * H);
-                }
-                pos += n;
-            } else {
-                if (pos >= from) dec.embed(id, x.data() + (pos - from) * H);
-                ++pos;
-            }
-        }
-        return x;
-    }
+                                  Index from = 0) const;
 
     // One-shot convenience: a fresh session per call.
     Result describe(const std::filesystem::path& image, std::string_view question = text::kDefaultQuestion,
@@ -11042,6 +11002,116 @@ private:
     std::shared_ptr<const detail::ModelParts<Policy>> p_;
     friend class Session<Policy>;
 };
+
+// ---- defined out of the class (not inline), so that compiled mode (core/compiled.hpp) keeps them out of
+// a user's file ----
+
+template <class Policy>
+Model<Policy> Model<Policy>::load(const std::filesystem::path& dir, const LoadOptions& opt) {
+    detail::Stopwatch sw;
+    auto p = std::make_shared<detail::ModelParts<Policy>>();
+    p->dir = dir;
+    auto progress = [&](float f, std::string_view stage) {
+        if (opt.progress) opt.progress(f, stage);
+    };
+    progress(0.f, "config");
+    p->config = io::ModelConfig::load(dir, opt.limits);
+    if (opt.image_size != 0) io::set_image_size(p->config.vision, opt.image_size, opt.limits, "LoadOptions::image_size");
+    const auto& tc = p->config.text;
+    {  // every parallel region is split over the pool: thousands of threads on a few cores only thrash
+        const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+        const unsigned max_threads = std::min(1024u, std::max(16u, 8 * hw));
+        FASTVLM_CHECK(opt.threads <= max_threads, "LoadOptions::threads = ", opt.threads, " is more than the limit of ", max_threads,
+                      " (8 x the ", hw, " hardware threads, at least 16, at most 1024)");
+    }
+    p->pool = std::make_unique<ThreadPool>(opt.threads, opt.spin_us);
+    p->kv_type = opt.kv_type;
+    p->image_limits = opt.image_limits;
+    p->context = opt.context > 0 ? opt.context : std::min<Index>(8192, tc.max_position_embeddings);
+    FASTVLM_CHECK(p->context <= tc.max_position_embeddings, "context of ", p->context,
+                  " tokens exceeds max_position_embeddings (", tc.max_position_embeddings, ") of ", p->config.source);
+    if (opt.tokenizer) {
+        p->tokenizer = opt.tokenizer;
+    } else if (io::present(dir / "vocab.json") || io::present(dir / "merges.txt") || io::present(dir / "tokenizer.json")) {
+        progress(0.f, "tokenizer");
+        p->tokenizer = std::make_shared<const text::Tokenizer>(text::Tokenizer::load(dir, opt.limits));
+    }
+    const auto store = io::TensorStore::open(dir, opt.limits);
+    detail::check_weight_memory<Policy>(store, opt.load_vision, opt.limits, dir, Policy::name);
+    // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
+    if (opt.load_vision) {
+        progress(0.01f, "vision");
+        p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, "model.vision_tower.vision_tower.model.",
+                                                    p->pool.get());
+    }
+    progress(0.15f, "projector");
+    p->projector = text::Projector<Policy>::load(store, p->config);
+    progress(0.16f, "decoder");
+    p->decoder = text::Qwen2<Policy>::load(store, tc, [&](int done, int total) {
+        progress(0.16f + 0.84f * float(done) / float(total), "decoder");
+    }, p->pool.get());
+    progress(0.99f, "kernels");
+    choose_kernels([&](auto&& fn) {
+        if (p->vision) p->vision->for_each_linear(fn);
+        p->projector.for_each_linear(fn);
+        p->decoder.for_each_linear(fn);
+    }, p->pool.get(), opt.kernels);
+    // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
+    p->stop_ids = tc.eos_token_ids;
+    if (p->tokenizer)
+        for (const char* s : {"<|im_end|>", "<|endoftext|>"})
+            if (auto id = p->tokenizer->token_id(s)) p->stop_ids.push_back(*id);
+    p->load_ms = sw.ms();
+    progress(1.f, "done");
+    Model m;
+    m.p_ = std::move(p);
+    return m;
+}
+
+template <class Policy>
+Tensor<float, 2> Model<Policy>::embed_prompt(std::span<const std::int32_t> ids,
+                                             std::span<const TensorView<const float, 2>> images, Index from) const {
+    const auto& dec = decoder();
+    const Index H = dec.hidden_size();
+    const Index n_img = Index(std::count(ids.begin(), ids.end(), text::kImageTokenIndex));
+    FASTVLM_CHECK(n_img == Index(images.size()), "the prompt has ", n_img, " image placeholder", n_img == 1 ? "" : "s",
+                  " (<image> / ", text::kImageTokenIndex, ") but ", images.size(), " image", images.size() == 1 ? " was" : "s were",
+                  " given");
+    auto rows = [&](const TensorView<const float, 2>& im) { return im.data() ? im.dim(0) : Index(config().vision.num_tokens()); };
+    Index T = Index(ids.size()) - n_img;
+    for (const auto& im : images) {
+        FASTVLM_CHECK(!im.data() || (im.dim(1) == H && im.is_contiguous()), "image tokens have shape ", shape_str(im.shape()),
+                      ", expected [N, ", H, "] (hidden_size)");
+        T += rows(im);
+    }
+    FASTVLM_CHECK(from >= 0 && from <= T, "embed_prompt: position ", from, " is outside the prompt's ", T, " positions");
+    Tensor<float, 2> x({T - from, H});
+    Index pos = 0;
+    std::size_t k = 0;
+    for (auto id : ids) {
+        if (id == text::kImageTokenIndex) {
+            const auto& im = images[k++];
+            const Index n = rows(im);
+            if (pos + n > from) {
+                FASTVLM_CHECK(im.data(), "image ", k, " of the prompt has no tokens but is not before position ", from);
+                const Index skip = std::max<Index>(from - pos, 0);
+                std::copy_n(im.data() + skip * H, (n - skip) * H, x.data() + (pos + skip - from) * H);
+            }
+            pos += n;
+        } else {
+            if (pos >= from) dec.embed(id, x.data() + (pos - from) * H);
+            ++pos;
+        }
+    }
+    return x;
+}
+
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class Model<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 
 }  // namespace fastvlm
 // ---- end fastvlm/model.hpp
@@ -12283,15 +12353,7 @@ struct SessionOptions {
 template <class Policy>
 class Session {
 public:
-    explicit Session(const Model<Policy>& model, const SessionOptions& opt = {}) : model_(model) {
-        const auto& dec = model_.decoder();
-        const Index ctx = opt.context > 0 ? opt.context : model_.context();
-        cache_ = dec.make_cache(ctx, opt.kv_type.value_or(model_.kv_type()));
-        ws_ = dec.make_workspace();
-        rope_ = dec.make_rope(ctx);
-        logits_.resize(std::size_t(dec.vocab_size()));
-        pool_ = opt.pool ? opt.pool : model_.pool();
-    }
+    explicit Session(const Model<Policy>& model, const SessionOptions& opt = {});
 
     const Model<Policy>& model() const { return model_; }
     Index position() const { return cache_.size(); }
@@ -12307,52 +12369,21 @@ public:
     // ---- high level ---------------------------------------------------------------------------------
     // Starts a new conversation about an image (predict.py prompt, spec §5.2).
     Result describe(const std::filesystem::path& image, std::string_view question = text::kDefaultQuestion,
-                    const GenerateOptions& g = {}) {
-        detail::Stopwatch sw;
-        const io::Image img = io::load_image(image, model_.image_limits());
-        auto px = model_.preprocess(img);
-        const double pre = sw.ms();
-        reset();
-        return turn(std::string(question), &px, g, sw, pre);
-    }
-    Result describe(const io::Image& image, std::string_view question = text::kDefaultQuestion, const GenerateOptions& g = {}) {
-        detail::Stopwatch sw;
-        auto px = model_.preprocess(image);
-        const double pre = sw.ms();
-        reset();
-        return turn(std::string(question), &px, g, sw, pre);
-    }
+                    const GenerateOptions& g = {});
+    Result describe(const io::Image& image, std::string_view question = text::kDefaultQuestion, const GenerateOptions& g = {});
     // pixels [3, S, S], already preprocessed.
     Result describe_pixels(TensorView<const float, 3> pixels, std::string_view question = text::kDefaultQuestion,
-                           const GenerateOptions& g = {}) {
-        detail::Stopwatch sw;
-        reset();
-        return turn(std::string(question), &pixels, g, sw, 0.0);
-    }
+                           const GenerateOptions& g = {});
     // Next user turn of the conversation, keeping the KV cache. The first turn of a session gets
     // the system prompt; with an image its content is "<image>\n" + text.
-    Result chat(std::string_view user_text, const GenerateOptions& g = {}, const io::Image* image = nullptr) {
-        detail::Stopwatch sw;
-        std::optional<Tensor<float, 3>> px;
-        if (image) px = model_.preprocess(*image);
-        const double pre = sw.ms();
-        if (px) {
-            TensorView<const float, 3> v = px->view();
-            return turn(std::string(user_text), &v, g, sw, pre);
-        }
-        return turn<TensorView<const float, 3>>(std::string(user_text), nullptr, g, sw, pre);
-    }
+    Result chat(std::string_view user_text, const GenerateOptions& g = {}, const io::Image* image = nullptr);
 
     // ---- low level -------------------------------------------------------------------------------------
     // Appends ids (−200 = the image slot, spliced with image_tokens [N, hidden]) to the context and
     // runs them. Returns the logits of the last position, or of every position ([T, vocab]) when
     // all_logits. Throws before running when the context would overflow.
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
-                             bool all_logits = false) {
-        check_fits(Index(ids.size()) + (image_tokens ? image_tokens->dim(0) - 1 : 0), 0);  // before embedding
-        Tensor<float, 2> x = embed(ids, image_tokens);
-        return run_prefill(x, all_logits);
-    }
+                             bool all_logits = false);
 
 private:
     Tensor<float, 2> run_prefill(Tensor<float, 2>& x, bool all_logits) {
@@ -12369,28 +12400,12 @@ private:
 public:
     // Several images: the k-th −200 slot takes images[k].
     Tensor<float, 2> prefill(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
-                             bool all_logits = false) {
-        Index T = Index(ids.size());
-        for (const auto& im : images) T += im.dim(0) - 1;
-        check_fits(T, 0);  // before embedding: a long prompt fails without allocating T x hidden
-        Tensor<float, 2> x = model_.embed_prompt(ids, images);
-        return run_prefill(x, all_logits);
-    }
+                             bool all_logits = false);
     // Feeds one token; returns the next logits (valid until the next call).
-    std::span<const float> step(std::int32_t id) {
-        check_fits(1, 0);
-        embed_buf_.resize(std::size_t(model_.decoder().hidden_size()));
-        model_.decoder().embed(id, embed_buf_.data());
-        model_.decoder().forward(embed_buf_.data(), 1, cache_, ws_, rope_, pool_, text::Logits::last, logits_.data());
-        return logits_;
-    }
+    std::span<const float> step(std::int32_t id);
     // Prefill ids (with optional image tokens), then sample up to max_new_tokens.
     Result generate(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
-                    const GenerateOptions& g = {}) {
-        detail::Stopwatch sw;
-        Timings t;
-        return run(ids, image_tokens, g, sw, t);
-    }
+                    const GenerateOptions& g = {});
 
 private:
     void check_fits(Index prompt, Index new_tokens) const {
@@ -12512,6 +12527,95 @@ private:
     std::optional<std::int32_t> pending_;
 };
 
+// ---- defined out of the class (not inline), so that compiled mode (core/compiled.hpp) keeps them out of
+// a user's file ----
+
+template <class Policy>
+Session<Policy>::Session(const Model<Policy>& model, const SessionOptions& opt) : model_(model) {
+    const auto& dec = model_.decoder();
+    const Index ctx = opt.context > 0 ? opt.context : model_.context();
+    cache_ = dec.make_cache(ctx, opt.kv_type.value_or(model_.kv_type()));
+    ws_ = dec.make_workspace();
+    rope_ = dec.make_rope(ctx);
+    logits_.resize(std::size_t(dec.vocab_size()));
+    pool_ = opt.pool ? opt.pool : model_.pool();
+}
+
+template <class Policy>
+Result Session<Policy>::describe(const std::filesystem::path& image, std::string_view question, const GenerateOptions& g) {
+    detail::Stopwatch sw;
+    const io::Image img = io::load_image(image, model_.image_limits());
+    auto px = model_.preprocess(img);
+    const double pre = sw.ms();
+    reset();
+    return turn(std::string(question), &px, g, sw, pre);
+}
+
+template <class Policy>
+Result Session<Policy>::describe(const io::Image& image, std::string_view question, const GenerateOptions& g) {
+    detail::Stopwatch sw;
+    auto px = model_.preprocess(image);
+    const double pre = sw.ms();
+    reset();
+    return turn(std::string(question), &px, g, sw, pre);
+}
+
+template <class Policy>
+Result Session<Policy>::describe_pixels(TensorView<const float, 3> pixels, std::string_view question, const GenerateOptions& g) {
+    detail::Stopwatch sw;
+    reset();
+    return turn(std::string(question), &pixels, g, sw, 0.0);
+}
+
+template <class Policy>
+Result Session<Policy>::chat(std::string_view user_text, const GenerateOptions& g, const io::Image* image) {
+    detail::Stopwatch sw;
+    std::optional<Tensor<float, 3>> px;
+    if (image) px = model_.preprocess(*image);
+    const double pre = sw.ms();
+    if (px) {
+        TensorView<const float, 3> v = px->view();
+        return turn(std::string(user_text), &v, g, sw, pre);
+    }
+    return turn<TensorView<const float, 3>>(std::string(user_text), nullptr, g, sw, pre);
+}
+
+template <class Policy>
+Tensor<float, 2> Session<Policy>::prefill(std::span<const std::int32_t> ids,
+                                          std::optional<TensorView<const float, 2>> image_tokens, bool all_logits) {
+    check_fits(Index(ids.size()) + (image_tokens ? image_tokens->dim(0) - 1 : 0), 0);  // before embedding
+    Tensor<float, 2> x = embed(ids, image_tokens);
+    return run_prefill(x, all_logits);
+}
+
+template <class Policy>
+Tensor<float, 2> Session<Policy>::prefill(std::span<const std::int32_t> ids, std::span<const TensorView<const float, 2>> images,
+                                          bool all_logits) {
+    Index T = Index(ids.size());
+    for (const auto& im : images) T += im.dim(0) - 1;
+    check_fits(T, 0);  // before embedding: a long prompt fails without allocating T x hidden
+    Tensor<float, 2> x = model_.embed_prompt(ids, images);
+    return run_prefill(x, all_logits);
+}
+
+template <class Policy>
+std::span<const float> Session<Policy>::step(std::int32_t id) {
+    check_fits(1, 0);
+    embed_buf_.resize(std::size_t(model_.decoder().hidden_size()));
+    model_.decoder().embed(id, embed_buf_.data());
+    model_.decoder().forward(embed_buf_.data(), 1, cache_, ws_, rope_, pool_, text::Logits::last, logits_.data());
+    return logits_;
+}
+
+template <class Policy>
+Result Session<Policy>::generate(std::span<const std::int32_t> ids, std::optional<TensorView<const float, 2>> image_tokens,
+                                 const GenerateOptions& g) {
+    detail::Stopwatch sw;
+    Timings t;
+    return run(ids, image_tokens, g, sw, t);
+}
+
+
 template <class Policy>
 Session(const Model<Policy>&) -> Session<Policy>;
 template <class Policy>
@@ -12522,6 +12626,13 @@ Result Model<Policy>::describe(const std::filesystem::path& image, std::string_v
     Session<Policy> s(*this);
     return s.describe(image, question, g);
 }
+
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class Session<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 
 }  // namespace fastvlm
 // ---- end fastvlm/session.hpp
@@ -12622,28 +12733,31 @@ private:
 };
 
 // Model<Policy>::load behind the AnyModel interface: everything a preset needs is instantiated from here.
-// A function template, not inline, so that FASTVLM_EXTERN_PRESETS (below) can keep it out of a file.
+// A function template, not inline, so that compiled mode (core/compiled.hpp) can keep it out of a file.
 template <class Policy>
 std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const LoadOptions& opt) {
     return std::make_unique<AnyModelImpl<Policy>>(Model<Policy>::load(dir, opt));
 }
 }  // namespace detail
 
-// Build time. Every file that calls load_model() compiles all six presets (the whole model six times:
-// minutes per file). A program with several such files can compile them once: define
-// FASTVLM_EXTERN_PRESETS in every file, and in one file (or one per preset, to build them in parallel)
-// write FASTVLM_INSTANTIATE_PRESET(fp32) ... FASTVLM_INSTANTIATE_PRESET(int4) without the macro defined.
-// The macro also instantiates the two towers of the preset (vision::FastViTHD, text::Qwen2), whose heavy
-// members are defined out of their classes: with FASTVLM_EXTERN_PRESETS a file that uses Model<P>,
-// FastViTHD<P> or Qwen2<P> of a preset P directly compiles none of their loading and forward code either.
-// (fastvlm-cli, fastvlm-server, the Python module, the tests and benchmarks share them this way: CMake
-// target fastvlm_presets.)
+// Build time (core/compiled.hpp, docs/api.md "Build time"). Header-only, every file that calls load_model()
+// compiles all six presets (the whole model six times: minutes per file). In compiled mode, every file is
+// compiled with FASTVLM_COMPILED_LIB and the presets are compiled once, in files of their own (one per
+// preset builds them in parallel), each holding FASTVLM_INSTANTIATE_PRESET(fp32) ... (int4), plus one file
+// that defines FASTVLM_COMPILED_LIB_SOURCE before including fastvlm/fastvlm.hpp (the non-template
+// functions). The headers declare the same instantiations `extern template` for every preset, so a file
+// that uses Model<P>, Session<P> or a tower of a preset P directly compiles none of their code either.
+// CMake target fastvlm::presets does all this (fastvlm-cli, fastvlm-server, the Python module, the tests
+// and benchmarks use it).
 #define FASTVLM_INSTANTIATE_PRESET(name)                                                                \
     template class fastvlm::vision::FastViTHD<::fastvlm::policy::name>;                                  \
     template class fastvlm::text::Qwen2<::fastvlm::policy::name>;                                         \
+    template class fastvlm::text::Projector<::fastvlm::policy::name>;                                     \
+    template class fastvlm::Model<::fastvlm::policy::name>;                                               \
+    template class fastvlm::Session<::fastvlm::policy::name>;                                             \
     template std::unique_ptr<::fastvlm::AnyModel> fastvlm::detail::load_any_model<::fastvlm::policy::name>( \
         const std::filesystem::path&, const ::fastvlm::LoadOptions&);
-#ifdef FASTVLM_EXTERN_PRESETS
+#if defined(FASTVLM_COMPILED_LIB)
 #define FASTVLM_EXTERN_PRESET_(name)                                                                          \
     extern template std::unique_ptr<AnyModel> detail::load_any_model<policy::name>(const std::filesystem::path&, \
                                                                                    const LoadOptions&);

@@ -12,6 +12,7 @@
 #include <string>
 #include <type_traits>
 
+#include "fastvlm/core/compiled.hpp"
 #include "fastvlm/core/formats.hpp"
 
 namespace fastvlm {
@@ -109,7 +110,7 @@ struct int4 {
 static_assert(PrecisionPolicy<policy::fp32> && PrecisionPolicy<policy::bf16> && PrecisionPolicy<policy::fp16> &&
               PrecisionPolicy<policy::int8> && PrecisionPolicy<policy::int8_int4> && PrecisionPolicy<policy::int4>);
 
-// X(name) for every preset, for code that must list them all (the extern templates of FASTVLM_EXTERN_PRESETS).
+// X(name) for every preset, for code that must list them all (the extern templates of compiled mode, core/compiled.hpp).
 #define FASTVLM_PRESETS(X) X(fp32) X(bf16) X(fp16) X(int8) X(int8_int4) X(int4)
 
 // Calls fn.template operator()<Policy>() for the preset named `name`; throws for unknown names.

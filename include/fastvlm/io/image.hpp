@@ -18,6 +18,7 @@
 #include <system_error>
 #include <vector>
 
+#include "fastvlm/core/compiled.hpp"
 #include "fastvlm/core/error.hpp"
 #include "fastvlm/io/files.hpp"
 #include "fastvlm/core/tensor.hpp"
@@ -469,8 +470,14 @@ inline bool is_png_gray16(std::span<const std::uint8_t> b) {
 // Decodes a JPEG/PNG/BMP/TGA/GIF (first frame)/binary PNM image held in memory to RGB8, like
 // PIL `Image.open(...).convert('RGB')`: alpha dropped (not composited), gray replicated, palette
 // expanded. `name` appears in every error message.
-inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::string_view name,
-                                    const ImageLimits& limits = {}) {
+FASTVLM_INLINE Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::string_view name, const ImageLimits& limits = {});
+// Reads and decodes an image file (see load_image_from_memory).
+FASTVLM_INLINE Image load_image(const std::filesystem::path& file, const ImageLimits& limits = {});
+// spec §6.1 (predict.py): expand_to_square (black) -> resize_bicubic to image_size² -> to_chw_float.
+FASTVLM_INLINE Tensor<float, 3> preprocess_image(const Image& img, int image_size, const ImageLimits& limits = {});
+
+#if FASTVLM_DEFINE_INLINES  // core/compiled.hpp
+FASTVLM_INLINE Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::string_view name, const ImageLimits& limits) {
     FASTVLM_CHECK(!bytes.empty(), "image '", name, "': the file is empty");
     FASTVLM_CHECK(bytes.size() <= std::size_t(INT_MAX), "image '", name, "': ", bytes.size(),
                   " bytes is more than stb_image reads (2 GiB)");
@@ -540,12 +547,12 @@ inline Image load_image_from_memory(std::span<const std::uint8_t> bytes, std::st
     return img;
 }
 
-// Reads and decodes an image file (see load_image_from_memory).
-inline Image load_image(const std::filesystem::path& file, const ImageLimits& limits = {}) {
+FASTVLM_INLINE Image load_image(const std::filesystem::path& file, const ImageLimits& limits) {
     const std::string name = file.string();
     const std::string bytes = read_file(file, std::min<std::size_t>(limits.max_file_bytes, INT_MAX), "image '" + name + "'");
     return load_image_from_memory(std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()), name, limits);
 }
+#endif  // FASTVLM_DEFINE_INLINES
 
 // spec §6.1 expand2square: a max(W,H)² canvas filled with `background`, the image pasted at
 // ((S-W)//2, (S-H)//2). A square image is returned unchanged.
@@ -750,12 +757,13 @@ inline Tensor<float, 3> to_chw_float(const Image& img) {
     return t;
 }
 
-// spec §6.1 (predict.py): expand_to_square (black) -> resize_bicubic to image_size² -> to_chw_float.
-inline Tensor<float, 3> preprocess_image(const Image& img, int image_size, const ImageLimits& limits = {}) {
+#if FASTVLM_DEFINE_INLINES
+FASTVLM_INLINE Tensor<float, 3> preprocess_image(const Image& img, int image_size, const ImageLimits& limits) {
     detail::check_image(img, "preprocess_image");
     FASTVLM_CHECK(image_size > 0, "preprocess_image: image_size must be positive, got ", image_size);
     if (img.width == img.height) return to_chw_float(resize_bicubic(img, image_size, image_size));
     return to_chw_float(resize_bicubic(expand_to_square(img, {0, 0, 0}, limits), image_size, image_size));
 }
+#endif  // FASTVLM_DEFINE_INLINES
 
 }  // namespace fastvlm::io

@@ -98,17 +98,7 @@ public:
 
     Projector() = default;
 
-    static Projector load(const io::TensorStore& st, const io::ModelConfig& cfg) {
-        FASTVLM_CHECK(cfg.mm_projector_type == "mlp2x_gelu", cfg.source, ": mm_projector_type '", cfg.mm_projector_type,
-                      "' is not supported (only \"mlp2x_gelu\")");
-        Projector p;
-        p.in_ = cfg.mm_hidden_size;
-        p.out_ = cfg.text.hidden_size;
-        const std::string pre = kPrefix;
-        p.fc1_ = load_layer<typename Policy::projector>(st, {{pre + "0.weight", pre + "0.bias", p.out_}}, p.in_);
-        p.fc2_ = load_layer<typename Policy::projector>(st, {{pre + "2.weight", pre + "2.bias", p.out_}}, p.out_);
-        return p;
-    }
+    static Projector load(const io::TensorStore& st, const io::ModelConfig& cfg);
 
     Index in_features() const { return in_; }
     Index out_features() const { return out_; }
@@ -119,20 +109,46 @@ public:
     }
 
     // features [N, mm_hidden] → [N, H].
-    Tensor<float, 2> forward(TensorView<const float, 2> features, ThreadPool* pool) const {
-        FASTVLM_CHECK(features.dim(1) == in_ && features.stride(1) == 1,
-                      "projector: image features have shape ", shape_str(features.shape()), ", expected [N, ", in_,
-                      "] (mm_hidden_size) with contiguous rows");
-        const Index n = features.dim(0);
-        Tensor<float, 2> hidden({n, out_}), out({n, out_});
-        fc1_.forward(features.data(), n, features.stride(0), hidden.data(), out_, pool, {.act = Act::gelu});
-        fc2_.forward(hidden.data(), n, out_, out.data(), out_, pool);
-        return out;
-    }
+    Tensor<float, 2> forward(TensorView<const float, 2> features, ThreadPool* pool) const;
 
 private:
     Index in_ = 0, out_ = 0;
     LinearOf<typename Policy::projector> fc1_, fc2_;
 };
+
+// ---- defined out of the class (not inline), so that compiled mode (core/compiled.hpp) keeps them out of
+// a user's file ----
+
+template <class Policy>
+Projector<Policy> Projector<Policy>::load(const io::TensorStore& st, const io::ModelConfig& cfg) {
+    FASTVLM_CHECK(cfg.mm_projector_type == "mlp2x_gelu", cfg.source, ": mm_projector_type '", cfg.mm_projector_type,
+                  "' is not supported (only \"mlp2x_gelu\")");
+    Projector p;
+    p.in_ = cfg.mm_hidden_size;
+    p.out_ = cfg.text.hidden_size;
+    const std::string pre = kPrefix;
+    p.fc1_ = load_layer<typename Policy::projector>(st, {{pre + "0.weight", pre + "0.bias", p.out_}}, p.in_);
+    p.fc2_ = load_layer<typename Policy::projector>(st, {{pre + "2.weight", pre + "2.bias", p.out_}}, p.out_);
+    return p;
+}
+
+template <class Policy>
+Tensor<float, 2> Projector<Policy>::forward(TensorView<const float, 2> features, ThreadPool* pool) const {
+    FASTVLM_CHECK(features.dim(1) == in_ && features.stride(1) == 1,
+                  "projector: image features have shape ", shape_str(features.shape()), ", expected [N, ", in_,
+                  "] (mm_hidden_size) with contiguous rows");
+    const Index n = features.dim(0);
+    Tensor<float, 2> hidden({n, out_}), out({n, out_});
+    fc1_.forward(features.data(), n, features.stride(0), hidden.data(), out_, pool, {.act = Act::gelu});
+    fc2_.forward(hidden.data(), n, out_, out.data(), out_, pool);
+    return out;
+}
+
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) extern template class Projector<policy::name>;
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 
 }  // namespace fastvlm::text

@@ -222,7 +222,7 @@ private:
 };
 
 // ---- the heavy members, defined out of the class (not inline), so that a program can compile them
-// once per preset (any_model.hpp: FASTVLM_EXTERN_PRESETS) ----
+// once per preset (core/compiled.hpp) ----
 
 template <class Policy>
 Qwen2<Policy> Qwen2<Policy>::load(const io::TensorStore& st, const io::TextConfig& cfg, const std::function<void(int, int)>& progress,
@@ -378,8 +378,8 @@ void Qwen2<Policy>::run_layers(float* x, std::span<const BatchSeq> seqs, Index T
     for (const auto& s : seqs) s.kv->advance(s.rows);
 }
 
-#ifdef FASTVLM_EXTERN_PRESETS
-// Compiled once per preset elsewhere (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
 #define FASTVLM_EXTERN_(name) extern template class Qwen2<policy::name>;
 FASTVLM_PRESETS(FASTVLM_EXTERN_)
 #undef FASTVLM_EXTERN_

@@ -491,8 +491,8 @@ Tensor<float, 2> FastViTHD<P>::forward(TensorView<const float, 3> px, ThreadPool
     return out;
 }
 
-#ifdef FASTVLM_EXTERN_PRESETS
-// Compiled once per preset elsewhere (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
 #define FASTVLM_EXTERN_(name) extern template class FastViTHD<policy::name>;
 FASTVLM_PRESETS(FASTVLM_EXTERN_)
 #undef FASTVLM_EXTERN_
