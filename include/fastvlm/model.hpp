@@ -372,7 +372,7 @@ Model<Policy> Model<Policy>::load(const std::filesystem::path& dir, const LoadOp
     // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
     if (opt.load_vision) {
         progress(0.01f, "vision");
-        p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, "model.vision_tower.vision_tower.model.",
+        p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, vision::kCheckpointPrefix,
                                                     p->pool.get());
     }
     progress(0.15f, "projector");

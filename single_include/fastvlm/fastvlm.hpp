@@ -4944,6 +4944,23 @@ inline bool amx_available() {
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/cpu.hpp
+// ---- begin fastvlm/core/diagnostics.hpp ----------------------------------------------------
+// fastvlm/core/diagnostics.hpp — compiler warnings switched off around code that trips a compiler's false
+// positives, in one place.
+
+// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
+// The SIMD kernel headers open with FASTVLM_SIMD_WARNINGS_OFF and close with FASTVLM_SIMD_WARNINGS_ON.
+#if defined(__GNUC__) && !defined(__clang__)
+#define FASTVLM_SIMD_WARNINGS_OFF                                 \
+    _Pragma("GCC diagnostic push")                                \
+    _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")   \
+    _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define FASTVLM_SIMD_WARNINGS_ON _Pragma("GCC diagnostic pop")
+#else
+#define FASTVLM_SIMD_WARNINGS_OFF
+#define FASTVLM_SIMD_WARNINGS_ON
+#endif
+// ---- end fastvlm/core/diagnostics.hpp
 // ---- begin fastvlm/kernels/activation.hpp --------------------------------------------------
 // fastvlm/kernels/activation.hpp — element-wise activations: exact-erf GELU, SiLU, ReLU, sigmoid.
 // Scalar reference functions plus in-place SIMD versions (xsimd, best compiled architecture).
@@ -5030,10 +5047,7 @@ inline void silu_mul(float* g, const float* u, std::size_t n) {
 #include <xsimd/xsimd.hpp>
 
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm {
 
@@ -5086,8 +5100,20 @@ struct AlignedAlloc {
 template <class T>
 using avec = std::vector<T, AlignedAlloc<T>>;
 
-// Per-thread scratch that only grows (the pool's threads live as long as the pool).
-template <class T, int Tag>
+// Per-thread scratch that only grows (the pool's threads live as long as the pool), one buffer per slot
+// and element type. Slots are roles: a thread runs one matrix product at a time, so the kernels of
+// different formats share a role's buffer, and buffers alive at the same time take different slots.
+enum class Scratch {
+    a_pack,       // X block packed into micro-panels (f32, and bf16 widened)
+    b_widen,      // weight panels widened to f32 for one GEMM block
+    gemv_chunk,   // a chunk of one weight panel widened for a GEMV
+    a_pairs,      // X block packed as bf16 k-pairs (vdpbf16ps)
+    a_pairs_row,  // one X row rounded to bf16 pairs
+    q8_codes,     // activations quantized to int8
+    q8_scales,    // their per-block scales
+    q8_corr,      // their per-block corrections −c·Σq for the unsigned weight bytes
+};
+template <class T, Scratch Slot>
 T* scratch(std::size_t n) {
     thread_local avec<T> buf;
     if (buf.size() < n) {
@@ -5268,7 +5294,7 @@ inline void with_width(int v, F&& f) {
 }  // namespace detail::mm
 }  // namespace fastvlm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON
 // ---- end fastvlm/kernels/matmul/common.hpp
 // ---- begin fastvlm/kernels/matmul/driver.hpp -----------------------------------------------
 // fastvlm/kernels/matmul/driver.hpp — the blocked GEMM loop nest (BLIS-style) shared by every
@@ -5292,10 +5318,7 @@ inline void with_width(int v, F&& f) {
 #include <vector>
 
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
@@ -5399,7 +5422,7 @@ void gemv_rows(const Kern& kern, AX&& ax, Index m, float* y, Index ldy, ThreadPo
 
 }  // namespace detail::mm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON
 // ---- end fastvlm/kernels/matmul/driver.hpp
 // ---- begin fastvlm/kernels/matmul/f32.hpp --------------------------------------------------
 // fastvlm/kernels/matmul/f32.hpp — float-compute kernels for F32, BF16 and F16 weights.
@@ -5410,10 +5433,7 @@ void gemv_rows(const Kern& kern, AX&& ax, Index m, float* y, Index ldy, ThreadPo
 #include <type_traits>
 
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
@@ -5615,7 +5635,7 @@ struct KernFloat {
     // X block → micro-panels [mc/MR][uc][MR] (rows past mc are zero).
     APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
         const Index nmp = ceil_div(mc, MR);
-        float* buf = scratch<float, 1>(std::size_t(nmp * MR * uc));
+        float* buf = scratch<float, Scratch::a_pack>(std::size_t(nmp * MR * uc));
         for (Index mp = 0; mp < nmp; ++mp) {
             const float* x0 = x + (m0 + mp * MR) * ldx + u0;
             pack_rows_t<MR, float>([&](Index r) { return x0 + r * ldx; }, std::min<Index>(MR, mc - mp * MR), uc, buf + mp * MR * uc);
@@ -5632,7 +5652,7 @@ struct KernFloat {
         if constexpr (std::is_same_v<E, float>) {
             return {P->panel(g * NV) + u0 * kPanel, k * kPanel};
         } else {
-            float* buf = scratch<float, 2>(std::size_t(NV * uc * kPanel));
+            float* buf = scratch<float, Scratch::b_widen>(std::size_t(NV * uc * kPanel));
             for (int v = 0; v < nv; ++v)
                 convert(P->panel(g * NV + v) + u0 * kPanel, buf + v * uc * kPanel, std::size_t(uc * kPanel));
             return {buf, uc * kPanel};
@@ -5656,7 +5676,7 @@ struct KernFloat {
 #endif
             } else {
                 constexpr Index kChunk = 256;
-                float* buf = scratch<float, 3>(std::size_t(kChunk * kPanel));
+                float* buf = scratch<float, Scratch::gemv_chunk>(std::size_t(kChunk * kPanel));
                 if (k == 0) std::fill(o, o + kPanel, 0.f);
                 for (Index q = 0; q < k; q += kChunk) {
                     const Index len = std::min(kChunk, k - q);
@@ -5670,7 +5690,7 @@ struct KernFloat {
 
 }  // namespace fastvlm::detail::mm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON
 // ---- end fastvlm/kernels/matmul/f32.hpp
 // ---- begin fastvlm/kernels/matmul/bf16.hpp -------------------------------------------------
 // fastvlm/kernels/matmul/bf16.hpp — BF16 weights × BF16 activations (X rounded to bf16, f32 sums).
@@ -5683,10 +5703,7 @@ struct KernFloat {
 #include <cstring>
 
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
@@ -5800,7 +5817,7 @@ struct KernBF16Wide {
     };
     APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
         const Index nmp = ceil_div(mc, MR), kc = 2 * uc, k = P->k;
-        float* buf = scratch<float, 1>(std::size_t(nmp * MR * kc));
+        float* buf = scratch<float, Scratch::a_pack>(std::size_t(nmp * MR * kc));
         if constexpr (!RoundX) {  // as KernFloat; the k-pair padding past k is zero
             const Index len = std::min(kc, k - 2 * u0);
             for (Index mp = 0; mp < nmp; ++mp) {
@@ -5828,7 +5845,7 @@ struct KernBF16Wide {
         Index stride;
     };
     BPack pack_b(Index g, int nv, Index u0, Index uc) const {
-        float* buf = scratch<float, 2>(std::size_t(NV * 2 * uc * kPanel));
+        float* buf = scratch<float, Scratch::b_widen>(std::size_t(NV * 2 * uc * kPanel));
         for (int v = 0; v < nv; ++v) P->widen(g * NV + v, u0, uc, buf + v * 2 * uc * kPanel);
         return {buf, 2 * uc * kPanel};
     }
@@ -5846,7 +5863,7 @@ struct KernBF16Wide {
         }
 #endif
         constexpr Index kChunk = 128;  // k-pairs per widened chunk
-        float* buf = scratch<float, 3>(std::size_t(2 * kChunk * kPanel));
+        float* buf = scratch<float, Scratch::gemv_chunk>(std::size_t(2 * kChunk * kPanel));
         for (Index p = p0; p < p1; ++p) {
             float* o = out + (p - p0) * kPanel;
             if (P->k2 == 0) std::fill(o, o + kPanel, 0.f);
@@ -5914,8 +5931,8 @@ struct KernBF16Dot {
     // X block → [mc/MR][uc][MR] k-pairs.
     APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
         const Index nmp = ceil_div(mc, MR), k = P->k;
-        std::uint32_t* buf = scratch<std::uint32_t, 4>(std::size_t(nmp * MR * uc));
-        std::uint32_t* row = scratch<std::uint32_t, 5>(std::size_t(uc + 16));
+        std::uint32_t* buf = scratch<std::uint32_t, Scratch::a_pairs>(std::size_t(nmp * MR * uc));
+        std::uint32_t* row = scratch<std::uint32_t, Scratch::a_pairs_row>(std::size_t(uc + 16));
         for (Index mp = 0; mp < nmp; ++mp) {
             std::uint32_t* d = buf + mp * MR * uc;
             const Index rc = std::min<Index>(MR, mc - mp * MR);
@@ -6011,7 +6028,7 @@ struct ImplBF16 {
 
 }  // namespace fastvlm::detail::mm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON
 // ---- end fastvlm/kernels/matmul/bf16.hpp
 // ---- begin fastvlm/kernels/matmul/q8.hpp ---------------------------------------------------
 // fastvlm/kernels/matmul/q8.hpp — Q8 / Q4 weights × Q8 activations (integer dot products).
@@ -6036,10 +6053,7 @@ struct ImplBF16 {
 #include <cstring>
 
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
@@ -6393,9 +6407,9 @@ struct QRows {
     Index kb;
 };
 inline QRows quantize_rows(const float* x, Index m, Index ldx, Index k, Index kb, Index mpad, int c, ThreadPool* pool) {
-    std::int8_t* q = scratch<std::int8_t, 10>(std::size_t(mpad * kb * kQB + 64));
-    float* d = scratch<float, 11>(std::size_t(mpad * kb + 16));
-    std::int32_t* corr = scratch<std::int32_t, 12>(std::size_t(mpad * kb + 16));
+    std::int8_t* q = scratch<std::int8_t, Scratch::q8_codes>(std::size_t(mpad * kb * kQB + 64));
+    float* d = scratch<float, Scratch::q8_scales>(std::size_t(mpad * kb + 16));
+    std::int32_t* corr = scratch<std::int32_t, Scratch::q8_corr>(std::size_t(mpad * kb + 16));
     const Index kb_x = ceil_div(k, kQB);
     parallel_for(pool, std::size_t(m), 64, [&](std::size_t r0, std::size_t r1) {
         for (Index r = Index(r0); r < Index(r1); ++r) {
@@ -6833,7 +6847,7 @@ struct ImplQ {
 
 }  // namespace fastvlm::detail::mm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON
 // ---- end fastvlm/kernels/matmul/q8.hpp
 // ---- begin fastvlm/kernels/matmul.hpp ------------------------------------------------------
 // fastvlm/kernels/matmul.hpp — Y[m×n] = epilogue(X[m×k] · Wᵀ + b) for every (weight, compute)
@@ -6853,10 +6867,7 @@ struct ImplQ {
 #include <vector>
 
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm {
 
@@ -7036,7 +7047,7 @@ private:
 
 }  // namespace fastvlm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON
 // ---- end fastvlm/kernels/matmul.hpp
 // ---- begin fastvlm/kernels/kernel_choice.hpp -----------------------------------------------
 // fastvlm/kernels/kernel_choice.hpp — which kernel path each (weight, compute) pair runs, chosen by
@@ -8385,45 +8396,16 @@ private:
 
 }  // namespace fastvlm::text
 // ---- end fastvlm/text/sampling.hpp
-// ---- begin fastvlm/text/tokenizer.hpp ------------------------------------------------------
-// fastvlm/text/tokenizer.hpp — the Qwen2 byte-level BPE tokenizer (docs/tokenizer.md).
-//
-// encode: split off added tokens (leftmost-longest, on the raw text) -> NFC -> Qwen2 pre-tokenizer
-// split (the regex below, run by a hand-written matcher over code points) -> bytes mapped to the
-// GPT-2 byte alphabet -> BPE by merge rank. Unicode data (categories, NFC) comes from utf8proc.
-// decode: token bytes concatenated, invalid UTF-8 replaced by U+FFFD (maximal subparts).
-#include <utf8proc.h>
-
-#include <algorithm>
-#include <array>
+// ---- begin fastvlm/text/tokenizer/utf8.hpp -------------------------------------------------
+// fastvlm/text/tokenizer/utf8.hpp — UTF-8 decoding (one code point), validation, encoding and
+// lossy repair (ill-formed sequences -> U+FFFD) for the tokenizer.
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <functional>
-#include <iterator>
-#include <limits>
-#include <optional>
-#include <queue>
-#include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
-#include <unordered_set>
-#include <utility>
-#include <vector>
-
-#include <nlohmann/json.hpp>
 
 
-namespace fastvlm::text {
-
-// The Split pattern of Qwen2 tokenizer.json files; other patterns are rejected at load time.
-inline constexpr std::string_view kQwen2Pattern =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-
-namespace detail {
+namespace fastvlm::text::detail {
 
 // ---------------------------------------------------------------------------------------------
 // UTF-8 (Unicode §3.9, Table 3-7 well-formed byte sequences)
@@ -8526,139 +8508,26 @@ inline const unsigned char* append_lossy(std::string& out, const unsigned char* 
     return p;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Character classes of the pre-tokenizer regex
+}  // namespace fastvlm::text::detail
+// ---- end fastvlm/text/tokenizer/utf8.hpp
+// ---- begin fastvlm/text/tokenizer/bpe.hpp --------------------------------------------------
+// fastvlm/text/tokenizer/bpe.hpp — byte-level BPE: the GPT-2 byte alphabet, the merge table and
+// the two merge loops (rank scan for short words, heap for long ones).
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <queue>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
-enum : std::uint8_t {
-    kLetter = 1,   // \p{L}: Lu Ll Lt Lm Lo
-    kNumber = 2,   // \p{N}: Nd Nl No
-    kSpace = 4,    // \s as Oniguruma defines it (HF tokenizers): U+0009-000D, U+0085, Zs, Zl, Zp
-    kNewline = 8,  // [\r\n]
-};
 
-inline constexpr std::array<std::uint8_t, 128> kAsciiClass = [] {
-    std::array<std::uint8_t, 128> t{};
-    for (int c = 'a'; c <= 'z'; ++c) t[c] = kLetter;
-    for (int c = 'A'; c <= 'Z'; ++c) t[c] = kLetter;
-    for (int c = '0'; c <= '9'; ++c) t[c] = kNumber;
-    for (int c : {'\t', '\v', '\f', ' '}) t[c] = kSpace;
-    t['\n'] = t['\r'] = kSpace | kNewline;
-    return t;
-}();
-
-inline std::uint8_t char_class(char32_t c) {
-    if (c < 0x80) return kAsciiClass[c];
-    if (c == 0x85) return kSpace;
-    switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
-        case UTF8PROC_CATEGORY_LU:
-        case UTF8PROC_CATEGORY_LL:
-        case UTF8PROC_CATEGORY_LT:
-        case UTF8PROC_CATEGORY_LM:
-        case UTF8PROC_CATEGORY_LO: return kLetter;
-        case UTF8PROC_CATEGORY_ND:
-        case UTF8PROC_CATEGORY_NL:
-        case UTF8PROC_CATEGORY_NO: return kNumber;
-        case UTF8PROC_CATEGORY_ZS:
-        case UTF8PROC_CATEGORY_ZL:
-        case UTF8PROC_CATEGORY_ZP: return kSpace;
-        default: return 0;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// NFC
-
-// Code points below U+0300 are NFC_Quick_Check=Yes and never combine with a neighbour, so text
-// whose bytes are all < 0xCC (the lead byte of U+0300) is already NFC.
-inline bool maybe_not_nfc(std::string_view s) {
-    for (char ch : s)
-        if (static_cast<unsigned char>(ch) >= 0xCC) return true;
-    return false;
-}
-
-// s must be valid UTF-8.
-inline std::string nfc(std::string_view s) {
-    if (!maybe_not_nfc(s)) return std::string(s);
-    utf8proc_uint8_t* dst = nullptr;
-    const utf8proc_ssize_t n =
-        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()), static_cast<utf8proc_ssize_t>(s.size()),
-                     &dst, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-    if (n < 0) fail("tokenizer: NFC normalization failed: ", utf8proc_errmsg(n));
-    std::string out(reinterpret_cast<const char*>(dst), static_cast<std::size_t>(n));
-    std::free(dst);
-    return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Qwen2 pre-tokenizer
-
-// End (exclusive) of the regex match that starts at i (i < n). Alternatives are tried in order,
-// each with the backtracking result a regex engine would give:
-//   (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\r\n\p{L}\p{N}]?\p{L}+ | \p{N} | ?[^\s\p{L}\p{N}]+[\r\n]*
-//   | \s*[\r\n]+ | \s+(?!\S) | \s+
-// Every code point is covered by one alternative, so the matches tile the text.
-inline std::size_t qwen2_match_end(const char32_t* c, const std::uint8_t* k, std::size_t i, std::size_t n) {
-    // (?i:'s|'t|'re|'ve|'m|'ll|'d): ASCII case folding plus U+017F (long s folds to s).
-    if (c[i] == U'\'' && i + 1 < n) {
-        const char32_t a = c[i + 1] == 0x17F ? U's' : (c[i + 1] | 0x20);
-        const char32_t b = i + 2 < n ? (c[i + 2] | 0x20) : 0;
-        if (a == U's' || a == U't' || a == U'm' || a == U'd') return i + 2;
-        if ((a == U'r' || a == U'v') && b == U'e') return i + 3;
-        if (a == U'l' && b == U'l') return i + 3;
-    }
-    const std::uint8_t ki = k[i];
-    // [^\r\n\p{L}\p{N}]?\p{L}+
-    std::size_t j = i;
-    if (!(ki & (kLetter | kNumber | kNewline)) && i + 1 < n && (k[i + 1] & kLetter)) j = i + 1;
-    if (k[j] & kLetter) {
-        while (j < n && (k[j] & kLetter)) ++j;
-        return j;
-    }
-    // \p{N}
-    if (ki & kNumber) return i + 1;
-    // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
-    constexpr std::uint8_t kSLN = kSpace | kLetter | kNumber;
-    j = (c[i] == U' ' && i + 1 < n && !(k[i + 1] & kSLN)) ? i + 1 : i;
-    if (!(k[j] & kSLN)) {
-        while (j < n && !(k[j] & kSLN)) ++j;
-        while (j < n && (k[j] & kNewline)) ++j;
-        return j;
-    }
-    // here c[i] is whitespace; j = end of the whitespace run
-    j = i;
-    std::size_t last_nl = n;
-    while (j < n && (k[j] & kSpace)) {
-        if (k[j] & kNewline) last_nl = j;
-        ++j;
-    }
-    if (last_nl != n) return last_nl + 1;  // \s*[\r\n]+ backtracks to the last newline of the run
-    if (j == n) return n;                  // \s+(?!\S) at the end of the text
-    if (j - i >= 2) return j - 1;          // \s+(?!\S) leaves one space for the next word
-    return j;                              // \s+
-}
-
-// Splits valid UTF-8 text into pre-tokens (no NFC); for tests and tools.
-inline std::vector<std::string> pretokenize(std::string_view text) {
-    std::vector<char32_t> cp;
-    std::vector<std::uint32_t> off;
-    std::vector<std::uint8_t> cls;
-    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
-    const auto* end = p + text.size();
-    for (const auto* q = p; q < end;) {
-        const Utf8Step st = utf8_step(q, end);
-        FASTVLM_CHECK(st.status == Utf8Step::kOk, "pretokenize: invalid UTF-8 at byte offset ", q - p);
-        cp.push_back(st.cp), cls.push_back(char_class(st.cp)), off.push_back(static_cast<std::uint32_t>(q - p));
-        q += st.len;
-    }
-    off.push_back(static_cast<std::uint32_t>(text.size()));
-    std::vector<std::string> out;
-    for (std::size_t i = 0; i < cp.size();) {
-        const std::size_t e = qwen2_match_end(cp.data(), cls.data(), i, cp.size());
-        out.emplace_back(text.substr(off[i], off[e] - off[i]));
-        i = e;
-    }
-    return out;
-}
+namespace fastvlm::text::detail {
 
 // ---------------------------------------------------------------------------------------------
 // GPT-2 byte-level alphabet: printable Latin-1 bytes map to themselves, the other 68 bytes to
@@ -8846,15 +8715,194 @@ inline void bpe_heap(const MergeTable& merges, std::vector<std::int32_t>& sym) {
     sym.resize(w);
 }
 
-inline std::string read_file(const std::filesystem::path& file, std::size_t limit) {
-    return io::read_file(file, limit, "tokenizer: " + file.string());
+}  // namespace fastvlm::text::detail
+// ---- end fastvlm/text/tokenizer/bpe.hpp
+// ---- begin fastvlm/text/tokenizer/unicode.hpp ----------------------------------------------
+// fastvlm/text/tokenizer/unicode.hpp — the character classes of the pre-tokenizer regex and NFC,
+// both from utf8proc's Unicode data.
+#include <utf8proc.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+
+namespace fastvlm::text::detail {
+
+// ---------------------------------------------------------------------------------------------
+// Character classes of the pre-tokenizer regex
+
+enum : std::uint8_t {
+    kLetter = 1,   // \p{L}: Lu Ll Lt Lm Lo
+    kNumber = 2,   // \p{N}: Nd Nl No
+    kSpace = 4,    // \s as Oniguruma defines it (HF tokenizers): U+0009-000D, U+0085, Zs, Zl, Zp
+    kNewline = 8,  // [\r\n]
+};
+
+inline constexpr std::array<std::uint8_t, 128> kAsciiClass = [] {
+    std::array<std::uint8_t, 128> t{};
+    for (int c = 'a'; c <= 'z'; ++c) t[c] = kLetter;
+    for (int c = 'A'; c <= 'Z'; ++c) t[c] = kLetter;
+    for (int c = '0'; c <= '9'; ++c) t[c] = kNumber;
+    for (int c : {'\t', '\v', '\f', ' '}) t[c] = kSpace;
+    t['\n'] = t['\r'] = kSpace | kNewline;
+    return t;
+}();
+
+inline std::uint8_t char_class(char32_t c) {
+    if (c < 0x80) return kAsciiClass[c];
+    if (c == 0x85) return kSpace;
+    switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
+        case UTF8PROC_CATEGORY_LU:
+        case UTF8PROC_CATEGORY_LL:
+        case UTF8PROC_CATEGORY_LT:
+        case UTF8PROC_CATEGORY_LM:
+        case UTF8PROC_CATEGORY_LO: return kLetter;
+        case UTF8PROC_CATEGORY_ND:
+        case UTF8PROC_CATEGORY_NL:
+        case UTF8PROC_CATEGORY_NO: return kNumber;
+        case UTF8PROC_CATEGORY_ZS:
+        case UTF8PROC_CATEGORY_ZL:
+        case UTF8PROC_CATEGORY_ZP: return kSpace;
+        default: return 0;
+    }
 }
 
-inline nlohmann::json read_json(const std::filesystem::path& file, const io::LoadLimits& limits) {
-    const std::string data = read_file(file, limits.max_json_file_bytes);
-    return io::parse_json(data, "tokenizer: " + file.string(), {.max_depth = limits.max_json_depth, .reject_duplicate_keys = false});
+// ---------------------------------------------------------------------------------------------
+// NFC
+
+// Code points below U+0300 are NFC_Quick_Check=Yes and never combine with a neighbour, so text
+// whose bytes are all < 0xCC (the lead byte of U+0300) is already NFC.
+inline bool maybe_not_nfc(std::string_view s) {
+    for (char ch : s)
+        if (static_cast<unsigned char>(ch) >= 0xCC) return true;
+    return false;
 }
 
+// s must be valid UTF-8.
+inline std::string nfc(std::string_view s) {
+    if (!maybe_not_nfc(s)) return std::string(s);
+    utf8proc_uint8_t* dst = nullptr;
+    const utf8proc_ssize_t n =
+        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()), static_cast<utf8proc_ssize_t>(s.size()),
+                     &dst, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+    if (n < 0) fail("tokenizer: NFC normalization failed: ", utf8proc_errmsg(n));
+    std::string out(reinterpret_cast<const char*>(dst), static_cast<std::size_t>(n));
+    std::free(dst);
+    return out;
+}
+
+}  // namespace fastvlm::text::detail
+// ---- end fastvlm/text/tokenizer/unicode.hpp
+// ---- begin fastvlm/text/tokenizer/pretokenize.hpp ------------------------------------------
+// fastvlm/text/tokenizer/pretokenize.hpp — the Qwen2 pre-tokenizer: its Split regex and a
+// hand-written matcher over code points that splits text exactly as the regex does.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+namespace fastvlm::text {
+
+// The Split pattern of Qwen2 tokenizer.json files; other patterns are rejected at load time.
+inline constexpr std::string_view kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+namespace detail {
+
+// ---------------------------------------------------------------------------------------------
+// Qwen2 pre-tokenizer
+
+// End (exclusive) of the regex match that starts at i (i < n). Alternatives are tried in order,
+// each with the backtracking result a regex engine would give:
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\r\n\p{L}\p{N}]?\p{L}+ | \p{N} | ?[^\s\p{L}\p{N}]+[\r\n]*
+//   | \s*[\r\n]+ | \s+(?!\S) | \s+
+// Every code point is covered by one alternative, so the matches tile the text.
+inline std::size_t qwen2_match_end(const char32_t* c, const std::uint8_t* k, std::size_t i, std::size_t n) {
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d): ASCII case folding plus U+017F (long s folds to s).
+    if (c[i] == U'\'' && i + 1 < n) {
+        const char32_t a = c[i + 1] == 0x17F ? U's' : (c[i + 1] | 0x20);
+        const char32_t b = i + 2 < n ? (c[i + 2] | 0x20) : 0;
+        if (a == U's' || a == U't' || a == U'm' || a == U'd') return i + 2;
+        if ((a == U'r' || a == U'v') && b == U'e') return i + 3;
+        if (a == U'l' && b == U'l') return i + 3;
+    }
+    const std::uint8_t ki = k[i];
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    std::size_t j = i;
+    if (!(ki & (kLetter | kNumber | kNewline)) && i + 1 < n && (k[i + 1] & kLetter)) j = i + 1;
+    if (k[j] & kLetter) {
+        while (j < n && (k[j] & kLetter)) ++j;
+        return j;
+    }
+    // \p{N}
+    if (ki & kNumber) return i + 1;
+    // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+    constexpr std::uint8_t kSLN = kSpace | kLetter | kNumber;
+    j = (c[i] == U' ' && i + 1 < n && !(k[i + 1] & kSLN)) ? i + 1 : i;
+    if (!(k[j] & kSLN)) {
+        while (j < n && !(k[j] & kSLN)) ++j;
+        while (j < n && (k[j] & kNewline)) ++j;
+        return j;
+    }
+    // here c[i] is whitespace; j = end of the whitespace run
+    j = i;
+    std::size_t last_nl = n;
+    while (j < n && (k[j] & kSpace)) {
+        if (k[j] & kNewline) last_nl = j;
+        ++j;
+    }
+    if (last_nl != n) return last_nl + 1;  // \s*[\r\n]+ backtracks to the last newline of the run
+    if (j == n) return n;                  // \s+(?!\S) at the end of the text
+    if (j - i >= 2) return j - 1;          // \s+(?!\S) leaves one space for the next word
+    return j;                              // \s+
+}
+
+// Splits valid UTF-8 text into pre-tokens (no NFC); for tests and tools.
+inline std::vector<std::string> pretokenize(std::string_view text) {
+    std::vector<char32_t> cp;
+    std::vector<std::uint32_t> off;
+    std::vector<std::uint8_t> cls;
+    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+    const auto* end = p + text.size();
+    for (const auto* q = p; q < end;) {
+        const Utf8Step st = utf8_step(q, end);
+        FASTVLM_CHECK(st.status == Utf8Step::kOk, "pretokenize: invalid UTF-8 at byte offset ", q - p);
+        cp.push_back(st.cp), cls.push_back(char_class(st.cp)), off.push_back(static_cast<std::uint32_t>(q - p));
+        q += st.len;
+    }
+    off.push_back(static_cast<std::uint32_t>(text.size()));
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < cp.size();) {
+        const std::size_t e = qwen2_match_end(cp.data(), cls.data(), i, cp.size());
+        out.emplace_back(text.substr(off[i], off[e] - off[i]));
+        i = e;
+    }
+    return out;
+}
+
+}  // namespace detail
+}  // namespace fastvlm::text
+// ---- end fastvlm/text/tokenizer/pretokenize.hpp
+// ---- begin fastvlm/text/tokenizer/vocab_json.hpp -------------------------------------------
+// fastvlm/text/tokenizer/vocab_json.hpp — VocabJsonReader, the streaming (SAX) reader of
+// vocab.json / tokenizer.json that fills the vocabulary and merges without a DOM of them.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace fastvlm::text::detail {
 
 // Streaming JSON reader for the big vocabulary / merges: the object at vocab_path goes straight
 // into `vocab`, the array at merges_path into `merges` ("a b" strings or ["a", "b"] pairs);
@@ -8990,7 +9038,299 @@ private:
     }
 };
 
-}  // namespace detail
+}  // namespace fastvlm::text::detail
+// ---- end fastvlm/text/tokenizer/vocab_json.hpp
+// ---- begin fastvlm/text/tokenizer/load.hpp -------------------------------------------------
+// fastvlm/text/tokenizer/load.hpp — reading the tokenizer files into a Builder: vocab.json +
+// merges.txt, tokenizer.json (pipeline checked to be Qwen2's) and the added-token files.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+
+namespace fastvlm::text::detail {
+
+inline std::string read_file(const std::filesystem::path& file, std::size_t limit) {
+    return io::read_file(file, limit, "tokenizer: " + file.string());
+}
+
+inline nlohmann::json read_json(const std::filesystem::path& file, const io::LoadLimits& limits) {
+    const std::string data = read_file(file, limits.max_json_file_bytes);
+    return io::parse_json(data, "tokenizer: " + file.string(), {.max_depth = limits.max_json_depth, .reject_duplicate_keys = false});
+}
+
+inline constexpr std::int64_t kMaxId = 1 << 24;  // token ids are below 2^24
+
+struct AddedToken {
+    std::string content;
+    std::int32_t id = -1;
+    bool special = false, lstrip = false, rstrip = false;
+};
+
+struct Builder {
+    std::unordered_map<std::string, std::int32_t> vocab;  // byte-level form -> id
+    std::vector<std::pair<std::string, std::string>> merges;
+    std::vector<std::size_t> merge_lines;  // line numbers in merges.txt (empty for tokenizer.json)
+    std::vector<AddedToken> added;
+    bool nfc = true;
+    std::string vocab_src, merges_src, added_src;
+    std::size_t max_added = io::LoadLimits{}.max_added_tokens;
+};
+
+inline AddedToken parse_added(const nlohmann::json& t, const nlohmann::json& idj, const std::string& src) {
+    FASTVLM_CHECK(t.is_object() && t.contains("content") && t["content"].is_string(), "tokenizer: ", src,
+                  ": an added token has no string 'content'");
+    AddedToken a;
+    a.content = t["content"].get<std::string>();
+    FASTVLM_CHECK(!a.content.empty(), "tokenizer: ", src, ": an added token has empty content");
+    std::int64_t id = -1;
+    if (idj.is_number_integer()) {
+        id = idj.get<std::int64_t>();
+    } else if (idj.is_string()) {  // added_tokens_decoder keys
+        const std::string& s = idj.get_ref<const std::string&>();
+        char* endp = nullptr;
+        id = std::strtoll(s.c_str(), &endp, 10);
+        if (s.empty() || *endp != '\0') id = -1;
+    }
+    FASTVLM_CHECK(id >= 0 && id < kMaxId, "tokenizer: ", src, ": added token '", a.content, "' has a bad id");
+    a.id = static_cast<std::int32_t>(id);
+    auto flag = [&](const char* key) { return t.contains(key) && t[key].is_boolean() && t[key].get<bool>(); };
+    a.special = flag("special"), a.lstrip = flag("lstrip"), a.rstrip = flag("rstrip");
+    return a;
+}
+
+// The tokenizer.json pipeline must be Qwen2's: NFC (or none), Split(Qwen2 regex) + ByteLevel
+// without its own regex, BPE without byte fallback or subword affixes.
+inline void check_tokenizer_json_pipeline(const nlohmann::json& j, const std::string& src, bool& nfc) {
+    const nlohmann::json& model = j.at("model");
+    const std::string type = model.value("type", std::string("BPE"));
+    FASTVLM_CHECK(type == "BPE", "tokenizer: ", src, ": model type '", type, "' is not supported (BPE only)");
+    FASTVLM_CHECK(!model.value("byte_fallback", false), "tokenizer: ", src, ": byte_fallback BPE is not supported");
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+        if (model.contains(key) && model[key].is_string())
+            FASTVLM_CHECK(model[key].get<std::string>().empty(), "tokenizer: ", src, ": BPE ", key,
+                          " is not supported");
+    }
+    FASTVLM_CHECK(!model.value("ignore_merges", false), "tokenizer: ", src, ": ignore_merges is not supported");
+
+    nfc = false;
+    if (j.contains("normalizer") && !j["normalizer"].is_null()) {
+        const std::string nt = j["normalizer"].value("type", std::string());
+        FASTVLM_CHECK(nt == "NFC", "tokenizer: ", src, ": normalizer '", nt, "' is not supported (NFC only)");
+        nfc = true;
+    }
+    bool split = false, byte_level = false;
+    const nlohmann::json& pre = j.at("pre_tokenizer");
+    auto visit = [&](const nlohmann::json& p) {
+        const std::string pt = p.value("type", std::string());
+        if (pt == "Split" && p.contains("pattern") && p["pattern"].contains("Regex") &&
+            p["pattern"]["Regex"].is_string() &&
+            p["pattern"]["Regex"].get<std::string>() == kQwen2Pattern &&
+            p.value("behavior", std::string()) == "Isolated" &&
+            !p.value("invert", false)) {
+            split = true;
+        } else if (pt == "ByteLevel" && !p.value("use_regex", true) && !p.value("add_prefix_space", false)) {
+            byte_level = true;
+        } else {
+            fail("tokenizer: ", src, ": pre_tokenizer ", p.dump(), " is not supported (expected the Qwen2 Split "
+                 "regex followed by ByteLevel with use_regex=false)");
+        }
+    };
+    if (pre.is_object() && pre.value("type", std::string()) == "Sequence") {
+        for (const auto& p : pre.at("pretokenizers")) visit(p);
+    } else if (pre.is_object()) {
+        visit(pre);
+    }
+    FASTVLM_CHECK(split && byte_level, "tokenizer: ", src,
+                  ": pre_tokenizer is not Qwen2's (Split with the Qwen2 regex + ByteLevel)");
+}
+
+// added_tokens_decoder (tokenizer_config.json) carries the special flags; tokens only listed in
+// added_tokens.json are special when special_tokens_map.json / tokenizer_config.json name them.
+inline void read_folder_added_tokens(const std::filesystem::path& dir, Builder& b, const io::LoadLimits& limits) {
+    namespace fs = std::filesystem;
+    const fs::path cfg_file = dir / "tokenizer_config.json", at_file = dir / "added_tokens.json",
+                   stm_file = dir / "special_tokens_map.json";
+    std::unordered_set<std::string> named_special;
+    auto collect_named = [&](const nlohmann::json& j) {
+        for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens"}) {
+            if (!j.contains(key)) continue;
+            const nlohmann::json& v = j[key];
+            auto one = [&](const nlohmann::json& x) {
+                if (x.is_string()) named_special.insert(x.get<std::string>());
+                else if (x.is_object() && x.contains("content") && x["content"].is_string())
+                    named_special.insert(x["content"].get<std::string>());
+            };
+            if (v.is_array())
+                for (const auto& x : v) one(x);
+            else
+                one(v);
+        }
+    };
+    std::string sources;
+    try {
+        if (io::present(cfg_file)) {
+            const nlohmann::json cfg = read_json(cfg_file, limits);
+            const std::string src = cfg_file.string();
+            FASTVLM_CHECK(cfg.is_object(), "tokenizer: ", src, " is not a JSON object");
+            if (cfg.contains("tokenizer_class") && cfg["tokenizer_class"].is_string()) {
+                const std::string cls = cfg["tokenizer_class"].get<std::string>();
+                FASTVLM_CHECK(cls == "Qwen2Tokenizer" || cls == "Qwen2TokenizerFast", "tokenizer: ", src,
+                              ": tokenizer_class '", cls, "' is not supported (Qwen2Tokenizer)");
+            }
+            if (cfg.contains("added_tokens_decoder")) {
+                const nlohmann::json& d = cfg["added_tokens_decoder"];
+                FASTVLM_CHECK(d.is_object(), "tokenizer: ", src, ": added_tokens_decoder is not an object");
+                for (const auto& [key, t] : d.items()) b.added.push_back(parse_added(t, nlohmann::json(key), src));
+            }
+            collect_named(cfg);
+            sources = src;
+        }
+        if (io::present(stm_file)) {
+            const nlohmann::json stm = read_json(stm_file, limits);
+            FASTVLM_CHECK(stm.is_object(), "tokenizer: ", stm_file.string(), " is not a JSON object");
+            collect_named(stm);
+        }
+        if (io::present(at_file)) {
+            const nlohmann::json at = read_json(at_file, limits);
+            const std::string src = at_file.string();
+            FASTVLM_CHECK(at.is_object(), "tokenizer: ", src, " is not a JSON object {token: id}");
+            std::unordered_map<std::string, std::size_t> known;  // content -> index in b.added
+            for (std::size_t i = 0; i < b.added.size(); ++i) known.emplace(b.added[i].content, i);
+            for (const auto& item : at.items()) {
+                const std::string& content = item.key();  // no structured binding: clang < 16
+                nlohmann::json t = {{"content", content}};
+                AddedToken a = parse_added(t, item.value(), src);
+                a.special = named_special.count(content) > 0;
+                const auto k = known.find(content);
+                if (k != known.end()) {
+                    const AddedToken* same = &b.added[k->second];
+                    FASTVLM_CHECK(same->id == a.id, "tokenizer: ", src, ": '", content, "' has id ", a.id,
+                                  " but ", sources, " gives ", same->id);
+                    continue;
+                }
+                known.emplace(content, b.added.size());
+                b.added.push_back(std::move(a));
+            }
+            sources = sources.empty() ? src : sources + " / " + src;
+        }
+    } catch (const nlohmann::json::exception& e) {
+        fail("tokenizer: unexpected content in the added-token files of ", dir.string(), ": ", e.what());
+    }
+    b.added_src = sources.empty() ? dir.string() : sources;
+}
+
+// tokenizer.json: model.vocab / model.merges / added_tokens.
+inline Builder read_tokenizer_json(const std::filesystem::path& file, const io::LoadLimits& limits) {
+    const std::string src = file.string();
+    Builder b;
+    b.max_added = limits.max_added_tokens;
+    b.vocab_src = b.merges_src = b.added_src = src;
+    VocabJsonReader r(b.vocab, b.merges, {"model", "vocab"}, {"model", "merges"}, src, kMaxId, limits.max_json_depth);
+    {
+        const std::string data = read_file(file, limits.max_tokenizer_file_bytes);
+        b.vocab.reserve(160000), b.merges.reserve(160000);
+        nlohmann::json::sax_parse(data, &r);
+    }
+    const nlohmann::json& j = r.root;
+    try {
+        FASTVLM_CHECK(j.is_object() && j.contains("model") && r.saw_vocab && r.saw_merges, "tokenizer: ", src,
+                      ": no model.vocab object / model.merges array");
+        check_tokenizer_json_pipeline(j, src, b.nfc);
+        if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
+            FASTVLM_CHECK(j["added_tokens"].is_array(), "tokenizer: ", src, ": added_tokens is not an array");
+            for (const auto& t : j["added_tokens"]) b.added.push_back(parse_added(t, t.at("id"), src));
+        }
+    } catch (const nlohmann::json::exception& e) {
+        fail("tokenizer: ", src, ": unexpected content: ", e.what());
+    }
+    return b;
+}
+
+// vocab.json + merges.txt + the added-token files of the folder.
+inline Builder read_vocab_merges(const std::filesystem::path& dir, const io::LoadLimits& limits) {
+    namespace fs = std::filesystem;
+    Builder b;
+    b.max_added = limits.max_added_tokens;
+    const fs::path vocab_file = dir / "vocab.json", merges_file = dir / "merges.txt";
+    b.vocab_src = vocab_file.string(), b.merges_src = merges_file.string();
+    {
+        std::vector<std::pair<std::string, std::string>> no_merges;
+        VocabJsonReader r(b.vocab, no_merges, {}, {"-"}, b.vocab_src, kMaxId, limits.max_json_depth);
+        const std::string data = read_file(vocab_file, limits.max_tokenizer_file_bytes);
+        b.vocab.reserve(160000);
+        nlohmann::json::sax_parse(data, &r);
+        FASTVLM_CHECK(r.saw_vocab, "tokenizer: ", b.vocab_src, ": the vocabulary is not a JSON object");
+    }
+    {
+        const std::string text = read_file(merges_file, limits.max_tokenizer_file_bytes);
+        check_utf8(text, b.merges_src);
+        // Qwen2Tokenizer: strip each line, skip blanks and a first-line "#version:" header.
+        std::size_t line_no = 0;
+        for (std::size_t pos = 0; pos < text.size();) {
+            std::size_t eol = text.find('\n', pos);
+            if (eol == std::string::npos) eol = text.size();
+            std::string_view line(text.data() + pos, eol - pos);
+            pos = eol + 1;
+            ++line_no;
+            auto is_ws = [](char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\v' || ch == '\f'; };
+            while (!line.empty() && is_ws(line.front())) line.remove_prefix(1);
+            while (!line.empty() && is_ws(line.back())) line.remove_suffix(1);
+            if (line.empty() || (line_no == 1 && line.starts_with("#version:"))) continue;
+            std::size_t sp = 0;
+            while (sp < line.size() && !is_ws(line[sp])) ++sp;
+            std::size_t r = sp;
+            while (r < line.size() && is_ws(line[r])) ++r;
+            const std::string_view right = line.substr(r);
+            FASTVLM_CHECK(sp > 0 && !right.empty() && std::none_of(right.begin(), right.end(), is_ws),
+                          "tokenizer: ", b.merges_src, ":", line_no, ": expected two tokens separated by a space");
+            b.merges.emplace_back(std::string(line.substr(0, sp)), std::string(right));
+            b.merge_lines.push_back(line_no);
+        }
+    }
+    read_folder_added_tokens(dir, b, limits);
+    return b;
+}
+
+}  // namespace fastvlm::text::detail
+// ---- end fastvlm/text/tokenizer/load.hpp
+// ---- begin fastvlm/text/tokenizer.hpp ------------------------------------------------------
+// fastvlm/text/tokenizer.hpp — the Qwen2 byte-level BPE tokenizer (docs/tokenizer.md).
+//
+// encode: split off added tokens (leftmost-longest, on the raw text) -> NFC -> Qwen2 pre-tokenizer
+// split (the regex kQwen2Pattern, run by a hand-written matcher over code points) -> bytes mapped to the
+// GPT-2 byte alphabet -> BPE by merge rank. Unicode data (categories, NFC) comes from utf8proc.
+// decode: token bytes concatenated, invalid UTF-8 replaced by U+FFFD (maximal subparts).
+//
+// The parts, under text/tokenizer/: utf8.hpp (UTF-8), unicode.hpp (character classes, NFC),
+// pretokenize.hpp (the Qwen2 split), bpe.hpp (byte-level BPE), vocab_json.hpp (the streaming
+// vocab / tokenizer.json reader), load.hpp (the file loaders). This header: the Tokenizer class.
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+
+namespace fastvlm::text {
 
 class Tokenizer {
 public:
@@ -9015,29 +9355,7 @@ public:
     }
 
     static Tokenizer from_tokenizer_json(const std::filesystem::path& file, const io::LoadLimits& limits = {}) {
-        const std::string src = file.string();
-        Builder b;
-        b.max_added = limits.max_added_tokens;
-        b.vocab_src = b.merges_src = b.added_src = src;
-        detail::VocabJsonReader r(b.vocab, b.merges, {"model", "vocab"}, {"model", "merges"}, src, kMaxId, limits.max_json_depth);
-        {
-            const std::string data = detail::read_file(file, limits.max_tokenizer_file_bytes);
-            b.vocab.reserve(160000), b.merges.reserve(160000);
-            nlohmann::json::sax_parse(data, &r);
-        }
-        const nlohmann::json& j = r.root;
-        try {
-            FASTVLM_CHECK(j.is_object() && j.contains("model") && r.saw_vocab && r.saw_merges, "tokenizer: ", src,
-                          ": no model.vocab object / model.merges array");
-            check_tokenizer_json_pipeline(j, src, b.nfc);
-            if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
-                FASTVLM_CHECK(j["added_tokens"].is_array(), "tokenizer: ", src, ": added_tokens is not an array");
-                for (const auto& t : j["added_tokens"]) b.added.push_back(parse_added(t, t.at("id"), src));
-            }
-        } catch (const nlohmann::json::exception& e) {
-            fail("tokenizer: ", src, ": unexpected content: ", e.what());
-        }
-        return build(std::move(b));
+        return build(detail::read_tokenizer_json(file, limits));
     }
 
     // ids of text. parse_special: special added tokens written in the text become their ids;
@@ -9152,21 +9470,8 @@ public:
 private:
     enum : std::uint8_t { kUnused = 0, kBase = 1, kAdded = 2, kSpecial = 3 };
 
-    struct AddedToken {
-        std::string content;
-        std::int32_t id = -1;
-        bool special = false, lstrip = false, rstrip = false;
-    };
-
-    struct Builder {
-        std::unordered_map<std::string, std::int32_t> vocab;  // byte-level form -> id
-        std::vector<std::pair<std::string, std::string>> merges;
-        std::vector<std::size_t> merge_lines;  // line numbers in merges.txt (empty for tokenizer.json)
-        std::vector<AddedToken> added;
-        bool nfc = true;
-        std::string vocab_src, merges_src, added_src;
-        std::size_t max_added = io::LoadLimits{}.max_added_tokens;
-    };
+    using AddedToken = detail::AddedToken;  // the loaders' types (text/tokenizer/load.hpp)
+    using Builder = detail::Builder;
 
     struct Work {
         std::string norm;
@@ -9176,7 +9481,6 @@ private:
         std::vector<std::int32_t> sym;
     };
 
-    static constexpr std::int64_t kMaxId = 1 << 24;
     static constexpr std::size_t kHeapThreshold = 48;  // symbols; shorter words use bpe_scan
 
     void check_id(std::int32_t id) const {
@@ -9262,191 +9566,9 @@ private:
 
     // ---- loading ----
 
-    static AddedToken parse_added(const nlohmann::json& t, const nlohmann::json& idj, const std::string& src) {
-        FASTVLM_CHECK(t.is_object() && t.contains("content") && t["content"].is_string(), "tokenizer: ", src,
-                      ": an added token has no string 'content'");
-        AddedToken a;
-        a.content = t["content"].get<std::string>();
-        FASTVLM_CHECK(!a.content.empty(), "tokenizer: ", src, ": an added token has empty content");
-        std::int64_t id = -1;
-        if (idj.is_number_integer()) {
-            id = idj.get<std::int64_t>();
-        } else if (idj.is_string()) {  // added_tokens_decoder keys
-            const std::string& s = idj.get_ref<const std::string&>();
-            char* endp = nullptr;
-            id = std::strtoll(s.c_str(), &endp, 10);
-            if (s.empty() || *endp != '\0') id = -1;
-        }
-        FASTVLM_CHECK(id >= 0 && id < kMaxId, "tokenizer: ", src, ": added token '", a.content, "' has a bad id");
-        a.id = static_cast<std::int32_t>(id);
-        auto flag = [&](const char* key) { return t.contains(key) && t[key].is_boolean() && t[key].get<bool>(); };
-        a.special = flag("special"), a.lstrip = flag("lstrip"), a.rstrip = flag("rstrip");
-        return a;
-    }
-
-    // The tokenizer.json pipeline must be Qwen2's: NFC (or none), Split(Qwen2 regex) + ByteLevel
-    // without its own regex, BPE without byte fallback or subword affixes.
-    static void check_tokenizer_json_pipeline(const nlohmann::json& j, const std::string& src, bool& nfc) {
-        const nlohmann::json& model = j.at("model");
-        const std::string type = model.value("type", std::string("BPE"));
-        FASTVLM_CHECK(type == "BPE", "tokenizer: ", src, ": model type '", type, "' is not supported (BPE only)");
-        FASTVLM_CHECK(!model.value("byte_fallback", false), "tokenizer: ", src, ": byte_fallback BPE is not supported");
-        for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-            if (model.contains(key) && model[key].is_string())
-                FASTVLM_CHECK(model[key].get<std::string>().empty(), "tokenizer: ", src, ": BPE ", key,
-                              " is not supported");
-        }
-        FASTVLM_CHECK(!model.value("ignore_merges", false), "tokenizer: ", src, ": ignore_merges is not supported");
-
-        nfc = false;
-        if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-            const std::string nt = j["normalizer"].value("type", std::string());
-            FASTVLM_CHECK(nt == "NFC", "tokenizer: ", src, ": normalizer '", nt, "' is not supported (NFC only)");
-            nfc = true;
-        }
-        bool split = false, byte_level = false;
-        const nlohmann::json& pre = j.at("pre_tokenizer");
-        auto visit = [&](const nlohmann::json& p) {
-            const std::string pt = p.value("type", std::string());
-            if (pt == "Split" && p.contains("pattern") && p["pattern"].contains("Regex") &&
-                p["pattern"]["Regex"].is_string() &&
-                p["pattern"]["Regex"].get<std::string>() == kQwen2Pattern &&
-                p.value("behavior", std::string()) == "Isolated" &&
-                !p.value("invert", false)) {
-                split = true;
-            } else if (pt == "ByteLevel" && !p.value("use_regex", true) && !p.value("add_prefix_space", false)) {
-                byte_level = true;
-            } else {
-                fail("tokenizer: ", src, ": pre_tokenizer ", p.dump(), " is not supported (expected the Qwen2 Split "
-                     "regex followed by ByteLevel with use_regex=false)");
-            }
-        };
-        if (pre.is_object() && pre.value("type", std::string()) == "Sequence") {
-            for (const auto& p : pre.at("pretokenizers")) visit(p);
-        } else if (pre.is_object()) {
-            visit(pre);
-        }
-        FASTVLM_CHECK(split && byte_level, "tokenizer: ", src,
-                      ": pre_tokenizer is not Qwen2's (Split with the Qwen2 regex + ByteLevel)");
-    }
-
+    // vocab.json + merges.txt (+ added tokens) of a folder.
     static Tokenizer from_vocab_merges(const std::filesystem::path& dir, const io::LoadLimits& limits = {}) {
-        namespace fs = std::filesystem;
-        Builder b;
-        b.max_added = limits.max_added_tokens;
-        const fs::path vocab_file = dir / "vocab.json", merges_file = dir / "merges.txt";
-        b.vocab_src = vocab_file.string(), b.merges_src = merges_file.string();
-        {
-            std::vector<std::pair<std::string, std::string>> no_merges;
-            detail::VocabJsonReader r(b.vocab, no_merges, {}, {"-"}, b.vocab_src, kMaxId, limits.max_json_depth);
-            const std::string data = detail::read_file(vocab_file, limits.max_tokenizer_file_bytes);
-            b.vocab.reserve(160000);
-            nlohmann::json::sax_parse(data, &r);
-            FASTVLM_CHECK(r.saw_vocab, "tokenizer: ", b.vocab_src, ": the vocabulary is not a JSON object");
-        }
-        {
-            const std::string text = detail::read_file(merges_file, limits.max_tokenizer_file_bytes);
-            detail::check_utf8(text, b.merges_src);
-            // Qwen2Tokenizer: strip each line, skip blanks and a first-line "#version:" header.
-            std::size_t line_no = 0;
-            for (std::size_t pos = 0; pos < text.size();) {
-                std::size_t eol = text.find('\n', pos);
-                if (eol == std::string::npos) eol = text.size();
-                std::string_view line(text.data() + pos, eol - pos);
-                pos = eol + 1;
-                ++line_no;
-                auto is_ws = [](char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\v' || ch == '\f'; };
-                while (!line.empty() && is_ws(line.front())) line.remove_prefix(1);
-                while (!line.empty() && is_ws(line.back())) line.remove_suffix(1);
-                if (line.empty() || (line_no == 1 && line.starts_with("#version:"))) continue;
-                std::size_t sp = 0;
-                while (sp < line.size() && !is_ws(line[sp])) ++sp;
-                std::size_t r = sp;
-                while (r < line.size() && is_ws(line[r])) ++r;
-                const std::string_view right = line.substr(r);
-                FASTVLM_CHECK(sp > 0 && !right.empty() && std::none_of(right.begin(), right.end(), is_ws),
-                              "tokenizer: ", b.merges_src, ":", line_no, ": expected two tokens separated by a space");
-                b.merges.emplace_back(std::string(line.substr(0, sp)), std::string(right));
-                b.merge_lines.push_back(line_no);
-            }
-        }
-        read_folder_added_tokens(dir, b, limits);
-        return build(std::move(b));
-    }
-
-    // added_tokens_decoder (tokenizer_config.json) carries the special flags; tokens only listed in
-    // added_tokens.json are special when special_tokens_map.json / tokenizer_config.json name them.
-    static void read_folder_added_tokens(const std::filesystem::path& dir, Builder& b, const io::LoadLimits& limits) {
-        namespace fs = std::filesystem;
-        const fs::path cfg_file = dir / "tokenizer_config.json", at_file = dir / "added_tokens.json",
-                       stm_file = dir / "special_tokens_map.json";
-        std::unordered_set<std::string> named_special;
-        auto collect_named = [&](const nlohmann::json& j) {
-            for (const char* key : {"bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens"}) {
-                if (!j.contains(key)) continue;
-                const nlohmann::json& v = j[key];
-                auto one = [&](const nlohmann::json& x) {
-                    if (x.is_string()) named_special.insert(x.get<std::string>());
-                    else if (x.is_object() && x.contains("content") && x["content"].is_string())
-                        named_special.insert(x["content"].get<std::string>());
-                };
-                if (v.is_array())
-                    for (const auto& x : v) one(x);
-                else
-                    one(v);
-            }
-        };
-        std::string sources;
-        try {
-            if (io::present(cfg_file)) {
-                const nlohmann::json cfg = detail::read_json(cfg_file, limits);
-                const std::string src = cfg_file.string();
-                FASTVLM_CHECK(cfg.is_object(), "tokenizer: ", src, " is not a JSON object");
-                if (cfg.contains("tokenizer_class") && cfg["tokenizer_class"].is_string()) {
-                    const std::string cls = cfg["tokenizer_class"].get<std::string>();
-                    FASTVLM_CHECK(cls == "Qwen2Tokenizer" || cls == "Qwen2TokenizerFast", "tokenizer: ", src,
-                                  ": tokenizer_class '", cls, "' is not supported (Qwen2Tokenizer)");
-                }
-                if (cfg.contains("added_tokens_decoder")) {
-                    const nlohmann::json& d = cfg["added_tokens_decoder"];
-                    FASTVLM_CHECK(d.is_object(), "tokenizer: ", src, ": added_tokens_decoder is not an object");
-                    for (const auto& [key, t] : d.items()) b.added.push_back(parse_added(t, nlohmann::json(key), src));
-                }
-                collect_named(cfg);
-                sources = src;
-            }
-            if (io::present(stm_file)) {
-                const nlohmann::json stm = detail::read_json(stm_file, limits);
-                FASTVLM_CHECK(stm.is_object(), "tokenizer: ", stm_file.string(), " is not a JSON object");
-                collect_named(stm);
-            }
-            if (io::present(at_file)) {
-                const nlohmann::json at = detail::read_json(at_file, limits);
-                const std::string src = at_file.string();
-                FASTVLM_CHECK(at.is_object(), "tokenizer: ", src, " is not a JSON object {token: id}");
-                std::unordered_map<std::string, std::size_t> known;  // content -> index in b.added
-                for (std::size_t i = 0; i < b.added.size(); ++i) known.emplace(b.added[i].content, i);
-                for (const auto& item : at.items()) {
-                    const std::string& content = item.key();  // no structured binding: clang < 16
-                    nlohmann::json t = {{"content", content}};
-                    AddedToken a = parse_added(t, item.value(), src);
-                    a.special = named_special.count(content) > 0;
-                    const auto k = known.find(content);
-                    if (k != known.end()) {
-                        const AddedToken* same = &b.added[k->second];
-                        FASTVLM_CHECK(same->id == a.id, "tokenizer: ", src, ": '", content, "' has id ", a.id,
-                                      " but ", sources, " gives ", same->id);
-                        continue;
-                    }
-                    known.emplace(content, b.added.size());
-                    b.added.push_back(std::move(a));
-                }
-                sources = sources.empty() ? src : sources + " / " + src;
-            }
-        } catch (const nlohmann::json::exception& e) {
-            fail("tokenizer: unexpected content in the added-token files of ", dir.string(), ": ", e.what());
-        }
-        b.added_src = sources.empty() ? dir.string() : sources;
+        return build(detail::read_vocab_merges(dir, limits));
     }
 
     static Tokenizer build(Builder&& b) {
@@ -11041,7 +11163,7 @@ Model<Policy> Model<Policy>::load(const std::filesystem::path& dir, const LoadOp
     // Rough split of the load time: vision 15 %, projector 1 %, decoder the rest.
     if (opt.load_vision) {
         progress(0.01f, "vision");
-        p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, "model.vision_tower.vision_tower.model.",
+        p->vision = vision::FastViTHD<Policy>::load(store, p->config.vision, vision::kCheckpointPrefix,
                                                     p->pool.get());
     }
     progress(0.15f, "projector");

@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastvlm/core/diagnostics.hpp"
 #include "fastvlm/core/dtypes.hpp"
 #include "fastvlm/core/error.hpp"
 #include "fastvlm/core/formats.hpp"
@@ -28,10 +29,7 @@
 #include "fastvlm/kernels/matmul/bf16.hpp"
 #include "fastvlm/kernels/matmul/q8.hpp"
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm {
 
@@ -211,4 +209,4 @@ private:
 
 }  // namespace fastvlm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON

@@ -8,15 +8,13 @@
 #include <algorithm>
 #include <cstring>
 
+#include "fastvlm/core/diagnostics.hpp"
 #include "fastvlm/core/dtypes.hpp"
 #include "fastvlm/kernels/matmul/common.hpp"
 #include "fastvlm/kernels/matmul/driver.hpp"
 #include "fastvlm/kernels/matmul/f32.hpp"
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
@@ -130,7 +128,7 @@ struct KernBF16Wide {
     };
     APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
         const Index nmp = ceil_div(mc, MR), kc = 2 * uc, k = P->k;
-        float* buf = scratch<float, 1>(std::size_t(nmp * MR * kc));
+        float* buf = scratch<float, Scratch::a_pack>(std::size_t(nmp * MR * kc));
         if constexpr (!RoundX) {  // as KernFloat; the k-pair padding past k is zero
             const Index len = std::min(kc, k - 2 * u0);
             for (Index mp = 0; mp < nmp; ++mp) {
@@ -158,7 +156,7 @@ struct KernBF16Wide {
         Index stride;
     };
     BPack pack_b(Index g, int nv, Index u0, Index uc) const {
-        float* buf = scratch<float, 2>(std::size_t(NV * 2 * uc * kPanel));
+        float* buf = scratch<float, Scratch::b_widen>(std::size_t(NV * 2 * uc * kPanel));
         for (int v = 0; v < nv; ++v) P->widen(g * NV + v, u0, uc, buf + v * 2 * uc * kPanel);
         return {buf, 2 * uc * kPanel};
     }
@@ -176,7 +174,7 @@ struct KernBF16Wide {
         }
 #endif
         constexpr Index kChunk = 128;  // k-pairs per widened chunk
-        float* buf = scratch<float, 3>(std::size_t(2 * kChunk * kPanel));
+        float* buf = scratch<float, Scratch::gemv_chunk>(std::size_t(2 * kChunk * kPanel));
         for (Index p = p0; p < p1; ++p) {
             float* o = out + (p - p0) * kPanel;
             if (P->k2 == 0) std::fill(o, o + kPanel, 0.f);
@@ -244,8 +242,8 @@ struct KernBF16Dot {
     // X block → [mc/MR][uc][MR] k-pairs.
     APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
         const Index nmp = ceil_div(mc, MR), k = P->k;
-        std::uint32_t* buf = scratch<std::uint32_t, 4>(std::size_t(nmp * MR * uc));
-        std::uint32_t* row = scratch<std::uint32_t, 5>(std::size_t(uc + 16));
+        std::uint32_t* buf = scratch<std::uint32_t, Scratch::a_pairs>(std::size_t(nmp * MR * uc));
+        std::uint32_t* row = scratch<std::uint32_t, Scratch::a_pairs_row>(std::size_t(uc + 16));
         for (Index mp = 0; mp < nmp; ++mp) {
             std::uint32_t* d = buf + mp * MR * uc;
             const Index rc = std::min<Index>(MR, mc - mp * MR);
@@ -341,4 +339,4 @@ struct ImplBF16 {
 
 }  // namespace fastvlm::detail::mm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON

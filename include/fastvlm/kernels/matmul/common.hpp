@@ -11,14 +11,12 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "fastvlm/core/diagnostics.hpp"
 #include "fastvlm/core/cpu.hpp"
 #include "fastvlm/core/tensor.hpp"
 #include "fastvlm/kernels/activation.hpp"
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm {
 
@@ -71,8 +69,20 @@ struct AlignedAlloc {
 template <class T>
 using avec = std::vector<T, AlignedAlloc<T>>;
 
-// Per-thread scratch that only grows (the pool's threads live as long as the pool).
-template <class T, int Tag>
+// Per-thread scratch that only grows (the pool's threads live as long as the pool), one buffer per slot
+// and element type. Slots are roles: a thread runs one matrix product at a time, so the kernels of
+// different formats share a role's buffer, and buffers alive at the same time take different slots.
+enum class Scratch {
+    a_pack,       // X block packed into micro-panels (f32, and bf16 widened)
+    b_widen,      // weight panels widened to f32 for one GEMM block
+    gemv_chunk,   // a chunk of one weight panel widened for a GEMV
+    a_pairs,      // X block packed as bf16 k-pairs (vdpbf16ps)
+    a_pairs_row,  // one X row rounded to bf16 pairs
+    q8_codes,     // activations quantized to int8
+    q8_scales,    // their per-block scales
+    q8_corr,      // their per-block corrections −c·Σq for the unsigned weight bytes
+};
+template <class T, Scratch Slot>
 T* scratch(std::size_t n) {
     thread_local avec<T> buf;
     if (buf.size() < n) {
@@ -253,4 +263,4 @@ inline void with_width(int v, F&& f) {
 }  // namespace detail::mm
 }  // namespace fastvlm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON

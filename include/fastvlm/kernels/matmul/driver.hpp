@@ -19,13 +19,11 @@
 #include <algorithm>
 #include <vector>
 
+#include "fastvlm/core/diagnostics.hpp"
 #include "fastvlm/core/thread_pool.hpp"
 #include "fastvlm/kernels/matmul/common.hpp"
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
@@ -129,4 +127,4 @@ void gemv_rows(const Kern& kern, AX&& ax, Index m, float* y, Index ldy, ThreadPo
 
 }  // namespace detail::mm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON

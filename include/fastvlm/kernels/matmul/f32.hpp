@@ -6,13 +6,11 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "fastvlm/core/diagnostics.hpp"
 #include "fastvlm/core/dtypes.hpp"
 #include "fastvlm/kernels/matmul/common.hpp"
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
@@ -214,7 +212,7 @@ struct KernFloat {
     // X block → micro-panels [mc/MR][uc][MR] (rows past mc are zero).
     APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
         const Index nmp = ceil_div(mc, MR);
-        float* buf = scratch<float, 1>(std::size_t(nmp * MR * uc));
+        float* buf = scratch<float, Scratch::a_pack>(std::size_t(nmp * MR * uc));
         for (Index mp = 0; mp < nmp; ++mp) {
             const float* x0 = x + (m0 + mp * MR) * ldx + u0;
             pack_rows_t<MR, float>([&](Index r) { return x0 + r * ldx; }, std::min<Index>(MR, mc - mp * MR), uc, buf + mp * MR * uc);
@@ -231,7 +229,7 @@ struct KernFloat {
         if constexpr (std::is_same_v<E, float>) {
             return {P->panel(g * NV) + u0 * kPanel, k * kPanel};
         } else {
-            float* buf = scratch<float, 2>(std::size_t(NV * uc * kPanel));
+            float* buf = scratch<float, Scratch::b_widen>(std::size_t(NV * uc * kPanel));
             for (int v = 0; v < nv; ++v)
                 convert(P->panel(g * NV + v) + u0 * kPanel, buf + v * uc * kPanel, std::size_t(uc * kPanel));
             return {buf, uc * kPanel};
@@ -255,7 +253,7 @@ struct KernFloat {
 #endif
             } else {
                 constexpr Index kChunk = 256;
-                float* buf = scratch<float, 3>(std::size_t(kChunk * kPanel));
+                float* buf = scratch<float, Scratch::gemv_chunk>(std::size_t(kChunk * kPanel));
                 if (k == 0) std::fill(o, o + kPanel, 0.f);
                 for (Index q = 0; q < k; q += kChunk) {
                     const Index len = std::min(kChunk, k - q);
@@ -269,4 +267,4 @@ struct KernFloat {
 
 }  // namespace fastvlm::detail::mm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON

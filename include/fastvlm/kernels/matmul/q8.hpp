@@ -20,15 +20,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fastvlm/core/diagnostics.hpp"
 #include "fastvlm/core/dtypes.hpp"
 #include "fastvlm/core/formats.hpp"
 #include "fastvlm/kernels/matmul/common.hpp"
 #include "fastvlm/kernels/matmul/driver.hpp"
 
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
@@ -382,9 +380,9 @@ struct QRows {
     Index kb;
 };
 inline QRows quantize_rows(const float* x, Index m, Index ldx, Index k, Index kb, Index mpad, int c, ThreadPool* pool) {
-    std::int8_t* q = scratch<std::int8_t, 10>(std::size_t(mpad * kb * kQB + 64));
-    float* d = scratch<float, 11>(std::size_t(mpad * kb + 16));
-    std::int32_t* corr = scratch<std::int32_t, 12>(std::size_t(mpad * kb + 16));
+    std::int8_t* q = scratch<std::int8_t, Scratch::q8_codes>(std::size_t(mpad * kb * kQB + 64));
+    float* d = scratch<float, Scratch::q8_scales>(std::size_t(mpad * kb + 16));
+    std::int32_t* corr = scratch<std::int32_t, Scratch::q8_corr>(std::size_t(mpad * kb + 16));
     const Index kb_x = ceil_div(k, kQB);
     parallel_for(pool, std::size_t(m), 64, [&](std::size_t r0, std::size_t r1) {
         for (Index r = Index(r0); r < Index(r1); ++r) {
@@ -822,4 +820,4 @@ struct ImplQ {
 
 }  // namespace fastvlm::detail::mm
 
-#pragma GCC diagnostic pop
+FASTVLM_SIMD_WARNINGS_ON
