@@ -2561,25 +2561,43 @@ concept QuantizedFormat = std::is_same_v<F, fmt::Q8> || std::is_same_v<F, fmt::Q
 //   };
 //   static_assert(fastvlm::PrecisionPolicy<MyPolicy>);
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 
 namespace fastvlm {
 
-// The (weight, compute) pairs that have a matrix kernel. Anything else fails to compile.
+// A (weight format, compute format) pair of a matrix kernel.
 template <class W, class A>
-inline constexpr bool has_matmul_kernel =
-    (std::is_same_v<W, fmt::F32> && std::is_same_v<A, fmt::F32>) ||
-    (std::is_same_v<W, fmt::BF16> && (std::is_same_v<A, fmt::F32> || std::is_same_v<A, fmt::BF16>)) ||
-    (std::is_same_v<W, fmt::F16> && std::is_same_v<A, fmt::F32>) ||
-    (QuantizedFormat<W> && std::is_same_v<A, fmt::Q8>);
+struct KernelPair {
+    using weight = W;
+    using compute = A;
+    static std::string name() { return std::string(W::name) + "x" + A::name; }  // e.g. "q4xq8"
+};
+
+// The registry of the pairs that have a matrix kernel (kernels/matmul.hpp binds each to its
+// implementation with an ImplFor<W, A> specialization). Layer<W, A> and Linear<W, A> of any other pair
+// fail to compile with FASTVLM_KERNEL_PAIRS_TEXT in the message; kernel choice (kernels/kernel_choice.hpp)
+// measures every pair listed here. A new pair is added here, in both.
+using KernelPairs = std::tuple<KernelPair<fmt::F32, fmt::F32>, KernelPair<fmt::BF16, fmt::F32>, KernelPair<fmt::F16, fmt::F32>,
+                               KernelPair<fmt::BF16, fmt::BF16>, KernelPair<fmt::Q8, fmt::Q8>, KernelPair<fmt::Q4, fmt::Q8>>;
+#define FASTVLM_KERNEL_PAIRS_TEXT "<F32,F32> <BF16,F32> <F16,F32> <BF16,BF16> <Q8,Q8> <Q4,Q8>"
+
+namespace detail {
+template <class Pair, class Tuple>
+inline constexpr bool tuple_has = false;
+template <class Pair, class... Ps>
+inline constexpr bool tuple_has<Pair, std::tuple<Ps...>> = (std::is_same_v<Pair, Ps> || ...);
+}  // namespace detail
+template <class W, class A>
+inline constexpr bool has_matmul_kernel = detail::tuple_has<KernelPair<W, A>, KernelPairs>;
 
 template <class W, class A = fmt::F32>
 struct Layer {
     static_assert(WeightFormat<W>, "fastvlm::Layer: the weight format must be one of fmt::F32, BF16, F16, Q8, Q4");
     static_assert(has_matmul_kernel<W, A>,
                   "fastvlm::Layer<W, A>: no matrix kernel multiplies these weights with this compute format. "
-                  "Supported: <F32,F32> <BF16,F32> <BF16,BF16> <F16,F32> <Q8,Q8> <Q4,Q8>");
+                  "Supported: " FASTVLM_KERNEL_PAIRS_TEXT);
     using weight = W;
     using compute = A;
 };
@@ -6964,7 +6982,7 @@ template <class W, class A = fmt::F32>
 class Linear {
     static_assert(has_matmul_kernel<W, A>,
                   "fastvlm::Linear<W, A>: no matrix kernel for this (weight, compute) pair. "
-                  "Supported: <F32,F32> <BF16,F32> <BF16,BF16> <F16,F32> <Q8,Q8> <Q4,Q8>");
+                  "Supported: " FASTVLM_KERNEL_PAIRS_TEXT);
     using Impl = typename detail::mm::ImplFor<W, A>::type;
 
 public:
@@ -7103,16 +7121,10 @@ namespace detail::kc {
 using mm::Path;
 
 template <class W, class A>
-struct Pair {
-    using weight = W;
-    using compute = A;
-    static std::string name() { return std::string(W::name) + "x" + A::name; }
-};
-using AllPairs = std::tuple<Pair<fmt::F32, fmt::F32>, Pair<fmt::BF16, fmt::F32>, Pair<fmt::F16, fmt::F32>,
-                            Pair<fmt::BF16, fmt::BF16>, Pair<fmt::Q8, fmt::Q8>, Pair<fmt::Q4, fmt::Q8>>;
+using Pair = KernelPair<W, A>;
 template <class F>
-void for_each_pair(F&& f) {
-    std::apply([&](auto... p) { (f(p), ...); }, AllPairs{});
+void for_each_pair(F&& f) {  // the registry of core/policy.hpp
+    std::apply([&](auto... p) { (f(p), ...); }, KernelPairs{});
 }
 inline std::string pair_names() {
     std::string s;
@@ -7424,7 +7436,7 @@ void choose_kernels(Visit&& visit, ThreadPool* pool, std::string_view spec = {})
         [](auto... p) {
             return std::tuple<std::vector<const Linear<typename decltype(p)::weight, typename decltype(p)::compute>*>...>{};
         },
-        AllPairs{}));
+        KernelPairs{}));
     Lists lists;
     visit([&](const auto& lin) { std::get<std::vector<const std::decay_t<decltype(lin)>*>>(lists).push_back(&lin); });
 

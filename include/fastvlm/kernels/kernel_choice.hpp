@@ -57,16 +57,10 @@ namespace detail::kc {
 using mm::Path;
 
 template <class W, class A>
-struct Pair {
-    using weight = W;
-    using compute = A;
-    static std::string name() { return std::string(W::name) + "x" + A::name; }
-};
-using AllPairs = std::tuple<Pair<fmt::F32, fmt::F32>, Pair<fmt::BF16, fmt::F32>, Pair<fmt::F16, fmt::F32>,
-                            Pair<fmt::BF16, fmt::BF16>, Pair<fmt::Q8, fmt::Q8>, Pair<fmt::Q4, fmt::Q8>>;
+using Pair = KernelPair<W, A>;
 template <class F>
-void for_each_pair(F&& f) {
-    std::apply([&](auto... p) { (f(p), ...); }, AllPairs{});
+void for_each_pair(F&& f) {  // the registry of core/policy.hpp
+    std::apply([&](auto... p) { (f(p), ...); }, KernelPairs{});
 }
 inline std::string pair_names() {
     std::string s;
@@ -378,7 +372,7 @@ void choose_kernels(Visit&& visit, ThreadPool* pool, std::string_view spec = {})
         [](auto... p) {
             return std::tuple<std::vector<const Linear<typename decltype(p)::weight, typename decltype(p)::compute>*>...>{};
         },
-        AllPairs{}));
+        KernelPairs{}));
     Lists lists;
     visit([&](const auto& lin) { std::get<std::vector<const std::decay_t<decltype(lin)>*>>(lists).push_back(&lin); });
 

@@ -126,7 +126,7 @@ template <class W, class A = fmt::F32>
 class Linear {
     static_assert(has_matmul_kernel<W, A>,
                   "fastvlm::Linear<W, A>: no matrix kernel for this (weight, compute) pair. "
-                  "Supported: <F32,F32> <BF16,F32> <BF16,BF16> <F16,F32> <Q8,Q8> <Q4,Q8>");
+                  "Supported: " FASTVLM_KERNEL_PAIRS_TEXT);
     using Impl = typename detail::mm::ImplFor<W, A>::type;
 
 public:
