@@ -7570,40 +7570,41 @@ inline std::vector<std::int32_t> parse_id_list(std::string_view s) {
 
 }  // namespace fastvlm::text
 // ---- end fastvlm/text/chat.hpp
-// ---- begin fastvlm/text/projector.hpp ------------------------------------------------------
-// fastvlm/text/projector.hpp — the multimodal projector `mlp2x_gelu` (spec §3):
-//   y = W2·GELU(W1·x + b1) + b2,  W1 [H, mm_hidden], W2 [H, H], exact-erf GELU,
-// applied to each image token ([N, 3072] → [N, H]). Also the loader that turns checkpoint tensors
-// (one or several, concatenated by rows) into a Linear of the policy's format.
-#include <cstdint>
+// ---- begin fastvlm/io/weights.hpp ----------------------------------------------------------
+// fastvlm/io/weights.hpp — the one way both towers turn checkpoint matrices into packed linear layers:
+// the parts of a fused layer (q|k|v, gate|up) stacked by rows, shapes checked against the file, bf16
+// tensors (official checkpoints) packed straight from the mapped file without a float copy, and the
+// checkpoint pages given back once packed (TensorStore::release).
+#include <cstddef>
+#include <span>
 #include <string>
 #include <vector>
 
 
-namespace fastvlm::text {
+namespace fastvlm::io {
 
-// The Linear kernel of one policy layer class (Layer<W, A>).
-template <class L>
-using LinearOf = Linear<typename L::weight, typename L::compute>;
-
-// One checkpoint matrix [rows, k] (and its bias [rows], empty name = none) of a fused Linear.
+// One checkpoint matrix [rows, k] (and its bias [rows], empty name = none) of a fused linear layer;
+// conv1x1: stored as a 1×1 convolution's weight [rows, k, 1, 1] (FastViTHD's ConvFFN).
 struct LinearPart {
     std::string weight;
     std::string bias;
     Index rows = 0;
+    bool conv1x1 = false;
 };
 
-// Loads parts stacked by rows into one Linear (q|k|v or gate|up fusion). Shapes are checked
-// against the file; a missing tensor or a shape mismatch throws an Error naming file and tensor.
-template <class W, class A>
-Linear<W, A> load_linear_keep(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
+// Loads parts stacked by rows into one Lin: any type constructible as Lin(const T* w, Index n, Index k,
+// const float* bias) for T = bf16 and float, with w row-major [n][k] (kernels/matmul.hpp's Linear<W, A>).
+// A missing tensor or a shape mismatch throws an Error naming the file and the tensor. The checkpoint's
+// pages stay resident (for a tensor used twice, such as tied embeddings); see load_linear.
+template <class Lin>
+Lin load_linear_keep(const TensorStore& st, std::span<const LinearPart> parts, Index k) {
     FASTVLM_CHECK(!parts.empty(), "load_linear: no tensors given");
+    auto shape_of = [&](const LinearPart& p) { return p.conv1x1 ? std::vector<Index>{p.rows, k, 1, 1} : std::vector<Index>{p.rows, k}; };
     Index n = 0;
     bool all_bf16 = true;
     const bool with_bias = !parts.front().bias.empty();
     for (const auto& p : parts) {
-        const Index shape[2] = {p.rows, k};
-        all_bf16 = all_bf16 && st.checked(p.weight, shape).dtype == io::DType::BF16;
+        all_bf16 = all_bf16 && st.checked(p.weight, shape_of(p)).dtype == DType::BF16;
         FASTVLM_CHECK(p.bias.empty() != with_bias, "load_linear: '", p.weight, "' fused with tensors of different bias presence");
         n += p.rows;
     }
@@ -7619,41 +7620,65 @@ Linear<W, A> load_linear_keep(const io::TensorStore& st, const std::vector<Linea
     }
     const float* b = with_bias ? bias.data() : nullptr;
     if (all_bf16) {  // stored bf16 (official checkpoints): no float copy of the whole matrix
-        if (parts.size() == 1) {
-            const Index shape[2] = {n, k};
-            return Linear<W, A>(st.bf16_data(parts.front().weight, shape)->data(), n, k, b);
-        }
+        if (parts.size() == 1) return Lin(st.bf16_data(parts.front().weight, shape_of(parts.front()))->data(), n, k, b);
         std::vector<bf16> w(std::size_t(n * k));
         Index r = 0;
         for (const auto& p : parts) {
-            const Index shape[2] = {p.rows, k};
-            const auto src = *st.bf16_data(p.weight, shape);
+            const auto src = *st.bf16_data(p.weight, shape_of(p));
             std::copy(src.begin(), src.end(), w.begin() + std::ptrdiff_t(r * k));
             r += p.rows;
         }
-        return Linear<W, A>(w.data(), n, k, b);
+        return Lin(w.data(), n, k, b);
     }
     std::vector<float> w(std::size_t(n * k));
     Index r = 0;
     for (const auto& p : parts) {
-        const Index shape[2] = {p.rows, k};
-        st.load_f32_into(p.weight, shape, std::span<float>(w.data() + r * k, std::size_t(p.rows * k)));
+        st.load_f32_into(p.weight, shape_of(p), std::span<float>(w.data() + r * k, std::size_t(p.rows * k)));
         r += p.rows;
     }
-    return Linear<W, A>(w.data(), n, k, b);
+    return Lin(w.data(), n, k, b);
 }
 
-// As load_linear_keep, then the checkpoint pages of the weights are released (TensorStore::release).
-template <class W, class A>
-Linear<W, A> load_linear(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
-    Linear<W, A> lin = load_linear_keep<W, A>(st, parts, k);
+template <class Lin>
+Lin load_linear_keep(const TensorStore& st, const LinearPart& part, Index k) {
+    return load_linear_keep<Lin>(st, std::span<const LinearPart>(&part, 1), k);
+}
+
+// As load_linear_keep, then the checkpoint pages of the weights are released (TensorStore::release): the
+// peak RSS of a load stays near the packed weights instead of packed + checkpoint.
+template <class Lin>
+Lin load_linear(const TensorStore& st, std::span<const LinearPart> parts, Index k) {
+    Lin lin = load_linear_keep<Lin>(st, parts, k);
     for (const auto& p : parts) st.release(p.weight);
     return lin;
 }
+template <class Lin>
+Lin load_linear(const TensorStore& st, const LinearPart& part, Index k) {
+    return load_linear<Lin>(st, std::span<const LinearPart>(&part, 1), k);
+}
 
+}  // namespace fastvlm::io
+// ---- end fastvlm/io/weights.hpp
+// ---- begin fastvlm/text/projector.hpp ------------------------------------------------------
+// fastvlm/text/projector.hpp — the multimodal projector `mlp2x_gelu` (spec §3):
+//   y = W2·GELU(W1·x + b1) + b2,  W1 [H, mm_hidden], W2 [H, H], exact-erf GELU,
+// applied to each image token ([N, 3072] → [N, H]). Also load_layer: checkpoint tensors (one or several,
+// concatenated by rows) into a Linear of a policy layer class's format (io/weights.hpp).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+
+namespace fastvlm::text {
+
+// The Linear kernel of one policy layer class (Layer<W, A>).
 template <class L>
-LinearOf<L> load_layer(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
-    return load_linear<typename L::weight, typename L::compute>(st, parts, k);
+using LinearOf = Linear<typename L::weight, typename L::compute>;
+
+// The Linear of a policy layer class from checkpoint parts (io/weights.hpp), pages released.
+template <class L>
+LinearOf<L> load_layer(const io::TensorStore& st, const std::vector<io::LinearPart>& parts, Index k) {
+    return io::load_linear<LinearOf<L>>(st, parts, k);
 }
 
 template <class Policy>
@@ -8189,11 +8214,11 @@ Qwen2<Policy> Qwen2<Policy>::load(const io::TensorStore& st, const io::TextConfi
     // same tensor: they run in one task so that the release of its pages comes last.
     auto task = [&](std::size_t t, unsigned) {
         if (t == 0) {
-            if (need_emb && !untied) m.emb_ = load_linear_keep<EmbW, EmbA>(st, {{emb, "", V}}, H);
+            if (need_emb && !untied) m.emb_ = io::load_linear_keep<Linear<EmbW, EmbA>>(st, io::LinearPart{emb, "", V}, H);
             m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
             step_done();
         } else if (t == 1) {
-            if (need_emb && untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
+            if (need_emb && untied) m.emb_ = io::load_linear<Linear<EmbW, EmbA>>(st, io::LinearPart{emb, "", V}, H);
         } else {
             load_block(int(t) - 2);
         }
@@ -10197,6 +10222,12 @@ public:
         return store_.load_f32(prefix_ + n, std::span<const Index>(shape));
     }
     const io::TensorRef& ref(const std::string& n) const { return store_.at(prefix_ + n); }
+    // A matrix layer (weight [rows, k], or [rows, k, 1, 1] when conv1x1; bias [rows] unless b is empty)
+    // packed into a Lin through io::load_linear, as the decoder's: bf16 packed from the file, pages released.
+    template <class Lin>
+    Lin linear(const std::string& w, const std::string& b, Index rows, Index k, bool conv1x1 = false) const {
+        return io::load_linear<Lin>(store_, io::LinearPart{prefix_ + w, b.empty() ? std::string() : prefix_ + b, rows, conv1x1}, k);
+    }
 
     // Eval-mode BatchNorm as y = s·x + t: s = γ/√(var + eps), t = β − μ·s (spec §1.4, §1.7).
     std::pair<std::vector<double>, std::vector<double>> batch_norm(const std::string& bn, Index c) const {
@@ -10524,10 +10555,8 @@ typename FastViTHD<P>::ConvFFN FastViTHD<P>::load_convffn(const WeightReader& r,
         b[std::size_t(o)] = float(t[std::size_t(o)]);
     }
     f.conv = DepthwiseConv2d(w.data(), b.data(), c, c, k, 1);
-    const auto w1 = r.get(p + "convffn.fc1.weight", {hidden, c, 1, 1}), b1 = r.get(p + "convffn.fc1.bias", {hidden});
-    const auto w2 = r.get(p + "convffn.fc2.weight", {c, hidden, 1, 1}), b2 = r.get(p + "convffn.fc2.bias", {c});
-    f.fc1 = ConvLinear(w1.data(), hidden, c, b1.data());
-    f.fc2 = ConvLinear(w2.data(), c, hidden, b2.data());
+    f.fc1 = r.linear<ConvLinear>(p + "convffn.fc1.weight", p + "convffn.fc1.bias", hidden, c, true);
+    f.fc2 = r.linear<ConvLinear>(p + "convffn.fc2.weight", p + "convffn.fc2.bias", c, hidden, true);
     f.layer_scale = r.get(p + ls_name, {c, 1, 1});
     return f;
 }
@@ -10589,10 +10618,8 @@ FastViTHD<P> FastViTHD<P>::load(const io::TensorStore& store, const io::VisionCo
                 AttentionBlock blk;
                 blk.norm_w = r.get(p + "norm.weight", {c});
                 blk.norm_b = r.get(p + "norm.bias", {c});
-                const auto wq = r.get(p + "token_mixer.qkv.weight", {3 * c, c});
-                blk.qkv = AttnLinear(wq.data(), 3 * c, c);
-                const auto wp = r.get(p + "token_mixer.proj.weight", {c, c}), bp = r.get(p + "token_mixer.proj.bias", {c});
-                blk.proj = AttnLinear(wp.data(), c, c, bp.data());
+                blk.qkv = r.linear<AttnLinear>(p + "token_mixer.qkv.weight", "", 3 * c, c);
+                blk.proj = r.linear<AttnLinear>(p + "token_mixer.proj.weight", p + "token_mixer.proj.bias", c, c);
                 blk.layer_scale_1 = r.get(p + "layer_scale_1", {c, 1, 1});
                 blk.convffn = load_convffn(r, p, c, hidden, 7, "layer_scale_2");
                 st.attns.push_back(std::move(blk));

@@ -1,7 +1,7 @@
 // fastvlm/text/projector.hpp — the multimodal projector `mlp2x_gelu` (spec §3):
 //   y = W2·GELU(W1·x + b1) + b2,  W1 [H, mm_hidden], W2 [H, H], exact-erf GELU,
-// applied to each image token ([N, 3072] → [N, H]). Also the loader that turns checkpoint tensors
-// (one or several, concatenated by rows) into a Linear of the policy's format.
+// applied to each image token ([N, 3072] → [N, H]). Also load_layer: checkpoint tensors (one or several,
+// concatenated by rows) into a Linear of a policy layer class's format (io/weights.hpp).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -13,6 +13,7 @@
 #include "fastvlm/core/thread_pool.hpp"
 #include "fastvlm/io/config.hpp"
 #include "fastvlm/io/safetensors.hpp"
+#include "fastvlm/io/weights.hpp"
 #include "fastvlm/kernels/matmul.hpp"
 
 namespace fastvlm::text {
@@ -21,74 +22,10 @@ namespace fastvlm::text {
 template <class L>
 using LinearOf = Linear<typename L::weight, typename L::compute>;
 
-// One checkpoint matrix [rows, k] (and its bias [rows], empty name = none) of a fused Linear.
-struct LinearPart {
-    std::string weight;
-    std::string bias;
-    Index rows = 0;
-};
-
-// Loads parts stacked by rows into one Linear (q|k|v or gate|up fusion). Shapes are checked
-// against the file; a missing tensor or a shape mismatch throws an Error naming file and tensor.
-template <class W, class A>
-Linear<W, A> load_linear_keep(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
-    FASTVLM_CHECK(!parts.empty(), "load_linear: no tensors given");
-    Index n = 0;
-    bool all_bf16 = true;
-    const bool with_bias = !parts.front().bias.empty();
-    for (const auto& p : parts) {
-        const Index shape[2] = {p.rows, k};
-        all_bf16 = all_bf16 && st.checked(p.weight, shape).dtype == io::DType::BF16;
-        FASTVLM_CHECK(p.bias.empty() != with_bias, "load_linear: '", p.weight, "' fused with tensors of different bias presence");
-        n += p.rows;
-    }
-    std::vector<float> bias;
-    if (with_bias) {
-        bias.resize(std::size_t(n));
-        Index r = 0;
-        for (const auto& p : parts) {
-            const Index shape[1] = {p.rows};
-            st.load_f32_into(p.bias, shape, std::span<float>(bias.data() + r, std::size_t(p.rows)));
-            r += p.rows;
-        }
-    }
-    const float* b = with_bias ? bias.data() : nullptr;
-    if (all_bf16) {  // stored bf16 (official checkpoints): no float copy of the whole matrix
-        if (parts.size() == 1) {
-            const Index shape[2] = {n, k};
-            return Linear<W, A>(st.bf16_data(parts.front().weight, shape)->data(), n, k, b);
-        }
-        std::vector<bf16> w(std::size_t(n * k));
-        Index r = 0;
-        for (const auto& p : parts) {
-            const Index shape[2] = {p.rows, k};
-            const auto src = *st.bf16_data(p.weight, shape);
-            std::copy(src.begin(), src.end(), w.begin() + std::ptrdiff_t(r * k));
-            r += p.rows;
-        }
-        return Linear<W, A>(w.data(), n, k, b);
-    }
-    std::vector<float> w(std::size_t(n * k));
-    Index r = 0;
-    for (const auto& p : parts) {
-        const Index shape[2] = {p.rows, k};
-        st.load_f32_into(p.weight, shape, std::span<float>(w.data() + r * k, std::size_t(p.rows * k)));
-        r += p.rows;
-    }
-    return Linear<W, A>(w.data(), n, k, b);
-}
-
-// As load_linear_keep, then the checkpoint pages of the weights are released (TensorStore::release).
-template <class W, class A>
-Linear<W, A> load_linear(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
-    Linear<W, A> lin = load_linear_keep<W, A>(st, parts, k);
-    for (const auto& p : parts) st.release(p.weight);
-    return lin;
-}
-
+// The Linear of a policy layer class from checkpoint parts (io/weights.hpp), pages released.
 template <class L>
-LinearOf<L> load_layer(const io::TensorStore& st, const std::vector<LinearPart>& parts, Index k) {
-    return load_linear<typename L::weight, typename L::compute>(st, parts, k);
+LinearOf<L> load_layer(const io::TensorStore& st, const std::vector<io::LinearPart>& parts, Index k) {
+    return io::load_linear<LinearOf<L>>(st, parts, k);
 }
 
 template <class Policy>

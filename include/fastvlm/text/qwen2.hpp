@@ -270,11 +270,11 @@ Qwen2<Policy> Qwen2<Policy>::load(const io::TensorStore& st, const io::TextConfi
     // same tensor: they run in one task so that the release of its pages comes last.
     auto task = [&](std::size_t t, unsigned) {
         if (t == 0) {
-            if (need_emb && !untied) m.emb_ = load_linear_keep<EmbW, EmbA>(st, {{emb, "", V}}, H);
+            if (need_emb && !untied) m.emb_ = io::load_linear_keep<Linear<EmbW, EmbA>>(st, io::LinearPart{emb, "", V}, H);
             m.head_ = load_layer<typename Policy::lm_head>(st, {{untied ? "lm_head.weight" : emb, "", V}}, H);
             step_done();
         } else if (t == 1) {
-            if (need_emb && untied) m.emb_ = load_linear<EmbW, EmbA>(st, {{emb, "", V}}, H);
+            if (need_emb && untied) m.emb_ = io::load_linear<Linear<EmbW, EmbA>>(st, io::LinearPart{emb, "", V}, H);
         } else {
             load_block(int(t) - 2);
         }

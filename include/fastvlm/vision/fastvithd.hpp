@@ -209,10 +209,8 @@ typename FastViTHD<P>::ConvFFN FastViTHD<P>::load_convffn(const WeightReader& r,
         b[std::size_t(o)] = float(t[std::size_t(o)]);
     }
     f.conv = DepthwiseConv2d(w.data(), b.data(), c, c, k, 1);
-    const auto w1 = r.get(p + "convffn.fc1.weight", {hidden, c, 1, 1}), b1 = r.get(p + "convffn.fc1.bias", {hidden});
-    const auto w2 = r.get(p + "convffn.fc2.weight", {c, hidden, 1, 1}), b2 = r.get(p + "convffn.fc2.bias", {c});
-    f.fc1 = ConvLinear(w1.data(), hidden, c, b1.data());
-    f.fc2 = ConvLinear(w2.data(), c, hidden, b2.data());
+    f.fc1 = r.linear<ConvLinear>(p + "convffn.fc1.weight", p + "convffn.fc1.bias", hidden, c, true);
+    f.fc2 = r.linear<ConvLinear>(p + "convffn.fc2.weight", p + "convffn.fc2.bias", c, hidden, true);
     f.layer_scale = r.get(p + ls_name, {c, 1, 1});
     return f;
 }
@@ -274,10 +272,8 @@ FastViTHD<P> FastViTHD<P>::load(const io::TensorStore& store, const io::VisionCo
                 AttentionBlock blk;
                 blk.norm_w = r.get(p + "norm.weight", {c});
                 blk.norm_b = r.get(p + "norm.bias", {c});
-                const auto wq = r.get(p + "token_mixer.qkv.weight", {3 * c, c});
-                blk.qkv = AttnLinear(wq.data(), 3 * c, c);
-                const auto wp = r.get(p + "token_mixer.proj.weight", {c, c}), bp = r.get(p + "token_mixer.proj.bias", {c});
-                blk.proj = AttnLinear(wp.data(), c, c, bp.data());
+                blk.qkv = r.linear<AttnLinear>(p + "token_mixer.qkv.weight", "", 3 * c, c);
+                blk.proj = r.linear<AttnLinear>(p + "token_mixer.proj.weight", p + "token_mixer.proj.bias", c, c);
                 blk.layer_scale_1 = r.get(p + "layer_scale_1", {c, 1, 1});
                 blk.convffn = load_convffn(r, p, c, hidden, 7, "layer_scale_2");
                 st.attns.push_back(std::move(blk));

@@ -11,6 +11,7 @@
 #include "fastvlm/core/error.hpp"
 #include "fastvlm/core/tensor.hpp"
 #include "fastvlm/io/safetensors.hpp"
+#include "fastvlm/io/weights.hpp"
 
 namespace fastvlm::vision {
 
@@ -34,6 +35,12 @@ public:
         return store_.load_f32(prefix_ + n, std::span<const Index>(shape));
     }
     const io::TensorRef& ref(const std::string& n) const { return store_.at(prefix_ + n); }
+    // A matrix layer (weight [rows, k], or [rows, k, 1, 1] when conv1x1; bias [rows] unless b is empty)
+    // packed into a Lin through io::load_linear, as the decoder's: bf16 packed from the file, pages released.
+    template <class Lin>
+    Lin linear(const std::string& w, const std::string& b, Index rows, Index k, bool conv1x1 = false) const {
+        return io::load_linear<Lin>(store_, io::LinearPart{prefix_ + w, b.empty() ? std::string() : prefix_ + b, rows, conv1x1}, k);
+    }
 
     // Eval-mode BatchNorm as y = s·x + t: s = γ/√(var + eps), t = β − μ·s (spec §1.4, §1.7).
     std::pair<std::vector<double>, std::vector<double>> batch_norm(const std::string& bn, Index c) const {
