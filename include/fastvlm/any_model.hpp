@@ -112,7 +112,8 @@ std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const
 // preset builds them in parallel), each holding FASTVLM_INSTANTIATE_PRESET(fp32) ... (int4), plus one file
 // that defines FASTVLM_COMPILED_LIB_SOURCE before including fastvlm/fastvlm.hpp (the non-template
 // functions). The headers declare the same instantiations `extern template` for every preset, so a file
-// that uses Model<P>, Session<P> or a tower of a preset P directly compiles none of their code either.
+// that uses Model<P>, Session<P>, Engine(Model<P>) or a tower of a preset P directly compiles none of their
+// code either.
 // CMake target fastvlm::presets does all this (fastvlm-cli, fastvlm-server, the Python module, the tests
 // and benchmarks use it).
 #define FASTVLM_INSTANTIATE_PRESET(name)                                                                \
@@ -121,6 +122,8 @@ std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const
     template class fastvlm::text::Projector<::fastvlm::policy::name>;                                     \
     template class fastvlm::Model<::fastvlm::policy::name>;                                               \
     template class fastvlm::Session<::fastvlm::policy::name>;                                             \
+    template std::unique_ptr<::fastvlm::detail::EngineCore> fastvlm::detail::make_engine_core<::fastvlm::policy::name>( \
+        const ::fastvlm::Model<::fastvlm::policy::name>&, ::fastvlm::EngineOptions);                      \
     template std::unique_ptr<::fastvlm::AnyModel> fastvlm::detail::load_any_model<::fastvlm::policy::name>( \
         const std::filesystem::path&, const ::fastvlm::LoadOptions&);
 #if defined(FASTVLM_COMPILED_LIB)

@@ -994,6 +994,20 @@ private:
     std::vector<std::unique_ptr<Seq>> running_;  // scheduler thread only
     std::thread prep_, sched_;
 };
+
+// The engine of a model of one preset. A function template defined out of any class, so that compiled mode
+// (core/compiled.hpp) keeps EngineImpl<P> of the six presets out of a user's file.
+template <class Policy>
+std::unique_ptr<EngineCore> make_engine_core(const Model<Policy>& model, EngineOptions opt) {
+    return std::make_unique<EngineImpl<Policy>>(model, std::move(opt));
+}
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) \
+    extern template std::unique_ptr<EngineCore> make_engine_core<policy::name>(const Model<policy::name>&, EngineOptions);
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 }  // namespace detail
 
 // Continuous batching on one loaded model. Non-copyable, movable; the destructor ends every
@@ -1002,7 +1016,7 @@ class Engine {
 public:
     template <class Policy>
     explicit Engine(const Model<Policy>& model, EngineOptions opt = {})
-        : core_(std::make_unique<detail::EngineImpl<Policy>>(model, std::move(opt))) {}
+        : core_(detail::make_engine_core(model, std::move(opt))) {}
     explicit Engine(std::unique_ptr<detail::EngineCore> core) : core_(std::move(core)) {}
 
     // Thread-safe. Throws EngineError (queue_full, shutdown); every other problem of the request

@@ -2403,9 +2403,9 @@ private:
 // Header-only: every file that uses a preset compiles its whole model, and every file that decodes an
 // image compiles the decoders. Compiled: define FASTVLM_COMPILED_LIB in every file of the program and
 // link libfastvlm_presets (CMake target fastvlm::presets), which holds, compiled once:
-//   - the six presets' templates: Model<P>, Session<P>, vision::FastViTHD<P>, text::Qwen2<P>,
-//     text::Projector<P> and load_model()'s part for P (extern templates in their headers;
-//     FASTVLM_INSTANTIATE_PRESET(name) in any_model.hpp defines them);
+//   - the six presets' templates: Model<P>, Session<P>, the engine of Engine(Model<P>),
+//     vision::FastViTHD<P>, text::Qwen2<P>, text::Projector<P> and load_model()'s part for P (extern
+//     templates in their headers; FASTVLM_INSTANTIATE_PRESET(name) in any_model.hpp defines them);
 //   - the heavy functions that are not templates (image decoding and preprocessing), marked
 //     FASTVLM_INLINE and defined under FASTVLM_DEFINE_INLINES.
 // A custom policy still compiles in the user's own file. FASTVLM_EXTERN_PRESETS is an older name.
@@ -12266,6 +12266,20 @@ private:
     std::vector<std::unique_ptr<Seq>> running_;  // scheduler thread only
     std::thread prep_, sched_;
 };
+
+// The engine of a model of one preset. A function template defined out of any class, so that compiled mode
+// (core/compiled.hpp) keeps EngineImpl<P> of the six presets out of a user's file.
+template <class Policy>
+std::unique_ptr<EngineCore> make_engine_core(const Model<Policy>& model, EngineOptions opt) {
+    return std::make_unique<EngineImpl<Policy>>(model, std::move(opt));
+}
+#if defined(FASTVLM_COMPILED_LIB)
+// Compiled once per preset in libfastvlm_presets (any_model.hpp: FASTVLM_INSTANTIATE_PRESET).
+#define FASTVLM_EXTERN_(name) \
+    extern template std::unique_ptr<EngineCore> make_engine_core<policy::name>(const Model<policy::name>&, EngineOptions);
+FASTVLM_PRESETS(FASTVLM_EXTERN_)
+#undef FASTVLM_EXTERN_
+#endif
 }  // namespace detail
 
 // Continuous batching on one loaded model. Non-copyable, movable; the destructor ends every
@@ -12274,7 +12288,7 @@ class Engine {
 public:
     template <class Policy>
     explicit Engine(const Model<Policy>& model, EngineOptions opt = {})
-        : core_(std::make_unique<detail::EngineImpl<Policy>>(model, std::move(opt))) {}
+        : core_(detail::make_engine_core(model, std::move(opt))) {}
     explicit Engine(std::unique_ptr<detail::EngineCore> core) : core_(std::move(core)) {}
 
     // Thread-safe. Throws EngineError (queue_full, shutdown); every other problem of the request
@@ -12907,7 +12921,8 @@ std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const
 // preset builds them in parallel), each holding FASTVLM_INSTANTIATE_PRESET(fp32) ... (int4), plus one file
 // that defines FASTVLM_COMPILED_LIB_SOURCE before including fastvlm/fastvlm.hpp (the non-template
 // functions). The headers declare the same instantiations `extern template` for every preset, so a file
-// that uses Model<P>, Session<P> or a tower of a preset P directly compiles none of their code either.
+// that uses Model<P>, Session<P>, Engine(Model<P>) or a tower of a preset P directly compiles none of their
+// code either.
 // CMake target fastvlm::presets does all this (fastvlm-cli, fastvlm-server, the Python module, the tests
 // and benchmarks use it).
 #define FASTVLM_INSTANTIATE_PRESET(name)                                                                \
@@ -12916,6 +12931,8 @@ std::unique_ptr<AnyModel> load_any_model(const std::filesystem::path& dir, const
     template class fastvlm::text::Projector<::fastvlm::policy::name>;                                     \
     template class fastvlm::Model<::fastvlm::policy::name>;                                               \
     template class fastvlm::Session<::fastvlm::policy::name>;                                             \
+    template std::unique_ptr<::fastvlm::detail::EngineCore> fastvlm::detail::make_engine_core<::fastvlm::policy::name>( \
+        const ::fastvlm::Model<::fastvlm::policy::name>&, ::fastvlm::EngineOptions);                      \
     template std::unique_ptr<::fastvlm::AnyModel> fastvlm::detail::load_any_model<::fastvlm::policy::name>( \
         const std::filesystem::path&, const ::fastvlm::LoadOptions&);
 #if defined(FASTVLM_COMPILED_LIB)

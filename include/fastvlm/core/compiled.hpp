@@ -4,9 +4,9 @@
 // Header-only: every file that uses a preset compiles its whole model, and every file that decodes an
 // image compiles the decoders. Compiled: define FASTVLM_COMPILED_LIB in every file of the program and
 // link libfastvlm_presets (CMake target fastvlm::presets), which holds, compiled once:
-//   - the six presets' templates: Model<P>, Session<P>, vision::FastViTHD<P>, text::Qwen2<P>,
-//     text::Projector<P> and load_model()'s part for P (extern templates in their headers;
-//     FASTVLM_INSTANTIATE_PRESET(name) in any_model.hpp defines them);
+//   - the six presets' templates: Model<P>, Session<P>, the engine of Engine(Model<P>),
+//     vision::FastViTHD<P>, text::Qwen2<P>, text::Projector<P> and load_model()'s part for P (extern
+//     templates in their headers; FASTVLM_INSTANTIATE_PRESET(name) in any_model.hpp defines them);
 //   - the heavy functions that are not templates (image decoding and preprocessing), marked
 //     FASTVLM_INLINE and defined under FASTVLM_DEFINE_INLINES.
 // A custom policy still compiles in the user's own file. FASTVLM_EXTERN_PRESETS is an older name.
