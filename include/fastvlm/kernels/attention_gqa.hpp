@@ -75,8 +75,43 @@ inline float dot_f32(const float* a, const float* b, Index n) {
     for (; i < n; ++i) s += a[i] * b[i];
     return s;
 }
+#if defined(__AVX__)
+// Lane sums of 8 ymm rows: out[r] = Σ_i v[r][i] (a transpose-and-add with vhaddps).
+inline __m256 hsum8(const __m256* v) {
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));  // [0 1 2 3 | 0 1 2 3]
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));  // [4 5 6 7 | 4 5 6 7]
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+#endif
+// The R = batch-size lane sums of acc[0..R) as one batch: lane r = Σ of acc[r]'s lanes. Not xsimd::haddp:
+// xsimd 8.1's AVX-512 haddp returns the sums of rows 2–5 and 10–13 in the wrong lanes.
+template <class B>
+inline B hsum_rows(const B* acc) {
+    constexpr int R = int(B::size);
+#if defined(__AVX512F__)
+    if constexpr (R == 16) {
+        __m256 h[16];
+        for (int r = 0; r < 16; ++r) {
+            const __m512 z = acc[r];
+            h[r] = _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+        }
+        return B(_mm512_insertf32x8(_mm512_castps256_ps512(hsum8(h)), hsum8(h + 8), 1));
+    }
+#endif
+#if defined(__AVX__)
+    if constexpr (R == 8) {
+        __m256 h[8];
+        for (int r = 0; r < 8; ++r) h[r] = acc[r];
+        return B(hsum8(h));
+    }
+#endif
+    alignas(64) float s[R];
+    for (int r = 0; r < R; ++r) s[r] = xsimd::hadd(acc[r]);
+    return B::load_aligned(s);
+}
+
 // out[r] = a · rows[r] for the R = batch-size rows of one block (decode attention scores: one query head
-// against R cached keys). The R lane sums are reduced together (haddp), not one horizontal add per row.
+// against R cached keys). The R lane sums are reduced together (hsum_rows), not one horizontal add per row.
 inline void dot_rows_f32(const float* a, const float* const* rows, Index n, float* out) {
     using B = xsimd::batch<float>;
     constexpr int R = int(B::size);
@@ -88,7 +123,7 @@ inline void dot_rows_f32(const float* a, const float* const* rows, Index n, floa
         const B av = B::load_unaligned(a + i);
         for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(av, B::load_unaligned(rows[r] + i), acc[r]);
     }
-    B s = xsimd::haddp(acc);
+    B s = hsum_rows(acc);
     if (i < n) {
         alignas(64) float tail[R];
         for (int r = 0; r < R; ++r) {
