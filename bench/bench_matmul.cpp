@@ -202,16 +202,17 @@ void register_small_m(const std::string& name) {
         }
 }
 
-// Matmul/NAME/... runs the builtin path; Matmul/NAME@PATH/... each other path this CPU has (the
-// candidates kernel choice times at load, kernels/kernel_choice.hpp).
+// Matmul/NAME/... runs the builtin paths (GEMV for m = 1, GEMM otherwise); Matmul/NAME@PATH/... each other
+// path this CPU has, forced for both classes (the candidates kernel choice times at load,
+// kernels/kernel_choice.hpp; a GEMM-only path such as AMX runs m = 1 through the format's vector path).
 template <class W, class A>
 void register_format(const std::string& name) {
-    const auto builtin = detail::mm::ImplFor<W, A>::type::best();
+    const auto builtin_gemv = detail::mm::builtin_path<W, A>(true), builtin_gemm = detail::mm::builtin_path<W, A>(false);
     for (int pi = -1; pi < int(std::size(detail::mm::kAllPaths)); ++pi) {
         std::string label = name;
         if (pi >= 0) {
             const auto p = detail::mm::kAllPaths[pi];
-            if (p == builtin || p == detail::mm::Path::scalar || !Linear<W, A>::supports(p)) continue;
+            if ((p == builtin_gemv && p == builtin_gemm) || p == detail::mm::Path::scalar || !Linear<W, A>::supports(p)) continue;
             label += std::string("@") + detail::mm::path_name(p);
         }
         for (int i = 0; i < int(std::size(kShapes)); ++i)

@@ -2,6 +2,7 @@
 //
 //   bench_vision --model DIR [--threads 2] [--runs 3] [--warmup 1] [--precision fp32] [--json OUT]
 //                [--ffn-fuse-mb MB] [--chunk-pixels 512]   (FastViTHD::Options; MB default 32 f32 / 8 bf16, q8)
+//   FASTVLM_KERNELS=SPEC forces kernel paths (docs/kernels.md), e.g. "bf16xbf16.gemm=avx512_bf16" to time without AMX.
 //       full model (a model folder, e.g. the synthetic one of tests/vision_fullsize.py) on one
 //       uniform-random image of the configured size: median wall time, process CPU time, per-part
 //       time (stem, network{j}, conv_exp) and GFLOP/s with the MAC counts of spec §1.10.
@@ -23,6 +24,7 @@
 #include "fastvlm/core/policy.hpp"
 #include "fastvlm/kernels/attention.hpp"
 #include "fastvlm/kernels/conv2d.hpp"
+#include "fastvlm/kernels/kernel_choice.hpp"
 #include "fastvlm/vision/fastvithd.hpp"
 
 namespace {
@@ -80,6 +82,8 @@ int run_full(const std::string& dir, unsigned threads, int runs, int warmup, con
     if (fuse_mb >= 0) opt.ffn_fuse_min_bytes = std::size_t(fuse_mb * double(1 << 20));
     if (chunk_pixels > 0) opt.chunk_pixels = chunk_pixels;
     model.set_options(opt);
+    // The builtin kernel paths, or FASTVLM_KERNELS's (docs/kernels.md), e.g. "bf16xbf16.gemm=avx512_bf16".
+    if (const char* e = std::getenv("FASTVLM_KERNELS"); e && *e && std::string_view(e) != "measure") force_kernels(e, "FASTVLM_KERNELS");
     const double t_load = now_s() - t_load0;
     const Index s = cfg.image_size;
     Tensor<float, 3> px({3, s, s});
@@ -123,6 +127,9 @@ int run_full(const std::string& dir, unsigned threads, int runs, int warmup, con
     const double med = median(totals);
     std::printf("FastViTHD %lldx%lld, %s, %u threads, load %.2f s, weights %.1f MB\n", (long long)s, (long long)s, P::name,
                 threads, t_load, double(model.weight_bytes()) / 1e6);
+    std::printf("GEMM paths:");
+    for (const auto& c : kernel_choices()) std::printf(" %s=%s", c.pair.c_str(), c.gemm.c_str());
+    std::printf("\n");
     std::printf("total: median %.3f s (runs:", med);
     for (double t : totals) std::printf(" %.3f", t);
     std::printf("), process CPU %.2f s, %.1f GFLOP -> %.1f GFLOP/s\n", median(cpus), 2 * total_macs / 1e9,

@@ -79,6 +79,13 @@ std::vector<float> kernel_x(const std::vector<float>& x, Index m, Index k, std::
         if (path != Path::widen_f32)
             for (auto& v : out) v = to_float(to_bf16(v));
     } else if constexpr (kQuant<W, A>) {
+        if (path == Path::amx_bf16) {  // X rounded to bf16 instead of quantized (weights dequantized to bf16)
+            for (std::size_t i = 0; i < out.size(); ++i) {
+                out[i] = to_float(to_bf16(x[i]));
+                if (err_bound) (*err_bound)[i] = std::ldexp(std::fabs(x[i]), -8);
+            }
+            return out;
+        }
         const Index kb = (k + 31) / 32;
         std::vector<std::int8_t> q(sz(kb * 32));
         std::vector<float> d(sz(kb));
@@ -185,8 +192,12 @@ void run_case(const Case& c, Path path, ThreadPool& pool, std::mt19937& g, bool 
     // Tight: the reference on the operands the kernel multiplies.
     std::vector<float> wk(sz(n * k));
     for (Index j = 0; j < n; ++j) lin.row(j, wk.data() + j * k);
+    // A GEMM-only path (AMX) runs calls of the GEMV class through the format's vector path.
+    const Path eff = detail::mm::gemm_only(path) && use_gemv(m, es.ep) ? (kQuant<W, A> ? Path::avx512_vnni : Path::avx512_bf16) : path;
+    if (kQuant<W, A> && eff == Path::amx_bf16)  // Q8/Q4 through AMX: the weights as bf16(d·q)
+        for (auto& v : wk) v = to_float(to_bf16(v));
     std::vector<float> ex;
-    const auto xk = kernel_x<W, A>(x, m, k, &ex, path);
+    const auto xk = kernel_x<W, A>(x, m, k, &ex, eff);
     std::vector<float> ref;
     std::vector<double> mag;
     reference(xk, m, k, wk, n, bias, es.ep, y0, ref, mag);
@@ -213,6 +224,7 @@ void run_case(const Case& c, Path path, ThreadPool& pool, std::mt19937& g, bool 
     if constexpr (std::is_same_v<W, fmt::BF16> && std::is_same_v<A, fmt::F32>) rel = std::ldexp(1.0, -8);
     if constexpr (std::is_same_v<W, fmt::F16>) rel = std::ldexp(1.0, -10);
     if constexpr (std::is_same_v<W, fmt::BF16> && std::is_same_v<A, fmt::BF16>) rel = std::ldexp(1.0, -7);
+    if (kQuant<W, A> && eff == Path::amx_bf16) rel = std::ldexp(1.0, -8);  // the weights' rounding to bf16
     for (Index i = 0; i < m; ++i)
         for (Index j = 0; j < n; ++j) {
             const std::size_t o = std::size_t(i * n + j);
@@ -319,8 +331,13 @@ TEST(Matmul, BestPathOnThisCpu) {
         EXPECT_EQ((Linear<fmt::Q4, fmt::Q8>(w.data(), 8, 8).path()), Path::avx2_int8);
     }
 #endif
+    if (detail::mm::have_amx_bf16()) {  // GEMM calls take AMX where the CPU has it (and grants it)
+        EXPECT_EQ((Linear<fmt::BF16, fmt::BF16>(w.data(), 8, 8).path(KernelClass::gemm)), Path::amx_bf16);
+        if (detail::mm::have_avx512_vnni()) EXPECT_EQ((Linear<fmt::Q8, fmt::Q8>(w.data(), 8, 8).path(KernelClass::gemm)), Path::amx_bf16);
+    }
     Linear<fmt::F32> f(w.data(), 8, 8);
     EXPECT_THROW(f.set_path(Path::avx512_vnni), Error);
+    EXPECT_THROW(f.set_path(Path::amx_bf16), Error);
 }
 
 // SIMD activation quantization equals the scalar reference bit for bit.
@@ -550,6 +567,35 @@ TEST(KernelChoice, ForceSpecIsParsedValidatedAndAllOrNothing) {
     EXPECT_EQ(bf().gemv, detail::mm::path_name(detail::mm::ImplBF16::best()));
 }
 
+// AMX runs only the GEMM class: a pair forced to it keeps its GEMV path, naming the GEMV class is an
+// error, and measurement never offers it for GEMV.
+TEST(KernelChoice, AmxIsGemmOnly) {
+    if (!Linear<fmt::Q8, fmt::Q8>::supports(Path::amx_bf16)) GTEST_SKIP() << "no AMX-BF16 on this CPU / build";
+    KernelChoiceGuard guard;
+    auto q8 = [] { return choice_of(kernel_choices(), "q8xq8"); };
+    force_kernels("q8xq8=avx512_vnni");
+    EXPECT_EQ(q8().gemm, "avx512_vnni");
+    force_kernels("q8xq8=amx_bf16");
+    EXPECT_EQ(q8().gemm, "amx_bf16");
+    EXPECT_EQ(q8().gemv, "avx512_vnni");
+    using test_support::error_of;
+    EXPECT_NE(error_of([] { force_kernels("bf16xbf16.gemv=amx_bf16"); }).find("runs only the GEMM class; use bf16xbf16.gemm=amx_bf16"),
+              std::string::npos);
+    for (Path p : detail::kc::candidates<fmt::BF16, fmt::BF16>(KernelClass::gemv)) EXPECT_NE(p, Path::amx_bf16);
+    const auto gm = detail::kc::candidates<fmt::BF16, fmt::BF16>(KernelClass::gemm);
+    EXPECT_NE(std::find(gm.begin(), gm.end(), Path::amx_bf16), gm.end());
+    // A layer forced to AMX still answers m = 1 (through vdpbf16ps): the same bits as that path.
+    std::mt19937 g(3);
+    const auto w = randn(sz(40 * 64), g, 0.5f), x = randn(sz(64), g, 1.f);
+    Linear<fmt::BF16, fmt::BF16> a(w.data(), 40, 64), v(w.data(), 40, 64);
+    a.set_path(Path::amx_bf16);
+    v.set_path(Path::avx512_bf16);
+    std::vector<float> ya(40), yv(40);
+    a.forward(x.data(), 1, 64, ya.data(), 40, nullptr);
+    v.forward(x.data(), 1, 64, yv.data(), 40, nullptr);
+    EXPECT_EQ(ya, yv);
+}
+
 // A Linear without a forced path runs the process-wide choice: forcing a path gives exactly that path's
 // result, for GEMV and GEMM calls.
 TEST(KernelChoice, CallsRunTheChosenPath) {
@@ -601,8 +647,10 @@ TEST(KernelChoice, MeasuresCachesAndSurvivesABadCache) {
     choose_kernels(visit, &pool, "measure");
     const KernelChoice m = bfc();
     EXPECT_EQ(m.source, KernelSource::measured);
-    ASSERT_EQ(m.gemv_ms.size(), m.candidates.size());
+    // GEMM-only paths (AMX) are timed for the GEMM class only.
+    ASSERT_EQ(m.gemv_ms.size(), (detail::kc::candidates<fmt::BF16, fmt::BF16>(KernelClass::gemv).size()));
     ASSERT_EQ(m.gemm_ms.size(), m.candidates.size());
+    for (const auto& [path, ms] : m.gemv_ms) EXPECT_NE(path, "amx_bf16");
     for (const auto& [path, ms] : m.gemv_ms) EXPECT_GT(ms, 0.0) << path;
     EXPECT_EQ(choice_of(kernel_choices(), "f32xf32").source, KernelSource::builtin);  // one candidate: nothing to time
     ASSERT_TRUE(std::filesystem::exists(file));

@@ -1667,8 +1667,43 @@ inline float dot_f32(const float* a, const float* b, Index n) {
     for (; i < n; ++i) s += a[i] * b[i];
     return s;
 }
+#if defined(__AVX__)
+// Lane sums of 8 ymm rows: out[r] = Σ_i v[r][i] (a transpose-and-add with vhaddps).
+inline __m256 hsum8(const __m256* v) {
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));  // [0 1 2 3 | 0 1 2 3]
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));  // [4 5 6 7 | 4 5 6 7]
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+#endif
+// The R = batch-size lane sums of acc[0..R) as one batch: lane r = Σ of acc[r]'s lanes. Not xsimd::haddp:
+// xsimd 8.1's AVX-512 haddp returns the sums of rows 2–5 and 10–13 in the wrong lanes.
+template <class B>
+inline B hsum_rows(const B* acc) {
+    constexpr int R = int(B::size);
+#if defined(__AVX512F__)
+    if constexpr (R == 16) {
+        __m256 h[16];
+        for (int r = 0; r < 16; ++r) {
+            const __m512 z = acc[r];
+            h[r] = _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
+        }
+        return B(_mm512_insertf32x8(_mm512_castps256_ps512(hsum8(h)), hsum8(h + 8), 1));
+    }
+#endif
+#if defined(__AVX__)
+    if constexpr (R == 8) {
+        __m256 h[8];
+        for (int r = 0; r < 8; ++r) h[r] = acc[r];
+        return B(hsum8(h));
+    }
+#endif
+    alignas(64) float s[R];
+    for (int r = 0; r < R; ++r) s[r] = xsimd::hadd(acc[r]);
+    return B::load_aligned(s);
+}
+
 // out[r] = a · rows[r] for the R = batch-size rows of one block (decode attention scores: one query head
-// against R cached keys). The R lane sums are reduced together (haddp), not one horizontal add per row.
+// against R cached keys). The R lane sums are reduced together (hsum_rows), not one horizontal add per row.
 inline void dot_rows_f32(const float* a, const float* const* rows, Index n, float* out) {
     using B = xsimd::batch<float>;
     constexpr int R = int(B::size);
@@ -1680,7 +1715,7 @@ inline void dot_rows_f32(const float* a, const float* const* rows, Index n, floa
         const B av = B::load_unaligned(a + i);
         for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(av, B::load_unaligned(rows[r] + i), acc[r]);
     }
-    B s = xsimd::haddp(acc);
+    B s = hsum_rows(acc);
     if (i < n) {
         alignas(64) float tail[R];
         for (int r = 0; r < R; ++r) {
@@ -5051,6 +5086,43 @@ inline void silu_mul(float* g, const float* u, std::size_t n) {
 
 }  // namespace fastvlm
 // ---- end fastvlm/kernels/activation.hpp
+// ---- begin fastvlm/kernels/matmul/amx.hpp --------------------------------------------------
+// fastvlm/kernels/matmul/amx.hpp — Intel AMX tile configuration shared by the AMX GEMM paths
+// (bf16.hpp: TDPBF16PS on bf16 weights; q8.hpp: the same on Q8/Q4 weights dequantized per K block). Eight tile registers of at most 16 rows × 64 bytes; a
+// kernel names the shapes it uses in a TileConfig and loads it on the calling thread before its
+// first tile instruction (`ldtilecfg`, a few dozen cycles: once per packed block of X).
+// The process must have asked the kernel for the tile state first (cpu.hpp: amx_available(), which
+// have_amx_bf16() calls). g++ 12's _tile_loadconfig declares only 8 bytes of its 64-byte operand, so at
+// -O1 and above the stores that fill the config can be dropped: the config goes through inline asm
+// with the whole struct as its memory operand instead.
+#include <cstdint>
+#if defined(__AMX_TILE__)
+#include <immintrin.h>
+#endif
+
+
+namespace fastvlm::detail::mm {
+
+inline bool have_amx_bf16() {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+    return cpu().amx_bf16 && cpu().avx512bf16 && amx_available();
+#else
+    return false;
+#endif
+}
+
+#if defined(__AMX_TILE__)
+// Palette 1: per tile register t, rows[t] rows of colsb[t] bytes.
+struct alignas(64) TileConfig {
+    std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    std::uint16_t colsb[16] = {};
+    std::uint8_t rows[16] = {};
+};
+inline void load_tile_config(const TileConfig& c) { asm volatile("ldtilecfg %0" ::"m"(c)); }
+#endif
+
+}  // namespace fastvlm::detail::mm
+// ---- end fastvlm/kernels/matmul/amx.hpp
 // ---- begin fastvlm/kernels/matmul/common.hpp -----------------------------------------------
 // fastvlm/kernels/matmul/common.hpp — shared pieces of the matrix kernels: aligned storage,
 // kernel paths, the panel width of the packed weight layouts, per-thread scratch and the
@@ -5123,13 +5195,14 @@ using avec = std::vector<T, AlignedAlloc<T>>;
 // different formats share a role's buffer, and buffers alive at the same time take different slots.
 enum class Scratch {
     a_pack,       // X block packed into micro-panels (f32, and bf16 widened)
-    b_widen,      // weight panels widened to f32 for one GEMM block
+    b_widen,      // weight panels widened to f32 (or Q8/Q4 dequantized to bf16) for one GEMM block
     gemv_chunk,   // a chunk of one weight panel widened for a GEMV
     a_pairs,      // X block packed as bf16 k-pairs (vdpbf16ps)
     a_pairs_row,  // one X row rounded to bf16 pairs
     q8_codes,     // activations quantized to int8
     q8_scales,    // their per-block scales
     q8_corr,      // their per-block corrections −c·Σq for the unsigned weight bytes
+    a_tiles,      // X block packed as AMX bf16 tiles
 };
 template <class T, Scratch Slot>
 T* scratch(std::size_t n) {
@@ -5156,8 +5229,13 @@ enum class Path {
     avx512_vnni,  // vpdpbusd (Q8/Q4 x Q8)
     avx2_int8,    // vpmaddubsw + vpmaddwd (Q8/Q4 x Q8) where there is no AVX-512 VNNI
     widen_f32,    // BF16 x BF16 layer computed as BF16 x F32: weights widened to f32, activations not rounded
+    amx_bf16,     // AMX TDPBF16PS, GEMM only (BF16 weights; Q8/Q4 weights dequantized to bf16 per K block)
 };
-inline constexpr Path kAllPaths[] = {Path::scalar, Path::simd, Path::avx512_bf16, Path::avx512_vnni, Path::avx2_int8, Path::widen_f32};
+inline constexpr Path kAllPaths[] = {Path::scalar,    Path::simd,      Path::avx512_bf16, Path::avx512_vnni,
+                                     Path::avx2_int8, Path::widen_f32, Path::amx_bf16};
+// Paths that run only the blocked GEMM (m ≥ 2, prefill and vision). A call of the GEMV class through one of
+// them (m = 1, decode rows) runs the format's vector path instead, and kernel choice never picks them for GEMV.
+inline bool gemm_only(Path p) { return p == Path::amx_bf16; }
 inline const char* path_name(Path p) {
     switch (p) {
         case Path::scalar: return "scalar";
@@ -5166,6 +5244,7 @@ inline const char* path_name(Path p) {
         case Path::avx512_vnni: return "avx512_vnni";
         case Path::avx2_int8: return "avx2_int8";
         case Path::widen_f32: return "widen_f32";
+        case Path::amx_bf16: return "amx_bf16";
     }
     return "?";
 }
@@ -5715,7 +5794,7 @@ FASTVLM_SIMD_WARNINGS_ON
 // Packed layout: [panel][k/2][16][2] bf16 — one zmm = the k-pair (2p, 2p+1) of 16 columns, the
 // operand order of vdpbf16ps: acc[c] += a[2c]·b[2c] + a[2c+1]·b[2c+1]. X is packed as k-pairs
 // (one dword each) and broadcast. K is padded to even with zeros.
-// Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it; widen_f32 (the
+// Paths: avx512_bf16 (vdpbf16ps); amx_bf16 (AMX tiles, GEMM only); simd/scalar (widen to f32, FMA) for CPUs without it; widen_f32 (the
 // same without rounding X: BF16 weights × F32 activations), chosen where it measures faster (kernel_choice.hpp).
 #include <algorithm>
 #include <cstring>
@@ -5724,6 +5803,12 @@ FASTVLM_SIMD_WARNINGS_ON
 FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
+
+// Weight panels of the pair layout as a GEMM block reads them: panel v of the group at p + v·stride.
+struct PairPanels {
+    const bf16* p;
+    Index stride;
+};
 
 struct PackedBF2 {
     Index n = 0, k = 0, k2 = 0, npanels = 0;
@@ -5963,10 +6048,7 @@ struct KernBF16Dot {
         }
         return {buf};
     }
-    struct BPack {
-        const bf16* p;
-        Index stride;
-    };
+    using BPack = PairPanels;
     BPack pack_b(Index g, int, Index u0, Index) const {
         return {P->panel(g * NV) + u0 * 2 * kPanel, P->k2 * 2 * kPanel};
     }
@@ -5996,12 +6078,123 @@ struct KernBF16Dot {
 };
 #endif
 
+// ---- AMX path: TDPBF16PS (GEMM only) -------------------------------------------------------------------
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BF16__)
+// A 32 × 32 tile of C per micro-kernel call: C in tiles 0..3 (rows 0–15 / 16–31 × panels 0 / 1), X in
+// tiles 4, 5 (16 rows × 16 k-pairs each), the weights in 6, 7 (16 k-pairs × 16 columns of one panel). The
+// panel layout [k2][16][2] is already TDPBF16PS's B operand: 16 consecutive k-pairs of a panel are one
+// 1 KiB tile, loaded in place. X is packed tile by tile ([32-row block][16-pair step][32 rows][16 pairs]),
+// rounded to bf16 as on the vdpbf16ps path, so each tile load reads 1 KiB of consecutive memory.
+inline const TileConfig& bf16_tile_config() {
+    static const TileConfig c = [] {
+        TileConfig t;
+        for (int i = 0; i < 8; ++i) t.rows[i] = 16, t.colsb[i] = 64;
+        return t;
+    }();
+    return c;
+}
+
+template <int NV>
+FASTVLM_FLATTEN inline void ukr_bf16_amx(Index uc, const bf16* __restrict a, const bf16* __restrict b, Index bs,
+                                         float* __restrict tile) {
+    constexpr Index kStep = 16;  // k-pairs per tile
+    _tile_zero(0);
+    _tile_zero(2);
+    if constexpr (NV == 2) {
+        _tile_zero(1);
+        _tile_zero(3);
+    }
+    const Index full = uc / kStep;
+    auto step = [&](const bf16* as, const bf16* b0, const bf16* b1) {
+        _tile_loadd(4, as, 64);
+        _tile_loadd(6, b0, 64);
+        _tile_loadd(5, as + kStep * 32, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if constexpr (NV == 2) {
+            _tile_loadd(7, b1, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    };
+    for (Index s = 0; s < full; ++s) step(a + s * 32 * 32, b + s * kStep * 32, b + bs + s * kStep * 32);
+    if (const Index rem = uc - full * kStep; rem > 0) {  // the last k-pairs: a zero-padded copy (A is padded)
+        alignas(64) bf16 tb[NV][kStep * 32];
+        for (int v = 0; v < NV; ++v) {
+            std::memcpy(static_cast<void*>(tb[v]), b + v * bs + full * kStep * 32, std::size_t(rem * 32) * sizeof(bf16));
+            std::memset(static_cast<void*>(tb[v] + rem * 32), 0, std::size_t((kStep - rem) * 32) * sizeof(bf16));
+        }
+        step(a + full * 32 * 32, tb[0], tb[NV - 1]);
+    }
+    constexpr Index ldt = 2 * kPanel * Index(sizeof(float));  // the driver's tile: 32 rows × 32 floats
+    _tile_stored(0, tile, ldt);
+    _tile_stored(2, tile + 16 * 2 * kPanel, ldt);
+    if constexpr (NV == 2) {
+        _tile_stored(1, tile + kPanel, ldt);
+        _tile_stored(3, tile + 16 * 2 * kPanel + kPanel, ldt);
+    }
+}
+
+// X[m0 .. m0+mc) × k-pairs [p0, p0+pc) → bf16 tiles [32-row block][16-pair step][32 rows][16 pairs],
+// zero-padded to whole blocks and steps; rounded to bf16 as on the vdpbf16ps path. Also loads this
+// thread's tile configuration: the micro-kernels that use the packed block run on the same thread.
+struct AmxXTiles {
+    const bf16* p;
+    Index steps;  // 16-pair steps per row block
+    const bf16* block(Index ir) const { return p + ir * steps * 32 * 32; }
+};
+inline AmxXTiles pack_x_amx(const float* x, Index ldx, Index m0, Index mc, Index p0, Index pc, Index k) {
+    constexpr Index MR = 32;
+    load_tile_config(bf16_tile_config());
+    const Index steps = ceil_div(pc, 16), nmp = ceil_div(mc, MR);
+    bf16* buf = scratch<bf16, Scratch::a_tiles>(std::size_t(nmp * steps * MR * 32));
+    std::uint32_t* row = scratch<std::uint32_t, Scratch::a_pairs_row>(std::size_t(steps * 16 + 16));
+    for (Index mp = 0; mp < nmp; ++mp) {
+        bf16* d = buf + mp * steps * MR * 32;
+        for (Index r = 0; r < MR; ++r) {
+            const Index i = mp * MR + r;
+            if (i < mc && 2 * p0 < k) {
+                const Index len = std::min(2 * pc, k - 2 * p0);
+                pack_pairs(x + (m0 + i) * ldx + 2 * p0, len, row);
+                std::fill(row + ceil_div(len, 2), row + steps * 16, 0u);
+            } else {
+                std::fill(row, row + steps * 16, 0u);
+            }
+            for (Index s = 0; s < steps; ++s) std::memcpy(static_cast<void*>(d + (s * MR + r) * 32), row + s * 16, 64);
+        }
+    }
+    return {buf, steps};
+}
+
+struct KernBF16Amx {
+    static constexpr int MR = 32, NV = 2;
+    const PackedBF2* P;
+    Index n, npanels;
+    const float* bias;
+    Index units() const { return P->k2; }
+    Index kc_units() const { return 256; }
+    Index mc_max() const { return 256; }
+    using APack = AmxXTiles;
+    APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
+        return pack_x_amx(x, ldx, m0, mc, u0, uc, P->k);
+    }
+    using BPack = PairPanels;
+    BPack pack_b(Index g, int, Index u0, Index) const { return {P->panel(g * NV) + u0 * 2 * kPanel, P->k2 * 2 * kPanel}; }
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+        if (nv == 2) ukr_bf16_amx<2>(uc, a.block(ir), b.p, b.stride, tile);
+        else ukr_bf16_amx<1>(uc, a.block(ir), b.p, b.stride, tile);
+    }
+};
+#endif
+
 struct ImplBF16 {
     PackedBF2 P;
     // Without vdpbf16ps, rounding X to bf16 only costs time: the default is then widen_f32.
     static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::widen_f32; }
+    static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
     static bool supports(Path p) {
-        return p == Path::scalar || p == Path::simd || p == Path::widen_f32 || (p == Path::avx512_bf16 && have_avx512_bf16());
+        return p == Path::scalar || p == Path::simd || p == Path::widen_f32 || (p == Path::avx512_bf16 && have_avx512_bf16()) ||
+               (p == Path::amx_bf16 && have_amx_bf16());
     }
     template <class Rows>
     void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
@@ -6024,6 +6217,12 @@ struct ImplBF16 {
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                  const Epilogue& ep, const float* bias) const {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BF16__)
+        if (path == Path::amx_bf16) {
+            if (!use_gemv(m, ep)) return gemm_blocked(KernBF16Amx{&P, P.n, P.npanels, bias}, x, m, ldx, y, ldy, pool, ep);
+            path = Path::avx512_bf16;  // GEMM only (common.hpp: gemm_only)
+        }
+#endif
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
         if (path == Path::avx512_bf16) {
             KernBF16Dot kern{&P, P.n, P.npanels, bias};
@@ -6826,12 +7025,89 @@ struct KernQ {
     }
 };
 
+// ---- AMX path: weights dequantized to bf16, TDPBF16PS (GEMM only) -------------------------------------------
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+// Block b of a panel (16 columns × 32 k) → bf16 k-pairs [16 pairs][16 columns][2]: w = bf16(d·q). d·q is
+// exact in f32 (an f16 scale times an integer of at most 8 bits), so each weight is rounded once, to nearest even.
+template <bool Q4>
+FASTVLM_FLATTEN inline void dequant_block_bf16(const std::uint8_t* __restrict quants, const f16* __restrict scales,
+                                               bf16* __restrict out) {
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(scales)));
+    const __m512 off = _mm512_mul_ps(d, _mm512_set1_ps(-float(PackedQ<Q4>::kCorr)));  // d·(u − c) = u·d − c·d
+    // vcvtne2ps2bf16 leaves [even k of the 16 columns | odd k]; the pair layout interleaves them.
+    alignas(64) static constexpr std::uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                                  8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i idx = _mm512_load_si512(kInterleave);
+    const __m512i byte = _mm512_set1_epi32(0xff);
+    auto quad = [&](__m512i u, bf16* o) {  // u: per column, the unsigned values of 4 consecutive k (one per byte)
+        __m512 f[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j)
+            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(u, 8 * j), byte)), d, off);
+        _mm512_store_si512(o, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(f[1], f[0])));
+        _mm512_store_si512(o + 2 * kPanel, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(f[3], f[2])));
+    };
+    if constexpr (Q4) {  // row t: low nibbles are k 4t..4t+3, high nibbles k 16+4t..
+        const __m512i lo4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; ++t) {
+            const __m512i raw = _mm512_load_si512(quants + t * 64);
+            quad(_mm512_and_si512(raw, lo4), out + t * 4 * kPanel);
+            quad(_mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4), out + (t + 4) * 4 * kPanel);
+        }
+    } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) quad(_mm512_load_si512(quants + t * 64), out + t * 4 * kPanel);
+    }
+}
+
+// The BF16 AMX micro-kernel (bf16.hpp) on weights dequantized per K block: X is rounded to bf16 instead
+// of quantized to int8, so this path is closer to f32 than the integer ones. Per K block of 32 blocks,
+// each panel group's weights are dequantized once (1 KiB per panel and block) and reused by every
+// 32-row block of the M block. The exact alternative (TDPBSUD per block of 32 with the VNNI float steps)
+// was measured slower than vpdpbusd: each block's int32 tiles must be stored and rescaled.
+template <bool Q4>
+struct KernQBf16Amx {
+    using PQ = PackedQ<Q4>;
+    static constexpr int MR = 32, NV = 2;
+    const PQ* P;
+    Index n, npanels;
+    const float* bias;
+
+    Index units() const { return P->nsb; }
+    Index kc_units() const { return 32 / PQ::G; }  // 32 blocks = 1024 k
+    Index mc_max() const { return 512; }            // the dequantization is shared by more rows
+    using APack = AmxXTiles;
+    APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
+        return pack_x_amx(x, ldx, m0, mc, u0 * PQ::G * kQB / 2, uc * PQ::G * kQB / 2, P->k);
+    }
+    using BPack = PairPanels;  // bf16.hpp
+    BPack pack_b(Index g, int nv, Index u0, Index uc) const {
+        const Index nb = uc * PQ::G, pairs = nb * kQB / 2;
+        bf16* buf = scratch<bf16, Scratch::b_widen>(std::size_t(NV * pairs * 2 * kPanel));
+        for (int v = 0; v < nv; ++v) {
+            const Index p = g * NV + v;
+            for (Index b = 0; b < nb; ++b)
+                dequant_block_bf16<Q4>(P->quants(p, u0 * PQ::G + b), P->scales(p, u0 * PQ::G + b), buf + (v * nb + b) * kQB * kPanel);
+        }
+        return {buf, pairs * 2 * kPanel};
+    }
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+        const Index pairs = uc * PQ::G * kQB / 2;
+        if (nv == 2) ukr_bf16_amx<2>(pairs, a.block(ir), b.p, b.stride, tile);
+        else ukr_bf16_amx<1>(pairs, a.block(ir), b.p, b.stride, tile);
+    }
+};
+#endif
+
 template <bool Q4>
 struct ImplQ {
     PackedQ<Q4> P;
     static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : have_avx2_int8() ? Path::avx2_int8 : Path::scalar; }
+    static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
     static bool supports(Path p) {
-        return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()) || (p == Path::avx2_int8 && have_avx2_int8());
+        return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()) || (p == Path::avx2_int8 && have_avx2_int8()) ||
+               (p == Path::amx_bf16 && have_amx_bf16() && have_avx512_vnni());
     }
     template <class Rows>
     void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
@@ -6856,6 +7132,12 @@ struct ImplQ {
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                  const Epilogue& ep, const float* bias) const {
         switch (path) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__) && \
+    defined(__AVX512VNNI__)
+            case Path::amx_bf16:  // GEMM only (common.hpp: gemm_only); the GEMV class runs VNNI
+                if (use_gemv(m, ep)) return run<Path::avx512_vnni>(x, m, ldx, y, ldy, pool, ep, bias);
+                return gemm_blocked(KernQBf16Amx<Q4>{&P, P.n, P.npanels, bias}, x, m, ldx, y, ldy, pool, ep);
+#endif
             case Path::avx512_vnni: return run<Path::avx512_vnni>(x, m, ldx, y, ldy, pool, ep, bias);
             case Path::avx2_int8: return run<Path::avx2_int8>(x, m, ldx, y, ldy, pool, ep, bias);
             default: return run<Path::scalar>(x, m, ldx, y, ldy, pool, ep, bias);
@@ -6957,17 +7239,27 @@ struct ImplFor<fmt::Q4, fmt::Q8> {
     using type = ImplQ<true>;
 };
 
+// The builtin path of a kernel class: Impl::best(), or for the GEMM Impl::best_gemm() where the format
+// has a GEMM-only path (AMX).
+template <class W, class A>
+Path builtin_path(bool gemv_rows) {
+    using Impl = typename ImplFor<W, A>::type;
+    if constexpr (requires { Impl::best_gemm(); })
+        if (!gemv_rows) return Impl::best_gemm();
+    return Impl::best();
+}
+
 // The path every Linear<W, A> without a forced path runs, per kernel class, for the whole process:
-// Impl::best() until kernel_choice.hpp measures, reads a cached choice or is told (FASTVLM_KERNELS).
+// builtin_path() until kernel_choice.hpp measures, reads a cached choice or is told (FASTVLM_KERNELS).
 struct PathChoice {
     std::atomic<Path> gemv, gemm;
     std::atomic<int> source{0};  // KernelSource (kernel_choice.hpp)
-    explicit PathChoice(Path p) : gemv(p), gemm(p) {}
+    PathChoice(Path v, Path m) : gemv(v), gemm(m) {}
     Path get(bool gemv_rows) const { return (gemv_rows ? gemv : gemm).load(std::memory_order_relaxed); }
 };
 template <class W, class A>
 PathChoice& path_choice() {
-    static PathChoice c(ImplFor<W, A>::type::best());
+    static PathChoice c(builtin_path<W, A>(true), builtin_path<W, A>(false));
     return c;
 }
 
@@ -7133,11 +7425,13 @@ inline std::string pair_names() {
 }
 
 // The paths a pair can take here, fastest kind first; scalar only where nothing else is compiled in.
+// For one kernel class only, when `cls` is given (GEMM-only paths are no GEMV candidates).
 template <class W, class A>
-std::vector<Path> candidates() {
+std::vector<Path> candidates(std::optional<KernelClass> cls = std::nullopt) {
     std::vector<Path> out;
     for (Path p : mm::kAllPaths)
-        if (p != Path::scalar && Linear<W, A>::supports(p)) out.push_back(p);
+        if (p != Path::scalar && Linear<W, A>::supports(p) && !(cls == KernelClass::gemv && mm::gemm_only(p)))
+            out.push_back(p);
     if (out.empty()) out.push_back(Path::scalar);
     return out;
 }
@@ -7224,9 +7518,9 @@ inline std::vector<std::pair<std::string, double>> named(const std::vector<Path>
 // from DRAM). GEMM: 128 rows through layers until ≥ 1 GFLOP.
 template <class W, class A>
 void measure(const std::vector<const Linear<W, A>*>& lins, ThreadPool* pool) {
-    const auto cands = candidates<W, A>();
-    const Path fallback = mm::ImplFor<W, A>::type::best();
-    if (lins.empty() || cands.size() < 2) return set<W, A>(fallback, fallback, KernelSource::measured);
+    const auto cv = candidates<W, A>(KernelClass::gemv), cm = candidates<W, A>(KernelClass::gemm);
+    const Path fv = mm::builtin_path<W, A>(true), fm = mm::builtin_path<W, A>(false);
+    if (lins.empty() || (cv.size() < 2 && cm.size() < 2)) return set<W, A>(fv, fm, KernelSource::measured);
     constexpr Index kRows = 128;
     Index kmax = 1, nmax = 1;
     for (const auto* l : lins) kmax = std::max(kmax, l->in_features()), nmax = std::max(nmax, l->out_features());
@@ -7249,17 +7543,18 @@ void measure(const std::vector<const Linear<W, A>*>& lins, ThreadPool* pool) {
     const auto gm = layers_until(
         [](const Linear<W, A>& l) { return 2.0 * kRows * double(l.in_features()) * double(l.out_features()); }, 1e9);
     const Epilogue gemv_ep{.rows = RowKernel::gemv}, gemm_ep{.rows = RowKernel::gemm};
-    const auto tv = time_candidates(cands, [&](Path p) {
+    // A class with one candidate is not timed.
+    const auto tv = cv.size() < 2 ? std::vector<double>(cv.size(), 0.0) : time_candidates(cv, [&](Path p) {
         for (const auto* l : gv) l->forward_path(p, x.data(), 1, l->in_features(), y.data(), l->out_features(), pool, gemv_ep);
     });
-    const auto tm = time_candidates(cands, [&](Path p) {
+    const auto tm = cm.size() < 2 ? std::vector<double>(cm.size(), 0.0) : time_candidates(cm, [&](Path p) {
         for (const auto* l : gm)
             l->forward_path(p, x.data(), kRows, l->in_features(), y.data(), l->out_features(), pool, gemm_ep);
     });
-    set<W, A>(cands[pick(cands, tv, fallback)], cands[pick(cands, tm, fallback)], KernelSource::measured);
+    set<W, A>(cv[pick(cv, tv, fv)], cm[pick(cm, tm, fm)], KernelSource::measured);
     std::lock_guard lk(timings().m);
-    record(timings().gemv, Pair<W, A>::name(), named(cands, tv));
-    record(timings().gemm, Pair<W, A>::name(), named(cands, tm));
+    if (cv.size() > 1) record(timings().gemv, Pair<W, A>::name(), named(cv, tv));
+    if (cm.size() > 1) record(timings().gemm, Pair<W, A>::name(), named(cm, tm));
 }
 
 // ---- the cache file ---------------------------------------------------------------------------------------
@@ -7308,7 +7603,7 @@ bool load_cached(const nlohmann::json& cache, const std::string& key) {
     const auto gi = p->find("gemv"), mi = p->find("gemm");
     if (gi != p->end() && gi->is_string()) g = path_named(gi->template get<std::string>());
     if (mi != p->end() && mi->is_string()) m = path_named(mi->template get<std::string>());
-    if (!g || !m || !Linear<W, A>::supports(*g) || !Linear<W, A>::supports(*m)) return false;
+    if (!g || !m || !Linear<W, A>::supports(*g) || !Linear<W, A>::supports(*m) || mm::gemm_only(*g)) return false;
     set<W, A>(*g, *m, KernelSource::cached);
     return true;
 }
@@ -7367,8 +7662,9 @@ inline void force_kernels(std::string_view spec, std::string_view what = "kernel
     if (spec == "default") {
         for_each_pair([&](auto p) {
             using P = decltype(p);
-            const Path b = detail::mm::ImplFor<typename P::weight, typename P::compute>::type::best();
-            set<typename P::weight, typename P::compute>(b, b, KernelSource::builtin);
+            using W = typename P::weight;
+            using A = typename P::compute;
+            set<W, A>(detail::mm::builtin_path<W, A>(true), detail::mm::builtin_path<W, A>(false), KernelSource::builtin);
         });
         return;
     }
@@ -7406,9 +7702,11 @@ inline void force_kernels(std::string_view spec, std::string_view what = "kernel
             if (!path || !Linear<W, A>::supports(*path))
                 fail(what, ": kernel path '", std::string(rhs.substr(0, 80)), "' is not available for ", P::name(),
                      " on this CPU (available: ", avail, ")");
+            if (cls == 0 && detail::mm::gemm_only(*path))
+                fail(what, ": kernel path '", std::string(rhs), "' runs only the GEMM class; use ", P::name(), ".gemm=", std::string(rhs));
             apply.push_back([cls, q = *path] {
                 auto& c = detail::mm::path_choice<W, A>();
-                if (cls != 1) c.gemv.store(q);
+                if (cls != 1 && !detail::mm::gemm_only(q)) c.gemv.store(q);  // PAIR=amx_*: the GEMM class only
                 if (cls != 0) c.gemm.store(q);
                 c.source.store(int(KernelSource::forced));
             });

@@ -69,11 +69,13 @@ inline std::string pair_names() {
 }
 
 // The paths a pair can take here, fastest kind first; scalar only where nothing else is compiled in.
+// For one kernel class only, when `cls` is given (GEMM-only paths are no GEMV candidates).
 template <class W, class A>
-std::vector<Path> candidates() {
+std::vector<Path> candidates(std::optional<KernelClass> cls = std::nullopt) {
     std::vector<Path> out;
     for (Path p : mm::kAllPaths)
-        if (p != Path::scalar && Linear<W, A>::supports(p)) out.push_back(p);
+        if (p != Path::scalar && Linear<W, A>::supports(p) && !(cls == KernelClass::gemv && mm::gemm_only(p)))
+            out.push_back(p);
     if (out.empty()) out.push_back(Path::scalar);
     return out;
 }
@@ -160,9 +162,9 @@ inline std::vector<std::pair<std::string, double>> named(const std::vector<Path>
 // from DRAM). GEMM: 128 rows through layers until ≥ 1 GFLOP.
 template <class W, class A>
 void measure(const std::vector<const Linear<W, A>*>& lins, ThreadPool* pool) {
-    const auto cands = candidates<W, A>();
-    const Path fallback = mm::ImplFor<W, A>::type::best();
-    if (lins.empty() || cands.size() < 2) return set<W, A>(fallback, fallback, KernelSource::measured);
+    const auto cv = candidates<W, A>(KernelClass::gemv), cm = candidates<W, A>(KernelClass::gemm);
+    const Path fv = mm::builtin_path<W, A>(true), fm = mm::builtin_path<W, A>(false);
+    if (lins.empty() || (cv.size() < 2 && cm.size() < 2)) return set<W, A>(fv, fm, KernelSource::measured);
     constexpr Index kRows = 128;
     Index kmax = 1, nmax = 1;
     for (const auto* l : lins) kmax = std::max(kmax, l->in_features()), nmax = std::max(nmax, l->out_features());
@@ -185,17 +187,18 @@ void measure(const std::vector<const Linear<W, A>*>& lins, ThreadPool* pool) {
     const auto gm = layers_until(
         [](const Linear<W, A>& l) { return 2.0 * kRows * double(l.in_features()) * double(l.out_features()); }, 1e9);
     const Epilogue gemv_ep{.rows = RowKernel::gemv}, gemm_ep{.rows = RowKernel::gemm};
-    const auto tv = time_candidates(cands, [&](Path p) {
+    // A class with one candidate is not timed.
+    const auto tv = cv.size() < 2 ? std::vector<double>(cv.size(), 0.0) : time_candidates(cv, [&](Path p) {
         for (const auto* l : gv) l->forward_path(p, x.data(), 1, l->in_features(), y.data(), l->out_features(), pool, gemv_ep);
     });
-    const auto tm = time_candidates(cands, [&](Path p) {
+    const auto tm = cm.size() < 2 ? std::vector<double>(cm.size(), 0.0) : time_candidates(cm, [&](Path p) {
         for (const auto* l : gm)
             l->forward_path(p, x.data(), kRows, l->in_features(), y.data(), l->out_features(), pool, gemm_ep);
     });
-    set<W, A>(cands[pick(cands, tv, fallback)], cands[pick(cands, tm, fallback)], KernelSource::measured);
+    set<W, A>(cv[pick(cv, tv, fv)], cm[pick(cm, tm, fm)], KernelSource::measured);
     std::lock_guard lk(timings().m);
-    record(timings().gemv, Pair<W, A>::name(), named(cands, tv));
-    record(timings().gemm, Pair<W, A>::name(), named(cands, tm));
+    if (cv.size() > 1) record(timings().gemv, Pair<W, A>::name(), named(cv, tv));
+    if (cm.size() > 1) record(timings().gemm, Pair<W, A>::name(), named(cm, tm));
 }
 
 // ---- the cache file ---------------------------------------------------------------------------------------
@@ -244,7 +247,7 @@ bool load_cached(const nlohmann::json& cache, const std::string& key) {
     const auto gi = p->find("gemv"), mi = p->find("gemm");
     if (gi != p->end() && gi->is_string()) g = path_named(gi->template get<std::string>());
     if (mi != p->end() && mi->is_string()) m = path_named(mi->template get<std::string>());
-    if (!g || !m || !Linear<W, A>::supports(*g) || !Linear<W, A>::supports(*m)) return false;
+    if (!g || !m || !Linear<W, A>::supports(*g) || !Linear<W, A>::supports(*m) || mm::gemm_only(*g)) return false;
     set<W, A>(*g, *m, KernelSource::cached);
     return true;
 }
@@ -303,8 +306,9 @@ inline void force_kernels(std::string_view spec, std::string_view what = "kernel
     if (spec == "default") {
         for_each_pair([&](auto p) {
             using P = decltype(p);
-            const Path b = detail::mm::ImplFor<typename P::weight, typename P::compute>::type::best();
-            set<typename P::weight, typename P::compute>(b, b, KernelSource::builtin);
+            using W = typename P::weight;
+            using A = typename P::compute;
+            set<W, A>(detail::mm::builtin_path<W, A>(true), detail::mm::builtin_path<W, A>(false), KernelSource::builtin);
         });
         return;
     }
@@ -342,9 +346,11 @@ inline void force_kernels(std::string_view spec, std::string_view what = "kernel
             if (!path || !Linear<W, A>::supports(*path))
                 fail(what, ": kernel path '", std::string(rhs.substr(0, 80)), "' is not available for ", P::name(),
                      " on this CPU (available: ", avail, ")");
+            if (cls == 0 && detail::mm::gemm_only(*path))
+                fail(what, ": kernel path '", std::string(rhs), "' runs only the GEMM class; use ", P::name(), ".gemm=", std::string(rhs));
             apply.push_back([cls, q = *path] {
                 auto& c = detail::mm::path_choice<W, A>();
-                if (cls != 1) c.gemv.store(q);
+                if (cls != 1 && !detail::mm::gemm_only(q)) c.gemv.store(q);  // PAIR=amx_*: the GEMM class only
                 if (cls != 0) c.gemm.store(q);
                 c.source.store(int(KernelSource::forced));
             });

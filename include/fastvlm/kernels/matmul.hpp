@@ -101,17 +101,27 @@ struct ImplFor<fmt::Q4, fmt::Q8> {
     using type = ImplQ<true>;
 };
 
+// The builtin path of a kernel class: Impl::best(), or for the GEMM Impl::best_gemm() where the format
+// has a GEMM-only path (AMX).
+template <class W, class A>
+Path builtin_path(bool gemv_rows) {
+    using Impl = typename ImplFor<W, A>::type;
+    if constexpr (requires { Impl::best_gemm(); })
+        if (!gemv_rows) return Impl::best_gemm();
+    return Impl::best();
+}
+
 // The path every Linear<W, A> without a forced path runs, per kernel class, for the whole process:
-// Impl::best() until kernel_choice.hpp measures, reads a cached choice or is told (FASTVLM_KERNELS).
+// builtin_path() until kernel_choice.hpp measures, reads a cached choice or is told (FASTVLM_KERNELS).
 struct PathChoice {
     std::atomic<Path> gemv, gemm;
     std::atomic<int> source{0};  // KernelSource (kernel_choice.hpp)
-    explicit PathChoice(Path p) : gemv(p), gemm(p) {}
+    PathChoice(Path v, Path m) : gemv(v), gemm(m) {}
     Path get(bool gemv_rows) const { return (gemv_rows ? gemv : gemm).load(std::memory_order_relaxed); }
 };
 template <class W, class A>
 PathChoice& path_choice() {
-    static PathChoice c(ImplFor<W, A>::type::best());
+    static PathChoice c(builtin_path<W, A>(true), builtin_path<W, A>(false));
     return c;
 }
 

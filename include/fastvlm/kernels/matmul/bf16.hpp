@@ -2,7 +2,7 @@
 // Packed layout: [panel][k/2][16][2] bf16 — one zmm = the k-pair (2p, 2p+1) of 16 columns, the
 // operand order of vdpbf16ps: acc[c] += a[2c]·b[2c] + a[2c+1]·b[2c+1]. X is packed as k-pairs
 // (one dword each) and broadcast. K is padded to even with zeros.
-// Paths: avx512_bf16 (vdpbf16ps); simd/scalar (widen to f32, FMA) for CPUs without it; widen_f32 (the
+// Paths: avx512_bf16 (vdpbf16ps); amx_bf16 (AMX tiles, GEMM only); simd/scalar (widen to f32, FMA) for CPUs without it; widen_f32 (the
 // same without rounding X: BF16 weights × F32 activations), chosen where it measures faster (kernel_choice.hpp).
 #pragma once
 #include <algorithm>
@@ -17,6 +17,12 @@
 FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
+
+// Weight panels of the pair layout as a GEMM block reads them: panel v of the group at p + v·stride.
+struct PairPanels {
+    const bf16* p;
+    Index stride;
+};
 
 struct PackedBF2 {
     Index n = 0, k = 0, k2 = 0, npanels = 0;
@@ -256,10 +262,7 @@ struct KernBF16Dot {
         }
         return {buf};
     }
-    struct BPack {
-        const bf16* p;
-        Index stride;
-    };
+    using BPack = PairPanels;
     BPack pack_b(Index g, int, Index u0, Index) const {
         return {P->panel(g * NV) + u0 * 2 * kPanel, P->k2 * 2 * kPanel};
     }
@@ -289,12 +292,123 @@ struct KernBF16Dot {
 };
 #endif
 
+// ---- AMX path: TDPBF16PS (GEMM only) -------------------------------------------------------------------
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BF16__)
+// A 32 × 32 tile of C per micro-kernel call: C in tiles 0..3 (rows 0–15 / 16–31 × panels 0 / 1), X in
+// tiles 4, 5 (16 rows × 16 k-pairs each), the weights in 6, 7 (16 k-pairs × 16 columns of one panel). The
+// panel layout [k2][16][2] is already TDPBF16PS's B operand: 16 consecutive k-pairs of a panel are one
+// 1 KiB tile, loaded in place. X is packed tile by tile ([32-row block][16-pair step][32 rows][16 pairs]),
+// rounded to bf16 as on the vdpbf16ps path, so each tile load reads 1 KiB of consecutive memory.
+inline const TileConfig& bf16_tile_config() {
+    static const TileConfig c = [] {
+        TileConfig t;
+        for (int i = 0; i < 8; ++i) t.rows[i] = 16, t.colsb[i] = 64;
+        return t;
+    }();
+    return c;
+}
+
+template <int NV>
+FASTVLM_FLATTEN inline void ukr_bf16_amx(Index uc, const bf16* __restrict a, const bf16* __restrict b, Index bs,
+                                         float* __restrict tile) {
+    constexpr Index kStep = 16;  // k-pairs per tile
+    _tile_zero(0);
+    _tile_zero(2);
+    if constexpr (NV == 2) {
+        _tile_zero(1);
+        _tile_zero(3);
+    }
+    const Index full = uc / kStep;
+    auto step = [&](const bf16* as, const bf16* b0, const bf16* b1) {
+        _tile_loadd(4, as, 64);
+        _tile_loadd(6, b0, 64);
+        _tile_loadd(5, as + kStep * 32, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if constexpr (NV == 2) {
+            _tile_loadd(7, b1, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    };
+    for (Index s = 0; s < full; ++s) step(a + s * 32 * 32, b + s * kStep * 32, b + bs + s * kStep * 32);
+    if (const Index rem = uc - full * kStep; rem > 0) {  // the last k-pairs: a zero-padded copy (A is padded)
+        alignas(64) bf16 tb[NV][kStep * 32];
+        for (int v = 0; v < NV; ++v) {
+            std::memcpy(static_cast<void*>(tb[v]), b + v * bs + full * kStep * 32, std::size_t(rem * 32) * sizeof(bf16));
+            std::memset(static_cast<void*>(tb[v] + rem * 32), 0, std::size_t((kStep - rem) * 32) * sizeof(bf16));
+        }
+        step(a + full * 32 * 32, tb[0], tb[NV - 1]);
+    }
+    constexpr Index ldt = 2 * kPanel * Index(sizeof(float));  // the driver's tile: 32 rows × 32 floats
+    _tile_stored(0, tile, ldt);
+    _tile_stored(2, tile + 16 * 2 * kPanel, ldt);
+    if constexpr (NV == 2) {
+        _tile_stored(1, tile + kPanel, ldt);
+        _tile_stored(3, tile + 16 * 2 * kPanel + kPanel, ldt);
+    }
+}
+
+// X[m0 .. m0+mc) × k-pairs [p0, p0+pc) → bf16 tiles [32-row block][16-pair step][32 rows][16 pairs],
+// zero-padded to whole blocks and steps; rounded to bf16 as on the vdpbf16ps path. Also loads this
+// thread's tile configuration: the micro-kernels that use the packed block run on the same thread.
+struct AmxXTiles {
+    const bf16* p;
+    Index steps;  // 16-pair steps per row block
+    const bf16* block(Index ir) const { return p + ir * steps * 32 * 32; }
+};
+inline AmxXTiles pack_x_amx(const float* x, Index ldx, Index m0, Index mc, Index p0, Index pc, Index k) {
+    constexpr Index MR = 32;
+    load_tile_config(bf16_tile_config());
+    const Index steps = ceil_div(pc, 16), nmp = ceil_div(mc, MR);
+    bf16* buf = scratch<bf16, Scratch::a_tiles>(std::size_t(nmp * steps * MR * 32));
+    std::uint32_t* row = scratch<std::uint32_t, Scratch::a_pairs_row>(std::size_t(steps * 16 + 16));
+    for (Index mp = 0; mp < nmp; ++mp) {
+        bf16* d = buf + mp * steps * MR * 32;
+        for (Index r = 0; r < MR; ++r) {
+            const Index i = mp * MR + r;
+            if (i < mc && 2 * p0 < k) {
+                const Index len = std::min(2 * pc, k - 2 * p0);
+                pack_pairs(x + (m0 + i) * ldx + 2 * p0, len, row);
+                std::fill(row + ceil_div(len, 2), row + steps * 16, 0u);
+            } else {
+                std::fill(row, row + steps * 16, 0u);
+            }
+            for (Index s = 0; s < steps; ++s) std::memcpy(static_cast<void*>(d + (s * MR + r) * 32), row + s * 16, 64);
+        }
+    }
+    return {buf, steps};
+}
+
+struct KernBF16Amx {
+    static constexpr int MR = 32, NV = 2;
+    const PackedBF2* P;
+    Index n, npanels;
+    const float* bias;
+    Index units() const { return P->k2; }
+    Index kc_units() const { return 256; }
+    Index mc_max() const { return 256; }
+    using APack = AmxXTiles;
+    APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
+        return pack_x_amx(x, ldx, m0, mc, u0, uc, P->k);
+    }
+    using BPack = PairPanels;
+    BPack pack_b(Index g, int, Index u0, Index) const { return {P->panel(g * NV) + u0 * 2 * kPanel, P->k2 * 2 * kPanel}; }
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+        if (nv == 2) ukr_bf16_amx<2>(uc, a.block(ir), b.p, b.stride, tile);
+        else ukr_bf16_amx<1>(uc, a.block(ir), b.p, b.stride, tile);
+    }
+};
+#endif
+
 struct ImplBF16 {
     PackedBF2 P;
     // Without vdpbf16ps, rounding X to bf16 only costs time: the default is then widen_f32.
     static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::widen_f32; }
+    static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
     static bool supports(Path p) {
-        return p == Path::scalar || p == Path::simd || p == Path::widen_f32 || (p == Path::avx512_bf16 && have_avx512_bf16());
+        return p == Path::scalar || p == Path::simd || p == Path::widen_f32 || (p == Path::avx512_bf16 && have_avx512_bf16()) ||
+               (p == Path::amx_bf16 && have_amx_bf16());
     }
     template <class Rows>
     void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
@@ -317,6 +431,12 @@ struct ImplBF16 {
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                  const Epilogue& ep, const float* bias) const {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BF16__)
+        if (path == Path::amx_bf16) {
+            if (!use_gemv(m, ep)) return gemm_blocked(KernBF16Amx{&P, P.n, P.npanels, bias}, x, m, ldx, y, ldy, pool, ep);
+            path = Path::avx512_bf16;  // GEMM only (common.hpp: gemm_only)
+        }
+#endif
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
         if (path == Path::avx512_bf16) {
             KernBF16Dot kern{&P, P.n, P.npanels, bias};

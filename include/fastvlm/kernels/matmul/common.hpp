@@ -15,6 +15,7 @@
 #include "fastvlm/core/cpu.hpp"
 #include "fastvlm/core/tensor.hpp"
 #include "fastvlm/kernels/activation.hpp"
+#include "fastvlm/kernels/matmul/amx.hpp"
 
 FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
@@ -74,13 +75,14 @@ using avec = std::vector<T, AlignedAlloc<T>>;
 // different formats share a role's buffer, and buffers alive at the same time take different slots.
 enum class Scratch {
     a_pack,       // X block packed into micro-panels (f32, and bf16 widened)
-    b_widen,      // weight panels widened to f32 for one GEMM block
+    b_widen,      // weight panels widened to f32 (or Q8/Q4 dequantized to bf16) for one GEMM block
     gemv_chunk,   // a chunk of one weight panel widened for a GEMV
     a_pairs,      // X block packed as bf16 k-pairs (vdpbf16ps)
     a_pairs_row,  // one X row rounded to bf16 pairs
     q8_codes,     // activations quantized to int8
     q8_scales,    // their per-block scales
     q8_corr,      // their per-block corrections −c·Σq for the unsigned weight bytes
+    a_tiles,      // X block packed as AMX bf16 tiles
 };
 template <class T, Scratch Slot>
 T* scratch(std::size_t n) {
@@ -107,8 +109,13 @@ enum class Path {
     avx512_vnni,  // vpdpbusd (Q8/Q4 x Q8)
     avx2_int8,    // vpmaddubsw + vpmaddwd (Q8/Q4 x Q8) where there is no AVX-512 VNNI
     widen_f32,    // BF16 x BF16 layer computed as BF16 x F32: weights widened to f32, activations not rounded
+    amx_bf16,     // AMX TDPBF16PS, GEMM only (BF16 weights; Q8/Q4 weights dequantized to bf16 per K block)
 };
-inline constexpr Path kAllPaths[] = {Path::scalar, Path::simd, Path::avx512_bf16, Path::avx512_vnni, Path::avx2_int8, Path::widen_f32};
+inline constexpr Path kAllPaths[] = {Path::scalar,    Path::simd,      Path::avx512_bf16, Path::avx512_vnni,
+                                     Path::avx2_int8, Path::widen_f32, Path::amx_bf16};
+// Paths that run only the blocked GEMM (m ≥ 2, prefill and vision). A call of the GEMV class through one of
+// them (m = 1, decode rows) runs the format's vector path instead, and kernel choice never picks them for GEMV.
+inline bool gemm_only(Path p) { return p == Path::amx_bf16; }
 inline const char* path_name(Path p) {
     switch (p) {
         case Path::scalar: return "scalar";
@@ -117,6 +124,7 @@ inline const char* path_name(Path p) {
         case Path::avx512_vnni: return "avx512_vnni";
         case Path::avx2_int8: return "avx2_int8";
         case Path::widen_f32: return "widen_f32";
+        case Path::amx_bf16: return "amx_bf16";
     }
     return "?";
 }

@@ -23,6 +23,7 @@
 #include "fastvlm/core/diagnostics.hpp"
 #include "fastvlm/core/dtypes.hpp"
 #include "fastvlm/core/formats.hpp"
+#include "fastvlm/kernels/matmul/bf16.hpp"
 #include "fastvlm/kernels/matmul/common.hpp"
 #include "fastvlm/kernels/matmul/driver.hpp"
 
@@ -781,12 +782,89 @@ struct KernQ {
     }
 };
 
+// ---- AMX path: weights dequantized to bf16, TDPBF16PS (GEMM only) -------------------------------------------
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+// Block b of a panel (16 columns × 32 k) → bf16 k-pairs [16 pairs][16 columns][2]: w = bf16(d·q). d·q is
+// exact in f32 (an f16 scale times an integer of at most 8 bits), so each weight is rounded once, to nearest even.
+template <bool Q4>
+FASTVLM_FLATTEN inline void dequant_block_bf16(const std::uint8_t* __restrict quants, const f16* __restrict scales,
+                                               bf16* __restrict out) {
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(scales)));
+    const __m512 off = _mm512_mul_ps(d, _mm512_set1_ps(-float(PackedQ<Q4>::kCorr)));  // d·(u − c) = u·d − c·d
+    // vcvtne2ps2bf16 leaves [even k of the 16 columns | odd k]; the pair layout interleaves them.
+    alignas(64) static constexpr std::uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                                  8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i idx = _mm512_load_si512(kInterleave);
+    const __m512i byte = _mm512_set1_epi32(0xff);
+    auto quad = [&](__m512i u, bf16* o) {  // u: per column, the unsigned values of 4 consecutive k (one per byte)
+        __m512 f[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j)
+            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(u, 8 * j), byte)), d, off);
+        _mm512_store_si512(o, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(f[1], f[0])));
+        _mm512_store_si512(o + 2 * kPanel, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(f[3], f[2])));
+    };
+    if constexpr (Q4) {  // row t: low nibbles are k 4t..4t+3, high nibbles k 16+4t..
+        const __m512i lo4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; ++t) {
+            const __m512i raw = _mm512_load_si512(quants + t * 64);
+            quad(_mm512_and_si512(raw, lo4), out + t * 4 * kPanel);
+            quad(_mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4), out + (t + 4) * 4 * kPanel);
+        }
+    } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) quad(_mm512_load_si512(quants + t * 64), out + t * 4 * kPanel);
+    }
+}
+
+// The BF16 AMX micro-kernel (bf16.hpp) on weights dequantized per K block: X is rounded to bf16 instead
+// of quantized to int8, so this path is closer to f32 than the integer ones. Per K block of 32 blocks,
+// each panel group's weights are dequantized once (1 KiB per panel and block) and reused by every
+// 32-row block of the M block. The exact alternative (TDPBSUD per block of 32 with the VNNI float steps)
+// was measured slower than vpdpbusd: each block's int32 tiles must be stored and rescaled.
+template <bool Q4>
+struct KernQBf16Amx {
+    using PQ = PackedQ<Q4>;
+    static constexpr int MR = 32, NV = 2;
+    const PQ* P;
+    Index n, npanels;
+    const float* bias;
+
+    Index units() const { return P->nsb; }
+    Index kc_units() const { return 32 / PQ::G; }  // 32 blocks = 1024 k
+    Index mc_max() const { return 512; }            // the dequantization is shared by more rows
+    using APack = AmxXTiles;
+    APack pack_a(const float* x, Index ldx, Index m0, Index mc, Index u0, Index uc) const {
+        return pack_x_amx(x, ldx, m0, mc, u0 * PQ::G * kQB / 2, uc * PQ::G * kQB / 2, P->k);
+    }
+    using BPack = PairPanels;  // bf16.hpp
+    BPack pack_b(Index g, int nv, Index u0, Index uc) const {
+        const Index nb = uc * PQ::G, pairs = nb * kQB / 2;
+        bf16* buf = scratch<bf16, Scratch::b_widen>(std::size_t(NV * pairs * 2 * kPanel));
+        for (int v = 0; v < nv; ++v) {
+            const Index p = g * NV + v;
+            for (Index b = 0; b < nb; ++b)
+                dequant_block_bf16<Q4>(P->quants(p, u0 * PQ::G + b), P->scales(p, u0 * PQ::G + b), buf + (v * nb + b) * kQB * kPanel);
+        }
+        return {buf, pairs * 2 * kPanel};
+    }
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+        const Index pairs = uc * PQ::G * kQB / 2;
+        if (nv == 2) ukr_bf16_amx<2>(pairs, a.block(ir), b.p, b.stride, tile);
+        else ukr_bf16_amx<1>(pairs, a.block(ir), b.p, b.stride, tile);
+    }
+};
+#endif
+
 template <bool Q4>
 struct ImplQ {
     PackedQ<Q4> P;
     static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : have_avx2_int8() ? Path::avx2_int8 : Path::scalar; }
+    static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
     static bool supports(Path p) {
-        return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()) || (p == Path::avx2_int8 && have_avx2_int8());
+        return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()) || (p == Path::avx2_int8 && have_avx2_int8()) ||
+               (p == Path::amx_bf16 && have_amx_bf16() && have_avx512_vnni());
     }
     template <class Rows>
     void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
@@ -811,6 +889,12 @@ struct ImplQ {
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
                  const Epilogue& ep, const float* bias) const {
         switch (path) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__) && \
+    defined(__AVX512VNNI__)
+            case Path::amx_bf16:  // GEMM only (common.hpp: gemm_only); the GEMV class runs VNNI
+                if (use_gemv(m, ep)) return run<Path::avx512_vnni>(x, m, ldx, y, ldy, pool, ep, bias);
+                return gemm_blocked(KernQBf16Amx<Q4>{&P, P.n, P.npanels, bias}, x, m, ldx, y, ldy, pool, ep);
+#endif
             case Path::avx512_vnni: return run<Path::avx512_vnni>(x, m, ldx, y, ldy, pool, ep, bias);
             case Path::avx2_int8: return run<Path::avx2_int8>(x, m, ldx, y, ldy, pool, ep, bias);
             default: return run<Path::scalar>(x, m, ldx, y, ldy, pool, ep, bias);
