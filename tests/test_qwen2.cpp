@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -121,6 +122,92 @@ TEST(AttentionGQA, CausalMaskIgnoresFutureKeys) {
     EXPECT_FALSE(std::equal(a.begin() + 4 * 32, a.end(), b.begin() + 4 * 32));
     EXPECT_THROW(attention_gqa(q.data(), 32, k.data(), v.data(), ld, a.data(), 32, T, 0, AttentionDims{3, 2, 8}, nullptr),
                  Error);
+}
+
+TEST(AttentionGQA, PagedBf16RowsEqualContiguousAndBatchesAreIndependent) {
+    // The decode path reads keys/values from bf16 pages of a few positions (text/kv_cache.hpp). With values
+    // that bf16 holds exactly, any page size gives the contiguous float result bit for bit, and a
+    // sequence's rows do not depend on the other sequences of the call. Head sizes cover the register
+    // tiles of the value pass (1–7 heads per KV head, 1–8 vectors per head, a column tail).
+    ThreadPool pool(2);
+    const AttnCase cases[] = {{14, 2, 64, 1, 300}, {14, 2, 64, 9, 40}, {12, 2, 128, 1, 77}, {7, 1, 33, 3, 20},
+                              {28, 4, 128, 1, 50}, {5, 5, 17, 4, 10},  {8, 1, 256, 2, 31}, {2, 1, 8, 1, 0}};
+    for (const auto& c : cases) {
+        const AttentionDims dims{c.hq, c.hkv, c.d};
+        const Index ldq = c.hq * c.d, ldkv = c.hkv * c.d, n = c.p0 + c.T;
+        auto q = random_vec(std::size_t(c.T * ldq), 11 + c.d);
+        auto k = random_vec(std::size_t(n * ldkv), 12 + c.d);
+        auto v = random_vec(std::size_t(n * ldkv), 13 + c.d);
+        for (auto* x : {&k, &v})
+            for (float& f : *x) f = to_float(to_bf16(f));
+        std::vector<float> want(std::size_t(c.T * ldq)), ref(want.size());
+        attention_gqa(q.data(), ldq, k.data(), v.data(), ldkv, want.data(), ldq, c.T, c.p0, dims, &pool);
+        attention_gqa_ref(q.data(), ldq, k.data(), v.data(), ldkv, ref.data(), ldq, c.T, c.p0, dims);
+        EXPECT_LT(max_diff(want.data(), ref.data(), ref.size()), 2e-5f);
+        for (Index page : {1, 3, 16, 64}) {
+            // pages of `page` positions, K and V of a page side by side with a gap (off, ld as the pool uses)
+            const Index ld = ldkv + 3, off = 2;
+            std::vector<std::vector<bf16>> store;
+            std::vector<const bf16*> kp, vp;
+            for (Index p0 = 0; p0 < n; p0 += page) {
+                std::vector<bf16> pg(std::size_t(off + page * ld), bf16{});
+                std::vector<bf16> pv = pg;
+                for (Index r = 0; r < page && p0 + r < n; ++r)
+                    for (Index i = 0; i < ldkv; ++i) {
+                        pg[std::size_t(off + r * ld + i)] = to_bf16(k[std::size_t((p0 + r) * ldkv + i)]);
+                        pv[std::size_t(off + r * ld + i)] = to_bf16(v[std::size_t((p0 + r) * ldkv + i)]);
+                    }
+                store.push_back(std::move(pg)), store.push_back(std::move(pv));
+            }
+            for (std::size_t i = 0; i < store.size(); i += 2) kp.push_back(store[i].data()), vp.push_back(store[i + 1].data());
+            std::vector<float> out(want.size(), -1.f), other(std::size_t(3 * ldq), -1.f);
+            const KVRows<bf16> kr{kp.data(), page, ld, off}, vr{vp.data(), page, ld, off};
+            // a second sequence in the same call: up to 3 query rows over the first min(n, 5) positions
+            const Index n2 = std::min<Index>(n, 5), t2 = std::min<Index>(3, n2);
+            const auto q2 = random_vec(std::size_t(t2 * ldq), 14 + c.d);
+            const AttentionSeq<bf16> seqs[] = {{q.data(), ldq, out.data(), ldq, c.T, c.p0, kr, vr},
+                                               {q2.data(), ldq, other.data(), ldq, t2, n2 - t2, kr, vr}};
+            attention_gqa_batch<bf16>(seqs, dims, &pool);
+            EXPECT_EQ(out, want) << c.hq << "/" << c.hkv << " d=" << c.d << " T=" << c.T << " p0=" << c.p0 << " page=" << page;
+            std::vector<float> alone(other.size(), -1.f);
+            AttentionSeq<bf16> one = seqs[1];
+            one.out = alone.data();
+            attention_gqa_batch<bf16>(std::span<const AttentionSeq<bf16>>(&one, 1), dims, nullptr);
+            EXPECT_EQ(other, alone) << "page=" << page;
+        }
+    }
+}
+
+TEST(KVPool, PagesComeFromOneHugePageRangeAndAreReused) {
+    // A budget of at least 2 MiB is one address range with transparent huge pages (Linux); a smaller one
+    // allocates page by page. Either way: distinct, aligned, writable pages, reused after they return.
+    for (std::size_t budget : {std::size_t(8) << 20, std::size_t(1) << 20}) {
+        const text::KVShape shape{24, 128};
+        text::KVPool pool(shape, text::KVType::bf16, budget, 16);
+        const Index total = pool.total_pages();
+        ASSERT_GE(total, 5);
+        std::vector<void*> pages;
+        for (Index i = 0; i < total; ++i) {
+            pages.push_back(pool.take_page());
+            ASSERT_EQ(reinterpret_cast<std::uintptr_t>(pages.back()) % kAlignment, 0u);
+            std::memset(pages.back(), int(i & 0x7f), pool.page_bytes());
+        }
+        EXPECT_THROW(pool.take_page(), Error);
+        for (Index i = 0; i < total; ++i) {
+            const auto* b = static_cast<const unsigned char*>(pages[std::size_t(i)]);
+            ASSERT_EQ(b[0], i & 0x7f);
+            ASSERT_EQ(b[pool.page_bytes() - 1], i & 0x7f) << "pages overlap";
+        }
+        EXPECT_EQ(pool.allocated_bytes(), std::size_t(total) * pool.page_bytes());
+#if defined(__linux__)
+        EXPECT_EQ(pool.huge_page_arena(), budget >= (std::size_t(2) << 20));
+#endif
+        pool.put_page(pages[2]);
+        EXPECT_EQ(pool.take_page(), pages[2]);
+        EXPECT_EQ(pool.allocated_bytes(), std::size_t(total) * pool.page_bytes());
+        for (void* p : pages) pool.put_page(p);
+        EXPECT_EQ(pool.used_pages(), 0);
+    }
 }
 
 // ---- sampling and chat ----------------------------------------------------------------------------

@@ -1377,6 +1377,29 @@ inline void convert(const float* src, float* dst, std::size_t n) {
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/dtypes.hpp
+// ---- begin fastvlm/core/diagnostics.hpp ----------------------------------------------------
+// fastvlm/core/diagnostics.hpp — compiler warnings switched off around code that trips a compiler's false
+// positives, in one place.
+
+// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
+// The SIMD kernel headers open with FASTVLM_SIMD_WARNINGS_OFF and close with FASTVLM_SIMD_WARNINGS_ON.
+#if defined(__GNUC__) && !defined(__clang__)
+#define FASTVLM_SIMD_WARNINGS_OFF                                 \
+    _Pragma("GCC diagnostic push")                                \
+    _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")   \
+    _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define FASTVLM_SIMD_WARNINGS_ON _Pragma("GCC diagnostic pop")
+#else
+#define FASTVLM_SIMD_WARNINGS_OFF
+#define FASTVLM_SIMD_WARNINGS_ON
+#endif
+
+// Micro-kernels inline everything they call (xsimd wrappers, small helpers such as widen8). In a
+// translation unit as large as a preset's (build/presets/preset_*.cpp), GCC's inliner stopped short
+// and left ukr_f32's accumulator array on the stack: the same GEMM ran at ~40 % of the FMA peak in
+// fastvlm-cli and at 82 % in bench_matmul's small TU (AVX2, 2026-12-04).
+#define FASTVLM_FLATTEN [[gnu::flatten]]
+// ---- end fastvlm/core/diagnostics.hpp
 // ---- begin fastvlm/core/thread_pool.hpp ----------------------------------------------------
 // fastvlm/core/thread_pool.hpp — a small fork/join pool. No global pool: the user owns one and
 // passes it (by pointer; nullptr = run on the calling thread) to every kernel and model.
@@ -1727,15 +1750,6 @@ inline void dot_rows_f32(const float* a, const float* const* rows, Index n, floa
     }
     s.store_unaligned(out);
 }
-// y[0:n] += a·x[0:n]
-inline void axpy_f32(float a, const float* x, float* y, Index n) {
-    using B = xsimd::batch<float>;
-    constexpr Index W = Index(B::size);
-    const B va(a);
-    Index i = 0;
-    for (; i + W <= n; i += W) xsimd::fma(va, B::load_unaligned(x + i), B::load_unaligned(y + i)).store_unaligned(y + i);
-    for (; i < n; ++i) y[i] += a * x[i];
-}
 }  // namespace detail
 
 // Keys (or values) of one sequence, contiguous or paged: row j is at
@@ -1746,6 +1760,138 @@ struct KVRows {
     Index page = 1, ld = 0, off = 0;
     const E* row(Index j) const { return pages[j / page] + off + (j % page) * ld; }
 };
+
+namespace detail {
+// Walks rows j, j+1, … of a KVRows at column `col` without a division per row (rows of a page are ld
+// apart; the next page starts from its own pointer). Only for rows < the sequence's length.
+template <class E>
+struct RowCursor {
+    const KVRows<E>* kv;
+    Index col, pi, r;
+    const E* p;
+    RowCursor(const KVRows<E>& rows, Index j, Index c) : kv(&rows), col(c), pi(j / rows.page), r(j % rows.page) {
+        p = rows.pages[pi] + rows.off + col + r * rows.ld;
+    }
+    void next() {
+        if (++r == kv->page) r = 0, p = kv->pages[++pi] + kv->off + col;
+        else p += kv->ld;
+    }
+};
+// A prefetch cursor kAheadRows ahead of the rows being read: the cache rows of decode come from DRAM
+// (the weights streamed since the last step evicted them), in runs of a few KiB per page and layer.
+inline constexpr Index kAheadRows = 32;
+template <class E>
+struct Prefetcher {
+    RowCursor<E> c;
+    Index at, n, bytes;
+    Prefetcher(const KVRows<E>& rows, Index j, Index n_, Index col, Index elems)
+        : c(rows, std::min(j + kAheadRows, std::max<Index>(n_ - 1, 0)), col), at(j + kAheadRows), n(n_), bytes(elems * Index(sizeof(E))) {}
+    // Called once per row read, in order.
+    void step() {
+        if (at >= n) return;
+        const char* q = reinterpret_cast<const char*>(c.p);
+        for (Index o = 0; o < bytes; o += 64) __builtin_prefetch(q + o);
+        if (++at < n) c.next();
+    }
+};
+
+// W consecutive elements as floats (bf16 widened exactly).
+template <class E>
+inline xsimd::batch<float> load_widen(const E* p) {
+    using B = xsimd::batch<float>;
+    if constexpr (std::is_same_v<E, float>) {
+        return B::load_unaligned(p);
+    } else {
+        static_assert(std::is_same_v<E, bf16>);
+#if defined(__AVX512F__)
+        if constexpr (B::size == 16)
+            return B(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16)));
+#endif
+#if defined(__AVX2__)
+        if constexpr (B::size == 8)
+            return B(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16)));
+#endif
+        alignas(64) float t[B::size];
+        for (std::size_t i = 0; i < B::size; ++i) t[i] = to_float(p[i]);
+        return B::load_aligned(t);
+    }
+}
+
+// out[h·ld_out + i] = Σ_j p[h·ldp + j] · v_j[i] for HB heads and the DV vectors of columns [i0, i0 + DV·W),
+// j = 0 … n−1 in order (one fused multiply-add per key, the same sums whatever the tiling): the HB × DV
+// accumulators stay in registers while the value rows stream once.
+template <class E, int HB, int DV>
+FASTVLM_FLATTEN inline void pv_tile(const float* p, Index ldp, const KVRows<E>& v, Index col, Index n, float* out, Index ld_out,
+                                    Index prefetch) {
+    using B = xsimd::batch<float>;
+    constexpr Index W = Index(B::size);
+    B acc[HB][DV];
+    for (int h = 0; h < HB; ++h)
+        for (int q = 0; q < DV; ++q) acc[h][q] = B(0.f);
+    if (n > 0) {
+        RowCursor<E> c(v, 0, col);
+        Prefetcher<E> pf(v, 0, n, col, prefetch);  // prefetch: elements of each row to fetch ahead (0: none)
+        for (Index j = 0; j < n; ++j) {
+            if (prefetch) pf.step();
+            B x[DV];
+#pragma GCC unroll 8
+            for (int q = 0; q < DV; ++q) x[q] = load_widen(c.p + q * W);
+#pragma GCC unroll 8
+            for (int h = 0; h < HB; ++h) {
+                const B ph(p[h * ldp + j]);
+#pragma GCC unroll 8
+                for (int q = 0; q < DV; ++q) acc[h][q] = xsimd::fma(ph, x[q], acc[h][q]);
+            }
+            if (j + 1 < n) c.next();
+        }
+    }
+    for (int h = 0; h < HB; ++h)
+        for (int q = 0; q < DV; ++q) acc[h][q].store_unaligned(out + h * ld_out + q * W);
+}
+
+// pv_tile with run-time HB ≤ kMaxHB, DV ≤ 4.
+template <class E, int kMaxHB, int HB = 1>
+inline void pv_tile_n(Index hb, Index dv, const float* p, Index ldp, const KVRows<E>& v, Index col, Index n, float* out, Index ld_out,
+                      Index prefetch) {
+    if constexpr (HB < kMaxHB)
+        if (hb > HB) return pv_tile_n<E, kMaxHB, HB + 1>(hb, dv, p, ldp, v, col, n, out, ld_out, prefetch);
+    switch (dv) {
+        case 1: return pv_tile<E, HB, 1>(p, ldp, v, col, n, out, ld_out, prefetch);
+        case 2: return pv_tile<E, HB, 2>(p, ldp, v, col, n, out, ld_out, prefetch);
+        case 3: return pv_tile<E, HB, 3>(p, ldp, v, col, n, out, ld_out, prefetch);
+        default: return pv_tile<E, HB, 4>(p, ldp, v, col, n, out, ld_out, prefetch);
+    }
+}
+
+// out[h·d + i] = Σ_j p[h·ldp + j] · v_j[col + i] for heads h < nh, i < d (p: softmax rows).
+template <class E>
+inline void pv_heads(const float* p, Index ldp, Index nh, const KVRows<E>& v, Index col, Index d, Index n, float* out) {
+    using B = xsimd::batch<float>;
+    constexpr Index W = Index(B::size);
+    constexpr int kAcc = W >= 16 ? 16 : 8;  // accumulator registers of the tile (32 zmm; 16 ymm / xmm)
+    constexpr int kMaxDV = 4, kHB = kAcc / kMaxDV;
+    const Index nv = d / W;
+    Index prefetch = d;  // the first pass fetches the head's whole rows ahead; the others find them in cache
+    for (Index h = 0; h < nh; h += kHB) {
+        const Index hb = std::min<Index>(kHB, nh - h);
+        for (Index q = 0; q < nv; q += kMaxDV) {
+            const Index dv = std::min<Index>(kMaxDV, nv - q);
+            const float* ph = p + h * ldp;
+            float* oh = out + h * d + q * W;
+            const Index c = col + q * W;
+            pv_tile_n<E, kHB>(hb, dv, ph, ldp, v, c, n, oh, d, prefetch);
+            prefetch = 0;
+        }
+    }
+    if (nv * W < d)  // columns past the last full vector
+        for (Index h = 0; h < nh; ++h)
+            for (Index i = nv * W; i < d; ++i) {
+                float acc = 0.f;
+                for (Index j = 0; j < n; ++j) acc = std::fma(p[h * ldp + j], to_float(v.row(j)[col + i]), acc);
+                out[h * d + i] = acc;
+            }
+}
+}  // namespace detail
 
 // One sequence of a batched attention call: T query rows at positions p0 .. p0+T−1.
 template <class E>
@@ -1811,30 +1957,28 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
         if (scratch.size() < std::size_t(nh * stride)) scratch.resize(std::size_t(nh * stride));
         if constexpr (!std::is_same_v<E, float>)
             if (rowbuf.size() < std::size_t(RB * d)) rowbuf.resize(std::size_t(RB * d));
-        // Row j of KV head g as floats (bf16 widened into slot `slot` of rowbuf: exact).
-        auto get = [&](const KVRows<E>& kv, Index j, Index slot = 0) -> const float* {
-            const E* r = kv.row(j) + g * d;
+        // The key row under cursor `c` as floats (bf16 widened into slot `slot` of rowbuf: exact).
+        auto get = [&](const detail::RowCursor<E>& c, Index slot) -> const float* {
             if constexpr (std::is_same_v<E, float>) {
-                return r;
+                return c.p;
             } else {
-                convert(r, rowbuf.data() + slot * d, std::size_t(d));
+                convert(c.p, rowbuf.data() + slot * d, std::size_t(d));
                 return rowbuf.data() + slot * d;
             }
-        };
-        auto prefetch = [&](const KVRows<E>& kv, Index j, Index n) {
-            if (j + 8 >= n) return;
-            const char* p = reinterpret_cast<const char*>(kv.row(j + 8) + g * d);
-            for (Index o = 0; o < d * Index(sizeof(E)); o += 64) __builtin_prefetch(p + o);  // the cache rows come from DRAM
         };
         for (Index t = t0; t < t1; ++t) {
             const Index n = p0 + t + 1;
             const float* qt = sq.q + t * sq.ldq;
+            detail::RowCursor<E> kc(sq.k, 0, g * d);
+            detail::Prefetcher<E> pf(sq.k, 0, n, g * d, d);
+            const bool fetch = t == t0;  // later query rows of the task find the keys in cache
             Index j = 0;
             for (; j + RB <= n; j += RB) {  // blocks of RB keys, each widened once for every head of the chunk
                 const float* kr[RB];
                 for (Index r = 0; r < RB; ++r) {
-                    prefetch(sq.k, j + r, n);
-                    kr[r] = get(sq.k, j + r, r);
+                    if (fetch) pf.step();
+                    kr[r] = get(kc, r);
+                    if (j + r + 1 < n) kc.next();
                 }
                 for (Index h = h0; h < h1; ++h) {
                     float* sc = scratch.data() + (h - h0) * stride + j;
@@ -1843,17 +1987,12 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
                 }
             }
             for (; j < n; ++j) {
-                const float* kj = get(sq.k, j);
+                const float* kj = get(kc, 0);
+                if (j + 1 < n) kc.next();
                 for (Index h = h0; h < h1; ++h) scratch[std::size_t((h - h0) * stride + j)] = detail::dot_f32(qt + h * d, kj, d) * scale;
             }
             for (Index h = 0; h < nh; ++h) softmax(scratch.data() + h * stride, n);
-            float* ot = sq.out + t * sq.ldo;
-            for (Index h = h0; h < h1; ++h) std::fill(ot + h * d, ot + h * d + d, 0.f);
-            for (Index j = 0; j < n; ++j) {
-                prefetch(sq.v, j, n);
-                const float* vj = get(sq.v, j);
-                for (Index h = h0; h < h1; ++h) detail::axpy_f32(scratch[std::size_t((h - h0) * stride + j)], vj, ot + h * d, d);
-            }
+            detail::pv_heads<E>(scratch.data(), stride, nh, sq.v, g * d, d, n, sq.out + t * sq.ldo + h0 * d);
         }
     };
     if (pool && pool->size() > 1 && n_tasks > 1)
@@ -1909,6 +2048,10 @@ inline void attention_gqa(const float* q, Index ldq, const float* k, const float
 #include <unordered_map>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 
 namespace fastvlm::text {
 
@@ -1939,7 +2082,13 @@ public:
     KVPool(const KVPool&) = delete;
     KVPool& operator=(const KVPool&) = delete;
     ~KVPool() {
-        for (void* p : free_) std::free(p);
+        if (arena_) {
+#if defined(__linux__)
+            ::munmap(arena_map_, arena_map_bytes_);
+#endif
+        } else {
+            for (void* p : free_) std::free(p);
+        }
     }
 
     KVShape shape() const { return shape_; }
@@ -1988,8 +2137,9 @@ public:
             free_.pop_back();
             return p;
         }
-        const std::size_t bytes = (page_bytes() + kAlignment - 1) / kAlignment * kAlignment;
-        void* p = std::aligned_alloc(kAlignment, bytes);
+        const std::size_t bytes = slot_bytes();
+        if (allocated_ == 0) map_arena();
+        void* p = arena_ ? static_cast<void*>(arena_ + std::size_t(allocated_) * bytes) : std::aligned_alloc(kAlignment, bytes);
         if (!p) {
             --used_;
             throw std::bad_alloc();
@@ -2019,9 +2169,35 @@ public:
         return it == extra_.end() ? 0 : it->second;
     }
 
+    // True when the pages come from one address range backed by transparent huge pages (Linux).
+    bool huge_page_arena() const { return arena_ != nullptr; }
+
 private:
+    std::size_t slot_bytes() const { return (page_bytes() + kAlignment - 1) / kAlignment * kAlignment; }
+    // The budget's address range, reserved once (no memory is committed until a page is written) and
+    // backed by 2 MiB pages where the kernel allows it. A page holds every layer, so one layer's keys
+    // of a page are a few KiB, and a decode step reads one such run per page and layer: with 4 KiB
+    // pages nearly every run is a TLB miss (a 2-D page walk under virtualisation), which made decode
+    // attention 4× slower than its bytes. Falls back to one allocation per page when mapping fails.
+    void map_arena() {
+#if defined(__linux__)
+        constexpr std::size_t kHuge = std::size_t(2) << 20;
+        const std::size_t want = slot_bytes() * std::size_t(total_);
+        if (want < kHuge || want > (std::size_t(1) << 46)) return;
+        const std::size_t map_bytes = want + kHuge;
+        void* m = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) return;
+        auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(m) + kHuge - 1) / kHuge * kHuge);
+        ::madvise(base, want, MADV_HUGEPAGE);  // advice only: without THP the range still works with 4 KiB pages
+        arena_map_ = m, arena_map_bytes_ = map_bytes, arena_ = base;
+#endif
+    }
+
     KVShape shape_;
     KVType type_;
+    std::byte* arena_ = nullptr;  // huge-page range of total_ slots, or null (one allocation per page)
+    void* arena_map_ = nullptr;
+    std::size_t arena_map_bytes_ = 0;
     Index page_ = 16, total_ = 0;
     mutable std::mutex mu_;
     Index used_ = 0, reserved_ = 0, allocated_ = 0;
@@ -4997,23 +5173,6 @@ inline bool amx_available() {
 
 }  // namespace fastvlm
 // ---- end fastvlm/core/cpu.hpp
-// ---- begin fastvlm/core/diagnostics.hpp ----------------------------------------------------
-// fastvlm/core/diagnostics.hpp — compiler warnings switched off around code that trips a compiler's false
-// positives, in one place.
-
-// g++ 12 reports its own _mm512_undefined_* in AVX-512 intrinsics as uninitialized (GCC bug 105593).
-// The SIMD kernel headers open with FASTVLM_SIMD_WARNINGS_OFF and close with FASTVLM_SIMD_WARNINGS_ON.
-#if defined(__GNUC__) && !defined(__clang__)
-#define FASTVLM_SIMD_WARNINGS_OFF                                 \
-    _Pragma("GCC diagnostic push")                                \
-    _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")   \
-    _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
-#define FASTVLM_SIMD_WARNINGS_ON _Pragma("GCC diagnostic pop")
-#else
-#define FASTVLM_SIMD_WARNINGS_OFF
-#define FASTVLM_SIMD_WARNINGS_ON
-#endif
-// ---- end fastvlm/core/diagnostics.hpp
 // ---- begin fastvlm/kernels/activation.hpp --------------------------------------------------
 // fastvlm/kernels/activation.hpp — element-wise activations: exact-erf GELU, SiLU, ReLU, sigmoid.
 // Scalar reference functions plus in-place SIMD versions (xsimd, best compiled architecture).
@@ -5214,12 +5373,6 @@ T* scratch(std::size_t n) {
     }
     return buf.data();
 }
-
-// Micro-kernels inline everything they call (xsimd wrappers, small helpers such as widen8). In a
-// translation unit as large as a preset's (build/presets/preset_*.cpp), GCC's inliner stopped short
-// and left ukr_f32's accumulator array on the stack: the same GEMM ran at ~40 % of the FMA peak in
-// fastvlm-cli and at 82 % in bench_matmul's small TU (AVX2, 2026-12-04).
-#define FASTVLM_FLATTEN [[gnu::flatten]]
 
 // Which implementation runs. Every path reads the same packed layout.
 enum class Path {

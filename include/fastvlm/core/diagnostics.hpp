@@ -14,3 +14,9 @@
 #define FASTVLM_SIMD_WARNINGS_OFF
 #define FASTVLM_SIMD_WARNINGS_ON
 #endif
+
+// Micro-kernels inline everything they call (xsimd wrappers, small helpers such as widen8). In a
+// translation unit as large as a preset's (build/presets/preset_*.cpp), GCC's inliner stopped short
+// and left ukr_f32's accumulator array on the stack: the same GEMM ran at ~40 % of the FMA peak in
+// fastvlm-cli and at 82 % in bench_matmul's small TU (AVX2, 2026-12-04).
+#define FASTVLM_FLATTEN [[gnu::flatten]]

@@ -33,6 +33,10 @@
 #include <unordered_map>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "fastvlm/core/dtypes.hpp"
 #include "fastvlm/core/error.hpp"
 #include "fastvlm/core/tensor.hpp"
@@ -67,7 +71,13 @@ public:
     KVPool(const KVPool&) = delete;
     KVPool& operator=(const KVPool&) = delete;
     ~KVPool() {
-        for (void* p : free_) std::free(p);
+        if (arena_) {
+#if defined(__linux__)
+            ::munmap(arena_map_, arena_map_bytes_);
+#endif
+        } else {
+            for (void* p : free_) std::free(p);
+        }
     }
 
     KVShape shape() const { return shape_; }
@@ -116,8 +126,9 @@ public:
             free_.pop_back();
             return p;
         }
-        const std::size_t bytes = (page_bytes() + kAlignment - 1) / kAlignment * kAlignment;
-        void* p = std::aligned_alloc(kAlignment, bytes);
+        const std::size_t bytes = slot_bytes();
+        if (allocated_ == 0) map_arena();
+        void* p = arena_ ? static_cast<void*>(arena_ + std::size_t(allocated_) * bytes) : std::aligned_alloc(kAlignment, bytes);
         if (!p) {
             --used_;
             throw std::bad_alloc();
@@ -147,9 +158,35 @@ public:
         return it == extra_.end() ? 0 : it->second;
     }
 
+    // True when the pages come from one address range backed by transparent huge pages (Linux).
+    bool huge_page_arena() const { return arena_ != nullptr; }
+
 private:
+    std::size_t slot_bytes() const { return (page_bytes() + kAlignment - 1) / kAlignment * kAlignment; }
+    // The budget's address range, reserved once (no memory is committed until a page is written) and
+    // backed by 2 MiB pages where the kernel allows it. A page holds every layer, so one layer's keys
+    // of a page are a few KiB, and a decode step reads one such run per page and layer: with 4 KiB
+    // pages nearly every run is a TLB miss (a 2-D page walk under virtualisation), which made decode
+    // attention 4× slower than its bytes. Falls back to one allocation per page when mapping fails.
+    void map_arena() {
+#if defined(__linux__)
+        constexpr std::size_t kHuge = std::size_t(2) << 20;
+        const std::size_t want = slot_bytes() * std::size_t(total_);
+        if (want < kHuge || want > (std::size_t(1) << 46)) return;
+        const std::size_t map_bytes = want + kHuge;
+        void* m = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) return;
+        auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(m) + kHuge - 1) / kHuge * kHuge);
+        ::madvise(base, want, MADV_HUGEPAGE);  // advice only: without THP the range still works with 4 KiB pages
+        arena_map_ = m, arena_map_bytes_ = map_bytes, arena_ = base;
+#endif
+    }
+
     KVShape shape_;
     KVType type_;
+    std::byte* arena_ = nullptr;  // huge-page range of total_ slots, or null (one allocation per page)
+    void* arena_map_ = nullptr;
+    std::size_t arena_map_bytes_ = 0;
     Index page_ = 16, total_ = 0;
     mutable std::mutex mu_;
     Index used_ = 0, reserved_ = 0, allocated_ = 0;

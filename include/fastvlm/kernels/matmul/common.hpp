@@ -95,12 +95,6 @@ T* scratch(std::size_t n) {
     return buf.data();
 }
 
-// Micro-kernels inline everything they call (xsimd wrappers, small helpers such as widen8). In a
-// translation unit as large as a preset's (build/presets/preset_*.cpp), GCC's inliner stopped short
-// and left ukr_f32's accumulator array on the stack: the same GEMM ran at ~40 % of the FMA peak in
-// fastvlm-cli and at 82 % in bench_matmul's small TU (AVX2, 2026-12-04).
-#define FASTVLM_FLATTEN [[gnu::flatten]]
-
 // Which implementation runs. Every path reads the same packed layout.
 enum class Path {
     scalar,       // plain C++ loops: compiles and runs anywhere
