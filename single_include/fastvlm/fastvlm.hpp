@@ -1725,9 +1725,9 @@ inline B hsum_rows(const B* acc) {
     return B::load_aligned(s);
 }
 
-// out[r] = a · rows[r] for the R = batch-size rows of one block (decode attention scores: one query head
-// against R cached keys). The R lane sums are reduced together (hsum_rows), not one horizontal add per row.
-inline void dot_rows_f32(const float* a, const float* const* rows, Index n, float* out) {
+// out[r] = (a · rows[r])·scale for the R = batch-size rows of one block (decode attention scores: one query
+// head against R cached keys). The R lane sums are reduced together (hsum_rows), not one horizontal add per row.
+inline void dot_rows_f32(const float* a, const float* const* rows, Index n, float* out, float scale = 1.f) {
     using B = xsimd::batch<float>;
     constexpr int R = int(B::size);
     constexpr Index W = Index(B::size);
@@ -1748,7 +1748,7 @@ inline void dot_rows_f32(const float* a, const float* const* rows, Index n, floa
         }
         s += B::load_aligned(tail);
     }
-    s.store_unaligned(out);
+    (s * B(scale)).store_unaligned(out);
 }
 }  // namespace detail
 
@@ -1982,8 +1982,7 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
                 }
                 for (Index h = h0; h < h1; ++h) {
                     float* sc = scratch.data() + (h - h0) * stride + j;
-                    detail::dot_rows_f32(qt + h * d, kr, d, sc);
-                    for (Index r = 0; r < RB; ++r) sc[r] *= scale;
+                    detail::dot_rows_f32(qt + h * d, kr, d, sc, scale);
                 }
             }
             for (; j < n; ++j) {
@@ -5823,8 +5822,9 @@ FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E*
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     Index q = 0;
-    for (; q + 4 <= k; q += 4) {
+    for (; q + 4 <= k; q += 4) {  // 4 k rows = 128 bytes = 2 cache lines, both fetched ahead
         _mm_prefetch(reinterpret_cast<const char*>(w + q * kPanel + kPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + q * kPanel + kPrefetch) + 64, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int u = 0; u < 4; ++u) acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(x[q + u]), widen16(w + (q + u) * kPanel), acc[u]);
     }

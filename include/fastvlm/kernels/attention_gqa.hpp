@@ -111,9 +111,9 @@ inline B hsum_rows(const B* acc) {
     return B::load_aligned(s);
 }
 
-// out[r] = a · rows[r] for the R = batch-size rows of one block (decode attention scores: one query head
-// against R cached keys). The R lane sums are reduced together (hsum_rows), not one horizontal add per row.
-inline void dot_rows_f32(const float* a, const float* const* rows, Index n, float* out) {
+// out[r] = (a · rows[r])·scale for the R = batch-size rows of one block (decode attention scores: one query
+// head against R cached keys). The R lane sums are reduced together (hsum_rows), not one horizontal add per row.
+inline void dot_rows_f32(const float* a, const float* const* rows, Index n, float* out, float scale = 1.f) {
     using B = xsimd::batch<float>;
     constexpr int R = int(B::size);
     constexpr Index W = Index(B::size);
@@ -134,7 +134,7 @@ inline void dot_rows_f32(const float* a, const float* const* rows, Index n, floa
         }
         s += B::load_aligned(tail);
     }
-    s.store_unaligned(out);
+    (s * B(scale)).store_unaligned(out);
 }
 }  // namespace detail
 
@@ -368,8 +368,7 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
                 }
                 for (Index h = h0; h < h1; ++h) {
                     float* sc = scratch.data() + (h - h0) * stride + j;
-                    detail::dot_rows_f32(qt + h * d, kr, d, sc);
-                    for (Index r = 0; r < RB; ++r) sc[r] *= scale;
+                    detail::dot_rows_f32(qt + h * d, kr, d, sc, scale);
                 }
             }
             for (; j < n; ++j) {

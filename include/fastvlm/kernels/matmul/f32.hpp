@@ -150,8 +150,9 @@ FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E*
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     Index q = 0;
-    for (; q + 4 <= k; q += 4) {
+    for (; q + 4 <= k; q += 4) {  // 4 k rows = 128 bytes = 2 cache lines, both fetched ahead
         _mm_prefetch(reinterpret_cast<const char*>(w + q * kPanel + kPrefetch), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + q * kPanel + kPrefetch) + 64, _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int u = 0; u < 4; ++u) acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(x[q + u]), widen16(w + (q + u) * kPanel), acc[u]);
     }
