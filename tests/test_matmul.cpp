@@ -286,7 +286,7 @@ void rows_are_independent() {
                 const Index m = 37;
                 const auto x = randn(sz(m * k), g, 1.f);
                 for (RowKernel rk : {RowKernel::gemv, RowKernel::gemm})
-                    for (Index mb : {Index(2), Index(8), Index(32), m}) {
+                    for (Index mb : {Index(2), Index(3), Index(7), Index(8), Index(32), m}) {
                         std::vector<float> yb(sz(mb * n)), y1(sz(n));
                         lin.forward(x.data(), mb, k, yb.data(), n, &pool, {.rows = rk});
                         for (Index r = 0; r < mb; ++r) {

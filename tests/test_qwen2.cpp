@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -229,6 +230,35 @@ TEST(Sampling, GreedyMaskAndSeededDeterminism) {
     for (int id : draw(3, 0, 0.3f)) EXPECT_TRUE(id == 1 || id == 3);  // nucleus: 1 and 3 hold 0.44 each
     EXPECT_THROW(text::Sampler({.temperature = -1.f}), Error);
     EXPECT_THROW(text::Sampler({.temperature = 1.f, .top_p = 0.f}), Error);
+}
+
+// The blocked argmax equals the plain first-largest loop on every length, with ties, NaN, ±inf and the
+// maximum anywhere (block starts, block ends, the tail).
+TEST(Sampling, ArgmaxEqualsPlainLoop) {
+    auto plain = [](const std::vector<float>& v, std::size_t n) {
+        std::size_t best = 0;
+        for (std::size_t i = 1; i < n; ++i)
+            if (v[i] > v[best]) best = i;
+        return std::int32_t(best);
+    };
+    std::mt19937 g(5);
+    std::uniform_real_distribution<float> u(-4.f, 4.f);
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    for (std::size_t n : {1, 2, 15, 16, 17, 31, 33, 64, 100, 1000, 151936}) {
+        for (int trial = 0; trial < 12; ++trial) {
+            std::vector<float> v(n);
+            for (auto& x : v) x = trial % 3 == 0 ? float(int(u(g))) : u(g);  // integers: many ties
+            if (trial == 1) v[n - 1] = 9.f;                                   // the last position
+            if (trial == 2) v[n / 2] = 9.f, v[n - 1] = 9.f;                   // a tie: the first wins
+            if (trial == 4) std::fill(v.begin(), v.end(), -inf);
+            if (trial == 5) v[0] = nan;                                       // NaN first: nothing is larger
+            if (trial == 6) for (std::size_t i = 0; i < n; i += 3) v[i] = nan;
+            if (trial == 7) v[n - 1] = inf;
+            if (trial == 8) for (std::size_t i = 0; i < n; ++i) v[i] = float(i);  // a new maximum every step
+            SCOPED_TRACE(::testing::Message() << "n=" << n << " trial " << trial);
+            EXPECT_EQ(text::argmax(v.data(), n), plain(v, n));
+        }
+    }
 }
 
 TEST(Chat, PromptAndImageSplit) {

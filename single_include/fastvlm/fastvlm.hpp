@@ -1921,16 +1921,20 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
         std::size_t first_task;
     };
     std::vector<Split> split(seqs.size());
+    // Row blocks balance the causal triangle; head chunks add tasks when the (KV head, row block) pairs of
+    // the whole batch are too few for the threads. A chunk re-reads its KV head's rows, so a batch of
+    // decode rows from several sequences is not split further.
+    auto rows_per_task = [](Index T) { return T <= 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1)); };
+    Index units = 0;
+    for (const auto& sq : seqs) {
+        FASTVLM_CHECK(sq.T >= 0 && sq.p0 >= 0, "attention: bad query range T=", sq.T, " p0=", sq.p0);
+        if (sq.T > 0) units += a.n_kv_heads * ((sq.T + rows_per_task(sq.T) - 1) / rows_per_task(sq.T));
+    }
+    const Index chunks = std::clamp<Index>(units == 0 ? 1 : (2 * threads + units - 1) / units, 1, group);
     std::size_t n_tasks = 0;
     for (std::size_t s = 0; s < seqs.size(); ++s) {
-        const Index T = seqs[s].T;
-        FASTVLM_CHECK(T >= 0 && seqs[s].p0 >= 0, "attention: bad query range T=", T, " p0=", seqs[s].p0);
-        // Row blocks balance the causal triangle; head chunks add tasks when rows alone are too few.
-        const Index rows_per_task = T <= 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1));
-        const Index row_blocks = (T + rows_per_task - 1) / rows_per_task;
-        const Index want = T == 0 ? 1 : (2 * threads + a.n_kv_heads * row_blocks - 1) / (a.n_kv_heads * row_blocks);
-        const Index chunks = std::clamp<Index>(want, 1, group);
-        split[s] = {rows_per_task, chunks, (group + chunks - 1) / chunks, n_tasks};
+        const Index T = seqs[s].T, rpt = rows_per_task(T), row_blocks = (T + rpt - 1) / rpt;
+        split[s] = {rpt, chunks, (group + chunks - 1) / chunks, n_tasks};
         n_tasks += std::size_t(a.n_kv_heads * chunks * row_blocks);
     }
     if (n_tasks == 0) return;
@@ -5326,6 +5330,7 @@ namespace detail::mm {
 // Every packed layout stores the weights in panels of kPanel output columns (rows of W),
 // interleaved along k, so one zmm holds the kPanel columns of one k (or k-pair / k-quad).
 inline constexpr Index kPanel = 16;
+inline constexpr Index kStreamPrefetch = 4096;  // software prefetch distance (bytes) of a GEMV weight stream
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 inline Index round_up(Index a, Index b) { return ceil_div(a, b) * b; }
@@ -5566,6 +5571,7 @@ FASTVLM_SIMD_WARNINGS_ON
 //   for each K block:  pack X block (L2)  →  for each panel group: weights (L1)  →  for each MR rows: ukr
 // The tile goes through store_tile (bias / act / scale / accumulate) after every K block.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 
@@ -5645,27 +5651,44 @@ void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y
 // GEMV rows: panels split over the threads in contiguous ranges, each thread streaming its share
 // of the weights once for all m rows. kern.gemv_panels(ax(r), p0, p1, out) writes
 // out[0 .. 16·(p1−p0)) for row r's activation as prepared by the kernel (float, bf16 pairs or Q8
-// blocks). A chunk of panels small enough for L1 is run for every row before the next chunk, so
-// each row's arithmetic is exactly that of an m = 1 call (no dependence on the batch).
+// blocks); a kernel with kGemvRows instead offers gemv_panels_rows(xs, rows, p0, p1, out, ldo),
+// rows ≤ kGemvRows rows at once from one load of each weight vector. A chunk of panels small enough
+// for L1 is run for every row before the next chunk, and each row's arithmetic is exactly that of an
+// m = 1 call (no dependence on the batch).
 inline constexpr Index kGemvChunk = 64;  // most panels per epilogue pass
+
+template <class Kern>
+constexpr int gemv_rows_at_once() {
+    if constexpr (requires { Kern::kGemvRows; }) return Kern::kGemvRows;
+    else return 1;
+}
 
 template <class Kern, class AX>
 void gemv_rows(const Kern& kern, AX&& ax, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep, Index k) {
+    constexpr int RG = gemv_rows_at_once<Kern>();
     const Index n = kern.n, np = kern.npanels;
     if (n <= 0 || m <= 0) return;
     const Index grain = std::max<Index>(1, ceil_div(1 << 16, kPanel * std::max<Index>(k, 1)));
-    // m > 1: ≈ 24 KiB of weights per chunk (≥ 1 panel), re-read from L1 by every row.
+    // m > RG: ≈ 24 KiB of weights per chunk (≥ 1 panel), re-read from L1 by every group of rows.
     const Index bytes_per_panel = std::max<Index>(1, Index(kern.P->bytes()) / std::max<Index>(np, 1));
-    const Index chunk = m == 1 ? kGemvChunk : std::clamp<Index>((24 << 10) / bytes_per_panel, 1, kGemvChunk);
+    const Index chunk = m <= RG ? kGemvChunk : std::clamp<Index>((24 << 10) / bytes_per_panel, 1, kGemvChunk);
+    constexpr Index ldb = kGemvChunk * kPanel;
     parallel_for(pool, std::size_t(np), std::size_t(grain), [&](std::size_t p0, std::size_t p1) {
-        alignas(64) float buf[kGemvChunk * kPanel];
+        alignas(64) float buf[RG * ldb];
         for (Index p = Index(p0); p < Index(p1); p += chunk) {
             const Index pe = std::min<Index>(Index(p1), p + chunk);
             const Index c0 = p * kPanel, nr = std::min(n - c0, (pe - p) * kPanel);
             const TileOps o{kern.bias ? kern.bias + c0 : nullptr, ep.scale ? ep.scale + c0 : nullptr, ep.act, false, ep.accumulate};
-            for (Index r = 0; r < m; ++r) {
-                kern.gemv_panels(ax(r), p, pe, buf);
-                store_tile(buf, nr, 1, nr, y + r * ldy + c0, nr, o);
+            for (Index r = 0; r < m; r += RG) {
+                const int rows = int(std::min<Index>(RG, m - r));
+                if constexpr (requires { Kern::kGemvRows; }) {
+                    std::remove_cvref_t<decltype(ax(r))> xs[RG];
+                    for (int i = 0; i < rows; ++i) xs[i] = ax(r + i);
+                    kern.gemv_panels_rows(xs, rows, p, pe, buf, ldb);
+                } else {
+                    kern.gemv_panels(ax(r), p, pe, buf);
+                }
+                for (int i = 0; i < rows; ++i) store_tile(buf + i * ldb, nr, 1, nr, y + (r + i) * ldy + c0, nr, o);
             }
         }
     });
@@ -6175,6 +6198,34 @@ FASTVLM_FLATTEN inline void ukr_bf16_dot(Index kc2, const std::uint32_t* __restr
         for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + r * ldt + v * kPanel, acc[r][v]);
 }
 
+// R rows of k-pairs (xs[r], one dword each) against one panel: out + r·ldo [16]. Four accumulators
+// per row (k-pair u goes to u mod 4; the tail past a multiple of 4 to the first). The weight stream is
+// prefetched kStreamPrefetch bytes ahead, one line per k-pair.
+template <int R>
+FASTVLM_FLATTEN inline void gemv_panel_bf16_dot(const std::uint32_t* const* xs, const bf16* __restrict w, Index k2,
+                                                float* __restrict out, Index ldo) {
+    __m512 acc[R][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+    Index u = 0;
+    for (; u + 4 <= k2; u += 4)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+            _mm_prefetch(reinterpret_cast<const char*>(w + (u + j) * 2 * kPanel) + kStreamPrefetch, _MM_HINT_T0);
+            const __m512bh wv = (__m512bh)_mm512_load_si512(w + (u + j) * 2 * kPanel);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv, (__m512bh)_mm512_set1_epi32(int(xs[r][u + j])));
+        }
+    for (; u < k2; ++u) {
+        const __m512bh wv = (__m512bh)_mm512_load_si512(w + u * 2 * kPanel);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r][0] = _mm512_dpbf16_ps(acc[r][0], wv, (__m512bh)_mm512_set1_epi32(int(xs[r][u])));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+        _mm512_storeu_ps(out + r * ldo, _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
+}
+
 struct KernBF16Dot {
     static constexpr int MR = 14, NV = 2;
     const PackedBF2* P;
@@ -6212,23 +6263,14 @@ struct KernBF16Dot {
             ukr_bf16_dot<MR, decltype(c)::value>(uc, a.p + ir * MR * uc, b.p, b.stride, tile, NV * kPanel);
         });
     }
-    void gemv_panels(const std::uint32_t* xp, Index p0, Index p1, float* out) const {
-        const Index k2 = P->k2;
-        for (Index p = p0; p < p1; ++p) {
-            const bf16* w = P->panel(p);
-            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-            Index u = 0;
-            for (; u + 4 <= k2; u += 4)
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; ++j)
-                    acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_load_si512(w + (u + j) * 2 * kPanel),
-                                              (__m512bh)_mm512_set1_epi32(int(xp[u + j])));
-            for (; u < k2; ++u)
-                acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_load_si512(w + u * 2 * kPanel),
-                                          (__m512bh)_mm512_set1_epi32(int(xp[u])));
-            _mm512_storeu_ps(out + (p - p0) * kPanel,
-                             _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-        }
+    // GEMV rows (driver.hpp): rows ≤ 4 rows of k-pairs at once, each weight vector loaded once for all.
+    // A row's sums are those of rows = 1, in the same order.
+    static constexpr int kGemvRows = 4;
+    void gemv_panels_rows(const std::uint32_t* const* xs, int rows, Index p0, Index p1, float* out, Index ldo) const {
+        with_width<kGemvRows>(rows, [&](auto rc) {
+            constexpr int R = decltype(rc)::value;
+            for (Index p = p0; p < p1; ++p) gemv_panel_bf16_dot<R>(xs, P->panel(p), P->k2, out + (p - p0) * kPanel, ldo);
+        });
     }
 };
 #endif
@@ -6838,7 +6880,6 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
             }
 }
 
-inline constexpr Index kStreamPrefetch = 4096;  // software prefetch distance (bytes) of the m = 1 weight stream
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 template <bool Q4, int MR, int NV>
 FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
@@ -6920,16 +6961,26 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-// m = 1, one panel (16 columns) over nb blocks: out[16]. Few instructions per weight byte so that the
-// stream, not the core, is the limit: the activation dwords are broadcast straight from memory into
-// vpdpbusd, Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q, exact in int32, divided
-// back once per block), and every block has its own accumulators (no long dependency chains).
-template <bool Q4>
-FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
-                        const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
+// R rows (1 ≤ R ≤ 4) of X against one panel (16 columns) over nb blocks: out + r·ldo [16] for row r.
+// Few instructions per weight byte so that the stream, not the core, is the limit: the activation
+// dwords are broadcast straight from memory into vpdpbusd, every block has its own accumulators (no
+// long dependency chains), and for R = 1 Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q,
+// exact in int32, divided back once per block). Each weight vector is loaded (and, for R > 1, split into
+// nibbles) once for all R rows. A row's result does not depend on R or on the other rows: its integer sums
+// are exact and its float steps are those of R = 1, in the same order.
+template <bool Q4, int R>
+FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::uint8_t* __restrict bp, float* __restrict out,
+                                        Index ldo) {
     using PQ = PackedQ<Q4>;
-    const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
-    __m512 f0 = _mm512_setzero_ps(), f1 = _mm512_setzero_ps();
+    const std::int32_t* x4[R];
+    const float* xd[R];
+    const std::int32_t* xc[R];
+    __m512 f0[R], f1[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+        x4[r] = reinterpret_cast<const std::int32_t*>(xs[r].q), xd[r] = xs[r].d, xc[r] = xs[r].corr;
+        f0[r] = f1[r] = _mm512_setzero_ps();
+    }
     for (Index sb = 0; sb < nb / PQ::G; ++sb) {
         const std::uint8_t* s = bp + sb * PQ::kSuperBytes;
         for (Index o = 0; o < PQ::kSuperBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(s + o) + kStreamPrefetch, _MM_HINT_T0);
@@ -6938,37 +6989,65 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict 
 #pragma GCC unroll 4
         for (Index g = 0; g < PQ::G; ++g) {
             const Index b = sb * PQ::G + g;
-            const std::int32_t* xb = x4 + b * 8;
-            __m512i a0, a1;
-            if constexpr (Q4) {
+            __m512i a0[R], a1[R];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) a0[r] = _mm512_set1_epi32(xc[r][b]), a1[r] = _mm512_setzero_si512();
+            if constexpr (Q4 && R == 1) {  // high nibbles in place (16·q): one and-not per vector instead of a shift and an and
                 const __m512i lo4 = _mm512_set1_epi8(0x0f);
+                const std::int32_t* xb = x4[0] + b * 8;
                 __m512i h0 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
-                a0 = _mm512_set1_epi32(xc[b]), a1 = _mm512_setzero_si512();
 #pragma GCC unroll 4
                 for (int t = 0; t < 4; t += 2) {
                     const __m512i r0 = _mm512_load_si512(w + g * 4 + t), r1 = _mm512_load_si512(w + g * 4 + t + 1);
-                    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(r0, lo4), _mm512_set1_epi32(xb[t]));
+                    a0[0] = _mm512_dpbusd_epi32(a0[0], _mm512_and_si512(r0, lo4), _mm512_set1_epi32(xb[t]));
                     h0 = _mm512_dpbusd_epi32(h0, _mm512_andnot_si512(lo4, r0), _mm512_set1_epi32(xb[t + 4]));
-                    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(r1, lo4), _mm512_set1_epi32(xb[t + 1]));
+                    a1[0] = _mm512_dpbusd_epi32(a1[0], _mm512_and_si512(r1, lo4), _mm512_set1_epi32(xb[t + 1]));
                     h1 = _mm512_dpbusd_epi32(h1, _mm512_andnot_si512(lo4, r1), _mm512_set1_epi32(xb[t + 5]));
                 }
-                a0 = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+                a0[0] = _mm512_add_epi32(_mm512_add_epi32(a0[0], a1[0]), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+            } else if constexpr (Q4) {  // several rows: the nibbles are split once per vector, the rows add plain sums
+                const __m512i lo4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t += 2) {
+                    const __m512i r0 = _mm512_load_si512(w + g * 4 + t), r1 = _mm512_load_si512(w + g * 4 + t + 1);
+                    const __m512i l0 = _mm512_and_si512(r0, lo4), u0 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), lo4);
+                    const __m512i l1 = _mm512_and_si512(r1, lo4), u1 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), lo4);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; ++r) {
+                        const std::int32_t* xb = x4[r] + b * 8;
+                        a0[r] = _mm512_dpbusd_epi32(a0[r], l0, _mm512_set1_epi32(xb[t]));
+                        a1[r] = _mm512_dpbusd_epi32(a1[r], u0, _mm512_set1_epi32(xb[t + 4]));
+                        a0[r] = _mm512_dpbusd_epi32(a0[r], l1, _mm512_set1_epi32(xb[t + 1]));
+                        a1[r] = _mm512_dpbusd_epi32(a1[r], u1, _mm512_set1_epi32(xb[t + 5]));
+                    }
+                }
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) a0[r] = _mm512_add_epi32(a0[r], a1[r]);
             } else {
-                a0 = _mm512_set1_epi32(xc[b]), a1 = _mm512_setzero_si512();
 #pragma GCC unroll 8
                 for (int t = 0; t < 8; t += 2) {
-                    a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512(w + g * 8 + t), _mm512_set1_epi32(xb[t]));
-                    a1 = _mm512_dpbusd_epi32(a1, _mm512_load_si512(w + g * 8 + t + 1), _mm512_set1_epi32(xb[t + 1]));
+                    const __m512i w0 = _mm512_load_si512(w + g * 8 + t), w1 = _mm512_load_si512(w + g * 8 + t + 1);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; ++r) {
+                        const std::int32_t* xb = x4[r] + b * 8;
+                        a0[r] = _mm512_dpbusd_epi32(a0[r], w0, _mm512_set1_epi32(xb[t]));
+                        a1[r] = _mm512_dpbusd_epi32(a1[r], w1, _mm512_set1_epi32(xb[t + 1]));
+                    }
                 }
-                a0 = _mm512_add_epi32(a0, a1);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) a0[r] = _mm512_add_epi32(a0[r], a1[r]);
             }
-            const __m512 dw = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + g * kPanel))),
-                                            _mm512_set1_ps(xd[b]));
-            if (g % 2 == 0) f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dw, f0);
-            else f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dw, f1);
+            const __m512 ws = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + g * kPanel)));
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+                const __m512 dw = _mm512_mul_ps(ws, _mm512_set1_ps(xd[r][b]));
+                if (g % 2 == 0) f0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[r]), dw, f0[r]);
+                else f1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[r]), dw, f1[r]);
+            }
         }
     }
-    _mm512_storeu_ps(out, _mm512_add_ps(f0, f1));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * ldo, _mm512_add_ps(f0[r], f1[r]));
 }
 #endif
 
@@ -7061,13 +7140,21 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
             for (int h = 0; h < 2; ++h) _mm256_store_ps(tile + r * ldt + v * kPanel + h * 8, facc[r][v][h]);
 }
 
-// m = 1, one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves per 64 bytes.
-template <bool Q4>
-FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
-                        const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
+// R rows (1 ≤ R ≤ 2) against one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves
+// per 64 bytes.
+template <bool Q4, int R>
+FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const QRows* xs, const std::uint8_t* __restrict bp, float* __restrict out,
+                                        Index ldo) {
     using PQ = PackedQ<Q4>;
-    const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
-    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+    const std::int32_t* x4[R];
+    const float* xd[R];
+    const std::int32_t* xc[R];
+    __m256 f0[R], f1[R];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+        x4[r] = reinterpret_cast<const std::int32_t*>(xs[r].q), xd[r] = xs[r].d, xc[r] = xs[r].corr;
+        f0[r] = f1[r] = _mm256_setzero_ps();
+    }
     for (Index sb = 0; sb < nb / PQ::G; ++sb) {
         const std::uint8_t* s = bp + sb * PQ::kSuperBytes;
         for (Index o = 0; o < PQ::kSuperBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(s + o) + kStreamPrefetch, _MM_HINT_T0);
@@ -7076,39 +7163,59 @@ FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict 
 #pragma GCC unroll 4
         for (Index g = 0; g < PQ::G; ++g) {
             const Index b = sb * PQ::G + g;
-            const std::int32_t* xb = x4 + b * 8;
-            __m256i a0, a1;
+            __m256i a0[R], a1[R];
             if constexpr (Q4) {
                 const __m256i lo4 = _mm256_set1_epi8(0x0f);
-                __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+                __m256i s0[R], s1[R];
+#pragma GCC unroll 2
+                for (int r = 0; r < R; ++r) s0[r] = s1[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
                 for (int t = 0; t < 4; ++t) {
-                    const __m256i bl = _mm256_set1_epi32(xb[t]), bh = _mm256_set1_epi32(xb[t + 4]);
                     const __m256i r0 = _mm256_load_si256(w + g * 8 + 2 * t), r1 = _mm256_load_si256(w + g * 8 + 2 * t + 1);
-                    s0 = _mm256_add_epi16(s0, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r0, lo4), bl),
-                                                               _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), lo4), bh)));
-                    s1 = _mm256_add_epi16(s1, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r1, lo4), bl),
-                                                               _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), lo4), bh)));
+                    const __m256i l0 = _mm256_and_si256(r0, lo4), u0 = _mm256_and_si256(_mm256_srli_epi16(r0, 4), lo4);
+                    const __m256i l1 = _mm256_and_si256(r1, lo4), u1 = _mm256_and_si256(_mm256_srli_epi16(r1, 4), lo4);
+#pragma GCC unroll 2
+                    for (int r = 0; r < R; ++r) {
+                        const __m256i bl = _mm256_set1_epi32(x4[r][b * 8 + t]), bh = _mm256_set1_epi32(x4[r][b * 8 + t + 4]);
+                        s0[r] = _mm256_add_epi16(s0[r], _mm256_add_epi16(_mm256_maddubs_epi16(l0, bl), _mm256_maddubs_epi16(u0, bh)));
+                        s1[r] = _mm256_add_epi16(s1[r], _mm256_add_epi16(_mm256_maddubs_epi16(l1, bl), _mm256_maddubs_epi16(u1, bh)));
+                    }
                 }
-                const __m256i c = _mm256_set1_epi32(xc[b]), one = _mm256_set1_epi16(1);
-                a0 = _mm256_add_epi32(c, _mm256_madd_epi16(s0, one));
-                a1 = _mm256_add_epi32(c, _mm256_madd_epi16(s1, one));
+                const __m256i one = _mm256_set1_epi16(1);
+#pragma GCC unroll 2
+                for (int r = 0; r < R; ++r) {
+                    const __m256i c = _mm256_set1_epi32(xc[r][b]);
+                    a0[r] = _mm256_add_epi32(c, _mm256_madd_epi16(s0[r], one));
+                    a1[r] = _mm256_add_epi32(c, _mm256_madd_epi16(s1[r], one));
+                }
             } else {
-                a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+#pragma GCC unroll 2
+                for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_si256();
 #pragma GCC unroll 8
                 for (int t = 0; t < 8; ++t) {
-                    const __m256i bx = _mm256_set1_epi32(xb[t]), ax = _mm256_sign_epi8(bx, bx);
-                    a0 = _mm256_add_epi32(a0, qa::dot_q8(_mm256_load_si256(w + g * 16 + 2 * t), bx, ax));
-                    a1 = _mm256_add_epi32(a1, qa::dot_q8(_mm256_load_si256(w + g * 16 + 2 * t + 1), bx, ax));
+                    const __m256i w0 = _mm256_load_si256(w + g * 16 + 2 * t), w1 = _mm256_load_si256(w + g * 16 + 2 * t + 1);
+#pragma GCC unroll 2
+                    for (int r = 0; r < R; ++r) {
+                        const __m256i bx = _mm256_set1_epi32(x4[r][b * 8 + t]), ax = _mm256_sign_epi8(bx, bx);
+                        a0[r] = _mm256_add_epi32(a0[r], qa::dot_q8(w0, bx, ax));
+                        a1[r] = _mm256_add_epi32(a1[r], qa::dot_q8(w1, bx, ax));
+                    }
                 }
             }
-            const __m256 dx = _mm256_set1_ps(xd[b]);
-            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), _mm256_mul_ps((qa::f16x8(sc + g * kPanel)), dx), f0);
-            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_mul_ps((qa::f16x8(sc + g * kPanel + 8)), dx), f1);
+            const __m256 ws0 = qa::f16x8(sc + g * kPanel), ws1 = qa::f16x8(sc + g * kPanel + 8);
+#pragma GCC unroll 2
+            for (int r = 0; r < R; ++r) {
+                const __m256 dx = _mm256_set1_ps(xd[r][b]);
+                f0[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[r]), _mm256_mul_ps(ws0, dx), f0[r]);
+                f1[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[r]), _mm256_mul_ps(ws1, dx), f1[r]);
+            }
         }
     }
-    _mm256_storeu_ps(out, f0);
-    _mm256_storeu_ps(out + 8, f1);
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+        _mm256_storeu_ps(out + r * ldo, f0[r]);
+        _mm256_storeu_ps(out + r * ldo + 8, f1[r]);
+    }
 }
 #endif
 
@@ -7161,22 +7268,29 @@ struct KernQ {
         const APack ai{a.q + ir * MR * kb * kQB, a.d + ir * MR * kb, a.corr + ir * MR * kb};
         with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(uc * PQ::G, ai, b, tile, NV * kPanel); });
     }
-    void gemv_panels(const QRows& x1, Index p0, Index p1, float* out) const {
-        for (Index p = p0; p < p1; ++p) {  // one panel = one sequential stream at a time
+    // GEMV rows (driver.hpp): rows ≤ kGemvRows rows of X at once, row i's 16·(p1 − p0) outputs at out + i·ldo.
+    static constexpr int kGemvRows = Pth == Path::avx512_vnni ? 4 : kAvx2 ? 2 : 1;
+    void gemv_panels_rows(const QRows* xs, int rows, Index p0, Index p1, float* out, Index ldo) const {
+        with_width<kGemvRows>(rows, [&](auto rc) {
+            constexpr int R = decltype(rc)::value;
+            for (Index p = p0; p < p1; ++p) {  // one panel = one sequential stream at a time
+                float* o = out + (p - p0) * kPanel;
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-            if constexpr (Pth == Path::avx512_vnni) {
-                gemv_q_vnni<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
-                continue;
-            }
+                if constexpr (Pth == Path::avx512_vnni) {
+                    gemv_q_vnni<Q4, R>(P->kb, xs, P->panel(p), o, ldo);
+                    continue;
+                }
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-            if constexpr (kAvx2) {
-                gemv_q_avx2<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
-                continue;
-            }
+                if constexpr (kAvx2) {
+                    gemv_q_avx2<Q4, R>(P->kb, xs, P->panel(p), o, ldo);
+                    continue;
+                }
 #endif
-            ukr_q_scalar<Q4, 1, 1>(P->kb, x1.q, x1.d, x1.corr, x1.kb, P->panel(p), P->panel_bytes(), out + (p - p0) * kPanel, kPanel);
-        }
+                for (int r = 0; r < R; ++r)
+                    ukr_q_scalar<Q4, 1, 1>(P->kb, xs[r].q, xs[r].d, xs[r].corr, xs[r].kb, P->panel(p), P->panel_bytes(), o + r * ldo, kPanel);
+            }
+        });
     }
 };
 
@@ -8799,6 +8913,8 @@ FASTVLM_PRESETS(FASTVLM_EXTERN_)
 #include <span>
 #include <vector>
 
+#include <xsimd/xsimd.hpp>
+
 
 namespace fastvlm::text {
 
@@ -8810,10 +8926,22 @@ struct SamplingOptions {
 };
 
 // First index of the maximum of logits[0:n) (ties: the lowest id, like torch.argmax).
+// NaN is never larger (a NaN at 0 stays the answer). Blocks of one SIMD width are compared with the
+// running best at once; the plain rule runs only inside a block that holds a larger value, so the
+// result is exactly that of the plain loop (a greedy step over 152k logits was 1 % of batched decode).
 inline std::int32_t argmax(const float* logits, std::size_t n) {
-    std::size_t best = 0;
-    for (std::size_t i = 1; i < n; ++i)
-        if (logits[i] > logits[best]) best = i;
+    using B = xsimd::batch<float>;
+    constexpr std::size_t W = B::size;
+    std::size_t best = 0, i = 1;
+    auto scan = [&](std::size_t end) {
+        for (; i < end; ++i)
+            if (logits[i] > logits[best]) best = i;
+    };
+    while (i + W <= n) {
+        if (xsimd::any(B::load_unaligned(logits + i) > B(logits[best]))) scan(i + W);
+        else i += W;
+    }
+    scan(n);
     return std::int32_t(best);
 }
 

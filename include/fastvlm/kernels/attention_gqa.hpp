@@ -307,16 +307,20 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
         std::size_t first_task;
     };
     std::vector<Split> split(seqs.size());
+    // Row blocks balance the causal triangle; head chunks add tasks when the (KV head, row block) pairs of
+    // the whole batch are too few for the threads. A chunk re-reads its KV head's rows, so a batch of
+    // decode rows from several sequences is not split further.
+    auto rows_per_task = [](Index T) { return T <= 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1)); };
+    Index units = 0;
+    for (const auto& sq : seqs) {
+        FASTVLM_CHECK(sq.T >= 0 && sq.p0 >= 0, "attention: bad query range T=", sq.T, " p0=", sq.p0);
+        if (sq.T > 0) units += a.n_kv_heads * ((sq.T + rows_per_task(sq.T) - 1) / rows_per_task(sq.T));
+    }
+    const Index chunks = std::clamp<Index>(units == 0 ? 1 : (2 * threads + units - 1) / units, 1, group);
     std::size_t n_tasks = 0;
     for (std::size_t s = 0; s < seqs.size(); ++s) {
-        const Index T = seqs[s].T;
-        FASTVLM_CHECK(T >= 0 && seqs[s].p0 >= 0, "attention: bad query range T=", T, " p0=", seqs[s].p0);
-        // Row blocks balance the causal triangle; head chunks add tasks when rows alone are too few.
-        const Index rows_per_task = T <= 1 ? 1 : std::max<Index>(1, std::min<Index>(32, T / 4 + 1));
-        const Index row_blocks = (T + rows_per_task - 1) / rows_per_task;
-        const Index want = T == 0 ? 1 : (2 * threads + a.n_kv_heads * row_blocks - 1) / (a.n_kv_heads * row_blocks);
-        const Index chunks = std::clamp<Index>(want, 1, group);
-        split[s] = {rows_per_task, chunks, (group + chunks - 1) / chunks, n_tasks};
+        const Index T = seqs[s].T, rpt = rows_per_task(T), row_blocks = (T + rpt - 1) / rpt;
+        split[s] = {rpt, chunks, (group + chunks - 1) / chunks, n_tasks};
         n_tasks += std::size_t(a.n_kv_heads * chunks * row_blocks);
     }
     if (n_tasks == 0) return;

@@ -234,6 +234,34 @@ FASTVLM_FLATTEN inline void ukr_bf16_dot(Index kc2, const std::uint32_t* __restr
         for (int v = 0; v < NV; ++v) _mm512_store_ps(tile + r * ldt + v * kPanel, acc[r][v]);
 }
 
+// R rows of k-pairs (xs[r], one dword each) against one panel: out + r·ldo [16]. Four accumulators
+// per row (k-pair u goes to u mod 4; the tail past a multiple of 4 to the first). The weight stream is
+// prefetched kStreamPrefetch bytes ahead, one line per k-pair.
+template <int R>
+FASTVLM_FLATTEN inline void gemv_panel_bf16_dot(const std::uint32_t* const* xs, const bf16* __restrict w, Index k2,
+                                                float* __restrict out, Index ldo) {
+    __m512 acc[R][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+    Index u = 0;
+    for (; u + 4 <= k2; u += 4)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+            _mm_prefetch(reinterpret_cast<const char*>(w + (u + j) * 2 * kPanel) + kStreamPrefetch, _MM_HINT_T0);
+            const __m512bh wv = (__m512bh)_mm512_load_si512(w + (u + j) * 2 * kPanel);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wv, (__m512bh)_mm512_set1_epi32(int(xs[r][u + j])));
+        }
+    for (; u < k2; ++u) {
+        const __m512bh wv = (__m512bh)_mm512_load_si512(w + u * 2 * kPanel);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r][0] = _mm512_dpbf16_ps(acc[r][0], wv, (__m512bh)_mm512_set1_epi32(int(xs[r][u])));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+        _mm512_storeu_ps(out + r * ldo, _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
+}
+
 struct KernBF16Dot {
     static constexpr int MR = 14, NV = 2;
     const PackedBF2* P;
@@ -271,23 +299,14 @@ struct KernBF16Dot {
             ukr_bf16_dot<MR, decltype(c)::value>(uc, a.p + ir * MR * uc, b.p, b.stride, tile, NV * kPanel);
         });
     }
-    void gemv_panels(const std::uint32_t* xp, Index p0, Index p1, float* out) const {
-        const Index k2 = P->k2;
-        for (Index p = p0; p < p1; ++p) {
-            const bf16* w = P->panel(p);
-            __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-            Index u = 0;
-            for (; u + 4 <= k2; u += 4)
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; ++j)
-                    acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_load_si512(w + (u + j) * 2 * kPanel),
-                                              (__m512bh)_mm512_set1_epi32(int(xp[u + j])));
-            for (; u < k2; ++u)
-                acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_load_si512(w + u * 2 * kPanel),
-                                          (__m512bh)_mm512_set1_epi32(int(xp[u])));
-            _mm512_storeu_ps(out + (p - p0) * kPanel,
-                             _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-        }
+    // GEMV rows (driver.hpp): rows ≤ 4 rows of k-pairs at once, each weight vector loaded once for all.
+    // A row's sums are those of rows = 1, in the same order.
+    static constexpr int kGemvRows = 4;
+    void gemv_panels_rows(const std::uint32_t* const* xs, int rows, Index p0, Index p1, float* out, Index ldo) const {
+        with_width<kGemvRows>(rows, [&](auto rc) {
+            constexpr int R = decltype(rc)::value;
+            for (Index p = p0; p < p1; ++p) gemv_panel_bf16_dot<R>(xs, P->panel(p), P->k2, out + (p - p0) * kPanel, ldo);
+        });
     }
 };
 #endif

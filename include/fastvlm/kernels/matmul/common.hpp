@@ -46,6 +46,7 @@ namespace detail::mm {
 // Every packed layout stores the weights in panels of kPanel output columns (rows of W),
 // interleaved along k, so one zmm holds the kPanel columns of one k (or k-pair / k-quad).
 inline constexpr Index kPanel = 16;
+inline constexpr Index kStreamPrefetch = 4096;  // software prefetch distance (bytes) of a GEMV weight stream
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 inline Index round_up(Index a, Index b) { return ceil_div(a, b) * b; }

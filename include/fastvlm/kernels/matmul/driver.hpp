@@ -17,6 +17,7 @@
 // The tile goes through store_tile (bias / act / scale / accumulate) after every K block.
 #pragma once
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "fastvlm/core/diagnostics.hpp"
@@ -99,27 +100,44 @@ void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y
 // GEMV rows: panels split over the threads in contiguous ranges, each thread streaming its share
 // of the weights once for all m rows. kern.gemv_panels(ax(r), p0, p1, out) writes
 // out[0 .. 16·(p1−p0)) for row r's activation as prepared by the kernel (float, bf16 pairs or Q8
-// blocks). A chunk of panels small enough for L1 is run for every row before the next chunk, so
-// each row's arithmetic is exactly that of an m = 1 call (no dependence on the batch).
+// blocks); a kernel with kGemvRows instead offers gemv_panels_rows(xs, rows, p0, p1, out, ldo),
+// rows ≤ kGemvRows rows at once from one load of each weight vector. A chunk of panels small enough
+// for L1 is run for every row before the next chunk, and each row's arithmetic is exactly that of an
+// m = 1 call (no dependence on the batch).
 inline constexpr Index kGemvChunk = 64;  // most panels per epilogue pass
+
+template <class Kern>
+constexpr int gemv_rows_at_once() {
+    if constexpr (requires { Kern::kGemvRows; }) return Kern::kGemvRows;
+    else return 1;
+}
 
 template <class Kern, class AX>
 void gemv_rows(const Kern& kern, AX&& ax, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep, Index k) {
+    constexpr int RG = gemv_rows_at_once<Kern>();
     const Index n = kern.n, np = kern.npanels;
     if (n <= 0 || m <= 0) return;
     const Index grain = std::max<Index>(1, ceil_div(1 << 16, kPanel * std::max<Index>(k, 1)));
-    // m > 1: ≈ 24 KiB of weights per chunk (≥ 1 panel), re-read from L1 by every row.
+    // m > RG: ≈ 24 KiB of weights per chunk (≥ 1 panel), re-read from L1 by every group of rows.
     const Index bytes_per_panel = std::max<Index>(1, Index(kern.P->bytes()) / std::max<Index>(np, 1));
-    const Index chunk = m == 1 ? kGemvChunk : std::clamp<Index>((24 << 10) / bytes_per_panel, 1, kGemvChunk);
+    const Index chunk = m <= RG ? kGemvChunk : std::clamp<Index>((24 << 10) / bytes_per_panel, 1, kGemvChunk);
+    constexpr Index ldb = kGemvChunk * kPanel;
     parallel_for(pool, std::size_t(np), std::size_t(grain), [&](std::size_t p0, std::size_t p1) {
-        alignas(64) float buf[kGemvChunk * kPanel];
+        alignas(64) float buf[RG * ldb];
         for (Index p = Index(p0); p < Index(p1); p += chunk) {
             const Index pe = std::min<Index>(Index(p1), p + chunk);
             const Index c0 = p * kPanel, nr = std::min(n - c0, (pe - p) * kPanel);
             const TileOps o{kern.bias ? kern.bias + c0 : nullptr, ep.scale ? ep.scale + c0 : nullptr, ep.act, false, ep.accumulate};
-            for (Index r = 0; r < m; ++r) {
-                kern.gemv_panels(ax(r), p, pe, buf);
-                store_tile(buf, nr, 1, nr, y + r * ldy + c0, nr, o);
+            for (Index r = 0; r < m; r += RG) {
+                const int rows = int(std::min<Index>(RG, m - r));
+                if constexpr (requires { Kern::kGemvRows; }) {
+                    std::remove_cvref_t<decltype(ax(r))> xs[RG];
+                    for (int i = 0; i < rows; ++i) xs[i] = ax(r + i);
+                    kern.gemv_panels_rows(xs, rows, p, pe, buf, ldb);
+                } else {
+                    kern.gemv_panels(ax(r), p, pe, buf);
+                }
+                for (int i = 0; i < rows; ++i) store_tile(buf + i * ldb, nr, 1, nr, y + (r + i) * ldy + c0, nr, o);
             }
         }
     });

@@ -440,7 +440,6 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
             }
 }
 
-inline constexpr Index kStreamPrefetch = 4096;  // software prefetch distance (bytes) of the m = 1 weight stream
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 template <bool Q4, int MR, int NV>
 FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
@@ -522,16 +521,26 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-// m = 1, one panel (16 columns) over nb blocks: out[16]. Few instructions per weight byte so that the
-// stream, not the core, is the limit: the activation dwords are broadcast straight from memory into
-// vpdpbusd, Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q, exact in int32, divided
-// back once per block), and every block has its own accumulators (no long dependency chains).
-template <bool Q4>
-FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
-                        const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
+// R rows (1 ≤ R ≤ 4) of X against one panel (16 columns) over nb blocks: out + r·ldo [16] for row r.
+// Few instructions per weight byte so that the stream, not the core, is the limit: the activation
+// dwords are broadcast straight from memory into vpdpbusd, every block has its own accumulators (no
+// long dependency chains), and for R = 1 Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q,
+// exact in int32, divided back once per block). Each weight vector is loaded (and, for R > 1, split into
+// nibbles) once for all R rows. A row's result does not depend on R or on the other rows: its integer sums
+// are exact and its float steps are those of R = 1, in the same order.
+template <bool Q4, int R>
+FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::uint8_t* __restrict bp, float* __restrict out,
+                                        Index ldo) {
     using PQ = PackedQ<Q4>;
-    const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
-    __m512 f0 = _mm512_setzero_ps(), f1 = _mm512_setzero_ps();
+    const std::int32_t* x4[R];
+    const float* xd[R];
+    const std::int32_t* xc[R];
+    __m512 f0[R], f1[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+        x4[r] = reinterpret_cast<const std::int32_t*>(xs[r].q), xd[r] = xs[r].d, xc[r] = xs[r].corr;
+        f0[r] = f1[r] = _mm512_setzero_ps();
+    }
     for (Index sb = 0; sb < nb / PQ::G; ++sb) {
         const std::uint8_t* s = bp + sb * PQ::kSuperBytes;
         for (Index o = 0; o < PQ::kSuperBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(s + o) + kStreamPrefetch, _MM_HINT_T0);
@@ -540,37 +549,65 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const std::int8_t* __restrict 
 #pragma GCC unroll 4
         for (Index g = 0; g < PQ::G; ++g) {
             const Index b = sb * PQ::G + g;
-            const std::int32_t* xb = x4 + b * 8;
-            __m512i a0, a1;
-            if constexpr (Q4) {
+            __m512i a0[R], a1[R];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) a0[r] = _mm512_set1_epi32(xc[r][b]), a1[r] = _mm512_setzero_si512();
+            if constexpr (Q4 && R == 1) {  // high nibbles in place (16·q): one and-not per vector instead of a shift and an and
                 const __m512i lo4 = _mm512_set1_epi8(0x0f);
+                const std::int32_t* xb = x4[0] + b * 8;
                 __m512i h0 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
-                a0 = _mm512_set1_epi32(xc[b]), a1 = _mm512_setzero_si512();
 #pragma GCC unroll 4
                 for (int t = 0; t < 4; t += 2) {
                     const __m512i r0 = _mm512_load_si512(w + g * 4 + t), r1 = _mm512_load_si512(w + g * 4 + t + 1);
-                    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(r0, lo4), _mm512_set1_epi32(xb[t]));
+                    a0[0] = _mm512_dpbusd_epi32(a0[0], _mm512_and_si512(r0, lo4), _mm512_set1_epi32(xb[t]));
                     h0 = _mm512_dpbusd_epi32(h0, _mm512_andnot_si512(lo4, r0), _mm512_set1_epi32(xb[t + 4]));
-                    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(r1, lo4), _mm512_set1_epi32(xb[t + 1]));
+                    a1[0] = _mm512_dpbusd_epi32(a1[0], _mm512_and_si512(r1, lo4), _mm512_set1_epi32(xb[t + 1]));
                     h1 = _mm512_dpbusd_epi32(h1, _mm512_andnot_si512(lo4, r1), _mm512_set1_epi32(xb[t + 5]));
                 }
-                a0 = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+                a0[0] = _mm512_add_epi32(_mm512_add_epi32(a0[0], a1[0]), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+            } else if constexpr (Q4) {  // several rows: the nibbles are split once per vector, the rows add plain sums
+                const __m512i lo4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t += 2) {
+                    const __m512i r0 = _mm512_load_si512(w + g * 4 + t), r1 = _mm512_load_si512(w + g * 4 + t + 1);
+                    const __m512i l0 = _mm512_and_si512(r0, lo4), u0 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), lo4);
+                    const __m512i l1 = _mm512_and_si512(r1, lo4), u1 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), lo4);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; ++r) {
+                        const std::int32_t* xb = x4[r] + b * 8;
+                        a0[r] = _mm512_dpbusd_epi32(a0[r], l0, _mm512_set1_epi32(xb[t]));
+                        a1[r] = _mm512_dpbusd_epi32(a1[r], u0, _mm512_set1_epi32(xb[t + 4]));
+                        a0[r] = _mm512_dpbusd_epi32(a0[r], l1, _mm512_set1_epi32(xb[t + 1]));
+                        a1[r] = _mm512_dpbusd_epi32(a1[r], u1, _mm512_set1_epi32(xb[t + 5]));
+                    }
+                }
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) a0[r] = _mm512_add_epi32(a0[r], a1[r]);
             } else {
-                a0 = _mm512_set1_epi32(xc[b]), a1 = _mm512_setzero_si512();
 #pragma GCC unroll 8
                 for (int t = 0; t < 8; t += 2) {
-                    a0 = _mm512_dpbusd_epi32(a0, _mm512_load_si512(w + g * 8 + t), _mm512_set1_epi32(xb[t]));
-                    a1 = _mm512_dpbusd_epi32(a1, _mm512_load_si512(w + g * 8 + t + 1), _mm512_set1_epi32(xb[t + 1]));
+                    const __m512i w0 = _mm512_load_si512(w + g * 8 + t), w1 = _mm512_load_si512(w + g * 8 + t + 1);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; ++r) {
+                        const std::int32_t* xb = x4[r] + b * 8;
+                        a0[r] = _mm512_dpbusd_epi32(a0[r], w0, _mm512_set1_epi32(xb[t]));
+                        a1[r] = _mm512_dpbusd_epi32(a1[r], w1, _mm512_set1_epi32(xb[t + 1]));
+                    }
                 }
-                a0 = _mm512_add_epi32(a0, a1);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) a0[r] = _mm512_add_epi32(a0[r], a1[r]);
             }
-            const __m512 dw = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + g * kPanel))),
-                                            _mm512_set1_ps(xd[b]));
-            if (g % 2 == 0) f0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dw, f0);
-            else f1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dw, f1);
+            const __m512 ws = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + g * kPanel)));
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+                const __m512 dw = _mm512_mul_ps(ws, _mm512_set1_ps(xd[r][b]));
+                if (g % 2 == 0) f0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[r]), dw, f0[r]);
+                else f1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[r]), dw, f1[r]);
+            }
         }
     }
-    _mm512_storeu_ps(out, _mm512_add_ps(f0, f1));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * ldo, _mm512_add_ps(f0[r], f1[r]));
 }
 #endif
 
@@ -663,13 +700,21 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
             for (int h = 0; h < 2; ++h) _mm256_store_ps(tile + r * ldt + v * kPanel + h * 8, facc[r][v][h]);
 }
 
-// m = 1, one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves per 64 bytes.
-template <bool Q4>
-FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict xq, const float* __restrict xd,
-                        const std::int32_t* __restrict xc, const std::uint8_t* __restrict bp, float* __restrict out) {
+// R rows (1 ≤ R ≤ 2) against one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves
+// per 64 bytes.
+template <bool Q4, int R>
+FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const QRows* xs, const std::uint8_t* __restrict bp, float* __restrict out,
+                                        Index ldo) {
     using PQ = PackedQ<Q4>;
-    const std::int32_t* x4 = reinterpret_cast<const std::int32_t*>(xq);
-    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+    const std::int32_t* x4[R];
+    const float* xd[R];
+    const std::int32_t* xc[R];
+    __m256 f0[R], f1[R];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+        x4[r] = reinterpret_cast<const std::int32_t*>(xs[r].q), xd[r] = xs[r].d, xc[r] = xs[r].corr;
+        f0[r] = f1[r] = _mm256_setzero_ps();
+    }
     for (Index sb = 0; sb < nb / PQ::G; ++sb) {
         const std::uint8_t* s = bp + sb * PQ::kSuperBytes;
         for (Index o = 0; o < PQ::kSuperBytes; o += 64) _mm_prefetch(reinterpret_cast<const char*>(s + o) + kStreamPrefetch, _MM_HINT_T0);
@@ -678,39 +723,59 @@ FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const std::int8_t* __restrict 
 #pragma GCC unroll 4
         for (Index g = 0; g < PQ::G; ++g) {
             const Index b = sb * PQ::G + g;
-            const std::int32_t* xb = x4 + b * 8;
-            __m256i a0, a1;
+            __m256i a0[R], a1[R];
             if constexpr (Q4) {
                 const __m256i lo4 = _mm256_set1_epi8(0x0f);
-                __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+                __m256i s0[R], s1[R];
+#pragma GCC unroll 2
+                for (int r = 0; r < R; ++r) s0[r] = s1[r] = _mm256_setzero_si256();
 #pragma GCC unroll 4
                 for (int t = 0; t < 4; ++t) {
-                    const __m256i bl = _mm256_set1_epi32(xb[t]), bh = _mm256_set1_epi32(xb[t + 4]);
                     const __m256i r0 = _mm256_load_si256(w + g * 8 + 2 * t), r1 = _mm256_load_si256(w + g * 8 + 2 * t + 1);
-                    s0 = _mm256_add_epi16(s0, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r0, lo4), bl),
-                                                               _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r0, 4), lo4), bh)));
-                    s1 = _mm256_add_epi16(s1, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(r1, lo4), bl),
-                                                               _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(r1, 4), lo4), bh)));
+                    const __m256i l0 = _mm256_and_si256(r0, lo4), u0 = _mm256_and_si256(_mm256_srli_epi16(r0, 4), lo4);
+                    const __m256i l1 = _mm256_and_si256(r1, lo4), u1 = _mm256_and_si256(_mm256_srli_epi16(r1, 4), lo4);
+#pragma GCC unroll 2
+                    for (int r = 0; r < R; ++r) {
+                        const __m256i bl = _mm256_set1_epi32(x4[r][b * 8 + t]), bh = _mm256_set1_epi32(x4[r][b * 8 + t + 4]);
+                        s0[r] = _mm256_add_epi16(s0[r], _mm256_add_epi16(_mm256_maddubs_epi16(l0, bl), _mm256_maddubs_epi16(u0, bh)));
+                        s1[r] = _mm256_add_epi16(s1[r], _mm256_add_epi16(_mm256_maddubs_epi16(l1, bl), _mm256_maddubs_epi16(u1, bh)));
+                    }
                 }
-                const __m256i c = _mm256_set1_epi32(xc[b]), one = _mm256_set1_epi16(1);
-                a0 = _mm256_add_epi32(c, _mm256_madd_epi16(s0, one));
-                a1 = _mm256_add_epi32(c, _mm256_madd_epi16(s1, one));
+                const __m256i one = _mm256_set1_epi16(1);
+#pragma GCC unroll 2
+                for (int r = 0; r < R; ++r) {
+                    const __m256i c = _mm256_set1_epi32(xc[r][b]);
+                    a0[r] = _mm256_add_epi32(c, _mm256_madd_epi16(s0[r], one));
+                    a1[r] = _mm256_add_epi32(c, _mm256_madd_epi16(s1[r], one));
+                }
             } else {
-                a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+#pragma GCC unroll 2
+                for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_si256();
 #pragma GCC unroll 8
                 for (int t = 0; t < 8; ++t) {
-                    const __m256i bx = _mm256_set1_epi32(xb[t]), ax = _mm256_sign_epi8(bx, bx);
-                    a0 = _mm256_add_epi32(a0, qa::dot_q8(_mm256_load_si256(w + g * 16 + 2 * t), bx, ax));
-                    a1 = _mm256_add_epi32(a1, qa::dot_q8(_mm256_load_si256(w + g * 16 + 2 * t + 1), bx, ax));
+                    const __m256i w0 = _mm256_load_si256(w + g * 16 + 2 * t), w1 = _mm256_load_si256(w + g * 16 + 2 * t + 1);
+#pragma GCC unroll 2
+                    for (int r = 0; r < R; ++r) {
+                        const __m256i bx = _mm256_set1_epi32(x4[r][b * 8 + t]), ax = _mm256_sign_epi8(bx, bx);
+                        a0[r] = _mm256_add_epi32(a0[r], qa::dot_q8(w0, bx, ax));
+                        a1[r] = _mm256_add_epi32(a1[r], qa::dot_q8(w1, bx, ax));
+                    }
                 }
             }
-            const __m256 dx = _mm256_set1_ps(xd[b]);
-            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), _mm256_mul_ps((qa::f16x8(sc + g * kPanel)), dx), f0);
-            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_mul_ps((qa::f16x8(sc + g * kPanel + 8)), dx), f1);
+            const __m256 ws0 = qa::f16x8(sc + g * kPanel), ws1 = qa::f16x8(sc + g * kPanel + 8);
+#pragma GCC unroll 2
+            for (int r = 0; r < R; ++r) {
+                const __m256 dx = _mm256_set1_ps(xd[r][b]);
+                f0[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[r]), _mm256_mul_ps(ws0, dx), f0[r]);
+                f1[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[r]), _mm256_mul_ps(ws1, dx), f1[r]);
+            }
         }
     }
-    _mm256_storeu_ps(out, f0);
-    _mm256_storeu_ps(out + 8, f1);
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+        _mm256_storeu_ps(out + r * ldo, f0[r]);
+        _mm256_storeu_ps(out + r * ldo + 8, f1[r]);
+    }
 }
 #endif
 
@@ -763,22 +828,29 @@ struct KernQ {
         const APack ai{a.q + ir * MR * kb * kQB, a.d + ir * MR * kb, a.corr + ir * MR * kb};
         with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(uc * PQ::G, ai, b, tile, NV * kPanel); });
     }
-    void gemv_panels(const QRows& x1, Index p0, Index p1, float* out) const {
-        for (Index p = p0; p < p1; ++p) {  // one panel = one sequential stream at a time
+    // GEMV rows (driver.hpp): rows ≤ kGemvRows rows of X at once, row i's 16·(p1 − p0) outputs at out + i·ldo.
+    static constexpr int kGemvRows = Pth == Path::avx512_vnni ? 4 : kAvx2 ? 2 : 1;
+    void gemv_panels_rows(const QRows* xs, int rows, Index p0, Index p1, float* out, Index ldo) const {
+        with_width<kGemvRows>(rows, [&](auto rc) {
+            constexpr int R = decltype(rc)::value;
+            for (Index p = p0; p < p1; ++p) {  // one panel = one sequential stream at a time
+                float* o = out + (p - p0) * kPanel;
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-            if constexpr (Pth == Path::avx512_vnni) {
-                gemv_q_vnni<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
-                continue;
-            }
+                if constexpr (Pth == Path::avx512_vnni) {
+                    gemv_q_vnni<Q4, R>(P->kb, xs, P->panel(p), o, ldo);
+                    continue;
+                }
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-            if constexpr (kAvx2) {
-                gemv_q_avx2<Q4>(P->kb, x1.q, x1.d, x1.corr, P->panel(p), out + (p - p0) * kPanel);
-                continue;
-            }
+                if constexpr (kAvx2) {
+                    gemv_q_avx2<Q4, R>(P->kb, xs, P->panel(p), o, ldo);
+                    continue;
+                }
 #endif
-            ukr_q_scalar<Q4, 1, 1>(P->kb, x1.q, x1.d, x1.corr, x1.kb, P->panel(p), P->panel_bytes(), out + (p - p0) * kPanel, kPanel);
-        }
+                for (int r = 0; r < R; ++r)
+                    ukr_q_scalar<Q4, 1, 1>(P->kb, xs[r].q, xs[r].d, xs[r].corr, xs[r].kb, P->panel(p), P->panel_bytes(), o + r * ldo, kPanel);
+            }
+        });
     }
 };
 
