@@ -11,10 +11,13 @@
 //    wall time, aggregate decode tok/s (generated tokens ÷ summed wall time of the steps that carry
 //    decode rows: EngineStats::aggregate_decode_tok_s, the `batch --json` figure) and the decode-only
 //    rate (steps with decode rows and no prefill chunk). The ratio N vs 1 is from the same run.
+//    Both engines run whole images between steps (vision_slice_ms = 0, as batch does); neither has
+//    the image-feature or prefix cache.
 // 2. Late arrival: N−1 requests decode (long answers); 1.5 s after each has streamed ≥ 2 tokens, one
 //    more request arrives. Its TTFT vs the TTFT of the same request on the idle engine, and how long
 //    the running streams pause meanwhile (the longest gap between two tokens of a running stream
-//    from the arrival to the newcomer's first token, next to their median gap in those 1.5 s).
+//    from the arrival to the newcomer's first token, next to their median gap in those 1.5 s). The
+//    engine encodes the newcomer's image in slices (vision_slice_ms 50, the server's default).
 // 4. Caches (issue 13): on one engine with both caches on, a first question about image A, then a
 //    second, different question about A (TTFT second / first), the same pair with the prefix cache off
 //    (image-feature cache alone) and with both off; then a 6-turn chat about image B sent as growing
@@ -96,7 +99,8 @@ EngineOptions uncached(int max_running) {
 }
 
 Throughput throughput(const AnyModel& m, const Args& a, int parallel) {
-    const EngineOptions o = uncached(parallel);
+    EngineOptions o = uncached(parallel);
+    o.vision_slice_ms = 0;  // whole images between steps, as `fastvlm-cli batch` runs them
     auto engine = m.new_engine(o);
     std::vector<RequestHandle> hs;
     const auto t0 = Clock::now();
@@ -123,7 +127,7 @@ struct Late {
 
 Late late_arrival(const AnyModel& m, const Args& a) {
     const Index n = Index(a.images.size());
-    const EngineOptions o = uncached(int(n));
+    const EngineOptions o = uncached(int(n));  // vision in slices (vision_slice_ms 50), as the server runs
     auto engine = m.new_engine(o);
     Late out;
     const std::string& newcomer = a.images.back();

@@ -441,6 +441,143 @@ TEST(Engine, ManyThreadsSubmitAndCancel) {
     expect_only_cached_pages(e.stats());
 }
 
+// SlicedRunner (engine/sliced_runner.hpp): a function runs in slices between resume() calls, its
+// exception comes back through error(), and abandon() unwinds it at its next break point (its locals'
+// destructors run) whether it is suspended or not started yet; the runner is reusable afterwards.
+TEST(SlicedRunner, SlicesErrorsAndAbandon) {
+    SlicedRunner r;
+    int steps = 0;
+    bool unwound = false;
+    struct Guard {
+        bool* flag;
+        ~Guard() { *flag = true; }
+    };
+    auto counting = [&](int n) {
+        return [&, n](const SlicedRunner::Yield& yield) {
+            Guard g{&unwound};
+            for (int i = 0; i < n; ++i) {
+                ++steps;
+                yield();
+            }
+        };
+    };
+    EXPECT_FALSE(r.busy());
+    r.start(counting(5));
+    EXPECT_TRUE(r.busy());
+    int resumes = 1;
+    while (!r.resume(std::chrono::nanoseconds(0))) {
+        EXPECT_EQ(steps, resumes);  // one break point per slice with a zero budget
+        ++resumes;
+    }
+    EXPECT_EQ(resumes, 6);
+    EXPECT_EQ(steps, 5);
+    EXPECT_TRUE(unwound);
+    EXPECT_FALSE(r.error());
+    EXPECT_FALSE(r.busy());
+
+    steps = 0;
+    r.start(counting(50));
+    EXPECT_TRUE(r.resume(SlicedRunner::Clock::duration::max()));  // no budget limit: to the end at once
+    EXPECT_EQ(steps, 50);
+
+    r.start([](const SlicedRunner::Yield& yield) {
+        yield();
+        fail("bad pixels in ", "slice 2");
+    });
+    EXPECT_FALSE(r.resume(std::chrono::nanoseconds(0)));
+    EXPECT_TRUE(r.resume(std::chrono::nanoseconds(0)));
+    ASSERT_TRUE(r.error());
+    try {
+        std::rethrow_exception(r.error());
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("bad pixels in slice 2"), std::string::npos) << e.what();
+    }
+
+    steps = 0, unwound = false;
+    r.start(counting(100));
+    EXPECT_FALSE(r.resume(std::chrono::nanoseconds(0)));
+    EXPECT_FALSE(r.resume(std::chrono::nanoseconds(0)));
+    r.abandon();  // suspended at its second break point
+    EXPECT_FALSE(r.busy());
+    EXPECT_TRUE(unwound);
+    EXPECT_EQ(steps, 2);
+
+    steps = 0;
+    r.start(counting(3));
+    r.abandon();  // never resumed: never runs
+    EXPECT_EQ(steps, 0);
+    r.start(counting(3));
+    EXPECT_TRUE(r.resume(SlicedRunner::Clock::duration::max()));
+    EXPECT_EQ(steps, 3);
+
+    unwound = false;
+    {
+        SlicedRunner d;
+        d.start(counting(10));
+        EXPECT_FALSE(d.resume(std::chrono::nanoseconds(0)));
+    }  // destroyed while suspended
+    EXPECT_TRUE(unwound);
+}
+
+// While a sequence decodes, a new request's image goes through the tower in slices (one block per
+// slice with a vision_slice_ms of 1 µs): the running stream keeps getting tokens meanwhile, and the image
+// request gets the tokens it gets alone. A request cancelled while its image may be half encoded ends
+// alone; the next image request is unaffected; every page comes back.
+TEST(Engine, VisionRunsInSlicesBetweenDecodeSteps) {
+    const auto& m = tiny();
+    const auto& im = images();
+    EngineOptions o;
+    o.max_running = 4;
+    o.vision_slice_ms = 1e-3;
+    o.image_cache_bytes = 0;
+    o.prefix_cache_bytes = 0;
+    Engine e(m, o);
+    std::mutex mu;
+    int streamed = 0, cancel_at = -1;
+    RequestHandle to_cancel;
+    auto ql = request("keep talking", {}, 3000);
+    ql.stop_ids = {-5};  // no stop id: it runs until cancelled
+    ql.on_token = [&](std::int32_t id, std::string_view) {
+        if (id < 0) return;
+        std::lock_guard lk(mu);
+        if (++streamed == cancel_at) to_cancel.cancel();
+        std::this_thread::sleep_for(std::chrono::microseconds(500));  // a slow stream: it outlasts the test
+    };
+    auto hl = e.submit(ql);
+    auto tokens = [&] {
+        std::lock_guard lk(mu);
+        return streamed;
+    };
+    while (tokens() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+
+    const int at_submit = tokens();
+    int at_first = -1;
+    auto qi = request("Describe the image.", {&im[2]}, 8);
+    qi.on_token = [&](std::int32_t, std::string_view) {
+        std::lock_guard lk(mu);
+        if (at_first < 0) at_first = streamed;
+    };
+    expect_same(e.submit(qi).wait(), session_ref(m, "Describe the image.", {&im[2]}, 8), "image request beside a stream");
+    const int during = at_first - at_submit;
+    EXPECT_GE(during, 8) << "tokens of the running stream while the image was encoded and prefilled";
+
+    auto qc = request("Describe the image.", {&im[0]}, 8);
+    {
+        std::lock_guard lk(mu);
+        cancel_at = streamed + std::max(1, during / 2);
+        to_cancel = e.submit(qc);
+    }
+    const Result rc = to_cancel.wait();
+    EXPECT_TRUE(rc.ok() || rc.error_kind == ErrorKind::cancelled) << rc.error;
+
+    expect_same(e.submit(request("What colour?", {&im[3]}, 9)).wait(), session_ref(m, "What colour?", {&im[3]}, 9),
+                "image request after the cancelled one");
+    hl.cancel();
+    EXPECT_EQ(hl.wait().error_kind, ErrorKind::cancelled);
+    e.drain();
+    expect_only_cached_pages(e.stats());
+}
+
 TEST(Engine, ShutdownEndsEveryRequest) {
     const auto& m = tiny();
     std::vector<RequestHandle> hs;

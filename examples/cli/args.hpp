@@ -135,19 +135,26 @@ inline void print_limits() {
 
 // The engine's options: --image-cache-mb and --prefix-cache-mb (docs/api.md: image-feature cache, prefix KV
 // reuse), --ttft-target-ms (adaptive precision, --precision auto:...).
-inline std::vector<Option> engine_options(const char* image_help) {
+// slice_ms: the default of --vision-slice-ms (0 for batch work, where whole images between steps give the
+// most throughput; 50 where clients stream).
+inline std::vector<Option> engine_options(const char* image_help, int slice_ms) {
     return {{"ttft-target-ms", "MS",
              "with --precision auto:P1,P2,...: switch to the next cheaper preset while the p95 time to first token is above MS "
              "(back when it is below half of it; memory and CPU pressure also count; default 0: pressure and queue only)"},
             {"image-cache-mb", "N", image_help},
             {"prefix-cache-mb", "N",
              "prefix KV reuse: KV pages of ended requests kept for later ones that start the same (a second question about an "
-             "image, the next chat turn) in MB (default: up to the whole KV budget, given back when requests need it; 0 = off)"}};
+             "image, the next chat turn) in MB (default: up to the whole KV budget, given back when requests need it; 0 = off)"},
+            {"vision-slice-ms", "MS",
+             "while other requests decode, a new image goes through the vision tower in slices of about MS milliseconds, one "
+             "between two decode steps, so running streams pause for one slice, not a whole image (default " +
+                 std::to_string(slice_ms) + "; 0 = off: each image whole, the most throughput)"}};
 }
 template <class EngineOptions>
-void set_engine_options(const Args& a, EngineOptions& eo) {
+void set_engine_options(const Args& a, EngineOptions& eo, int slice_ms) {
     eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
     if (a.has("prefix-cache-mb")) eo.prefix_cache_bytes = std::size_t(a.get_int("prefix-cache-mb", 0, 0, 1l << 24)) << 20;
+    eo.vision_slice_ms = double(a.get_int("vision-slice-ms", slice_ms, 0, 1l << 20));
     eo.adaptive.ttft_target_ms = double(a.get_int("ttft-target-ms", 0, 0, 1l << 30));
     eo.adaptive.on_switch = [](const auto& sw) {
         std::fprintf(stderr, "fastvlm: precision %s -> %s: %s\n", sw.from_preset.c_str(), sw.to_preset.c_str(), sw.reason.c_str());

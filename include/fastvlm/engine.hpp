@@ -12,7 +12,10 @@
 //   prefix     — at admission a request adopts the KV pages of the longest prompt prefix that an ended
 //                request left in the prefix cache (engine/prefix_cache.hpp) and starts its prefill after
 //                it; images inside that prefix skip vision. When it ends, its own pages are kept there.
-//   vision     — at most one image (FastViTHD + projector) per loop iteration, between steps.
+//   vision     — one image at a time (FastViTHD + projector), between steps. While other sequences
+//                decode or prefill, the tower runs in slices of about vision_slice_ms on a helper thread
+//                (engine/sliced_runner.hpp), one slice per loop iteration, so running streams pause for
+//                one slice instead of a whole image; alone (or with vision_slice_ms = 0) it runs whole.
 //   step       — one decode row of every decoding sequence (GEMV: the weights stream once for all of
 //                them) plus at most prefill_chunk prompt rows (GEMM) of the sequences still in prefill,
 //                in one Qwen2::forward_batch call; then per-sequence sampling (each request has its own
@@ -33,6 +36,7 @@
 #include "fastvlm/engine/image_cache.hpp"
 #include "fastvlm/engine/metrics.hpp"
 #include "fastvlm/engine/prefix_cache.hpp"
+#include "fastvlm/engine/sliced_runner.hpp"
 #include "fastvlm/model.hpp"
 #include "fastvlm/text/kv_cache.hpp"
 
@@ -120,6 +124,11 @@ struct EngineOptions {
     std::optional<text::KVType> kv_type = {};  // unset: the model's LoadOptions::kv_type (bf16 by default)
     Index kv_page = 16;              // positions per KV page
     Index prefill_chunk = 256;       // most prompt rows per step (bounds the pause of running streams)
+    // While other sequences run, a new image goes through the vision tower in slices of about this many
+    // milliseconds (each ends at the first block boundary after it), one slice between two steps. Bounds
+    // the pause of running streams as prefill_chunk does for prompts. 0 = off: each image whole between
+    // two steps, which gives batch work the most throughput (fastvlm-cli batch uses 0).
+    double vision_slice_ms = 50;
     double timeout_s = 0;            // default per-request timeout; 0 = none
     Index context = 0;               // most positions of one sequence; 0 = the model's context
     // Image-feature cache (projected image tokens by a hash of the preprocessed pixels, LRU); 0 = off.
@@ -300,6 +309,18 @@ class EngineImpl final : public EngineCore {
         std::int32_t last = -1;  // token to feed at the next decode step
         Result r;
         Clock::time_point admitted, prefill_start, first_token;
+        // The image being encoded in slices on the engine's SlicedRunner; abandoned there if the
+        // sequence ends first (cancel, timeout, shutdown). Declared last: it goes first.
+        struct Encoding {
+            SlicedRunner* runner;
+            std::size_t image;
+            std::shared_ptr<Tensor<float, 2>> features;  // written by the helper thread
+            Clock::duration spent{};                     // time inside the slices
+            ~Encoding() {
+                if (runner) runner->abandon();
+            }
+        };
+        std::unique_ptr<Encoding> enc;
     };
 
 public:
@@ -310,6 +331,8 @@ public:
         FASTVLM_CHECK(opt_.max_queued >= 0, "EngineOptions::max_queued must be >= 0, got ", opt_.max_queued);
         FASTVLM_CHECK(opt_.prefill_chunk >= 1, "EngineOptions::prefill_chunk must be >= 1, got ", opt_.prefill_chunk);
         FASTVLM_CHECK(std::isfinite(opt_.timeout_s) && opt_.timeout_s >= 0, "EngineOptions::timeout_s must be >= 0");
+        FASTVLM_CHECK(std::isfinite(opt_.vision_slice_ms) && opt_.vision_slice_ms >= 0,
+                      "EngineOptions::vision_slice_ms must be >= 0, got ", opt_.vision_slice_ms);
         context_ = opt_.context > 0 ? opt_.context : model_.context();
         FASTVLM_CHECK(context_ <= model_.config().text.max_position_embeddings, "EngineOptions::context of ", context_,
                       " exceeds max_position_embeddings (", model_.config().text.max_position_embeddings, ")");
@@ -762,10 +785,15 @@ private:
         });
     }
 
-    // Fills image tokens from the cache for every sequence in its vision phase, and encodes at most one
-    // image (vision tower + projector) per step, so running streams pause for one image at a time.
+    // Fills image tokens from the cache for every sequence in its vision phase, and runs one slice of one
+    // image's encoding (vision tower, then projector) per step: while other sequences prefill or decode the
+    // slice is vision_slice_ms long, so running streams pause for one slice; alone the image runs to its end.
     void encode_one_image() {
         bool encoded = false;
+        const bool others = std::any_of(running_.begin(), running_.end(), [](const auto& sp) { return sp && sp->phase != Phase::vision; });
+        const auto slice = others && opt_.vision_slice_ms > 0
+                               ? std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(opt_.vision_slice_ms))
+                               : Clock::duration::max();
         for (auto& sp : running_) {
             if (!sp || sp->phase != Phase::vision) continue;
             Seq& s = *sp;
@@ -784,27 +812,41 @@ private:
                             continue;
                         }
                     }
-                    if (encoded) break;  // one encode per step (a miss is counted when it is encoded)
-                    if (image_cache_->enabled()) {
-                        image_cache_->record(false);
-                        m_.cache_misses->add();
+                    // One slice of one image per step (a miss is counted when its encoding starts).
+                    if (encoded || (runner_.busy() && !s.enc)) break;
+                    if (!s.enc) {
+                        if (image_cache_->enabled()) {
+                            image_cache_->record(false);
+                            m_.cache_misses->add();
+                        }
+                        auto feats = std::make_shared<Tensor<float, 2>>();
+                        runner_.start([this, px = s.pixels[i], feats](const SlicedRunner::Yield& yield) {
+                            *feats = model_.encode_image(px->view(), pool_,
+                                                         [&](const std::string&, TensorView<const float, 3>) { yield(); });
+                        });
+                        s.enc.reset(new typename Seq::Encoding{&runner_, i, feats});
                     }
+                    encoded = true;
                     const auto t0 = Clock::now();
-                    auto feats = model_.encode_image(s.pixels[i]->view(), pool_);
+                    const bool done = runner_.resume(slice);
+                    s.enc->spent += Clock::now() - t0;
+                    if (!done) break;
+                    const auto enc = std::move(s.enc);
+                    enc->runner = nullptr;  // ended: nothing to abandon
+                    if (auto err = runner_.error()) std::rethrow_exception(err);
                     const auto t1 = Clock::now();
-                    s.img_tokens[i] = std::make_shared<const Tensor<float, 2>>(model_.project(feats, pool_));
+                    s.img_tokens[i] = std::make_shared<const Tensor<float, 2>>(model_.project(*enc->features, pool_));
                     const auto t2 = Clock::now();
                     if (image_cache_->enabled()) {
                         image_cache_->put(s.keys[i], s.img_tokens[i]);
                         m_.cache_bytes->set(double(image_cache_->stats().bytes));
                     }
                     s.pixels[i].reset();
-                    s.r.timings.vision_ms += ms(t1 - t0);
+                    s.r.timings.vision_ms += ms(enc->spent);
                     s.r.timings.projector_ms += ms(t2 - t1);
-                    m_.vision->record(secs(t1 - t0));
+                    m_.vision->record(secs(enc->spent));
                     m_.projector->record(secs(t2 - t1));
                     m_.images->add();
-                    encoded = true;
                 }
                 bool ready = true;
                 for (std::size_t i = 0; i < s.pixels.size(); ++i) ready = ready && (s.img_tokens[i] || !s.pixels[i]);
@@ -983,6 +1025,7 @@ private:
     std::unique_ptr<PrefixCache> prefix_;
     metrics::Registry reg_;
     Metrics m_;
+    SlicedRunner runner_;  // image encodings in slices (scheduler thread); outlives running_'s Seqs
 
     mutable std::mutex mu_;
     std::condition_variable cv_, prep_cv_, idle_cv_;

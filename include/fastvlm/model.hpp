@@ -300,13 +300,15 @@ public:
     Tensor<float, 3> preprocess(const io::Image& img) const {
         return io::preprocess_image(img, config().vision.image_size, image_limits());
     }
-    // Vision tower: pixels [3, S, S] → image features [N, mm_hidden_size].
-    Tensor<float, 2> encode_image(TensorView<const float, 3> pixels, ThreadPool* pool = nullptr) const {
+    // Vision tower: pixels [3, S, S] → image features [N, mm_hidden_size]. on_stage is called after every
+    // block of the tower (vision/fastvithd.hpp); it may throw to stop the encoding.
+    Tensor<float, 2> encode_image(TensorView<const float, 3> pixels, ThreadPool* pool = nullptr,
+                                  const vision::StageCallback& on_stage = {}) const {
         FASTVLM_CHECK(has_vision(), parts().dir.string(), ": the vision tower was not loaded (LoadOptions::load_vision)");
         const Index S = config().vision.image_size;
         FASTVLM_CHECK(pixels.dim(0) == 3 && pixels.dim(1) == S && pixels.dim(2) == S, "pixels have shape ",
                       shape_str(pixels.shape()), ", the vision tower expects [3, ", S, ", ", S, "]");
-        return parts().vision->forward(pixels, pool ? pool : this->pool());
+        return parts().vision->forward(pixels, pool ? pool : this->pool(), on_stage);
     }
     // Projector: image features [N, mm_hidden_size] → image tokens [N, hidden_size].
     Tensor<float, 2> project(TensorView<const float, 2> features, ThreadPool* pool = nullptr) const {
