@@ -7099,7 +7099,7 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-// R rows (1 ≤ R ≤ 4) of X against one panel (16 columns) over nb blocks: out + r·ldo [16] for row r.
+// R rows (1 ≤ R ≤ 8) of X against one panel (16 columns) over nb blocks: out + r·ldo [16] for row r.
 // Few instructions per weight byte so that the stream, not the core, is the limit: the activation
 // dwords are broadcast straight from memory into vpdpbusd, every block has its own accumulators (no
 // long dependency chains), and for R = 1 Q4's high nibbles are multiplied in place (byte & 0xF0 = 16·q,
@@ -7114,7 +7114,7 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
     const float* xd[R];
     const std::int32_t* xc[R];
     __m512 f0[R], f1[R];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
         x4[r] = reinterpret_cast<const std::int32_t*>(xs[r].q), xd[r] = xs[r].d, xc[r] = xs[r].corr;
         f0[r] = f1[r] = _mm512_setzero_ps();
@@ -7128,7 +7128,7 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
         for (Index g = 0; g < PQ::G; ++g) {
             const Index b = sb * PQ::G + g;
             __m512i a0[R], a1[R];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int r = 0; r < R; ++r) a0[r] = _mm512_set1_epi32(xc[r][b]), a1[r] = _mm512_setzero_si512();
             if constexpr (Q4 && R == 1) {  // high nibbles in place (16·q): one and-not per vector instead of a shift and an and
                 const __m512i lo4 = _mm512_set1_epi8(0x0f);
@@ -7143,6 +7143,19 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
                     h1 = _mm512_dpbusd_epi32(h1, _mm512_andnot_si512(lo4, r1), _mm512_set1_epi32(xb[t + 5]));
                 }
                 a0[0] = _mm512_add_epi32(_mm512_add_epi32(a0[0], a1[0]), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
+            } else if constexpr (Q4 && R > 4) {  // many rows: one integer accumulator per row (the 32 registers hold 8 rows)
+                const __m512i lo4 = _mm512_set1_epi8(0x0f);
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; ++t) {
+                    const __m512i raw = _mm512_load_si512(w + g * 4 + t);
+                    const __m512i l = _mm512_and_si512(raw, lo4), u = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
+#pragma GCC unroll 8
+                    for (int r = 0; r < R; ++r) {
+                        const std::int32_t* xb = x4[r] + b * 8;
+                        a0[r] = _mm512_dpbusd_epi32(a0[r], l, _mm512_set1_epi32(xb[t]));
+                        a0[r] = _mm512_dpbusd_epi32(a0[r], u, _mm512_set1_epi32(xb[t + 4]));
+                    }
+                }
             } else if constexpr (Q4) {  // several rows: the nibbles are split once per vector, the rows add plain sums
                 const __m512i lo4 = _mm512_set1_epi8(0x0f);
 #pragma GCC unroll 4
@@ -7150,7 +7163,7 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
                     const __m512i r0 = _mm512_load_si512(w + g * 4 + t), r1 = _mm512_load_si512(w + g * 4 + t + 1);
                     const __m512i l0 = _mm512_and_si512(r0, lo4), u0 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), lo4);
                     const __m512i l1 = _mm512_and_si512(r1, lo4), u1 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), lo4);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                     for (int r = 0; r < R; ++r) {
                         const std::int32_t* xb = x4[r] + b * 8;
                         a0[r] = _mm512_dpbusd_epi32(a0[r], l0, _mm512_set1_epi32(xb[t]));
@@ -7159,24 +7172,31 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
                         a1[r] = _mm512_dpbusd_epi32(a1[r], u1, _mm512_set1_epi32(xb[t + 5]));
                     }
                 }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                 for (int r = 0; r < R; ++r) a0[r] = _mm512_add_epi32(a0[r], a1[r]);
+            } else if constexpr (R > 4) {  // as Q4 above
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; ++t) {
+                    const __m512i wv = _mm512_load_si512(w + g * 8 + t);
+#pragma GCC unroll 8
+                    for (int r = 0; r < R; ++r) a0[r] = _mm512_dpbusd_epi32(a0[r], wv, _mm512_set1_epi32(x4[r][b * 8 + t]));
+                }
             } else {
 #pragma GCC unroll 8
                 for (int t = 0; t < 8; t += 2) {
                     const __m512i w0 = _mm512_load_si512(w + g * 8 + t), w1 = _mm512_load_si512(w + g * 8 + t + 1);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                     for (int r = 0; r < R; ++r) {
                         const std::int32_t* xb = x4[r] + b * 8;
                         a0[r] = _mm512_dpbusd_epi32(a0[r], w0, _mm512_set1_epi32(xb[t]));
                         a1[r] = _mm512_dpbusd_epi32(a1[r], w1, _mm512_set1_epi32(xb[t + 1]));
                     }
                 }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                 for (int r = 0; r < R; ++r) a0[r] = _mm512_add_epi32(a0[r], a1[r]);
             }
             const __m512 ws = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc + g * kPanel)));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int r = 0; r < R; ++r) {
                 const __m512 dw = _mm512_mul_ps(ws, _mm512_set1_ps(xd[r][b]));
                 if (g % 2 == 0) f0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[r]), dw, f0[r]);
@@ -7184,7 +7204,7 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
             }
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + r * ldo, _mm512_add_ps(f0[r], f1[r]));
 }
 #endif
@@ -7407,7 +7427,7 @@ struct KernQ {
         with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(uc * PQ::G, ai, b, tile, NV * kPanel); });
     }
     // GEMV rows (driver.hpp): rows ≤ kGemvRows rows of X at once, row i's 16·(p1 − p0) outputs at out + i·ldo.
-    static constexpr int kGemvRows = Pth == Path::avx512_vnni ? 4 : kAvx2 ? 2 : 1;
+    static constexpr int kGemvRows = Pth == Path::avx512_vnni ? 8 : kAvx2 ? 2 : 1;
     void gemv_panels_rows(const QRows* xs, int rows, Index p0, Index p1, float* out, Index ldo) const {
         with_width<kGemvRows>(rows, [&](auto rc) {
             constexpr int R = decltype(rc)::value;
