@@ -1,7 +1,7 @@
 // bench_engine — the engine's throughput and latency on one loaded model (issue 11's table):
 //
 //   bench_engine --model DIR --precision int8 --images a.png,b.png,... [--threads 2] [--max-tokens 64]
-//                [--reps 1] [--prompt "Describe the image."] [--json FILE]
+//                [--reps 1] [--prompt "Describe the image."] [--prefill-first 1] [--json FILE]
 //   bench_engine --model DIR --kv-fit          (3. below only)
 //   bench_engine --model DIR --caches --images a.png,b.png [--reps 3]   (4. below only)
 //
@@ -11,8 +11,9 @@
 //    wall time, aggregate decode tok/s (generated tokens ÷ summed wall time of the steps that carry
 //    decode rows: EngineStats::aggregate_decode_tok_s, the `batch --json` figure) and the decode-only
 //    rate (steps with decode rows and no prefill chunk). The ratio N vs 1 is from the same run.
-//    Both engines run whole images between steps (vision_slice_ms = 0, as batch does); neither has
-//    the image-feature or prefix cache.
+//    Both engines run whole images between steps (vision_slice_ms = 0, as batch does) and, unless
+//    --prefill-first 0, hold decode rows while a request is in vision or prefill (prefill_first, as batch
+//    does); neither has the image-feature or prefix cache.
 // 2. Late arrival: N−1 requests decode (long answers); 1.5 s after each has streamed ≥ 2 tokens, one
 //    more request arrives. Its TTFT vs the TTFT of the same request on the idle engine, and how long
 //    the running streams pause meanwhile (the longest gap between two tokens of a running stream
@@ -69,7 +70,7 @@ struct Args {
     std::vector<std::string> images;
     unsigned threads = 2;
     int max_tokens = 64, reps = 1;
-    bool kv_fit = false, caches = false, adaptive_load = false;
+    bool kv_fit = false, caches = false, adaptive_load = false, prefill_first = true;
     std::vector<int> clients = {1, 2, 4, 8, 1};
     double phase_s = 40, ttft_target_ms = 0;
 };
@@ -100,7 +101,8 @@ EngineOptions uncached(int max_running) {
 
 Throughput throughput(const AnyModel& m, const Args& a, int parallel) {
     EngineOptions o = uncached(parallel);
-    o.vision_slice_ms = 0;  // whole images between steps, as `fastvlm-cli batch` runs them
+    o.vision_slice_ms = 0;             // whole images between steps, as `fastvlm-cli batch` runs them
+    o.prefill_first = a.prefill_first;  // batch's default: true
     auto engine = m.new_engine(o);
     std::vector<RequestHandle> hs;
     const auto t0 = Clock::now();
@@ -394,6 +396,7 @@ int run(int argc, char** argv) {
         else if (k == "--prompt") a.prompt = val();
         else if (k == "--json") a.json = val();
         else if (k == "--kv-fit") a.kv_fit = true;
+        else if (k == "--prefill-first") a.prefill_first = std::stoi(val()) != 0;
         else if (k == "--caches") a.caches = true;
         else if (k == "--adaptive-load") a.adaptive_load = true;
         else if (k == "--phase-s") a.phase_s = std::stod(val());

@@ -529,12 +529,14 @@ PYBIND11_MODULE(fastvlm, mod) {
     py::class_<PyModel, ModelPtr>(mod, "Model", "A loaded FastVLM model folder (Hugging Face layout).")
         .def(py::init([](const py::object& path, const std::string& precision, unsigned threads, Index context, int parallel,
                          const std::string& kv_cache, bool load_vision, double image_cache_mb, const py::object& limits,
-                         const py::object& prefix_cache_mb, int image_size, double ttft_target_ms) {
+                         const py::object& prefix_cache_mb, int image_size, double ttft_target_ms, double vision_slice_ms,
+                         bool prefill_first) {
                  auto m = std::make_shared<PyModel>();
                  m->path = py::str(py::module_::import("os").attr("fspath")(path));
                  if (parallel < 1) raise_error("parallel must be >= 1, got " + std::to_string(parallel));
                  if (context < 0) raise_error("context must be >= 0, got " + std::to_string(context));
                  if (!(ttft_target_ms >= 0 && ttft_target_ms < 1e9)) raise_error("ttft_target_ms must be in 0..1e9");
+                 if (!(vision_slice_ms >= 0 && vision_slice_ms < 1e9)) raise_error("vision_slice_ms must be in 0..1e9");
                  LoadOptions o;
                  o.threads = threads;
                  o.context = context;
@@ -559,6 +561,8 @@ PYBIND11_MODULE(fastvlm, mod) {
                  m->eopt.max_running = parallel;
                  m->eopt.max_queued = 4096;
                  m->eopt.adaptive.ttft_target_ms = ttft_target_ms;
+                 m->eopt.vision_slice_ms = vision_slice_ms;
+                 m->eopt.prefill_first = prefill_first;
                  if (!(image_cache_mb >= 0 && image_cache_mb < 1e7)) raise_error("image_cache_mb must be in 0..1e7");
                  m->eopt.image_cache_bytes = std::size_t(image_cache_mb * 1048576.0);
                  if (!prefix_cache_mb.is_none()) {
@@ -571,13 +575,16 @@ PYBIND11_MODULE(fastvlm, mod) {
              py::arg("path"), py::arg("precision") = "fp32", py::arg("threads") = 0, py::arg("context") = 0, py::arg("parallel") = 8,
              py::arg("kv_cache") = "bf16", py::arg("load_vision") = true, py::arg("image_cache_mb") = 256.0,
              py::arg("limits") = py::none(), py::arg("prefix_cache_mb") = py::none(), py::arg("image_size") = 0,
-             py::arg("ttft_target_ms") = 0.0,
+             py::arg("ttft_target_ms") = 0.0, py::arg("vision_slice_ms") = 50.0, py::arg("prefill_first") = false,
              "Loads a model folder. precision: fp32, bf16, fp16, int8, int8_int4, int4, or 'auto:int8,int4' (adaptive: each "
              "request served by the preset a policy picks from p95 TTFT vs ttft_target_ms, the queue and memory/CPU pressure; "
              "Result.preset names it); threads: 0 = all cores; "
              "parallel: requests decoded together by the model's engine; image_cache_mb: image-feature cache (0 = off); "
              "prefix_cache_mb: KV of ended requests reused by later ones that start the same (None = up to the KV budget, 0 = off); "
              "image_size: the vision input side, a multiple of 64 (0 = the config's, 1024; smaller is faster, less accurate); "
+             "vision_slice_ms: a new image is encoded in slices of about this long between decode steps of running requests "
+             "(0 = whole images, the most throughput); prefill_first: no decode step while a request is in vision or prefill, so "
+             "requests admitted together decode as one batch (offline throughput; later first tokens); "
              "limits: input limits by name, e.g. {'max_image_size': 4096, 'max_pixels': '256M'} (docs/reliability.md).")
         .def_property_readonly("path", [](const PyModel& m) { return m.path; })
         .def_property_readonly("precision", [](const PyModel& m) { return std::string(m.model->precision()); })

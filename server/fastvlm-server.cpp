@@ -45,7 +45,7 @@ const std::vector<Option> kOptions = [] {
     {"quiet", "", "no log line per request"},
     cli::limit_option(),
     };
-    for (auto& o : cli::engine_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)", 50))
+    for (auto& o : cli::engine_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)", false))
         v.push_back(o);
     return v;
 }();
@@ -83,7 +83,7 @@ int run(const cli::Args& a) {
     eo.max_running = int(a.get_int("parallel", 8, 1, 1024));
     eo.max_queued = int(a.get_int("max-queue", 64, 0, 1 << 20));
     eo.kv_budget_bytes = std::size_t(a.get_int("kv-budget-mb", 0, 0, 1l << 24)) << 20;
-    cli::set_engine_options(a, eo, 50);
+    cli::set_engine_options(a, eo, false);
     if (auto t = a.get("timeout-s")) {
         char* end = nullptr;
         eo.timeout_s = std::strtod(t->c_str(), &end);

@@ -113,14 +113,16 @@ void expect_only_cached_pages(const EngineStats& st) {
 }  // namespace
 
 // Eight requests at once (one to three images, text only, seeded sampling) with short prefill
-// chunks, so prefill rows of new requests share steps with decode rows of running ones.
+// chunks, so prefill rows of new requests share steps with decode rows of running ones; and with
+// prefill_first (batch work), where no step carries both.
 TEST(Engine, BatchedRequestsEqualSessionTokens) {
     const auto& m = tiny();
     for (auto kv : {text::KVType::bf16, text::KVType::f32}) {
         SCOPED_TRACE(kv == text::KVType::bf16 ? "bf16 KV" : "f32 KV");
         const auto cases = mixed_cases();
-        for (Index chunk : {Index(7), Index(256)}) {
-            Engine e(m, {.max_running = 5, .kv_type = kv, .prefill_chunk = chunk});
+        for (auto [chunk, prefill_first] : {std::pair{Index(7), false}, {Index(256), false}, {Index(7), true}}) {
+            SCOPED_TRACE(prefill_first ? "prefill first" : "decode rows in every step");
+            Engine e(m, {.max_running = 5, .kv_type = kv, .prefill_chunk = chunk, .prefill_first = prefill_first});
             std::vector<RequestHandle> hs;
             for (const auto& c : cases) {
                 auto q = request(c.prompt, c.imgs, c.max_new);
@@ -141,6 +143,9 @@ TEST(Engine, BatchedRequestsEqualSessionTokens) {
             EXPECT_EQ(st.images, 8u);
             expect_only_cached_pages(st);
             EXPECT_EQ(st.running, 0);
+            EXPECT_GT(st.decode_only_tokens, 0u);
+            // prefill_first: every step with decode rows is a decode-only step (the same sums, added in the same order)
+            if (prefill_first) EXPECT_EQ(st.decode_busy_s, st.decode_only_s);
         }
     }
 }

@@ -134,10 +134,11 @@ inline void print_limits() {
 }
 
 // The engine's options: --image-cache-mb and --prefix-cache-mb (docs/api.md: image-feature cache, prefix KV
-// reuse), --ttft-target-ms (adaptive precision, --precision auto:...).
-// slice_ms: the default of --vision-slice-ms (0 for batch work, where whole images between steps give the
-// most throughput; 50 where clients stream).
-inline std::vector<Option> engine_options(const char* image_help, int slice_ms) {
+// reuse), --ttft-target-ms (adaptive precision, --precision auto:...), --vision-slice-ms and --prefill-first
+// (scheduling). batch_work: their defaults for offline work (whole images between steps, prefill first: the
+// most throughput) instead of those for clients that stream (50 ms slices, decode rows in every step).
+inline int default_slice_ms(bool batch_work) { return batch_work ? 0 : 50; }
+inline std::vector<Option> engine_options(const char* image_help, bool batch_work) {
     return {{"ttft-target-ms", "MS",
              "with --precision auto:P1,P2,...: switch to the next cheaper preset while the p95 time to first token is above MS "
              "(back when it is below half of it; memory and CPU pressure also count; default 0: pressure and queue only)"},
@@ -148,13 +149,19 @@ inline std::vector<Option> engine_options(const char* image_help, int slice_ms) 
             {"vision-slice-ms", "MS",
              "while other requests decode, a new image goes through the vision tower in slices of about MS milliseconds, one "
              "between two decode steps, so running streams pause for one slice, not a whole image (default " +
-                 std::to_string(slice_ms) + "; 0 = off: each image whole, the most throughput)"}};
+                 std::to_string(default_slice_ms(batch_work)) + "; 0 = off: each image whole, the most throughput)"},
+            {"prefill-first", "0|1",
+             std::string("1: while a running request is still in vision or prefill, no decode step runs, so the requests "
+                         "admitted together decode as one batch (throughput; streams pause for newcomers); 0: decode rows "
+                         "in every step (default ") +
+                 (batch_work ? "1" : "0") + ")"}};
 }
 template <class EngineOptions>
-void set_engine_options(const Args& a, EngineOptions& eo, int slice_ms) {
+void set_engine_options(const Args& a, EngineOptions& eo, bool batch_work) {
     eo.image_cache_bytes = std::size_t(a.get_int("image-cache-mb", 256, 0, 1l << 24)) << 20;
     if (a.has("prefix-cache-mb")) eo.prefix_cache_bytes = std::size_t(a.get_int("prefix-cache-mb", 0, 0, 1l << 24)) << 20;
-    eo.vision_slice_ms = double(a.get_int("vision-slice-ms", slice_ms, 0, 1l << 20));
+    eo.vision_slice_ms = double(a.get_int("vision-slice-ms", default_slice_ms(batch_work), 0, 1l << 20));
+    eo.prefill_first = a.get_int("prefill-first", batch_work ? 1 : 0, 0, 1) == 1;
     eo.adaptive.ttft_target_ms = double(a.get_int("ttft-target-ms", 0, 0, 1l << 30));
     eo.adaptive.on_switch = [](const auto& sw) {
         std::fprintf(stderr, "fastvlm: precision %s -> %s: %s\n", sw.from_preset.c_str(), sw.to_preset.c_str(), sw.reason.c_str());

@@ -76,7 +76,7 @@ inline int run_batch(const Args& a) {
     eo.max_running = parallel;
     eo.max_queued = parallel + 8;
     eo.prefill_chunk = a.get_int("prefill-chunk", 256, 1, 1 << 16);
-    set_engine_options(a, eo, 0);
+    set_engine_options(a, eo, true);
     eo.context = a.get_int("context", 0, 1, 1 << 24);
     auto engine = model->new_engine(eo);
 
@@ -173,7 +173,7 @@ inline Command batch_command() {
              {"kv-cache", "TYPE", "KV cache storage: bf16 (default) or f32"},
              image_size_option(),
              {"prefill-chunk", "N", "most prompt rows per step (default 256)"}};
-    for (auto& o : engine_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)", 0))
+    for (auto& o : engine_options("image-feature cache in MB: a repeated image skips the vision tower (default 256, 0 = off)", true))
         opts.push_back(o);
     return {"batch",
             "Offline batch inference with continuous batching: one JSON object per input line {\"image\": FILE | [FILES], "

@@ -43,7 +43,7 @@ inline int run_stream(const Args& a) {
     if (!model->tokenizer()) fail(a.require("model"), ": the model folder has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)");
     EngineOptions eo;
     eo.max_running = 1;  // one frame at a time: the newest frame is what matters
-    set_engine_options(a, eo, 50);
+    set_engine_options(a, eo, false);
     auto engine = model->new_engine(eo);
 
     std::mutex out_mu;
@@ -113,7 +113,7 @@ inline Command stream_command() {
                              {"json", "", "one JSON object per answered frame: {\"frame\", \"t_ms\", \"text\", \"latency_ms\", "
                                           "\"skipped\", \"cached\", \"preset\"} (or \"error\")"},
                              {"max-frame-mb", "N", "largest accepted frame (default 64)"}});
-    for (auto& o : engine_options("image-feature cache in MB: an unchanged frame skips the vision tower (default 256, 0 = off)", 50))
+    for (auto& o : engine_options("image-feature cache in MB: an unchanged frame skips the vision tower (default 256, 0 = off)", false))
         opts.push_back(o);
     return {"stream",
             "Answer a live stream of concatenated JPEG or PNG images (ffmpeg -f image2pipe) frame by frame; while a frame is "

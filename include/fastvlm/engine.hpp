@@ -19,7 +19,9 @@
 //   step       — one decode row of every decoding sequence (GEMV: the weights stream once for all of
 //                them) plus at most prefill_chunk prompt rows (GEMM) of the sequences still in prefill,
 //                in one Qwen2::forward_batch call; then per-sequence sampling (each request has its own
-//                Sampler and seed, so its tokens do not depend on the rest of the batch).
+//                Sampler and seed, so its tokens do not depend on the rest of the batch). With
+//                prefill_first (batch work), decode rows wait until no running sequence is in vision or
+//                prefill, so the sequences admitted together decode as one batch.
 // Every path gives the same greedy tokens as Session (rows of a batch are bit-identical to running
 // alone; tests/test_engine.cpp). Callbacks (on_token) run on the scheduler thread: keep them short.
 #pragma once
@@ -129,6 +131,12 @@ struct EngineOptions {
     // the pause of running streams as prefill_chunk does for prompts. 0 = off: each image whole between
     // two steps, which gives batch work the most throughput (fastvlm-cli batch uses 0).
     double vision_slice_ms = 50;
+    // Throughput scheduling for offline work (fastvlm-cli batch): while any running sequence is still in
+    // vision or prefill, steps carry no decode rows, so the requests admitted together all reach decode
+    // first and every decode step then runs the whole batch (what vLLM's default scheduler does). Running
+    // streams pause for each newcomer's vision and prefill; the first token of every request comes later.
+    // false (interactive): decode rows ride in every step, with at most prefill_chunk prompt rows.
+    bool prefill_first = false;
     double timeout_s = 0;            // default per-request timeout; 0 = none
     Index context = 0;               // most positions of one sequence; 0 = the model's context
     // Image-feature cache (projected image tokens by a hash of the preprocessed pixels, LRU); 0 = off.
@@ -909,8 +917,10 @@ private:
         std::vector<Seq*> members, sampled;
         Index rows = 0, budget = opt_.prefill_chunk;
         bool has_decode = false;
+        const bool hold_decode =
+            opt_.prefill_first && std::any_of(running_.begin(), running_.end(), [](const auto& sp) { return sp->phase != Phase::decode; });
         for (auto& sp : running_) {
-            if (sp->phase != Phase::decode) continue;
+            if (sp->phase != Phase::decode || hold_decode) continue;
             dec.embed(sp->last, xbuf_.data() + rows * H);
             batch.push_back({sp->kv.get(), 1, true, text::Logits::last});
             members.push_back(sp.get());

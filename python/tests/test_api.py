@@ -201,6 +201,15 @@ def test_batch_keeps_order_and_failures(model, scenes):
     assert res[6].ok
 
 
+def test_batch_scheduling_options_give_the_same_text(fastvlm, model, scenes):
+    imgs = first_images(scenes, 4)
+    fast = fastvlm.Model(MODEL, threads=2, parallel=4, vision_slice_ms=0, prefill_first=True)
+    got = fast.batch([{"image": i} for i in imgs])
+    assert [r.text for r in got] == [model.describe(i, max_tokens=256).text for i in imgs]
+    with pytest.raises(fastvlm.Error, match="vision_slice_ms"):
+        fastvlm.Model(MODEL, vision_slice_ms=-1)
+
+
 def test_batch_jsonl_equals_cli(model, scenes, tmp_path):
     d, items = scenes
     lines = [json.dumps({"id": k, "image": it["image"], "prompt": it["prompt"]}) for k, it in enumerate(items[:10])]
