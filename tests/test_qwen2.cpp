@@ -146,23 +146,24 @@ TEST(AttentionGQA, PagedBf16RowsEqualContiguousAndBatchesAreIndependent) {
         attention_gqa_ref(q.data(), ldq, k.data(), v.data(), ldkv, ref.data(), ldq, c.T, c.p0, dims);
         EXPECT_LT(max_diff(want.data(), ref.data(), ref.size()), 2e-5f);
         for (Index page : {1, 3, 16, 64}) {
-            // pages of `page` positions, K and V of a page side by side with a gap (off, ld as the pool uses)
-            const Index ld = ldkv + 3, off = 2;
+            // pages of `page` positions with gaps: V as rows (ld apart), K as columns (a channel's positions
+            // side by side, channels cs apart), both after `off` elements, as the pool lays them out
+            const Index ld = ldkv + 3, off = 2, cs = page + 5;
             std::vector<std::vector<bf16>> store;
             std::vector<const bf16*> kp, vp;
             for (Index p0 = 0; p0 < n; p0 += page) {
-                std::vector<bf16> pg(std::size_t(off + page * ld), bf16{});
-                std::vector<bf16> pv = pg;
+                std::vector<bf16> pg(std::size_t(off + ldkv * cs), bf16{});
+                std::vector<bf16> pv(std::size_t(off + page * ld), bf16{});
                 for (Index r = 0; r < page && p0 + r < n; ++r)
                     for (Index i = 0; i < ldkv; ++i) {
-                        pg[std::size_t(off + r * ld + i)] = to_bf16(k[std::size_t((p0 + r) * ldkv + i)]);
+                        pg[std::size_t(off + i * cs + r)] = to_bf16(k[std::size_t((p0 + r) * ldkv + i)]);
                         pv[std::size_t(off + r * ld + i)] = to_bf16(v[std::size_t((p0 + r) * ldkv + i)]);
                     }
                 store.push_back(std::move(pg)), store.push_back(std::move(pv));
             }
             for (std::size_t i = 0; i < store.size(); i += 2) kp.push_back(store[i].data()), vp.push_back(store[i + 1].data());
             std::vector<float> out(want.size(), -1.f), other(std::size_t(3 * ldq), -1.f);
-            const KVRows<bf16> kr{kp.data(), page, ld, off}, vr{vp.data(), page, ld, off};
+            const KVRows<bf16> kr{kp.data(), page, 1, off, cs}, vr{vp.data(), page, ld, off};
             // a second sequence in the same call: up to 3 query rows over the first min(n, 5) positions
             const Index n2 = std::min<Index>(n, 5), t2 = std::min<Index>(3, n2);
             const auto q2 = random_vec(std::size_t(t2 * ldq), 14 + c.d);

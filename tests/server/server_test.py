@@ -314,14 +314,24 @@ def adaptive_cases(a, lines, refs, images_dir):
 
 
 def busy_server_cases(a, lines, images_dir):
-    """--parallel 1 --max-queue 0 --timeout-s 0.1: six long requests at once: the first runs into its
-    timeout (504), the others find no room (429 + Retry-After)."""
-    s = Server(a.server, ["--model", a.model, "--precision", a.precision, "--threads", "1", "--parallel", "1", "--max-queue",
-                          "0", "--timeout-s", "0.1", "--quiet"], a.work, "server_busy")
+    """--parallel 1 --max-queue 0 --timeout-s T: six long requests at once: the first runs into its
+    timeout (504), the others find no room (429 + Retry-After). T is a quarter of what the long request
+    takes alone on this machine (measured first), so the timeout fires however fast the machine is."""
+    img0 = open(os.path.join(images_dir, lines[0]["image"]), "rb").read()
+    long_req = json.dumps({"messages": [user_msg("Describe the image.", [data_url(img0)])], "ignore_eos": True,
+                           "max_tokens": 1800})
+    base = ["--model", a.model, "--precision", a.precision, "--threads", "1", "--parallel", "1", "--quiet"]
+    s = Server(a.server, base, a.work, "server_busy_calibrate")
     try:
-        img0 = open(os.path.join(images_dir, lines[0]["image"]), "rb").read()
-        long_req = json.dumps({"messages": [user_msg("Describe the image.", [data_url(img0)])], "ignore_eos": True,
-                               "max_tokens": 1800})
+        t0 = time.time()
+        st, _, _ = curl(s, body=long_req, headers=["Authorization: Bearer " + KEY])
+        alone_s = time.time() - t0
+        check(st == 200, "busy server: the long request alone (%s)" % st)
+    finally:
+        check(s.stop() == 0, "calibration server: clean exit on SIGTERM")
+    timeout_s = max(0.005, alone_s / 4)
+    s = Server(a.server, base + ["--max-queue", "0", "--timeout-s", "%.3f" % timeout_s], a.work, "server_busy")
+    try:
         results = [None] * 6
         go = threading.Barrier(len(results))
 
@@ -335,7 +345,8 @@ def busy_server_cases(a, lines, images_dir):
             t.join(timeout=120)
         statuses = sorted(r[0] for r in results if r)
         check(set(statuses) <= {429, 504} and 429 in statuses and 504 in statuses,
-              "busy server: only 429 and 504, both seen (%s)" % statuses)
+              "busy server: only 429 and 504, both seen (%s; --timeout-s %.3f, the request alone %.3f s)" %
+              (statuses, timeout_s, alone_s))
         for st, head, js in (r for r in results if r):
             err = (js or {}).get("error", {})
             if st == 429:

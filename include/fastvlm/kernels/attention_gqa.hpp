@@ -65,85 +65,16 @@ inline void attention_gqa_ref(const float* q, Index ldq, const float* k, const f
         }
 }
 
-namespace detail {
-inline float dot_f32(const float* a, const float* b, Index n) {
-    using B = xsimd::batch<float>;
-    constexpr Index W = Index(B::size);
-    B acc(0.f);
-    Index i = 0;
-    for (; i + W <= n; i += W) acc = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), acc);
-    float s = xsimd::hadd(acc);
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s;
-}
-#if defined(__AVX__)
-// Lane sums of 8 ymm rows: out[r] = Σ_i v[r][i] (a transpose-and-add with vhaddps).
-inline __m256 hsum8(const __m256* v) {
-    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));  // [0 1 2 3 | 0 1 2 3]
-    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));  // [4 5 6 7 | 4 5 6 7]
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-}
-#endif
-// The R = batch-size lane sums of acc[0..R) as one batch: lane r = Σ of acc[r]'s lanes. Not xsimd::haddp:
-// xsimd 8.1's AVX-512 haddp returns the sums of rows 2–5 and 10–13 in the wrong lanes.
-template <class B>
-inline B hsum_rows(const B* acc) {
-    constexpr int R = int(B::size);
-#if defined(__AVX512F__)
-    if constexpr (R == 16) {
-        __m256 h[16];
-        for (int r = 0; r < 16; ++r) {
-            const __m512 z = acc[r];
-            h[r] = _mm256_add_ps(_mm512_castps512_ps256(z), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1)));
-        }
-        return B(_mm512_insertf32x8(_mm512_castps256_ps512(hsum8(h)), hsum8(h + 8), 1));
-    }
-#endif
-#if defined(__AVX__)
-    if constexpr (R == 8) {
-        __m256 h[8];
-        for (int r = 0; r < 8; ++r) h[r] = acc[r];
-        return B(hsum8(h));
-    }
-#endif
-    alignas(64) float s[R];
-    for (int r = 0; r < R; ++r) s[r] = xsimd::hadd(acc[r]);
-    return B::load_aligned(s);
-}
 
-// out[r] = (a · rows[r])·scale for the R = batch-size rows of one block (decode attention scores: one query
-// head against R cached keys). The R lane sums are reduced together (hsum_rows), not one horizontal add per row.
-inline void dot_rows_f32(const float* a, const float* const* rows, Index n, float* out, float scale = 1.f) {
-    using B = xsimd::batch<float>;
-    constexpr int R = int(B::size);
-    constexpr Index W = Index(B::size);
-    B acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = B(0.f);
-    Index i = 0;
-    for (; i + W <= n; i += W) {
-        const B av = B::load_unaligned(a + i);
-        for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(av, B::load_unaligned(rows[r] + i), acc[r]);
-    }
-    B s = hsum_rows(acc);
-    if (i < n) {
-        alignas(64) float tail[R];
-        for (int r = 0; r < R; ++r) {
-            float t = 0.f;
-            for (Index q = i; q < n; ++q) t += a[q] * rows[r][q];
-            tail[r] = t;
-        }
-        s += B::load_aligned(tail);
-    }
-    (s * B(scale)).store_unaligned(out);
-}
-}  // namespace detail
-
-// Keys (or values) of one sequence, contiguous or paged: row j is at
-// pages[j / page] + off + (j % page)·ld elements. E = float or bf16 (widened exactly to float).
+// Keys or values of one sequence, in pages of `page` positions: element c of position j is at
+// pages[j / page] + off + (j % page)·ld + c·cs. Values are rows (cs = 1: a position's channels side by
+// side); keys are columns (ld = 1, cs ≥ page: a channel's positions of a page side by side), so that
+// the scores of a run of keys are vector FMAs without horizontal sums. E = float or bf16 (widened
+// exactly to float).
 template <class E>
 struct KVRows {
     const E* const* pages = nullptr;
-    Index page = 1, ld = 0, off = 0;
+    Index page = 1, ld = 0, off = 0, cs = 1;
     const E* row(Index j) const { return pages[j / page] + off + (j % page) * ld; }
 };
 
@@ -200,6 +131,87 @@ inline xsimd::batch<float> load_widen(const E* p) {
         alignas(64) float t[B::size];
         for (std::size_t i = 0; i < B::size; ++i) t[i] = to_float(p[i]);
         return B::load_aligned(t);
+    }
+}
+
+// n ≤ W consecutive elements as floats, the lanes past n zero.
+template <class E>
+inline xsimd::batch<float> load_widen_n(const E* p, Index n) {
+    using B = xsimd::batch<float>;
+    if (n == Index(B::size)) return load_widen(p);
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    if constexpr (B::size == 16) {
+        const __mmask16 m = __mmask16((1u << n) - 1u);
+        if constexpr (std::is_same_v<E, float>)
+            return B(_mm512_maskz_loadu_ps(m, p));
+        else
+            return B(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16)));
+    }
+#endif
+    alignas(64) float t[B::size] = {};
+    for (Index i = 0; i < n; ++i) t[i] = to_float(p[i]);
+    return B::load_aligned(t);
+}
+
+// Scores of HB query heads against n ≤ W keys stored as columns: key j, channel i at k[i·cs + j].
+// sc[h·ldsc + j] = (q_h · k_j)·scale, q_h at q + h·d. Each key's lane sums its d products in the same
+// order whatever n, the heads or the page layout (a lane never meets another key), so a score does not
+// depend on how the keys were chunked: batched and lone sequences agree bit for bit. Two accumulators
+// per head (even and odd channels) where registers allow: 8·2 + 1 of 32 zmm, 8 + 1 of 16 ymm.
+template <class E, int HB>
+FASTVLM_FLATTEN inline void score_cols_tile(const float* q, Index d, const E* k, Index cs, Index n, float* sc, Index ldsc, float scale) {
+    using B = xsimd::batch<float>;
+    constexpr int kAcc = B::size >= 16 ? 2 : 1;
+    B acc[HB][kAcc];
+#pragma GCC unroll 8
+    for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 2
+        for (int a = 0; a < kAcc; ++a) acc[h][a] = B(0.f);
+    Index i = 0;
+    for (; i + kAcc <= d; i += kAcc)
+#pragma GCC unroll 2
+        for (int a = 0; a < kAcc; ++a) {
+            const B kv = load_widen_n(k + (i + a) * cs, n);
+#pragma GCC unroll 8
+            for (int h = 0; h < HB; ++h) acc[h][a] = xsimd::fma(B(q[h * d + i + a]), kv, acc[h][a]);
+        }
+    for (; i < d; ++i) {
+        const B kv = load_widen_n(k + i * cs, n);
+#pragma GCC unroll 8
+        for (int h = 0; h < HB; ++h) acc[h][0] = xsimd::fma(B(q[h * d + i]), kv, acc[h][0]);
+    }
+#pragma GCC unroll 8
+    for (int h = 0; h < HB; ++h) {
+        B s = acc[h][0];
+        if constexpr (kAcc == 2) s += acc[h][1];
+        s *= B(scale);
+        float* out = sc + h * ldsc;
+        if (n == Index(B::size)) {
+            s.store_unaligned(out);
+        } else {
+            alignas(64) float t[B::size];
+            s.store_aligned(t);
+            std::copy_n(t, n, out);
+        }
+    }
+}
+
+// score_cols_tile for any number of heads nh, 8 at a time.
+template <class E>
+inline void score_cols(const float* q, Index nh, Index d, const E* k, Index cs, Index n, float* sc, Index ldsc, float scale) {
+    for (Index h = 0; h < nh; h += 8) {
+        const float* qh = q + h * d;
+        float* s = sc + h * ldsc;
+        switch (std::min<Index>(8, nh - h)) {
+            case 1: score_cols_tile<E, 1>(qh, d, k, cs, n, s, ldsc, scale); break;
+            case 2: score_cols_tile<E, 2>(qh, d, k, cs, n, s, ldsc, scale); break;
+            case 3: score_cols_tile<E, 3>(qh, d, k, cs, n, s, ldsc, scale); break;
+            case 4: score_cols_tile<E, 4>(qh, d, k, cs, n, s, ldsc, scale); break;
+            case 5: score_cols_tile<E, 5>(qh, d, k, cs, n, s, ldsc, scale); break;
+            case 6: score_cols_tile<E, 6>(qh, d, k, cs, n, s, ldsc, scale); break;
+            case 7: score_cols_tile<E, 7>(qh, d, k, cs, n, s, ldsc, scale); break;
+            default: score_cols_tile<E, 8>(qh, d, k, cs, n, s, ldsc, scale); break;
+        }
     }
 }
 
@@ -291,7 +303,8 @@ struct AttentionSeq {
 };
 
 // Tasks = (sequence, KV head, chunk of its query heads, block of query rows), all sequences in one
-// parallel region. Each key/value row is loaded once per task and used for every query head of
+// parallel region. Scores take keys W at a time from their columns (score_cols), values are rows (pv_heads).
+// Each key/value vector is loaded once per task and used for every query head of
 // the chunk (GQA sharing); the chunking keeps at least ~2 tasks per thread. Each output element is
 // written by exactly one task with the same arithmetic whatever the chunking, so the result does
 // not depend on the thread count nor on the other sequences of the batch. Scratch: one score row
@@ -314,6 +327,8 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
     Index units = 0;
     for (const auto& sq : seqs) {
         FASTVLM_CHECK(sq.T >= 0 && sq.p0 >= 0, "attention: bad query range T=", sq.T, " p0=", sq.p0);
+        FASTVLM_CHECK(sq.k.ld == 1 && sq.k.cs >= sq.k.page && sq.v.cs == 1 && sq.v.ld >= a.n_kv_heads * a.head_dim,
+                      "attention: keys must be stored as columns (ld 1, channel stride >= page) and values as rows");
         if (sq.T > 0) units += a.n_kv_heads * ((sq.T + rows_per_task(sq.T) - 1) / rows_per_task(sq.T));
     }
     const Index chunks = std::clamp<Index>(units == 0 ? 1 : (2 * threads + units - 1) / units, 1, group);
@@ -326,7 +341,7 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
     if (n_tasks == 0) return;
 
     auto task = [&](std::size_t id) {
-        thread_local std::vector<float> scratch, rowbuf;
+        thread_local std::vector<float> scratch;
         const std::size_t s = std::size_t(std::upper_bound(split.begin(), split.end(), id,
                                                            [](std::size_t v, const Split& x) { return v < x.first_task; }) -
                                           split.begin()) - 1;
@@ -343,42 +358,23 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
         const Index nh = h1 - h0;
         const Index t0 = rb * sp.rows_per_task, t1 = std::min(T, t0 + sp.rows_per_task);
         const Index stride = p0 + t1;  // score row length of this task's longest query
-        constexpr Index RB = Index(xsimd::batch<float>::size);  // key rows scored together
+        constexpr Index W = Index(xsimd::batch<float>::size);  // keys scored together
         if (scratch.size() < std::size_t(nh * stride)) scratch.resize(std::size_t(nh * stride));
-        if constexpr (!std::is_same_v<E, float>)
-            if (rowbuf.size() < std::size_t(RB * d)) rowbuf.resize(std::size_t(RB * d));
-        // The key row under cursor `c` as floats (bf16 widened into slot `slot` of rowbuf: exact).
-        auto get = [&](const detail::RowCursor<E>& c, Index slot) -> const float* {
-            if constexpr (std::is_same_v<E, float>) {
-                return c.p;
-            } else {
-                convert(c.p, rowbuf.data() + slot * d, std::size_t(d));
-                return rowbuf.data() + slot * d;
-            }
-        };
+        const KVRows<E>& kr = sq.k;
+        const Index P = kr.page, col = kr.off + g * d * kr.cs;  // this KV head's channel 0 in a page
         for (Index t = t0; t < t1; ++t) {
             const Index n = p0 + t + 1;
-            const float* qt = sq.q + t * sq.ldq;
-            detail::RowCursor<E> kc(sq.k, 0, g * d);
-            detail::Prefetcher<E> pf(sq.k, 0, n, g * d, d);
+            const float* qt = sq.q + t * sq.ldq + h0 * d;
             const bool fetch = t == t0;  // later query rows of the task find the keys in cache
-            Index j = 0;
-            for (; j + RB <= n; j += RB) {  // blocks of RB keys, each widened once for every head of the chunk
-                const float* kr[RB];
-                for (Index r = 0; r < RB; ++r) {
-                    if (fetch) pf.step();
-                    kr[r] = get(kc, r);
-                    if (j + r + 1 < n) kc.next();
+            for (Index j = 0; j < n;) {
+                const Index pi = j / P, r = j % P, cnt = std::min({W, P - r, n - j});
+                if (fetch && r == 0 && (pi + 1) * P < n) {  // the next page's channels of this head, ahead
+                    const char* nx = reinterpret_cast<const char*>(kr.pages[pi + 1] + col);
+                    const Index bytes = Index(((d - 1) * kr.cs + P) * Index(sizeof(E)));
+                    for (Index o = 0; o < bytes; o += 64) __builtin_prefetch(nx + o);
                 }
-                for (Index h = h0; h < h1; ++h) {
-                    float* sc = scratch.data() + (h - h0) * stride + j;
-                    detail::dot_rows_f32(qt + h * d, kr, d, sc, scale);
-                }
-            }
-            for (; j < n; ++j) {
-                const float* kj = get(kc, 0);
-                if (j + 1 < n) kc.next();
-                for (Index h = h0; h < h1; ++h) scratch[std::size_t((h - h0) * stride + j)] = detail::dot_f32(qt + h * d, kj, d) * scale;
+                detail::score_cols<E>(qt, nh, d, kr.pages[pi] + col + r, kr.cs, cnt, scratch.data() + j, stride, scale);
+                j += cnt;
             }
             for (Index h = 0; h < nh; ++h) softmax(scratch.data() + h * stride, n);
             detail::pv_heads<E>(scratch.data(), stride, nh, sq.v, g * d, d, n, sq.out + t * sq.ldo + h0 * d);
@@ -390,13 +386,17 @@ void attention_gqa_batch(std::span<const AttentionSeq<E>> seqs, const AttentionD
         for (std::size_t id = 0; id < n_tasks; ++id) task(id);
 }
 
-// One sequence with contiguous keys/values k, v [ctx][ldkv].
+// One sequence with contiguous keys/values k, v [ctx][ldkv] (the keys are copied into columns first).
 inline void attention_gqa(const float* q, Index ldq, const float* k, const float* v, Index ldkv, float* out, Index ldo,
                           Index T, Index p0, const AttentionDims& a, ThreadPool* pool) {
     check_attention_dims(a);
     FASTVLM_CHECK(T >= 0 && p0 >= 0, "attention: bad query range T=", T, " p0=", p0);
-    const Index big = std::numeric_limits<Index>::max() / 2;
-    const AttentionSeq<float> s{q, ldq, out, ldo, T, p0, KVRows<float>{&k, big, ldkv, 0}, KVRows<float>{&v, big, ldkv, 0}};
+    const Index n = std::max<Index>(p0 + T, 1), kvd = a.n_kv_heads * a.head_dim;
+    std::vector<float> kt(std::size_t(n * kvd));  // [channel][position]
+    for (Index j = 0; j < p0 + T; ++j)
+        for (Index c = 0; c < kvd; ++c) kt[std::size_t(c * n + j)] = k[j * ldkv + c];
+    const float* kp = kt.data();
+    const AttentionSeq<float> s{q, ldq, out, ldo, T, p0, KVRows<float>{&kp, n, 1, 0, n}, KVRows<float>{&v, n, ldkv, 0}};
     attention_gqa_batch<float>(std::span<const AttentionSeq<float>>(&s, 1), a, pool);
 }
 

@@ -1,5 +1,6 @@
 // fastvlm/kernels/softmax.hpp — numerically stable softmax over a contiguous row (max-subtracted).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -41,8 +42,16 @@ inline void softmax(float* x, Index n) {
         e.store_unaligned(x + i);
         acc += e;
     }
-    float s = xsimd::hadd(acc);
-    for (; i < n; ++i) s += (x[i] = std::exp(x[i] - m));
+    if (i < n) {  // the tail as one vector too (a scalar exp per element cost as much as the rest of a short row)
+        alignas(64) float t[W];
+        std::fill(t, t + W, -std::numeric_limits<float>::infinity());  // exp(−inf) = 0
+        std::copy(x + i, x + n, t);
+        const B e = xsimd::exp(B::load_aligned(t) - bm);
+        e.store_aligned(t);
+        std::copy(t, t + (n - i), x + i);
+        acc += e;
+    }
+    const float s = xsimd::hadd(acc);
     const float inv = 1.f / s;
     const B bi(inv);
     for (i = 0; i + W <= n; i += W) (B::load_unaligned(x + i) * bi).store_unaligned(x + i);

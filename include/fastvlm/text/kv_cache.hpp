@@ -16,8 +16,9 @@
 // that ends inside a page gets a copy of that page: adopt_partial). Every
 // holder keeps a reservation for each page it holds, so the pages in use never exceed the budget.
 //
-// Page layout (E = float or bf16): K[layer][pos in page][kv_dim], then V[layer][pos in page][kv_dim].
-// K is stored rotated (RoPE applied). bf16 storage halves the bytes per position and the attention
+// Page layout (E = float or bf16): K[layer][kv_dim][pos in page] (columns: a channel's positions side by
+// side, what the decode scores read as vectors), then V[layer][pos in page][kv_dim] (rows). K is stored
+// rotated (RoPE applied). bf16 storage halves the bytes per position and the attention
 // traffic of decode; fp32 keeps the results bit-identical to an fp32 cache (docs/engine.md states
 // the accuracy effect).
 #pragma once
@@ -296,11 +297,14 @@ public:
         }
     }
 
-    // Element pointers (E must match the pool's type).
+    // Element pointers (E must match the pool's type). Key channel c of `pos` is k(layer, pos)[c · k_stride()];
+    // value channel c is v(layer, pos)[c].
     template <class E>
     E* k(Index layer, Index pos) {
-        return page_ptr<E>(pos) + (layer * pool_->page_positions() + pos % pool_->page_positions()) * pool_->shape().kv_dim;
+        const Index P = pool_->page_positions();
+        return page_ptr<E>(pos) + layer * pool_->shape().kv_dim * P + pos % P;
     }
+    Index k_stride() const { return pool_->page_positions(); }
     template <class E>
     E* v(Index layer, Index pos) {
         const auto& s = pool_->shape();
@@ -308,8 +312,8 @@ public:
     }
     template <class E>
     KVRows<E> k_rows(Index layer) const {
-        return {reinterpret_cast<const E* const*>(pages_.data()), pool_->page_positions(), pool_->shape().kv_dim,
-                layer * pool_->page_positions() * pool_->shape().kv_dim};
+        const Index P = pool_->page_positions();
+        return {reinterpret_cast<const E* const*>(pages_.data()), P, 1, layer * P * pool_->shape().kv_dim, P};
     }
     template <class E>
     KVRows<E> v_rows(Index layer) const {

@@ -190,7 +190,12 @@ private:
             const Index p0 = s.kv->size();
             for (Index t = 0; t < s.rows; ++t, ++r) {
                 const float* row = qkv + r * nqkv + qd;
-                convert(row, s.kv->template k<E>(l, p0 + t), std::size_t(kvd));
+                E* k = s.kv->template k<E>(l, p0 + t);  // a column: channel c at k[c · stride]
+                const Index ks = s.kv->k_stride();
+                if constexpr (std::is_same_v<E, float>)
+                    for (Index c = 0; c < kvd; ++c) k[c * ks] = row[c];
+                else
+                    for (Index c = 0; c < kvd; ++c) k[c * ks] = to_bf16(row[c]);
                 convert(row + kvd, s.kv->template v<E>(l, p0 + t), std::size_t(kvd));
             }
         }
