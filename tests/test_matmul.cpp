@@ -386,8 +386,8 @@ TEST(Matmul, WeightQuantizersMatchFormats) {
         for (int impl = 0; impl < 2; ++impl) {
             f16 d8, d4;
             std::uint8_t q8[32], q4[16];
-            ASSERT_TRUE(impl ? detail::mm::quantize_block_q8(x, d8, q8) : detail::mm::quantize_block_q8_ref(x, d8, q8));
-            ASSERT_TRUE(impl ? detail::mm::quantize_block_q4(x, d4, q4) : detail::mm::quantize_block_q4_ref(x, d4, q4));
+            ASSERT_TRUE(impl ? detail::mm::quantize_block_q8(x, d8, q8) : fmt::Q8::quantize_block(x, d8, q8));
+            ASSERT_TRUE(impl ? detail::mm::quantize_block_q4(x, d4, q4) : fmt::Q4::quantize_block(x, d4, q4));
             ASSERT_EQ(d8.bits, r8.d.bits) << "trial " << trial << " impl " << impl;
             ASSERT_EQ(d4.bits, r4.d.bits) << "trial " << trial << " impl " << impl;
             for (int j = 0; j < 32; ++j) ASSERT_EQ(int(q8[j]) - 128, int(r8.qs[j])) << "trial " << trial << " j " << j;
@@ -401,8 +401,8 @@ TEST(Matmul, WeightQuantizersMatchFormats) {
     EXPECT_FALSE(detail::mm::quantize_block_q8(bad, d, q));
     EXPECT_FALSE(detail::mm::quantize_block_q4(bad, d, q));
     bad[5] = std::numeric_limits<float>::infinity();
-    EXPECT_FALSE(detail::mm::quantize_block_q8_ref(bad, d, q));
-    EXPECT_FALSE(detail::mm::quantize_block_q4_ref(bad, d, q));
+    EXPECT_FALSE(fmt::Q8::quantize_block(bad, d, q));
+    EXPECT_FALSE(fmt::Q4::quantize_block(bad, d, q));
     std::vector<float> w(16 * 40, 0.5f);
     w[3 * 40 + 7] = std::numeric_limits<float>::quiet_NaN();
     EXPECT_THROW((Linear<fmt::Q8, fmt::Q8>(w.data(), 16, 40)), Error);  // a NaN weight is reported, not quantized
@@ -422,9 +422,9 @@ TEST(Matmul, QuantizersAreOverflowFreeForAnyInput) {
         f16 d[4];
         std::uint8_t q8a[32], q8b[32], q4a[16], q4b[16];
         ASSERT_TRUE(detail::mm::quantize_block_q8(x, d[0], q8a));
-        ASSERT_TRUE(detail::mm::quantize_block_q8_ref(x, d[1], q8b));
+        ASSERT_TRUE(fmt::Q8::quantize_block(x, d[1], q8b));
         ASSERT_TRUE(detail::mm::quantize_block_q4(x, d[2], q4a));
-        ASSERT_TRUE(detail::mm::quantize_block_q4_ref(x, d[3], q4b));
+        ASSERT_TRUE(fmt::Q4::quantize_block(x, d[3], q4b));
         EXPECT_EQ(d[0].bits, d[1].bits);
         EXPECT_EQ(d[2].bits, d[3].bits);
         for (int j = 0; j < 32; ++j) {

@@ -2829,51 +2829,10 @@ inline float finite_inverse(float d) {
     const float id = 1.f / d;
     return std::fabs(id) <= 3.4e38f ? id : std::copysign(3.4e38f, id);
 }
-// ---- quantize / dequantize (scalar reference; k must be a multiple of kQBlock) -------------------
-inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
-    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q8): length ", k, " is not a multiple of ", kQBlock);
-    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock) {
-        float amax = 0.f;
-        for (std::size_t j = 0; j < kQBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
-        const float d = amax / 127.f;
-        const float id = finite_inverse(d);
-        y[b].d = to_f16(d);
-        for (std::size_t j = 0; j < kQBlock; ++j) y[b].qs[j] = std::int8_t(std::lround(x[j] * id));
-    }
-}
-
-inline void dequantize_row(const BlockQ8* x, float* y, std::size_t k) {
-    for (std::size_t b = 0; b < k / kQBlock; ++b) {
-        const float d = to_float(x[b].d);
-        for (std::size_t j = 0; j < kQBlock; ++j) *y++ = d * float(x[b].qs[j]);
-    }
-}
-
-inline void quantize_row(const float* x, BlockQ4* y, std::size_t k) {
-    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q4): length ", k, " is not a multiple of ", kQBlock);
-    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock) {
-        float amax = 0.f, vmax = 0.f;  // the value of largest magnitude maps to -8
-        for (std::size_t j = 0; j < kQBlock; ++j)
-            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
-        const float d = vmax / -8.f;
-        const float id = finite_inverse(d);
-        y[b].d = to_f16(d);
-        for (std::size_t j = 0; j < kQBlock / 2; ++j) {
-            const int q0 = std::clamp(int(std::lround(x[j] * id)) + 8, 0, 15);
-            const int q1 = std::clamp(int(std::lround(x[j + kQBlock / 2] * id)) + 8, 0, 15);
-            y[b].qs[j] = std::uint8_t(q0 | (q1 << 4));
-        }
-    }
-}
-
-inline void dequantize_row(const BlockQ4* x, float* y, std::size_t k) {
-    for (std::size_t b = 0; b < k / kQBlock; ++b, y += kQBlock) {
-        const float d = to_float(x[b].d);
-        for (std::size_t j = 0; j < kQBlock / 2; ++j) {
-            y[j] = d * float(int(x[b].qs[j] & 0xf) - 8);
-            y[j + kQBlock / 2] = d * float(int(x[b].qs[j] >> 4) - 8);
-        }
-    }
+// std::lround for |v| < 2^22 (round half away from zero), exact, without the libm call.
+inline float round_half_away(float v) {
+    const float t = std::trunc(v);  // v − t is exact
+    return t + (std::fabs(v - t) >= 0.5f ? std::copysign(1.f, v) : 0.f);
 }
 
 // ---- format tags ----------------------------------------------------------------------------------
@@ -2893,17 +2852,90 @@ struct F16 {
     static constexpr const char* name = "f16";
     static constexpr double bits_per_weight = 16;
 };
+// The block formats carry their traits: everything about the format that packing, the kernels
+// (kernels/matmul/q8.hpp) and the tests read, written once. A block holds 32 weights w_j = d·q_j; its
+// stored bytes are what the kernels multiply (unsigned, u = q + kZero).
 struct Q8 {
     using block = BlockQ8;
     static constexpr const char* name = "q8";
     static constexpr double bits_per_weight = 8.0 * sizeof(BlockQ8) / kQBlock;
+    static constexpr bool kNibbles = false;               // one stored byte per weight
+    static constexpr int kZero = 128;                     // u = q + 128, q in −127..127
+    static constexpr std::size_t kStoredBytes = kQBlock;  // per block
+    // d = amax/127, q_j = round_half_away(x_j/d); stored byte j = q_j + 128. False for a non-finite input.
+    static bool quantize_block(const float* x, f16& d16, std::uint8_t* stored) {
+        float amax = 0.f;
+        bool finite = true;
+        for (std::size_t j = 0; j < kQBlock; ++j) {
+            amax = std::max(amax, std::fabs(x[j]));
+            finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+        }
+        if (!finite) return false;
+        const float d = amax / 127.f, id = finite_inverse(d);
+        d16 = to_f16(d);
+        for (std::size_t j = 0; j < kQBlock; ++j) stored[j] = std::uint8_t(int(round_half_away(x[j] * id)) + kZero);
+        return true;
+    }
+    // q_j of a block from its stored bytes.
+    static int value(const std::uint8_t* stored, std::size_t j) { return int(stored[j]) - kZero; }
 };
 struct Q4 {
     using block = BlockQ4;
     static constexpr const char* name = "q4";
     static constexpr double bits_per_weight = 8.0 * sizeof(BlockQ4) / kQBlock;
+    static constexpr bool kNibbles = true;                    // two weights per stored byte
+    static constexpr int kZero = 8;                           // u = q + 8, q in −8..7
+    static constexpr std::size_t kStoredBytes = kQBlock / 2;  // per block
+    // d = v/−8 for the first value v of largest magnitude (so v maps to −8 exactly), q_j = clamp(round(x_j/d));
+    // stored byte j = u_j | u_{j+16} << 4. False for a non-finite input.
+    static bool quantize_block(const float* x, f16& d16, std::uint8_t* stored) {
+        float amax = 0.f, vmax = 0.f;
+        for (std::size_t j = 0; j < kQBlock; ++j)
+            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
+        bool finite = true;
+        for (std::size_t j = 0; j < kQBlock; ++j) finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+        if (!finite) return false;
+        const float d = vmax / -8.f, id = finite_inverse(d);
+        d16 = to_f16(d);
+        for (std::size_t j = 0; j < kQBlock / 2; ++j) {
+            const int q0 = std::clamp(int(round_half_away(x[j] * id)) + kZero, 0, 15);
+            const int q1 = std::clamp(int(round_half_away(x[j + kQBlock / 2] * id)) + kZero, 0, 15);
+            stored[j] = std::uint8_t(q0 | (q1 << 4));
+        }
+        return true;
+    }
+    static int value(const std::uint8_t* stored, std::size_t j) {
+        return int(j < kQBlock / 2 ? stored[j] & 0xf : stored[j - kQBlock / 2] >> 4) - kZero;
+    }
 };
 }  // namespace fmt
+
+// ---- quantize / dequantize whole rows (k a multiple of kQBlock), through the traits ----------------------
+inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
+    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q8): length ", k, " is not a multiple of ", kQBlock);
+    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock) {
+        std::uint8_t u[kQBlock];
+        FASTVLM_CHECK(fmt::Q8::quantize_block(x, y[b].d, u), "quantize_row(Q8): non-finite value in block ", b);
+        for (std::size_t j = 0; j < kQBlock; ++j) y[b].qs[j] = std::int8_t(fmt::Q8::value(u, j));
+    }
+}
+inline void dequantize_row(const BlockQ8* x, float* y, std::size_t k) {
+    for (std::size_t b = 0; b < k / kQBlock; ++b) {
+        const float d = to_float(x[b].d);
+        for (std::size_t j = 0; j < kQBlock; ++j) *y++ = d * float(x[b].qs[j]);
+    }
+}
+inline void quantize_row(const float* x, BlockQ4* y, std::size_t k) {
+    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q4): length ", k, " is not a multiple of ", kQBlock);
+    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock)
+        FASTVLM_CHECK(fmt::Q4::quantize_block(x, y[b].d, y[b].qs), "quantize_row(Q4): non-finite value in block ", b);
+}
+inline void dequantize_row(const BlockQ4* x, float* y, std::size_t k) {
+    for (std::size_t b = 0; b < k / kQBlock; ++b) {
+        const float d = to_float(x[b].d);
+        for (std::size_t j = 0; j < kQBlock; ++j) *y++ = d * float(fmt::Q4::value(x[b].qs, j));
+    }
+}
 
 static_assert(fmt::Q8::bits_per_weight <= 8.5 && fmt::Q4::bits_per_weight <= 5.0);
 
@@ -6624,11 +6656,6 @@ namespace fastvlm::detail::mm {
 
 inline constexpr Index kQB = Index(kQBlock);  // 32
 
-// std::lround for |v| < 2^22 (round half away from zero), exact, without the libm call.
-inline float round_half_away(float v) {
-    const float t = std::trunc(v);  // v − t is exact
-    return t + (std::fabs(v - t) >= 0.5f ? std::copysign(1.f, v) : 0.f);
-}
 // 127/amax for activation blocks, capped the same way (amax ≥ 0; NaN or ±inf amax: 0).
 inline float act_scale(float amax) {
     if (!(amax > 0.f) || !(amax <= 3.4e38f)) return 0.f;
@@ -6638,39 +6665,6 @@ inline float act_scale(float amax) {
 inline int act_q(float y) {
     if (!(y == y)) return 0;
     return int(std::nearbyint(std::clamp(y, -127.f, 127.f)));
-}
-
-// One block of 32 weights, exactly as quantize_row(BlockQ8) of core/formats.hpp; stored bytes q + 128.
-// Returns false for a non-finite input. (Scalar reference; quantize_block_q8 below may use AVX-512.)
-inline bool quantize_block_q8_ref(const float* x, f16& d16, std::uint8_t* out) {
-    float amax = 0.f;
-    bool finite = true;
-    for (Index j = 0; j < kQB; ++j) {
-        amax = std::max(amax, std::fabs(x[j]));
-        finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
-    }
-    if (!finite) return false;
-    const float d = amax / 127.f, id = finite_inverse(d);
-    d16 = to_f16(d);
-    for (Index j = 0; j < kQB; ++j) out[j] = std::uint8_t(int(round_half_away(x[j] * id)) + 128);
-    return true;
-}
-// As quantize_row(BlockQ4): d = v/−8 for the first value v of largest magnitude; bytes as BlockQ4::qs.
-inline bool quantize_block_q4_ref(const float* x, f16& d16, std::uint8_t* out) {
-    float amax = 0.f, vmax = 0.f;
-    for (Index j = 0; j < kQB; ++j)
-        if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
-    bool finite = true;
-    for (Index j = 0; j < kQB; ++j) finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
-    if (!finite) return false;
-    const float d = vmax / -8.f, id = finite_inverse(d);
-    d16 = to_f16(d);
-    for (Index j = 0; j < kQB / 2; ++j) {
-        const int q0 = std::clamp(int(round_half_away(x[j] * id)) + 8, 0, 15);
-        const int q1 = std::clamp(int(round_half_away(x[j + kQB / 2] * id)) + 8, 0, 15);
-        out[j] = std::uint8_t(q0 | (q1 << 4));
-    }
-    return true;
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -6750,7 +6744,7 @@ inline bool quantize_block_q8(const float* x, f16& d16, std::uint8_t* out) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), _mm512_cvtepi32_epi8(q1));
     return true;
 #else
-    return quantize_block_q8_ref(x, d16, out);
+    return fmt::Q8::quantize_block(x, d16, out);
 #endif
 }
 
@@ -6802,16 +6796,26 @@ inline bool quantize_block_q4(const float* x, f16& d16, std::uint8_t* out) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(b));
     return true;
 #else
-    return quantize_block_q4_ref(x, d16, out);
+    return fmt::Q4::quantize_block(x, d16, out);
 #endif
 }
 
-template <bool Q4>
+// One block of weights as the format's stored bytes: fmt::Q8/Q4::quantize_block (core/formats.hpp), with SIMD
+// where the target has it (the same bytes: tests/test_matmul.cpp WeightQuantizersMatchFormats).
+template <class QF>
+inline bool quantize_block(const float* x, f16& d16, std::uint8_t* stored) {
+    if constexpr (QF::kNibbles)
+        return quantize_block_q4(x, d16, stored);
+    else
+        return quantize_block_q8(x, d16, stored);
+}
+
+template <class QF>
 struct PackedQ {
-    static constexpr Index kBlockBytes = Q4 ? 256 : 512;  // quant bytes per (panel, block)
-    static constexpr Index G = Q4 ? 2 : 4;                 // blocks per superblock
+    static constexpr Index kBlockBytes = Index(QF::kStoredBytes) * kPanel;  // quant bytes per (panel, block)
+    static constexpr Index G = QF::kNibbles ? 2 : 4;                          // blocks per superblock: whole cache lines
     static constexpr Index kSuperBytes = G * (kBlockBytes + kPanel * 2);
-    static constexpr int kCorr = Q4 ? 8 : 128;  // zero point of the stored bytes
+    static constexpr int kCorr = QF::kZero;  // zero point of the stored bytes
     static_assert(kSuperBytes % 64 == 0);
     Index n = 0, k = 0, kb = 0, nsb = 0, npanels = 0;  // kb = blocks incl. padding = nsb·G
     avec<std::uint8_t> data;                             // [panel][nsb][kSuperBytes]
@@ -6827,7 +6831,7 @@ struct PackedQ {
     void pack(Index n_, Index k_, Rows&& rows) {
         n = n_, k = k_, nsb = ceil_div(ceil_div(k_, kQB), G), kb = nsb * G, npanels = ceil_div(n_, kPanel);
         data.assign(std::size_t(npanels * panel_bytes()), 0);
-        constexpr Index RB = Q4 ? kQB / 2 : kQB;  // stored bytes per row and block
+        constexpr Index RB = Index(QF::kStoredBytes);  // stored bytes per row and block
         std::vector<float> t(std::size_t(kPanel * k)), row(std::size_t(kb * kQB));
         avec<std::uint32_t> qrows(std::size_t(kPanel * kb * RB / 4)), qt(std::size_t(kPanel * kb * RB / 4));
         std::vector<f16> d(std::size_t(kPanel * kb));
@@ -6838,15 +6842,14 @@ struct PackedQ {
             for (Index c = 0; c < kPanel; ++c) {  // rows past n: zero weights (q = 0)
                 auto* qr = reinterpret_cast<std::uint8_t*>(qrows.data() + c * kb * RB / 4);
                 if (c >= cnt) {
-                    std::fill(qr, qr + kb * RB, Q4 ? std::uint8_t(0x88) : std::uint8_t(128));
+                    std::fill(qr, qr + kb * RB, QF::kNibbles ? std::uint8_t(QF::kZero * 17) : std::uint8_t(QF::kZero));
                     continue;
                 }
                 std::fill(row.begin(), row.end(), 0.f);
                 std::copy(t.begin() + c * k, t.begin() + (c + 1) * k, row.begin());
                 for (Index b = 0; b < kb; ++b) {
-                    const bool ok = Q4 ? quantize_block_q4(row.data() + b * kQB, d[std::size_t(c * kb + b)], qr + b * RB)
-                                       : quantize_block_q8(row.data() + b * kQB, d[std::size_t(c * kb + b)], qr + b * RB);
-                    FASTVLM_CHECK(ok, "Linear(", Q4 ? "Q4" : "Q8", "): row ", p * kPanel + c, " of the weights has a non-finite value near column ",
+                    const bool ok = quantize_block<QF>(row.data() + b * kQB, d[std::size_t(c * kb + b)], qr + b * RB);
+                    FASTVLM_CHECK(ok, "Linear(", QF::name, "): row ", p * kPanel + c, " of the weights has a non-finite value near column ",
                                   b * kQB, "; it cannot be quantized");
                 }
             }
@@ -6863,7 +6866,7 @@ struct PackedQ {
     int value(Index p, Index c, Index e) const {
         const std::uint8_t* s = quants(p, e / kQB);
         const Index j = e % kQB;
-        if constexpr (Q4) {
+        if constexpr (QF::kNibbles) {
             const std::uint8_t byte = s[(j % 16) / 4 * 64 + c * 4 + j % 4];
             return int(j < 16 ? (byte & 0xf) : (byte >> 4)) - 8;
         } else {
@@ -6993,18 +6996,18 @@ inline QRows quantize_rows(const float* x, Index m, Index ldx, Index k, Index kb
 // ---- micro-kernels: tile[MR][NV·16] over nb blocks ------------------------------------------------------
 // a: row r's quants at aq + r·kb·32, scales ad + r·kb, corr ac + r·kb (already offset to the first block)
 // b: panel v's data at bp + v·ps (offset to the first superblock; nb is a multiple of G)
-template <bool Q4>
+template <class QF>
 inline const std::uint8_t* qblock(const std::uint8_t* bp, Index b) {
-    using PQ = PackedQ<Q4>;
+    using PQ = PackedQ<QF>;
     return bp + (b / PQ::G) * PQ::kSuperBytes + (b % PQ::G) * PQ::kBlockBytes;
 }
-template <bool Q4>
+template <class QF>
 inline const f16* qscales(const std::uint8_t* bp, Index b) {
-    using PQ = PackedQ<Q4>;
+    using PQ = PackedQ<QF>;
     return reinterpret_cast<const f16*>(bp + (b / PQ::G) * PQ::kSuperBytes + PQ::G * PQ::kBlockBytes) + (b % PQ::G) * kPanel;
 }
 
-template <bool Q4, int MR, int NV>
+template <class QF, int MR, int NV>
 inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const std::int32_t* ac, Index kb,
                          const std::uint8_t* bp, Index ps, float* tile, Index ldt) {
     for (int r = 0; r < MR; ++r)
@@ -7013,11 +7016,11 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
                 float acc = 0.f;
                 for (Index b = 0; b < nb; ++b) {
                     const std::int8_t* xq = aq + r * kb * kQB + b * kQB;
-                    const std::uint8_t* w = qblock<Q4>(bp + v * ps, b);
+                    const std::uint8_t* w = qblock<QF>(bp + v * ps, b);
                     std::int32_t s = ac[r * kb + b];
                     for (Index j = 0; j < kQB; ++j) {
                         int u;
-                        if constexpr (Q4) {
+                        if constexpr (QF::kNibbles) {
                             const std::uint8_t byte = w[(j % 16) / 4 * 64 + c * 4 + j % 4];
                             u = j < 16 ? (byte & 0xf) : (byte >> 4);
                         } else {
@@ -7025,14 +7028,14 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
                         }
                         s += u * int(xq[j]);
                     }
-                    acc += to_float(qscales<Q4>(bp + v * ps, b)[c]) * ad[r * kb + b] * float(s);
+                    acc += to_float(qscales<QF>(bp + v * ps, b)[c]) * ad[r * kb + b] * float(s);
                 }
                 tile[r * ldt + v * kPanel + c] = acc;
             }
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-template <bool Q4, int MR, int NV>
+template <class QF, int MR, int NV>
 FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
                        const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
                        float* __restrict tile, Index ldt) {
@@ -7050,9 +7053,9 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) ia[r][v] = c0;
         }
-        const std::uint8_t* w = qblock<Q4>(bp, b);
+        const std::uint8_t* w = qblock<QF>(bp, b);
         const std::int8_t* x = aq + b * kQB;
-        if constexpr (Q4) {
+        if constexpr (QF::kNibbles) {
             const __m512i lo4 = _mm512_set1_epi8(0x0f);
 #pragma GCC unroll 4
             for (int t = 0; t < 4; ++t) {
@@ -7095,7 +7098,7 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
         __m512 dw[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v)
-            dw[v] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(qscales<Q4>(bp + v * ps, b))));
+            dw[v] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(qscales<QF>(bp + v * ps, b))));
 #pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
             const __m512 dx = _mm512_set1_ps(ad[r * kb + b]);
@@ -7119,10 +7122,10 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
 // exact in int32, divided back once per block). Each weight vector is loaded (and, for R > 1, split into
 // nibbles) once for all R rows. A row's result does not depend on R or on the other rows: its integer sums
 // are exact and its float steps are those of R = 1, in the same order.
-template <bool Q4, int R>
+template <class QF, int R>
 FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::uint8_t* __restrict bp, float* __restrict out,
                                         Index ldo) {
-    using PQ = PackedQ<Q4>;
+    using PQ = PackedQ<QF>;
     const std::int32_t* x4[R];
     const float* xd[R];
     const std::int32_t* xc[R];
@@ -7143,7 +7146,7 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
             __m512i a0[R], a1[R];
 #pragma GCC unroll 8
             for (int r = 0; r < R; ++r) a0[r] = _mm512_set1_epi32(xc[r][b]), a1[r] = _mm512_setzero_si512();
-            if constexpr (Q4 && R == 1) {  // high nibbles in place (16·q): one and-not per vector instead of a shift and an and
+            if constexpr (QF::kNibbles && R == 1) {  // high nibbles in place (16·q): one and-not per vector instead of a shift and an and
                 const __m512i lo4 = _mm512_set1_epi8(0x0f);
                 const std::int32_t* xb = x4[0] + b * 8;
                 __m512i h0 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
@@ -7156,7 +7159,7 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
                     h1 = _mm512_dpbusd_epi32(h1, _mm512_andnot_si512(lo4, r1), _mm512_set1_epi32(xb[t + 5]));
                 }
                 a0[0] = _mm512_add_epi32(_mm512_add_epi32(a0[0], a1[0]), _mm512_srai_epi32(_mm512_add_epi32(h0, h1), 4));
-            } else if constexpr (Q4 && R > 4) {  // many rows: one integer accumulator per row (the 32 registers hold 8 rows)
+            } else if constexpr (QF::kNibbles && R > 4) {  // many rows: one integer accumulator per row (the 32 registers hold 8 rows)
                 const __m512i lo4 = _mm512_set1_epi8(0x0f);
 #pragma GCC unroll 4
                 for (int t = 0; t < 4; ++t) {
@@ -7169,7 +7172,7 @@ FASTVLM_FLATTEN inline void gemv_q_vnni(Index nb, const QRows* xs, const std::ui
                         a0[r] = _mm512_dpbusd_epi32(a0[r], u, _mm512_set1_epi32(xb[t + 4]));
                     }
                 }
-            } else if constexpr (Q4) {  // several rows: the nibbles are split once per vector, the rows add plain sums
+            } else if constexpr (QF::kNibbles) {  // several rows: the nibbles are split once per vector, the rows add plain sums
                 const __m512i lo4 = _mm512_set1_epi8(0x0f);
 #pragma GCC unroll 4
                 for (int t = 0; t < 4; t += 2) {
@@ -7237,7 +7240,7 @@ inline __m256i dot_q8(__m256i w, __m256i xb, __m256i ax) {
 }
 }  // namespace qa
 
-template <bool Q4, int MR, int NV>
+template <class QF, int MR, int NV>
 FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
                        const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
                        float* __restrict tile, Index ldt) {
@@ -7247,9 +7250,9 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
         for (int v = 0; v < NV; ++v) facc[r][v][0] = facc[r][v][1] = _mm256_setzero_ps();
     for (Index b = 0; b < nb; ++b) {
         __m256i ia[MR][NV][2];
-        const std::uint8_t* w = qblock<Q4>(bp, b);
+        const std::uint8_t* w = qblock<QF>(bp, b);
         const std::int8_t* x = aq + b * kQB;
-        if constexpr (Q4) {
+        if constexpr (QF::kNibbles) {
             const __m256i lo4 = _mm256_set1_epi8(0x0f);
             __m256i s16[MR][NV][2];
             for (int r = 0; r < MR; ++r)
@@ -7298,7 +7301,7 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
         }
         __m256 dw[NV][2];
         for (int v = 0; v < NV; ++v)
-            for (int h = 0; h < 2; ++h) dw[v][h] = (qa::f16x8(qscales<Q4>(bp + v * ps, b) + h * 8));
+            for (int h = 0; h < 2; ++h) dw[v][h] = (qa::f16x8(qscales<QF>(bp + v * ps, b) + h * 8));
         for (int r = 0; r < MR; ++r) {
             const __m256 dx = _mm256_set1_ps(ad[r * kb + b]);
             for (int v = 0; v < NV; ++v)
@@ -7313,10 +7316,10 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
 
 // R rows (1 ≤ R ≤ 2) against one panel (16 columns) over nb blocks, as gemv_q_vnni with two ymm halves
 // per 64 bytes.
-template <bool Q4, int R>
+template <class QF, int R>
 FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const QRows* xs, const std::uint8_t* __restrict bp, float* __restrict out,
                                         Index ldo) {
-    using PQ = PackedQ<Q4>;
+    using PQ = PackedQ<QF>;
     const std::int32_t* x4[R];
     const float* xd[R];
     const std::int32_t* xc[R];
@@ -7335,7 +7338,7 @@ FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const QRows* xs, const std::ui
         for (Index g = 0; g < PQ::G; ++g) {
             const Index b = sb * PQ::G + g;
             __m256i a0[R], a1[R];
-            if constexpr (Q4) {
+            if constexpr (QF::kNibbles) {
                 const __m256i lo4 = _mm256_set1_epi8(0x0f);
                 __m256i s0[R], s1[R];
 #pragma GCC unroll 2
@@ -7391,9 +7394,9 @@ FASTVLM_FLATTEN inline void gemv_q_avx2(Index nb, const QRows* xs, const std::ui
 #endif
 
 // ---- the kernel type for the driver (K unit = one superblock of G blocks) -------------------------------
-template <bool Q4, Path Pth>
+template <class QF, Path Pth>
 struct KernQ {
-    using PQ = PackedQ<Q4>;
+    using PQ = PackedQ<QF>;
     static constexpr bool kAvx2 = Pth == Path::avx2_int8;  // 16 ymm registers: a 4 × 16 tile
     static constexpr int MR = kAvx2 ? 4 : 6, NV = kAvx2 ? 1 : 2;
     const PQ* P;
@@ -7422,17 +7425,17 @@ struct KernQ {
         const Index kb = xq.kb, ps = P->panel_bytes();
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
         if constexpr (Pth == Path::avx512_vnni) {
-            ukr_q_vnni<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+            ukr_q_vnni<QF, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
             return;
         }
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
         if constexpr (kAvx2) {
-            ukr_q_avx2<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+            ukr_q_avx2<QF, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
             return;
         }
 #endif
-        ukr_q_scalar<Q4, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+        ukr_q_scalar<QF, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
     }
     void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
         const Index kb = xq.kb;
@@ -7448,18 +7451,18 @@ struct KernQ {
                 float* o = out + (p - p0) * kPanel;
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
                 if constexpr (Pth == Path::avx512_vnni) {
-                    gemv_q_vnni<Q4, R>(P->kb, xs, P->panel(p), o, ldo);
+                    gemv_q_vnni<QF, R>(P->kb, xs, P->panel(p), o, ldo);
                     continue;
                 }
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
                 if constexpr (kAvx2) {
-                    gemv_q_avx2<Q4, R>(P->kb, xs, P->panel(p), o, ldo);
+                    gemv_q_avx2<QF, R>(P->kb, xs, P->panel(p), o, ldo);
                     continue;
                 }
 #endif
                 for (int r = 0; r < R; ++r)
-                    ukr_q_scalar<Q4, 1, 1>(P->kb, xs[r].q, xs[r].d, xs[r].corr, xs[r].kb, P->panel(p), P->panel_bytes(), o + r * ldo, kPanel);
+                    ukr_q_scalar<QF, 1, 1>(P->kb, xs[r].q, xs[r].d, xs[r].corr, xs[r].kb, P->panel(p), P->panel_bytes(), o + r * ldo, kPanel);
             }
         });
     }
@@ -7469,11 +7472,11 @@ struct KernQ {
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
 // Block b of a panel (16 columns × 32 k) → bf16 k-pairs [16 pairs][16 columns][2]: w = bf16(d·q). d·q is
 // exact in f32 (an f16 scale times an integer of at most 8 bits), so each weight is rounded once, to nearest even.
-template <bool Q4>
+template <class QF>
 FASTVLM_FLATTEN inline void dequant_block_bf16(const std::uint8_t* __restrict quants, const f16* __restrict scales,
                                                bf16* __restrict out) {
     const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(scales)));
-    const __m512 off = _mm512_mul_ps(d, _mm512_set1_ps(-float(PackedQ<Q4>::kCorr)));  // d·(u − c) = u·d − c·d
+    const __m512 off = _mm512_mul_ps(d, _mm512_set1_ps(-float(PackedQ<QF>::kCorr)));  // d·(u − c) = u·d − c·d
     // vcvtne2ps2bf16 leaves [even k of the 16 columns | odd k]; the pair layout interleaves them.
     alignas(64) static constexpr std::uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                                   8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
@@ -7487,7 +7490,7 @@ FASTVLM_FLATTEN inline void dequant_block_bf16(const std::uint8_t* __restrict qu
         _mm512_store_si512(o, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(f[1], f[0])));
         _mm512_store_si512(o + 2 * kPanel, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(f[3], f[2])));
     };
-    if constexpr (Q4) {  // row t: low nibbles are k 4t..4t+3, high nibbles k 16+4t..
+    if constexpr (QF::kNibbles) {  // row t: low nibbles are k 4t..4t+3, high nibbles k 16+4t..
         const __m512i lo4 = _mm512_set1_epi8(0x0f);
 #pragma GCC unroll 4
         for (int t = 0; t < 4; ++t) {
@@ -7506,9 +7509,9 @@ FASTVLM_FLATTEN inline void dequant_block_bf16(const std::uint8_t* __restrict qu
 // each panel group's weights are dequantized once (1 KiB per panel and block) and reused by every
 // 32-row block of the M block. The exact alternative (TDPBSUD per block of 32 with the VNNI float steps)
 // was measured slower than vpdpbusd: each block's int32 tiles must be stored and rescaled.
-template <bool Q4>
+template <class QF>
 struct KernQBf16Amx {
-    using PQ = PackedQ<Q4>;
+    using PQ = PackedQ<QF>;
     static constexpr int MR = 32, NV = 2;
     const PQ* P;
     Index n, npanels;
@@ -7528,7 +7531,7 @@ struct KernQBf16Amx {
         for (int v = 0; v < nv; ++v) {
             const Index p = g * NV + v;
             for (Index b = 0; b < nb; ++b)
-                dequant_block_bf16<Q4>(P->quants(p, u0 * PQ::G + b), P->scales(p, u0 * PQ::G + b), buf + (v * nb + b) * kQB * kPanel);
+                dequant_block_bf16<QF>(P->quants(p, u0 * PQ::G + b), P->scales(p, u0 * PQ::G + b), buf + (v * nb + b) * kQB * kPanel);
         }
         return {buf, pairs * 2 * kPanel};
     }
@@ -7540,9 +7543,9 @@ struct KernQBf16Amx {
 };
 #endif
 
-template <bool Q4>
+template <class QF>
 struct ImplQ {
-    PackedQ<Q4> P;
+    PackedQ<QF> P;
     static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : have_avx2_int8() ? Path::avx2_int8 : Path::scalar; }
     static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
     static bool supports(Path p) {
@@ -7558,8 +7561,8 @@ struct ImplQ {
     template <Path Pth>
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
              const float* bias) const {
-        using K = KernQ<Q4, Pth>;
-        const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<Q4>::kCorr, m > 1 ? pool : nullptr);
+        using K = KernQ<QF, Pth>;
+        const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<QF>::kCorr, m > 1 ? pool : nullptr);
         K kern{&P, P.n, P.npanels, bias, xq};
         if (use_gemv(m, ep)) {
             const Index kb = xq.kb;
@@ -7576,7 +7579,7 @@ struct ImplQ {
     defined(__AVX512VNNI__)
             case Path::amx_bf16:  // GEMM only (common.hpp: gemm_only); the GEMV class runs VNNI
                 if (use_gemv(m, ep)) return run<Path::avx512_vnni>(x, m, ldx, y, ldy, pool, ep, bias);
-                return gemm_blocked(KernQBf16Amx<Q4>{&P, P.n, P.npanels, bias}, x, m, ldx, y, ldy, pool, ep);
+                return gemm_blocked(KernQBf16Amx<QF>{&P, P.n, P.npanels, bias}, x, m, ldx, y, ldy, pool, ep);
 #endif
             case Path::avx512_vnni: return run<Path::avx512_vnni>(x, m, ldx, y, ldy, pool, ep, bias);
             case Path::avx2_int8: return run<Path::avx2_int8>(x, m, ldx, y, ldy, pool, ep, bias);
@@ -7672,11 +7675,11 @@ struct ImplFor<fmt::BF16, fmt::BF16> {
 };
 template <>
 struct ImplFor<fmt::Q8, fmt::Q8> {
-    using type = ImplQ<false>;
+    using type = ImplQ<fmt::Q8>;
 };
 template <>
 struct ImplFor<fmt::Q4, fmt::Q8> {
-    using type = ImplQ<true>;
+    using type = ImplQ<fmt::Q4>;
 };
 
 // The builtin path of a kernel class: Impl::best(), or for the GEMM Impl::best_gemm() where the format

@@ -35,51 +35,10 @@ inline float finite_inverse(float d) {
     const float id = 1.f / d;
     return std::fabs(id) <= 3.4e38f ? id : std::copysign(3.4e38f, id);
 }
-// ---- quantize / dequantize (scalar reference; k must be a multiple of kQBlock) -------------------
-inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
-    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q8): length ", k, " is not a multiple of ", kQBlock);
-    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock) {
-        float amax = 0.f;
-        for (std::size_t j = 0; j < kQBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
-        const float d = amax / 127.f;
-        const float id = finite_inverse(d);
-        y[b].d = to_f16(d);
-        for (std::size_t j = 0; j < kQBlock; ++j) y[b].qs[j] = std::int8_t(std::lround(x[j] * id));
-    }
-}
-
-inline void dequantize_row(const BlockQ8* x, float* y, std::size_t k) {
-    for (std::size_t b = 0; b < k / kQBlock; ++b) {
-        const float d = to_float(x[b].d);
-        for (std::size_t j = 0; j < kQBlock; ++j) *y++ = d * float(x[b].qs[j]);
-    }
-}
-
-inline void quantize_row(const float* x, BlockQ4* y, std::size_t k) {
-    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q4): length ", k, " is not a multiple of ", kQBlock);
-    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock) {
-        float amax = 0.f, vmax = 0.f;  // the value of largest magnitude maps to -8
-        for (std::size_t j = 0; j < kQBlock; ++j)
-            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
-        const float d = vmax / -8.f;
-        const float id = finite_inverse(d);
-        y[b].d = to_f16(d);
-        for (std::size_t j = 0; j < kQBlock / 2; ++j) {
-            const int q0 = std::clamp(int(std::lround(x[j] * id)) + 8, 0, 15);
-            const int q1 = std::clamp(int(std::lround(x[j + kQBlock / 2] * id)) + 8, 0, 15);
-            y[b].qs[j] = std::uint8_t(q0 | (q1 << 4));
-        }
-    }
-}
-
-inline void dequantize_row(const BlockQ4* x, float* y, std::size_t k) {
-    for (std::size_t b = 0; b < k / kQBlock; ++b, y += kQBlock) {
-        const float d = to_float(x[b].d);
-        for (std::size_t j = 0; j < kQBlock / 2; ++j) {
-            y[j] = d * float(int(x[b].qs[j] & 0xf) - 8);
-            y[j + kQBlock / 2] = d * float(int(x[b].qs[j] >> 4) - 8);
-        }
-    }
+// std::lround for |v| < 2^22 (round half away from zero), exact, without the libm call.
+inline float round_half_away(float v) {
+    const float t = std::trunc(v);  // v − t is exact
+    return t + (std::fabs(v - t) >= 0.5f ? std::copysign(1.f, v) : 0.f);
 }
 
 // ---- format tags ----------------------------------------------------------------------------------
@@ -99,17 +58,90 @@ struct F16 {
     static constexpr const char* name = "f16";
     static constexpr double bits_per_weight = 16;
 };
+// The block formats carry their traits: everything about the format that packing, the kernels
+// (kernels/matmul/q8.hpp) and the tests read, written once. A block holds 32 weights w_j = d·q_j; its
+// stored bytes are what the kernels multiply (unsigned, u = q + kZero).
 struct Q8 {
     using block = BlockQ8;
     static constexpr const char* name = "q8";
     static constexpr double bits_per_weight = 8.0 * sizeof(BlockQ8) / kQBlock;
+    static constexpr bool kNibbles = false;               // one stored byte per weight
+    static constexpr int kZero = 128;                     // u = q + 128, q in −127..127
+    static constexpr std::size_t kStoredBytes = kQBlock;  // per block
+    // d = amax/127, q_j = round_half_away(x_j/d); stored byte j = q_j + 128. False for a non-finite input.
+    static bool quantize_block(const float* x, f16& d16, std::uint8_t* stored) {
+        float amax = 0.f;
+        bool finite = true;
+        for (std::size_t j = 0; j < kQBlock; ++j) {
+            amax = std::max(amax, std::fabs(x[j]));
+            finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+        }
+        if (!finite) return false;
+        const float d = amax / 127.f, id = finite_inverse(d);
+        d16 = to_f16(d);
+        for (std::size_t j = 0; j < kQBlock; ++j) stored[j] = std::uint8_t(int(round_half_away(x[j] * id)) + kZero);
+        return true;
+    }
+    // q_j of a block from its stored bytes.
+    static int value(const std::uint8_t* stored, std::size_t j) { return int(stored[j]) - kZero; }
 };
 struct Q4 {
     using block = BlockQ4;
     static constexpr const char* name = "q4";
     static constexpr double bits_per_weight = 8.0 * sizeof(BlockQ4) / kQBlock;
+    static constexpr bool kNibbles = true;                    // two weights per stored byte
+    static constexpr int kZero = 8;                           // u = q + 8, q in −8..7
+    static constexpr std::size_t kStoredBytes = kQBlock / 2;  // per block
+    // d = v/−8 for the first value v of largest magnitude (so v maps to −8 exactly), q_j = clamp(round(x_j/d));
+    // stored byte j = u_j | u_{j+16} << 4. False for a non-finite input.
+    static bool quantize_block(const float* x, f16& d16, std::uint8_t* stored) {
+        float amax = 0.f, vmax = 0.f;
+        for (std::size_t j = 0; j < kQBlock; ++j)
+            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
+        bool finite = true;
+        for (std::size_t j = 0; j < kQBlock; ++j) finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+        if (!finite) return false;
+        const float d = vmax / -8.f, id = finite_inverse(d);
+        d16 = to_f16(d);
+        for (std::size_t j = 0; j < kQBlock / 2; ++j) {
+            const int q0 = std::clamp(int(round_half_away(x[j] * id)) + kZero, 0, 15);
+            const int q1 = std::clamp(int(round_half_away(x[j + kQBlock / 2] * id)) + kZero, 0, 15);
+            stored[j] = std::uint8_t(q0 | (q1 << 4));
+        }
+        return true;
+    }
+    static int value(const std::uint8_t* stored, std::size_t j) {
+        return int(j < kQBlock / 2 ? stored[j] & 0xf : stored[j - kQBlock / 2] >> 4) - kZero;
+    }
 };
 }  // namespace fmt
+
+// ---- quantize / dequantize whole rows (k a multiple of kQBlock), through the traits ----------------------
+inline void quantize_row(const float* x, BlockQ8* y, std::size_t k) {
+    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q8): length ", k, " is not a multiple of ", kQBlock);
+    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock) {
+        std::uint8_t u[kQBlock];
+        FASTVLM_CHECK(fmt::Q8::quantize_block(x, y[b].d, u), "quantize_row(Q8): non-finite value in block ", b);
+        for (std::size_t j = 0; j < kQBlock; ++j) y[b].qs[j] = std::int8_t(fmt::Q8::value(u, j));
+    }
+}
+inline void dequantize_row(const BlockQ8* x, float* y, std::size_t k) {
+    for (std::size_t b = 0; b < k / kQBlock; ++b) {
+        const float d = to_float(x[b].d);
+        for (std::size_t j = 0; j < kQBlock; ++j) *y++ = d * float(x[b].qs[j]);
+    }
+}
+inline void quantize_row(const float* x, BlockQ4* y, std::size_t k) {
+    FASTVLM_CHECK(k % kQBlock == 0, "quantize_row(Q4): length ", k, " is not a multiple of ", kQBlock);
+    for (std::size_t b = 0; b < k / kQBlock; ++b, x += kQBlock)
+        FASTVLM_CHECK(fmt::Q4::quantize_block(x, y[b].d, y[b].qs), "quantize_row(Q4): non-finite value in block ", b);
+}
+inline void dequantize_row(const BlockQ4* x, float* y, std::size_t k) {
+    for (std::size_t b = 0; b < k / kQBlock; ++b) {
+        const float d = to_float(x[b].d);
+        for (std::size_t j = 0; j < kQBlock; ++j) *y++ = d * float(fmt::Q4::value(x[b].qs, j));
+    }
+}
 
 static_assert(fmt::Q8::bits_per_weight <= 8.5 && fmt::Q4::bits_per_weight <= 5.0);
 

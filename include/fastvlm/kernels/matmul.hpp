@@ -94,11 +94,11 @@ struct ImplFor<fmt::BF16, fmt::BF16> {
 };
 template <>
 struct ImplFor<fmt::Q8, fmt::Q8> {
-    using type = ImplQ<false>;
+    using type = ImplQ<fmt::Q8>;
 };
 template <>
 struct ImplFor<fmt::Q4, fmt::Q8> {
-    using type = ImplQ<true>;
+    using type = ImplQ<fmt::Q4>;
 };
 
 // The builtin path of a kernel class: Impl::best(), or for the GEMM Impl::best_gemm() where the format
