@@ -320,8 +320,7 @@ class EngineImpl final : public EngineCore {
         // The image being encoded in slices on the engine's SlicedRunner; abandoned there if the
         // sequence ends first (cancel, timeout, shutdown). Declared last: it goes first.
         struct Encoding {
-            SlicedRunner* runner;
-            std::size_t image;
+            SlicedRunner* runner;  // of the first image of the sequence that has no tokens yet
             std::shared_ptr<Tensor<float, 2>> features;  // written by the helper thread
             Clock::duration spent{};                     // time inside the slices
             ~Encoding() {
@@ -832,7 +831,7 @@ private:
                             *feats = model_.encode_image(px->view(), pool_,
                                                          [&](const std::string&, TensorView<const float, 3>) { yield(); });
                         });
-                        s.enc.reset(new typename Seq::Encoding{&runner_, i, feats});
+                        s.enc.reset(new typename Seq::Encoding{&runner_, feats});
                     }
                     encoded = true;
                     const auto t0 = Clock::now();
