@@ -132,6 +132,14 @@ TEST(Conv2d, DenseMatchesReference) {
             conv.forward_rows(in.data(), h, w, part.data(), 1, ho - 1, Act::gelu);
             for (std::size_t i = 0; i < part.size(); ++i) ASSERT_EQ(part[i], got[std::size_t(wo * cout) + i]);
         }
+        // The same input stored planar [cin][h][w] (how the stem reads preprocessed pixels): identical rows.
+        std::vector<float> planar(in.size());
+        for (Index y = 0; y < h; ++y)
+            for (Index x = 0; x < w; ++x)
+                for (Index c = 0; c < cin; ++c) planar[std::size_t((c * h + y) * w + x)] = in[std::size_t((y * w + x) * cin + c)];
+        std::vector<float> from_planar(got.size(), NAN);
+        conv.forward_rows(planar.data(), h, w, from_planar.data(), 0, ho, Act::gelu, Conv2dInput::planar);
+        for (std::size_t i = 0; i < got.size(); ++i) ASSERT_EQ(from_planar[i], got[i]) << "planar input, element " << i;
     }
 }
 

@@ -257,6 +257,10 @@ private:
     AlignedBuffer<float> b_;  // [cout]
 };
 
+// How a dense conv's input is laid out: channels-last rows [h][w][c] (every activation) or planar
+// [c][h][w] (the preprocessed pixels).
+enum class Conv2dInput { channels_last, planar };
+
 // ---- dense conv (groups = 1) as im2col + Linear ------------------------------------------------------------
 template <class Wf = fmt::F32, class Af = fmt::F32>
 class Conv2d {
@@ -293,21 +297,24 @@ public:
         });
     }
 
-    // Output rows [y0, y1), serially, into out (row y0 first); `in` is the whole input.
-    void forward_rows(const float* in, Index h, Index w, float* out, Index y0, Index y1, Act act = Act::none) const {
+    // Output rows [y0, y1), serially, into out (row y0 first); `in` is the whole input, channels-last
+    // [h][w][cin] or planar [cin][h][w] (the preprocessed pixels: no transposed copy is needed).
+    void forward_rows(const float* in, Index h, Index w, float* out, Index y0, Index y1, Act act = Act::none,
+                      Conv2dInput layout = Conv2dInput::channels_last) const {
         const Index ho = out_size(h), wo = out_size(w), rpc = chunk_rows(wo);
         FASTVLM_CHECK(0 <= y0 && y0 <= y1 && y1 <= ho, "Conv2d::forward_rows: rows [", y0, ", ", y1, ") of ", ho);
         std::vector<float> col(static_cast<std::size_t>(std::min(rpc, y1 - y0) * wo * k_ * k_ * cin_));
         for (Index y = y0; y < y1; y += rpc)
-            rows_im2col(in, h, w, out + (y - y0) * wo * cout_, y, std::min(y1, y + rpc), act, col.data());
+            rows_im2col(in, h, w, out + (y - y0) * wo * cout_, y, std::min(y1, y + rpc), act, col.data(), layout);
     }
 
 private:
     // ≈256 KB of im2col rows per chunk.
     Index chunk_rows(Index wo) const { return std::max<Index>(1, (Index(1) << 16) / std::max<Index>(1, wo * k_ * k_ * cin_)); }
 
-    void rows_im2col(const float* in, Index h, Index w, float* out, Index y0, Index y1, Act act, float* col) const {
-        const Index wo = out_size(w), kk = k_ * k_ * cin_, p = k_ / 2;
+    void rows_im2col(const float* in, Index h, Index w, float* out, Index y0, Index y1, Act act, float* col,
+                     Conv2dInput layout = Conv2dInput::channels_last) const {
+        const Index wo = out_size(w), kk = k_ * k_ * cin_, p = k_ / 2, plane = h * w;
         float* dst = col;
         for (Index y = y0; y < y1; ++y)
             for (Index x = 0; x < wo; ++x)
@@ -316,7 +323,10 @@ private:
                     for (Index kx = 0; kx < k_; ++kx, dst += cin_) {
                         const Index ix = x * s_ + kx - p;
                         if (iy < 0 || iy >= h || ix < 0 || ix >= w) std::fill(dst, dst + cin_, 0.f);
-                        else std::memcpy(dst, in + (iy * w + ix) * cin_, std::size_t(cin_) * sizeof(float));
+                        else if (layout == Conv2dInput::channels_last)
+                            std::memcpy(dst, in + (iy * w + ix) * cin_, std::size_t(cin_) * sizeof(float));
+                        else
+                            for (Index ci = 0; ci < cin_; ++ci) dst[ci] = in[ci * plane + iy * w + ix];
                     }
                 }
         lin_.forward(col, (y1 - y0) * wo, kk, out, cout_, nullptr, Epilogue{act});

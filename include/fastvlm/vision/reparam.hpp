@@ -12,12 +12,17 @@
 #include "fastvlm/core/tensor.hpp"
 #include "fastvlm/io/safetensors.hpp"
 #include "fastvlm/io/weights.hpp"
+#include "fastvlm/kernels/conv2d.hpp"
 
 namespace fastvlm::vision {
 
 struct ConvWeights {
     std::vector<float> w;  // OIHW
     std::vector<float> b;  // [cout]
+    // As a depthwise/grouped conv (one input channel per group, multiplier cout/cin).
+    DepthwiseConv2d depthwise(Index cin, Index cout, Index k, Index stride) const {
+        return DepthwiseConv2d(w.data(), b.data(), cin, cout, k, stride);
+    }
 };
 
 // Names are relative to the FastViT module; `prefix` is prepended (e.g. "model.vision_tower.vision_tower.model.").
