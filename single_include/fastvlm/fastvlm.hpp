@@ -5479,6 +5479,7 @@ inline void load_tile_config(const TileConfig& c) { asm volatile("ldtilecfg %0" 
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -5729,6 +5730,18 @@ inline void with_width(int v, F&& f) {
         if constexpr (N > 1) with_width<N - 1>(v, std::forward<F>(f));
     }
 }
+
+// What every Impl… class (matmul.hpp ImplFloat, bf16.hpp ImplBF16, q8.hpp ImplQ) forwards to its packed
+// weights: packing from f32 rows, one row back to f32, sizes.
+template <class Packed>
+struct PackedImpl {
+    Packed P;
+    template <class Rows>
+    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
+    void row(Index r, float* out) const { P.row(r, out); }
+    std::size_t bytes() const { return P.bytes(); }
+    Index npanels() const { return P.npanels; }
+};
 
 }  // namespace detail::mm
 }  // namespace fastvlm
@@ -6567,8 +6580,7 @@ struct KernBF16Amx {
 };
 #endif
 
-struct ImplBF16 {
-    PackedBF2 P;
+struct ImplBF16 : PackedImpl<PackedBF2> {
     // Without vdpbf16ps, rounding X to bf16 only costs time: the default is then widen_f32.
     static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::widen_f32; }
     static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
@@ -6576,11 +6588,6 @@ struct ImplBF16 {
         return p == Path::scalar || p == Path::simd || p == Path::widen_f32 || (p == Path::avx512_bf16 && have_avx512_bf16()) ||
                (p == Path::amx_bf16 && have_amx_bf16());
     }
-    template <class Rows>
-    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
-    void row(Index r, float* out) const { P.row(r, out); }
-    std::size_t bytes() const { return P.bytes(); }
-    Index npanels() const { return P.npanels; }
 
     template <class Arch, bool RoundX>
     void run_wide(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
@@ -7544,19 +7551,14 @@ struct KernQBf16Amx {
 #endif
 
 template <class QF>
-struct ImplQ {
-    PackedQ<QF> P;
+struct ImplQ : PackedImpl<PackedQ<QF>> {
+    using PackedImpl<PackedQ<QF>>::P;
     static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : have_avx2_int8() ? Path::avx2_int8 : Path::scalar; }
     static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
     static bool supports(Path p) {
         return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()) || (p == Path::avx2_int8 && have_avx2_int8()) ||
                (p == Path::amx_bf16 && have_amx_bf16() && have_avx512_vnni());
     }
-    template <class Rows>
-    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
-    void row(Index r, float* out) const { P.row(r, out); }
-    std::size_t bytes() const { return P.bytes(); }
-    Index npanels() const { return P.npanels; }
 
     template <Path Pth>
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
@@ -7631,15 +7633,10 @@ namespace detail::mm {
 
 // ---- float compute: F32 / BF16 / F16 weights ---------------------------------------------------------
 template <class E>
-struct ImplFloat {
-    PackedF<E> P;
+struct ImplFloat : PackedImpl<PackedF<E>> {
+    using PackedImpl<PackedF<E>>::P;
     static Path best() { return Path::simd; }
     static bool supports(Path p) { return p == Path::scalar || p == Path::simd; }
-    template <class Rows>
-    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
-    void row(Index r, float* out) const { P.row(r, out); }
-    std::size_t bytes() const { return P.bytes(); }
-    Index npanels() const { return P.npanels; }
 
     template <class Arch>
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,

@@ -50,15 +50,10 @@ namespace detail::mm {
 
 // ---- float compute: F32 / BF16 / F16 weights ---------------------------------------------------------
 template <class E>
-struct ImplFloat {
-    PackedF<E> P;
+struct ImplFloat : PackedImpl<PackedF<E>> {
+    using PackedImpl<PackedF<E>>::P;
     static Path best() { return Path::simd; }
     static bool supports(Path p) { return p == Path::scalar || p == Path::simd; }
-    template <class Rows>
-    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
-    void row(Index r, float* out) const { P.row(r, out); }
-    std::size_t bytes() const { return P.bytes(); }
-    Index npanels() const { return P.npanels; }
 
     template <class Arch>
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,

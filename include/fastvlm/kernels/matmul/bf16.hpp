@@ -420,8 +420,7 @@ struct KernBF16Amx {
 };
 #endif
 
-struct ImplBF16 {
-    PackedBF2 P;
+struct ImplBF16 : PackedImpl<PackedBF2> {
     // Without vdpbf16ps, rounding X to bf16 only costs time: the default is then widen_f32.
     static Path best() { return have_avx512_bf16() ? Path::avx512_bf16 : Path::widen_f32; }
     static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
@@ -429,11 +428,6 @@ struct ImplBF16 {
         return p == Path::scalar || p == Path::simd || p == Path::widen_f32 || (p == Path::avx512_bf16 && have_avx512_bf16()) ||
                (p == Path::amx_bf16 && have_amx_bf16());
     }
-    template <class Rows>
-    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
-    void row(Index r, float* out) const { P.row(r, out); }
-    std::size_t bytes() const { return P.bytes(); }
-    Index npanels() const { return P.npanels; }
 
     template <class Arch, bool RoundX>
     void run_wide(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -262,6 +263,18 @@ inline void with_width(int v, F&& f) {
         if constexpr (N > 1) with_width<N - 1>(v, std::forward<F>(f));
     }
 }
+
+// What every Impl… class (matmul.hpp ImplFloat, bf16.hpp ImplBF16, q8.hpp ImplQ) forwards to its packed
+// weights: packing from f32 rows, one row back to f32, sizes.
+template <class Packed>
+struct PackedImpl {
+    Packed P;
+    template <class Rows>
+    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
+    void row(Index r, float* out) const { P.row(r, out); }
+    std::size_t bytes() const { return P.bytes(); }
+    Index npanels() const { return P.npanels; }
+};
 
 }  // namespace detail::mm
 }  // namespace fastvlm

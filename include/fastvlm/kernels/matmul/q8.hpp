@@ -921,19 +921,14 @@ struct KernQBf16Amx {
 #endif
 
 template <class QF>
-struct ImplQ {
-    PackedQ<QF> P;
+struct ImplQ : PackedImpl<PackedQ<QF>> {
+    using PackedImpl<PackedQ<QF>>::P;
     static Path best() { return have_avx512_vnni() ? Path::avx512_vnni : have_avx2_int8() ? Path::avx2_int8 : Path::scalar; }
     static Path best_gemm() { return have_amx_bf16() ? Path::amx_bf16 : best(); }
     static bool supports(Path p) {
         return p == Path::scalar || (p == Path::avx512_vnni && have_avx512_vnni()) || (p == Path::avx2_int8 && have_avx2_int8()) ||
                (p == Path::amx_bf16 && have_amx_bf16() && have_avx512_vnni());
     }
-    template <class Rows>
-    void pack(Index n, Index k, Rows&& rows) { P.pack(n, k, std::forward<Rows>(rows)); }
-    void row(Index r, float* out) const { P.row(r, out); }
-    std::size_t bytes() const { return P.bytes(); }
-    Index npanels() const { return P.npanels; }
 
     template <Path Pth>
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
