@@ -530,7 +530,7 @@ PYBIND11_MODULE(fastvlm, mod) {
         .def(py::init([](const py::object& path, const std::string& precision, unsigned threads, Index context, int parallel,
                          const std::string& kv_cache, bool load_vision, double image_cache_mb, const py::object& limits,
                          const py::object& prefix_cache_mb, int image_size, double ttft_target_ms, double vision_slice_ms,
-                         bool prefill_first) {
+                         bool prefill_first, bool adaptive_pressure) {
                  auto m = std::make_shared<PyModel>();
                  m->path = py::str(py::module_::import("os").attr("fspath")(path));
                  if (parallel < 1) raise_error("parallel must be >= 1, got " + std::to_string(parallel));
@@ -561,6 +561,7 @@ PYBIND11_MODULE(fastvlm, mod) {
                  m->eopt.max_running = parallel;
                  m->eopt.max_queued = 4096;
                  m->eopt.adaptive.ttft_target_ms = ttft_target_ms;
+                 if (!adaptive_pressure) m->eopt.adaptive.pressure = [] { return Pressure{}; };  // reads as no pressure
                  m->eopt.vision_slice_ms = vision_slice_ms;
                  m->eopt.prefill_first = prefill_first;
                  if (!(image_cache_mb >= 0 && image_cache_mb < 1e7)) raise_error("image_cache_mb must be in 0..1e7");
@@ -576,8 +577,10 @@ PYBIND11_MODULE(fastvlm, mod) {
              py::arg("kv_cache") = "bf16", py::arg("load_vision") = true, py::arg("image_cache_mb") = 256.0,
              py::arg("limits") = py::none(), py::arg("prefix_cache_mb") = py::none(), py::arg("image_size") = 0,
              py::arg("ttft_target_ms") = 0.0, py::arg("vision_slice_ms") = 50.0, py::arg("prefill_first") = false,
+             py::arg("adaptive_pressure") = true,
              "Loads a model folder. precision: fp32, bf16, fp16, int8, int8_int4, int4, or 'auto:int8,int4' (adaptive: each "
-             "request served by the preset a policy picks from p95 TTFT vs ttft_target_ms, the queue and memory/CPU pressure; "
+             "request served by the preset a policy picks from p95 TTFT vs ttft_target_ms, the queue and memory/CPU pressure "
+             "(adaptive_pressure=False: TTFT and queue only); "
              "Result.preset names it); threads: 0 = all cores; "
              "parallel: requests decoded together by the model's engine; image_cache_mb: image-feature cache (0 = off); "
              "prefix_cache_mb: KV of ended requests reused by later ones that start the same (None = up to the KV budget, 0 = off); "

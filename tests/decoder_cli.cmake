@@ -55,6 +55,18 @@ if(FASTVLM_BUILD_EXAMPLES AND FASTVLM_PYTHON)
                    --prompt "What is it?" --max-tokens 12 --threads 2)
   set_tests_properties(decoder_cli_run_tiny PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
                        PASS_REGULAR_EXPRESSION "load [0-9.]+ ms \\| preprocess .* prefill [0-9]+ tok .*tok/s.*TTFT .*decode .*tok/s.*peak RSS [0-9]+ MB \\| weights [0-9]+ MB")
+  # batch with adaptive precision: --adaptive-pressure off serves from the first preset and reads no pressure
+  # (its gauges stay 0); anything but on|off is refused by name.
+  add_test(NAME decoder_cli_batch_adaptive_pressure_off
+           COMMAND sh -c "printf '{\"image\": \"%s\", \"prompt\": \"What is it?\"}\\n' \"$2\" > \"$3\" && \"$0\" batch --model \"$1\" --jsonl \"$3\" --precision auto:fp32,int8 --adaptive-pressure off --max-tokens 4 --threads 2 --json"
+                   ${_cli} ${_tm} ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png ${_out}/adaptive.jsonl)
+  set_tests_properties(decoder_cli_batch_adaptive_pressure_off PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                       PASS_REGULAR_EXPRESSION "\"preset_requests_total\":{\"preset=fp32\":1,\"preset=int8\":0}.*\"pressure_cpu_some_avg10\":0\\.0,\"pressure_memory_some_avg10\":0\\.0")
+  add_test(NAME decoder_cli_batch_adaptive_pressure_bad
+           COMMAND sh -c "printf '{\"image\": \"%s\", \"prompt\": \"What is it?\"}\\n' \"$2\" > \"$3\" && \"$0\" batch --model \"$1\" --jsonl \"$3\" --precision auto:fp32,int8 --adaptive-pressure maybe --threads 2"
+                   ${_cli} ${_tm} ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png ${_out}/adaptive_bad.jsonl)
+  set_tests_properties(decoder_cli_batch_adaptive_pressure_bad PROPERTIES FIXTURES_REQUIRED tiny_text_model LABELS cli
+                       PASS_REGULAR_EXPRESSION "--adaptive-pressure: expected on or off, got 'maybe'")
   add_test(NAME decoder_cli_run_tiny_json
            COMMAND ${_cli} run --model ${_tm} --image ${CMAKE_CURRENT_SOURCE_DIR}/data/images/a61x47.png
                    --max-tokens 5 --temp 0.8 --top-k 20 --top-p 0.9 --seed 3 --threads 1 --json)

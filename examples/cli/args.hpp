@@ -142,6 +142,9 @@ inline std::vector<Option> engine_options(const char* image_help, bool batch_wor
     return {{"ttft-target-ms", "MS",
              "with --precision auto:P1,P2,...: switch to the next cheaper preset while the p95 time to first token is above MS "
              "(back when it is below half of it; memory and CPU pressure also count; default 0: pressure and queue only)"},
+            {"adaptive-pressure", "on|off",
+             "with --precision auto:...: on (default) = memory and CPU pressure of the machine (Linux PSI, the cgroup's memory) "
+             "also move to a cheaper preset; off = only the p95 TTFT and the queue do (a machine shared with other work)"},
             {"image-cache-mb", "N", image_help},
             {"prefix-cache-mb", "N",
              "prefix KV reuse: KV pages of ended requests kept for later ones that start the same (a second question about an "
@@ -163,6 +166,12 @@ void set_engine_options(const Args& a, EngineOptions& eo, bool batch_work) {
     eo.vision_slice_ms = double(a.get_int("vision-slice-ms", default_slice_ms(batch_work), 0, 1l << 20));
     eo.prefill_first = a.get_int("prefill-first", batch_work ? 1 : 0, 0, 1) == 1;
     eo.adaptive.ttft_target_ms = double(a.get_int("ttft-target-ms", 0, 0, 1l << 30));
+    const std::string pressure = a.get_or("adaptive-pressure", "on");
+    if (pressure != "on" && pressure != "off") fail("--adaptive-pressure: expected on or off, got '", pressure, "'");
+    if (pressure == "off") {
+        using Pressure = decltype(eo.adaptive.pressure());
+        eo.adaptive.pressure = [] { return Pressure{}; };  // reads as no pressure
+    }
     eo.adaptive.on_switch = [](const auto& sw) {
         std::fprintf(stderr, "fastvlm: precision %s -> %s: %s\n", sw.from_preset.c_str(), sw.to_preset.c_str(), sw.reason.c_str());
     };

@@ -294,10 +294,11 @@ def error_cases(a, s, lines, refs, images_dir):
 
 def adaptive_cases(a, lines, refs, images_dir):
     """--precision auto:<precision>,int8: answers come from the first preset while the server is idle and say so
-    (timings.preset); /metrics has the adaptive series and each preset's engine series with a preset label."""
+    (timings.preset); /metrics has the adaptive series and each preset's engine series with a preset label.
+    --adaptive-pressure off: the box's CPU pressure (other tests running beside this one) must not move it."""
     spec = "auto:%s,%s" % (a.precision, "int8" if a.precision != "int8" else "int4")
     s = Server(a.server, ["--model", a.model, "--precision", spec, "--threads", "2", "--parallel", "2",
-                          "--ttft-target-ms", "60000"], a.work, "server_adaptive")
+                          "--ttft-target-ms", "60000", "--adaptive-pressure", "off"], a.work, "server_adaptive")
     try:
         img0 = open(os.path.join(images_dir, lines[0]["image"]), "rb").read()
         st, _, data = s.chat({"messages": [user_msg(lines[0]["prompt"], [data_url(img0)])], "max_tokens": 64})
