@@ -3,6 +3,7 @@
 //   bench_engine --model DIR --precision int8 --images a.png,b.png,... [--threads 2] [--max-tokens 64]
 //                [--reps 1] [--prompt "Describe the image."] [--prefill-first 1] [--json FILE]
 //   bench_engine --model DIR --kv-fit          (3. below only)
+//   bench_engine --model DIR --decode-bw [--precision P] [--pairs 8] [--max-tokens 64]   (6. below only)
 //   bench_engine --model DIR --caches --images a.png,b.png [--reps 3]   (4. below only)
 //
 // 1. Throughput: the N requests (one image each, greedy, max-tokens new tokens, EOS ignored so every
@@ -30,6 +31,13 @@
 //    images are put in the shared image-feature cache for every preset first and the prefix cache is
 //    off (TTFT is then queueing + the prefill of the whole prompt, what the preset changes). Per phase: requests, p50/p95 TTFT, how many
 //    each preset served; then every switch with its time and reason.
+// 6. Decode against the read bandwidth, paired (issue 15): `--decode-bw [--pairs 8] [--max-tokens 64]`.
+//    A shared machine's read bandwidth changes by 2× within seconds (Zen 5: 45 ↔ 83 GB/s), so a decode
+//    rate and a bandwidth measured minutes apart give a meaningless ratio. Each pair measures the 1 GiB
+//    read bandwidth (bench_common.hpp), decodes max-tokens tokens on a plain session (a 64-token text
+//    prompt, then step() per token, greedy) and measures the bandwidth again. Its ratio = the weights a
+//    decode step streams (Model::decode_weight_bytes) × tok/s ÷ the mean of its two bandwidths. A pair whose
+//    two bandwidths differ by > 10 % straddles a change: it is printed but not counted.
 // Medians over --reps. Output: a markdown table on stdout, everything in --json.
 #include <algorithm>
 #include <atomic>
@@ -43,6 +51,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_common.hpp"
 #include "fastvlm/fastvlm.hpp"
 
 namespace {
@@ -70,7 +79,8 @@ struct Args {
     std::vector<std::string> images;
     unsigned threads = 2;
     int max_tokens = 64, reps = 1;
-    bool kv_fit = false, caches = false, adaptive_load = false, prefill_first = true;
+    bool kv_fit = false, caches = false, adaptive_load = false, prefill_first = true, decode_bw = false;
+    int pairs = 8;
     std::vector<int> clients = {1, 2, 4, 8, 1};
     double phase_s = 40, ttft_target_ms = 0;
 };
@@ -179,6 +189,39 @@ Late late_arrival(const AnyModel& m, const Args& a) {
 
 // 3. Memory: 8 sequences of 1,000 positions (text prompts, EOS ignored) in a KV budget of 200 MB: all
 //    8 must be running at once (admission reserves each one's worst case), then they are cancelled.
+void decode_bw(const AnyModel& m, const Args& a) {
+    namespace fb = fastvlm::bench;
+    ThreadPool& bw_pool = fb::pool_for(a.threads);
+    fb::measure_read_bw(a.threads, &bw_pool);  // first touch of the 1 GiB array
+    const double mb = double(m.decode_weight_bytes()) / 1e6;
+    std::vector<std::int32_t> prompt(64);
+    for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = std::int32_t(100 + 37 * i % 5000);
+    auto session = m.new_session();
+    std::vector<double> ratios, rates, bws;
+    for (int p = 0; p < a.pairs; ++p) {
+        const double bw0 = fb::measure_read_bw(a.threads, &bw_pool);
+        session->reset();
+        auto logits = session->prefill(prompt, std::nullopt, false);
+        std::int32_t id = std::int32_t(std::max_element(logits.data(), logits.data() + logits.size()) - logits.data());
+        const auto t0 = Clock::now();
+        for (int t = 0; t < a.max_tokens; ++t) {
+            const auto l = session->step(id);
+            id = std::int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+        }
+        const double tok_s = a.max_tokens / std::chrono::duration<double>(Clock::now() - t0).count();
+        const double bw1 = fb::measure_read_bw(a.threads, &bw_pool), bw = 0.5 * (bw0 + bw1);
+        const bool steady = std::max(bw0, bw1) <= 1.1 * std::min(bw0, bw1);
+        const double ratio = tok_s * mb / 1e3 / bw;
+        std::fprintf(stderr, "pair %d: read %.1f / %.1f GB/s, decode %.1f tok/s = %.1f GB/s: %.0f %%%s\n", p + 1, bw0, bw1, tok_s,
+                     tok_s * mb / 1e3, 100 * ratio, steady ? "" : " (bandwidth changed: not counted)");
+        if (steady) ratios.push_back(ratio), rates.push_back(tok_s), bws.push_back(bw);
+    }
+    FASTVLM_CHECK(!ratios.empty(), "--decode-bw: the read bandwidth changed by > 10 % across every pair; run again");
+    std::printf("| %s | %.1f MB | %.1f | %.1f GB/s | **%.0f %%** | %.0f–%.0f %% (%zu of %d pairs) |\n", m.precision(), mb, median(rates),
+                median(bws), 100 * median(ratios), 100 * *std::min_element(ratios.begin(), ratios.end()),
+                100 * *std::max_element(ratios.begin(), ratios.end()), ratios.size(), a.pairs);
+}
+
 void kv_fit(const AnyModel& m) {
     EngineOptions o;
     o.max_running = 8;
@@ -396,6 +439,8 @@ int run(int argc, char** argv) {
         else if (k == "--prompt") a.prompt = val();
         else if (k == "--json") a.json = val();
         else if (k == "--kv-fit") a.kv_fit = true;
+        else if (k == "--decode-bw") a.decode_bw = true;
+        else if (k == "--pairs") a.pairs = std::stoi(val());
         else if (k == "--prefill-first") a.prefill_first = std::stoi(val()) != 0;
         else if (k == "--caches") a.caches = true;
         else if (k == "--adaptive-load") a.adaptive_load = true;
@@ -413,6 +458,14 @@ int run(int argc, char** argv) {
         LoadOptions lo;
         lo.threads = a.threads;
         kv_fit(*load_model(a.model, a.precision, lo));
+        return 0;
+    }
+    if (a.decode_bw) {
+        FASTVLM_CHECK(!a.model.empty() && a.pairs >= 1 && a.max_tokens >= 1,
+                      "usage: bench_engine --model DIR --decode-bw [--precision P] [--pairs N] [--max-tokens T]");
+        LoadOptions lo;
+        lo.threads = a.threads;
+        decode_bw(*load_model(a.model, a.precision, lo), a);
         return 0;
     }
     FASTVLM_CHECK(!a.model.empty() && a.images.size() >= 2, "usage: bench_engine --model DIR --images a.png,b.png,... [--precision P]");

@@ -114,6 +114,22 @@ TEST(PipelineGolden, AnyModelPicksThePolicyAtRunTime) {
     EXPECT_THROW(load_model(kTiny, "fp8"), Error);
 }
 
+// decode_weight_bytes() is what one decode step streams: the decoder's matrices and lm_head, counted here
+// from config.json (f32: 4 bytes per weight, rows padded to panels of 16), not the vision tower.
+TEST(Pipeline, DecodeWeightBytesCountsTheDecoderMatrices) {
+    const auto m = Model<policy::fp32>::load(kTiny, {.threads = 1});
+    const auto& c = m.config().text;
+    auto mat = [](std::size_t n, std::size_t k) { return (n + 15) / 16 * 16 * k * 4; };
+    const std::size_t H = std::size_t(c.hidden_size), I = std::size_t(c.intermediate_size),
+                      q = std::size_t(c.num_attention_heads * c.head_dim), kv = std::size_t(c.kv_dim());
+    std::size_t want = mat(std::size_t(c.vocab_size), H);
+    for (int l = 0; l < c.num_hidden_layers; ++l) want += mat(q + 2 * kv, H) + mat(H, q) + mat(2 * I, H) + mat(H, I);
+    EXPECT_EQ(m.decode_weight_bytes(), want);
+    EXPECT_LT(m.decode_weight_bytes(), m.weight_bytes());
+    const auto any = load_model(kTiny, "int8", {.threads = 1});
+    EXPECT_LT(any->decode_weight_bytes(), want) << "int8 (k padded to 128 per superblock) streams fewer bytes than f32";
+}
+
 // The weights' memory is estimated from the tensor shapes before anything is read: the estimate is
 // close to what the loaded model holds, and a load that would not fit is refused naming the limit.
 template <class P>

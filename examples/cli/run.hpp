@@ -143,6 +143,7 @@ inline int run_run(const Args& a) {
                             {"stop", to_string(r.stop)},
                             {"precision", model->precision()},
                             {"weight_mb", double(model->weight_bytes()) / double(1 << 20)},
+                            {"decode_weight_mb", double(model->decode_weight_bytes()) / double(1 << 20)},
                             {"timings", timings_json(r.timings)},
                             {"kernels", kernels_json()}};
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());

@@ -37,6 +37,7 @@ public:
     virtual std::shared_ptr<const text::Tokenizer> shared_tokenizer() const = 0;  // the same, to share (LoadOptions::tokenizer)
     virtual double load_ms() const = 0;
     virtual std::size_t weight_bytes() const = 0;
+    virtual std::size_t decode_weight_bytes() const = 0;  // weights one decode step streams (Model::decode_weight_bytes)
     virtual Index context() const = 0;
     virtual Index valid_vocab() const = 0;
     virtual Tensor<float, 3> preprocess(const io::Image& img) const = 0;
@@ -83,6 +84,7 @@ public:
     std::shared_ptr<const text::Tokenizer> shared_tokenizer() const override { return m_.shared_tokenizer(); }
     double load_ms() const override { return m_.load_ms(); }
     std::size_t weight_bytes() const override { return m_.weight_bytes(); }
+    std::size_t decode_weight_bytes() const override { return m_.decode_weight_bytes(); }
     Index context() const override { return m_.context(); }
     Index valid_vocab() const override { return m_.valid_vocab(); }
     Tensor<float, 3> preprocess(const io::Image& img) const override { return m_.preprocess(img); }
@@ -154,6 +156,7 @@ public:
         for (const auto& m : models_) b += m->weight_bytes();
         return b;
     }
+    std::size_t decode_weight_bytes() const override { return first().decode_weight_bytes(); }  // of the first preset
     Index context() const override { return first().context(); }
     Index valid_vocab() const override { return first().valid_vocab(); }
     Tensor<float, 3> preprocess(const io::Image& img) const override { return first().preprocess(img); }

@@ -288,6 +288,8 @@ public:
         const auto& p = parts();
         return (p.vision ? p.vision->weight_bytes() : 0) + p.projector.weight_bytes() + p.decoder.weight_bytes();
     }
+    // Bytes of weights one decode step streams (text::Qwen2::decode_weight_bytes).
+    std::size_t decode_weight_bytes() const { return parts().decoder.decode_weight_bytes(); }
     const std::vector<std::int32_t>& stop_ids() const { return parts().stop_ids; }
     // Ids that may be generated: len(tokenizer) when there is one (spec §5.5), else vocab_size.
     Index valid_vocab() const {

@@ -2890,10 +2890,11 @@ struct Q4 {
     // stored byte j = u_j | u_{j+16} << 4. False for a non-finite input.
     static bool quantize_block(const float* x, f16& d16, std::uint8_t* stored) {
         float amax = 0.f, vmax = 0.f;
-        for (std::size_t j = 0; j < kQBlock; ++j)
-            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
         bool finite = true;
-        for (std::size_t j = 0; j < kQBlock; ++j) finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+        for (std::size_t j = 0; j < kQBlock; ++j) {
+            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
+            finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+        }
         if (!finite) return false;
         const float d = vmax / -8.f, id = finite_inverse(d);
         d16 = to_f16(d);
@@ -5484,6 +5485,10 @@ inline void load_tile_config(const TileConfig& c) { asm volatile("ldtilecfg %0" 
 
 #include <xsimd/xsimd.hpp>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 
 FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
@@ -5526,10 +5531,18 @@ struct AlignedAlloc {
     AlignedAlloc() = default;
     template <class U>
     AlignedAlloc(const AlignedAlloc<U>&) {}
+    // Buffers of ≥ 4 MiB (the weight matrices) start on a 2 MiB boundary and ask for transparent huge
+    // pages over their whole 2 MiB pages: a GEMV streams them once per token, and with 4 KiB pages every
+    // 4 KiB of that stream is a TLB miss. Advice only: without THP they are ordinary pages.
     T* allocate(std::size_t n) {
+        constexpr std::size_t kHuge = std::size_t(2) << 20;
         const std::size_t bytes = (n * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
-        void* p = std::aligned_alloc(kAlignment, std::max<std::size_t>(bytes, kAlignment));
+        const bool huge = bytes >= 2 * kHuge;
+        void* p = std::aligned_alloc(huge ? kHuge : kAlignment, std::max<std::size_t>(bytes, kAlignment));
         if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        if (huge) ::madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
         return static_cast<T*>(p);
     }
     void deallocate(T* p, std::size_t) noexcept { std::free(p); }
@@ -5897,8 +5910,9 @@ FASTVLM_SIMD_WARNINGS_ON
 // ---- begin fastvlm/kernels/matmul/f32.hpp --------------------------------------------------
 // fastvlm/kernels/matmul/f32.hpp — float-compute kernels for F32, BF16 and F16 weights.
 // Packed layout: [panel][k][16] elements (a panel = 16 consecutive rows of W, i.e. 16 output
-// columns; one zmm = one k of a panel). BF16/F16 weights are widened to f32 per micro-panel
-// (GEMM: once per K block, reused by every row block; GEMV: streamed in chunks).
+// columns; one zmm = one k of a panel). BF16/F16 weights are widened to f32 in registers as the
+// micro-kernel and the GEMV load them (AVX-512, AVX2 + F16C); elsewhere the GEMM widens each
+// micro-panel into a buffer once per K block and row block, and the GEMV widens in chunks.
 #include <algorithm>
 #include <type_traits>
 
@@ -5942,6 +5956,53 @@ struct PackedF {
     }
 };
 
+// ---- 16-bit weights widened in registers (exact: bf16/f16 → f32 loses nothing) -------------------
+#if defined(__AVX512F__)
+#define FASTVLM_WIDEN_16BIT 16  // floats per widening load
+template <class E>
+inline __m512 widen16(const E* p) {  // 16 values, 32-byte aligned
+    const __m256i h = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (std::is_same_v<E, bf16>) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else return _mm512_cvtph_ps(h);
+}
+#elif defined(__AVX2__) && defined(__F16C__)
+#define FASTVLM_WIDEN_16BIT 8
+template <class E>
+inline __m256 widen8(const E* p) {  // 8 values, 16-byte aligned
+    const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<E, bf16>) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else return _mm256_cvtph_ps(h);
+}
+#endif
+
+// Whether batch<float, Arch> loads of E can come straight from E memory: f32 always, bf16/f16 where
+// the widening above matches the batch width. Otherwise the GEMM widens each weight micro-panel into a
+// buffer first (pack_b), which costs a store and a reload per element and a few % of a compute-bound
+// GEMM (measured on Zen 5: f16 1.7–2.5 % behind f32 with the buffer).
+template <class Arch, class E>
+constexpr bool widen_in_register() {
+    if constexpr (std::is_void_v<Arch>) return false;
+    else if constexpr (std::is_same_v<E, float>) return true;
+#if defined(FASTVLM_WIDEN_16BIT)
+    else return int(xsimd::batch<float, Arch>::size) == FASTVLM_WIDEN_16BIT;
+#else
+    else return false;
+#endif
+}
+template <class Arch, class E>
+inline xsimd::batch<float, Arch> load_widened(const E* p) {
+    using B = xsimd::batch<float, Arch>;
+    static_assert(widen_in_register<Arch, E>());
+    if constexpr (std::is_same_v<E, float>) return B::load_aligned(p);
+#if FASTVLM_WIDEN_16BIT == 16
+    else return B(widen16(p));
+#elif FASTVLM_WIDEN_16BIT == 8
+    else return B(widen8(p));
+#else
+    else return B::load_aligned(p);  // unreachable (static_assert)
+#endif
+}
+
 // ---- micro-tile per architecture ------------------------------------------------------------------
 // 14 × 32 (28 accumulators) needs AVX-512's 32 registers. With 16 registers (AVX2, SSE) the same tile
 // would spill every accumulator on every k (measured on AMD Zen 3: 32 % of the FMA peak, half of
@@ -5957,15 +6018,17 @@ struct FloatTile {
 
 // ---- micro-kernel: tile[MR][NV·16] = A[kc][MR]ᵀ · B (NV panels [kc][16], panel stride bs) --------
 // Arch = an xsimd architecture, or void for the scalar fallback.
-template <class Arch, int MR, int NV>
-FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict b, Index bs, float* __restrict tile,
+// E = float, or bf16 / f16 widened in registers on load (when kWidenInRegister<Arch>): exact, so
+// the sums are those of a widened copy, without the copy.
+template <class Arch, int MR, int NV, class E = float>
+FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const E* __restrict b, Index bs, float* __restrict tile,
                     Index ldt) {
     if constexpr (std::is_void_v<Arch>) {
         float acc[MR][NV * kPanel] = {};
         for (Index p = 0; p < kc; ++p)
             for (int r = 0; r < MR; ++r)
                 for (int v = 0; v < NV; ++v)
-                    for (Index c = 0; c < kPanel; ++c) acc[r][v * kPanel + c] += a[p * MR + r] * b[v * bs + p * kPanel + c];
+                    for (Index c = 0; c < kPanel; ++c) acc[r][v * kPanel + c] += a[p * MR + r] * to_float(b[v * bs + p * kPanel + c]);
         for (int r = 0; r < MR; ++r) std::copy(acc[r], acc[r] + NV * kPanel, tile + r * ldt);
     } else {
         using B = xsimd::batch<float, Arch>;
@@ -5980,7 +6043,7 @@ FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const f
 #pragma GCC unroll 16
             for (int v = 0; v < NV; ++v)
 #pragma GCC unroll 16
-                for (int j = 0; j < PB; ++j) bv[v * PB + j] = B::load_aligned(b + v * bs + p * kPanel + j * S);
+                for (int j = 0; j < PB; ++j) bv[v * PB + j] = load_widened<Arch>(b + v * bs + p * kPanel + j * S);
 #pragma GCC unroll 16
             for (int r = 0; r < MR; ++r) {
                 const B ar(a[p * MR + r]);
@@ -6033,12 +6096,6 @@ FASTVLM_FLATTEN inline void gemv_panel_f32(const float* __restrict x, const floa
 #define FASTVLM_GEMV_16BIT 1
 // GEMV panel for 16-bit weights, widened in registers: out[16] = Σ_q x[q] · w[q][16].
 template <class E>
-inline __m512 widen16(const E* p) {
-    const __m256i h = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
-    if constexpr (std::is_same_v<E, bf16>) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else return _mm512_cvtph_ps(h);
-}
-template <class E>
 FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -6055,12 +6112,6 @@ FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E*
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define FASTVLM_GEMV_16BIT 1
 // The same with AVX2: a k row of the panel (16 columns) is two ymm halves.
-template <class E>
-inline __m256 widen8(const E* p) {
-    const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
-    if constexpr (std::is_same_v<E, bf16>) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    else return _mm256_cvtph_ps(h);
-}
 template <class E>
 FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
@@ -6114,13 +6165,16 @@ struct KernFloat {
         return {buf};
     }
 
+    // The weights as the micro-kernel reads them: the packed panels themselves where it can widen them
+    // in registers (f32 always), else a micro-panel widened into a buffer.
+    static constexpr bool kDirect = widen_in_register<Arch, E>();
     struct BPack {
-        const float* p;
+        const std::conditional_t<kDirect, E, float>* p;
         Index stride;
     };
     BPack pack_b(Index g, int nv, Index u0, Index uc) const {
         const Index k = P->k;
-        if constexpr (std::is_same_v<E, float>) {
+        if constexpr (kDirect) {
             return {P->panel(g * NV) + u0 * kPanel, k * kPanel};
         } else {
             float* buf = scratch<float, Scratch::b_widen>(std::size_t(NV * uc * kPanel));
@@ -6869,17 +6923,18 @@ struct PackedQ {
             }
         }
     }
-    // Stored value of element (column c of panel p, k index e) as a signed integer.
-    int value(Index p, Index c, Index e) const {
-        const std::uint8_t* s = quants(p, e / kQB);
-        const Index j = e % kQB;
+    // The stored (unsigned) byte or nibble of weight j of column c in one packed block: dword j/4 of the
+    // 16 columns side by side (Q4: the nibbles of j and j + 16 share a byte).
+    static int stored(const std::uint8_t* block, Index c, Index j) {
         if constexpr (QF::kNibbles) {
-            const std::uint8_t byte = s[(j % 16) / 4 * 64 + c * 4 + j % 4];
-            return int(j < 16 ? (byte & 0xf) : (byte >> 4)) - 8;
+            const std::uint8_t byte = block[(j % 16) / 4 * 64 + c * 4 + j % 4];
+            return j < 16 ? (byte & 0xf) : (byte >> 4);
         } else {
-            return int(s[j / 4 * 64 + c * 4 + j % 4]) - 128;
+            return block[j / 4 * 64 + c * 4 + j % 4];
         }
     }
+    // Element (column c of panel p, k index e) as the signed integer q.
+    int value(Index p, Index c, Index e) const { return stored(quants(p, e / kQB), c, e % kQB) - QF::kZero; }
     void row(Index r, float* out) const {
         const Index p = r / kPanel, c = r % kPanel;
         for (Index e = 0; e < k; ++e) out[e] = to_float(scales(p, e / kQB)[c]) * float(value(p, c, e));
@@ -7025,16 +7080,7 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
                     const std::int8_t* xq = aq + r * kb * kQB + b * kQB;
                     const std::uint8_t* w = qblock<QF>(bp + v * ps, b);
                     std::int32_t s = ac[r * kb + b];
-                    for (Index j = 0; j < kQB; ++j) {
-                        int u;
-                        if constexpr (QF::kNibbles) {
-                            const std::uint8_t byte = w[(j % 16) / 4 * 64 + c * 4 + j % 4];
-                            u = j < 16 ? (byte & 0xf) : (byte >> 4);
-                        } else {
-                            u = w[j / 4 * 64 + c * 4 + j % 4];
-                        }
-                        s += u * int(xq[j]);
-                    }
+                    for (Index j = 0; j < kQB; ++j) s += PackedQ<QF>::stored(w, c, j) * int(xq[j]);
                     acc += to_float(qscales<QF>(bp + v * ps, b)[c]) * ad[r * kb + b] * float(s);
                 }
                 tile[r * ldt + v * kPanel + c] = acc;
@@ -8776,6 +8822,14 @@ public:
     std::size_t weight_bytes() const {
         std::size_t n = head_.weight_bytes() + emb_.weight_bytes();
         for (const auto& b : blocks_) n += b.qkv.weight_bytes() + b.o.weight_bytes() + b.gate_up.weight_bytes() + b.down.weight_bytes();
+        return n;
+    }
+
+    // Bytes of weights one decode step streams: every matrix layer and lm_head (the embedding row and the
+    // norms are noise). Decode tok/s × this = the weight bandwidth a decode reaches.
+    std::size_t decode_weight_bytes() const {
+        std::size_t n = 0;
+        for_each_linear([&](const auto& l) { n += l.weight_bytes(); });
         return n;
     }
 
@@ -12059,6 +12113,8 @@ public:
         const auto& p = parts();
         return (p.vision ? p.vision->weight_bytes() : 0) + p.projector.weight_bytes() + p.decoder.weight_bytes();
     }
+    // Bytes of weights one decode step streams (text::Qwen2::decode_weight_bytes).
+    std::size_t decode_weight_bytes() const { return parts().decoder.decode_weight_bytes(); }
     const std::vector<std::int32_t>& stop_ids() const { return parts().stop_ids; }
     // Ids that may be generated: len(tokenizer) when there is one (spec §5.5), else vocab_size.
     Index valid_vocab() const {
@@ -13840,6 +13896,7 @@ public:
     virtual std::shared_ptr<const text::Tokenizer> shared_tokenizer() const = 0;  // the same, to share (LoadOptions::tokenizer)
     virtual double load_ms() const = 0;
     virtual std::size_t weight_bytes() const = 0;
+    virtual std::size_t decode_weight_bytes() const = 0;  // weights one decode step streams (Model::decode_weight_bytes)
     virtual Index context() const = 0;
     virtual Index valid_vocab() const = 0;
     virtual Tensor<float, 3> preprocess(const io::Image& img) const = 0;
@@ -13886,6 +13943,7 @@ public:
     std::shared_ptr<const text::Tokenizer> shared_tokenizer() const override { return m_.shared_tokenizer(); }
     double load_ms() const override { return m_.load_ms(); }
     std::size_t weight_bytes() const override { return m_.weight_bytes(); }
+    std::size_t decode_weight_bytes() const override { return m_.decode_weight_bytes(); }
     Index context() const override { return m_.context(); }
     Index valid_vocab() const override { return m_.valid_vocab(); }
     Tensor<float, 3> preprocess(const io::Image& img) const override { return m_.preprocess(img); }
@@ -13957,6 +14015,7 @@ public:
         for (const auto& m : models_) b += m->weight_bytes();
         return b;
     }
+    std::size_t decode_weight_bytes() const override { return first().decode_weight_bytes(); }  // of the first preset
     Index context() const override { return first().context(); }
     Index valid_vocab() const override { return first().valid_vocab(); }
     Tensor<float, 3> preprocess(const io::Image& img) const override { return first().preprocess(img); }

@@ -96,10 +96,11 @@ struct Q4 {
     // stored byte j = u_j | u_{j+16} << 4. False for a non-finite input.
     static bool quantize_block(const float* x, f16& d16, std::uint8_t* stored) {
         float amax = 0.f, vmax = 0.f;
-        for (std::size_t j = 0; j < kQBlock; ++j)
-            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
         bool finite = true;
-        for (std::size_t j = 0; j < kQBlock; ++j) finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+        for (std::size_t j = 0; j < kQBlock; ++j) {
+            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]), vmax = x[j];
+            finite &= std::fabs(x[j]) <= 3.4e38f;  // false for NaN and ±inf
+        }
         if (!finite) return false;
         const float d = vmax / -8.f, id = finite_inverse(d);
         d16 = to_f16(d);

@@ -97,6 +97,14 @@ public:
         return n;
     }
 
+    // Bytes of weights one decode step streams: every matrix layer and lm_head (the embedding row and the
+    // norms are noise). Decode tok/s × this = the weight bandwidth a decode reaches.
+    std::size_t decode_weight_bytes() const {
+        std::size_t n = 0;
+        for_each_linear([&](const auto& l) { n += l.weight_bytes(); });
+        return n;
+    }
+
     // Calls f(const Linear<W, A>&) for every matrix layer a forward runs (the embedding table is a lookup).
     template <class F>
     void for_each_linear(F&& f) const {

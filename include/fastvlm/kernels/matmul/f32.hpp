@@ -1,7 +1,8 @@
 // fastvlm/kernels/matmul/f32.hpp — float-compute kernels for F32, BF16 and F16 weights.
 // Packed layout: [panel][k][16] elements (a panel = 16 consecutive rows of W, i.e. 16 output
-// columns; one zmm = one k of a panel). BF16/F16 weights are widened to f32 per micro-panel
-// (GEMM: once per K block, reused by every row block; GEMV: streamed in chunks).
+// columns; one zmm = one k of a panel). BF16/F16 weights are widened to f32 in registers as the
+// micro-kernel and the GEMV load them (AVX-512, AVX2 + F16C); elsewhere the GEMM widens each
+// micro-panel into a buffer once per K block and row block, and the GEMV widens in chunks.
 #pragma once
 #include <algorithm>
 #include <type_traits>
@@ -49,6 +50,53 @@ struct PackedF {
     }
 };
 
+// ---- 16-bit weights widened in registers (exact: bf16/f16 → f32 loses nothing) -------------------
+#if defined(__AVX512F__)
+#define FASTVLM_WIDEN_16BIT 16  // floats per widening load
+template <class E>
+inline __m512 widen16(const E* p) {  // 16 values, 32-byte aligned
+    const __m256i h = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (std::is_same_v<E, bf16>) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else return _mm512_cvtph_ps(h);
+}
+#elif defined(__AVX2__) && defined(__F16C__)
+#define FASTVLM_WIDEN_16BIT 8
+template <class E>
+inline __m256 widen8(const E* p) {  // 8 values, 16-byte aligned
+    const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<E, bf16>) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else return _mm256_cvtph_ps(h);
+}
+#endif
+
+// Whether batch<float, Arch> loads of E can come straight from E memory: f32 always, bf16/f16 where
+// the widening above matches the batch width. Otherwise the GEMM widens each weight micro-panel into a
+// buffer first (pack_b), which costs a store and a reload per element and a few % of a compute-bound
+// GEMM (measured on Zen 5: f16 1.7–2.5 % behind f32 with the buffer).
+template <class Arch, class E>
+constexpr bool widen_in_register() {
+    if constexpr (std::is_void_v<Arch>) return false;
+    else if constexpr (std::is_same_v<E, float>) return true;
+#if defined(FASTVLM_WIDEN_16BIT)
+    else return int(xsimd::batch<float, Arch>::size) == FASTVLM_WIDEN_16BIT;
+#else
+    else return false;
+#endif
+}
+template <class Arch, class E>
+inline xsimd::batch<float, Arch> load_widened(const E* p) {
+    using B = xsimd::batch<float, Arch>;
+    static_assert(widen_in_register<Arch, E>());
+    if constexpr (std::is_same_v<E, float>) return B::load_aligned(p);
+#if FASTVLM_WIDEN_16BIT == 16
+    else return B(widen16(p));
+#elif FASTVLM_WIDEN_16BIT == 8
+    else return B(widen8(p));
+#else
+    else return B::load_aligned(p);  // unreachable (static_assert)
+#endif
+}
+
 // ---- micro-tile per architecture ------------------------------------------------------------------
 // 14 × 32 (28 accumulators) needs AVX-512's 32 registers. With 16 registers (AVX2, SSE) the same tile
 // would spill every accumulator on every k (measured on AMD Zen 3: 32 % of the FMA peak, half of
@@ -64,15 +112,17 @@ struct FloatTile {
 
 // ---- micro-kernel: tile[MR][NV·16] = A[kc][MR]ᵀ · B (NV panels [kc][16], panel stride bs) --------
 // Arch = an xsimd architecture, or void for the scalar fallback.
-template <class Arch, int MR, int NV>
-FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const float* __restrict b, Index bs, float* __restrict tile,
+// E = float, or bf16 / f16 widened in registers on load (when kWidenInRegister<Arch>): exact, so
+// the sums are those of a widened copy, without the copy.
+template <class Arch, int MR, int NV, class E = float>
+FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const E* __restrict b, Index bs, float* __restrict tile,
                     Index ldt) {
     if constexpr (std::is_void_v<Arch>) {
         float acc[MR][NV * kPanel] = {};
         for (Index p = 0; p < kc; ++p)
             for (int r = 0; r < MR; ++r)
                 for (int v = 0; v < NV; ++v)
-                    for (Index c = 0; c < kPanel; ++c) acc[r][v * kPanel + c] += a[p * MR + r] * b[v * bs + p * kPanel + c];
+                    for (Index c = 0; c < kPanel; ++c) acc[r][v * kPanel + c] += a[p * MR + r] * to_float(b[v * bs + p * kPanel + c]);
         for (int r = 0; r < MR; ++r) std::copy(acc[r], acc[r] + NV * kPanel, tile + r * ldt);
     } else {
         using B = xsimd::batch<float, Arch>;
@@ -87,7 +137,7 @@ FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const f
 #pragma GCC unroll 16
             for (int v = 0; v < NV; ++v)
 #pragma GCC unroll 16
-                for (int j = 0; j < PB; ++j) bv[v * PB + j] = B::load_aligned(b + v * bs + p * kPanel + j * S);
+                for (int j = 0; j < PB; ++j) bv[v * PB + j] = load_widened<Arch>(b + v * bs + p * kPanel + j * S);
 #pragma GCC unroll 16
             for (int r = 0; r < MR; ++r) {
                 const B ar(a[p * MR + r]);
@@ -140,12 +190,6 @@ FASTVLM_FLATTEN inline void gemv_panel_f32(const float* __restrict x, const floa
 #define FASTVLM_GEMV_16BIT 1
 // GEMV panel for 16-bit weights, widened in registers: out[16] = Σ_q x[q] · w[q][16].
 template <class E>
-inline __m512 widen16(const E* p) {
-    const __m256i h = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
-    if constexpr (std::is_same_v<E, bf16>) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else return _mm512_cvtph_ps(h);
-}
-template <class E>
 FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -162,12 +206,6 @@ FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E*
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define FASTVLM_GEMV_16BIT 1
 // The same with AVX2: a k row of the panel (16 columns) is two ymm halves.
-template <class E>
-inline __m256 widen8(const E* p) {
-    const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(p));
-    if constexpr (std::is_same_v<E, bf16>) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    else return _mm256_cvtph_ps(h);
-}
 template <class E>
 FASTVLM_FLATTEN inline void gemv_panel_16bit(const float* __restrict x, const E* __restrict w, Index k, float* __restrict out) {
     constexpr Index kPrefetch = 4096 / sizeof(E);  // elements ahead (the stream comes from DRAM)
@@ -221,13 +259,16 @@ struct KernFloat {
         return {buf};
     }
 
+    // The weights as the micro-kernel reads them: the packed panels themselves where it can widen them
+    // in registers (f32 always), else a micro-panel widened into a buffer.
+    static constexpr bool kDirect = widen_in_register<Arch, E>();
     struct BPack {
-        const float* p;
+        const std::conditional_t<kDirect, E, float>* p;
         Index stride;
     };
     BPack pack_b(Index g, int nv, Index u0, Index uc) const {
         const Index k = P->k;
-        if constexpr (std::is_same_v<E, float>) {
+        if constexpr (kDirect) {
             return {P->panel(g * NV) + u0 * kPanel, k * kPanel};
         } else {
             float* buf = scratch<float, Scratch::b_widen>(std::size_t(NV * uc * kPanel));

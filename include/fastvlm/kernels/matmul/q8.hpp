@@ -239,17 +239,18 @@ struct PackedQ {
             }
         }
     }
-    // Stored value of element (column c of panel p, k index e) as a signed integer.
-    int value(Index p, Index c, Index e) const {
-        const std::uint8_t* s = quants(p, e / kQB);
-        const Index j = e % kQB;
+    // The stored (unsigned) byte or nibble of weight j of column c in one packed block: dword j/4 of the
+    // 16 columns side by side (Q4: the nibbles of j and j + 16 share a byte).
+    static int stored(const std::uint8_t* block, Index c, Index j) {
         if constexpr (QF::kNibbles) {
-            const std::uint8_t byte = s[(j % 16) / 4 * 64 + c * 4 + j % 4];
-            return int(j < 16 ? (byte & 0xf) : (byte >> 4)) - 8;
+            const std::uint8_t byte = block[(j % 16) / 4 * 64 + c * 4 + j % 4];
+            return j < 16 ? (byte & 0xf) : (byte >> 4);
         } else {
-            return int(s[j / 4 * 64 + c * 4 + j % 4]) - 128;
+            return block[j / 4 * 64 + c * 4 + j % 4];
         }
     }
+    // Element (column c of panel p, k index e) as the signed integer q.
+    int value(Index p, Index c, Index e) const { return stored(quants(p, e / kQB), c, e % kQB) - QF::kZero; }
     void row(Index r, float* out) const {
         const Index p = r / kPanel, c = r % kPanel;
         for (Index e = 0; e < k; ++e) out[e] = to_float(scales(p, e / kQB)[c]) * float(value(p, c, e));
@@ -395,16 +396,7 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
                     const std::int8_t* xq = aq + r * kb * kQB + b * kQB;
                     const std::uint8_t* w = qblock<QF>(bp + v * ps, b);
                     std::int32_t s = ac[r * kb + b];
-                    for (Index j = 0; j < kQB; ++j) {
-                        int u;
-                        if constexpr (QF::kNibbles) {
-                            const std::uint8_t byte = w[(j % 16) / 4 * 64 + c * 4 + j % 4];
-                            u = j < 16 ? (byte & 0xf) : (byte >> 4);
-                        } else {
-                            u = w[j / 4 * 64 + c * 4 + j % 4];
-                        }
-                        s += u * int(xq[j]);
-                    }
+                    for (Index j = 0; j < kQB; ++j) s += PackedQ<QF>::stored(w, c, j) * int(xq[j]);
                     acc += to_float(qscales<QF>(bp + v * ps, b)[c]) * ad[r * kb + b] * float(s);
                 }
                 tile[r * ldt + v * kPanel + c] = acc;
