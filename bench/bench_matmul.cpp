@@ -191,6 +191,49 @@ void BM_SmallM(benchmark::State& st) {
     st.SetLabel(std::string(detail::mm::path_name(copies[0][0]->path())) + " x" + std::to_string(copies.size()) + " copies");
 }
 
+// DecodeSweep/FORMAT/0.5b: the matrix layers of one decoded token of FastVLM-0.5B (24 × qkv 1152×896,
+// o 896×896, gate_up 9728×896, down 896×4864; lm_head left out: Matmul/.../lm_head has it), each its own
+// weights, m = 1 in network order: what decode streams per token apart from attention and the head, with
+// a parallel region per product. Against the read bandwidth: how much of it many short streams keep.
+template <class W, class A>
+void BM_DecodeSweep(benchmark::State& st) {
+    const unsigned threads = unsigned(st.range(0));
+    constexpr Index H = 896, Q = 896, KV = 128, I = 4864, L = 24;
+    const Index shapes[4][2] = {{Q + 2 * KV, H}, {H, Q}, {2 * I, H}, {H, I}};
+    const auto& w = data("w_sweep", std::size_t(2 * I * H));
+    const auto& x = data("x_sweep", std::size_t(I));
+    std::vector<float> y(std::size_t(2 * I));
+    std::vector<std::unique_ptr<const Linear<W, A>>> lins;
+    std::size_t bytes = 0;
+    for (Index l = 0; l < L; ++l)
+        for (const auto& sh : shapes) {
+            lins.push_back(std::make_unique<const Linear<W, A>>(w.data(), sh[0], sh[1]));
+            bytes += lins.back()->weight_bytes();
+        }
+    ThreadPool& pool = fb::pool_for(threads);
+    fb::observe_read_bw(threads);
+    auto token = [&] {
+        for (const auto& l : lins) l->forward(x.data(), 1, l->in_features(), y.data(), l->out_features(), &pool);
+    };
+    token();  // warm-up
+    const fb::LoopTimer timer;
+    for (auto _ : st) {
+        token();
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    fb::report(st, 2.0 * double(bytes), double(bytes), timer.seconds(), threads);
+    st.SetLabel(std::string(detail::mm::path_name(lins[0]->path(KernelClass::gemv))) + ", " + std::to_string(lins.size()) + " products");
+}
+template <class W, class A>
+void register_decode_sweep(const std::string& name) {
+    benchmark::RegisterBenchmark(("DecodeSweep/" + name + "/0.5b").c_str(), BM_DecodeSweep<W, A>)
+        ->Arg(2)
+        ->ArgNames({"threads"})
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
+}
+
 template <class W, class A>
 void register_small_m(const std::string& name) {
     for (int i = 0; i < int(std::size(kSmallM)); ++i)
@@ -235,6 +278,10 @@ int main(int argc, char** argv) {
     register_format<fmt::BF16, fmt::BF16>("bf16");
     register_format<fmt::Q8, fmt::Q8>("q8");
     register_format<fmt::Q4, fmt::Q8>("q4");
+    register_decode_sweep<fmt::F16, fmt::F32>("f16w_f32");
+    register_decode_sweep<fmt::BF16, fmt::BF16>("bf16");
+    register_decode_sweep<fmt::Q8, fmt::Q8>("q8");
+    register_decode_sweep<fmt::Q4, fmt::Q8>("q4");
     register_small_m<fmt::F32, fmt::F32>("f32");
     register_small_m<fmt::F16, fmt::F32>("f16w_f32");
     register_small_m<fmt::BF16, fmt::BF16>("bf16");
