@@ -56,6 +56,15 @@ inline constexpr Index kStreamPrefetch = 4096;  // software prefetch distance (b
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 inline Index round_up(Index a, Index b) { return ceil_div(a, b) * b; }
 
+// Whether large buffers ask for transparent huge pages: yes unless FASTVLM_HUGE_PAGES=0 (read once).
+inline bool huge_pages_wanted() {
+    static const bool on = [] {
+        const char* e = std::getenv("FASTVLM_HUGE_PAGES");
+        return !(e && e[0] == '0' && e[1] == 0);
+    }();
+    return on;
+}
+
 // std::allocator with 64-byte alignment, so packed weights are copyable and zmm-aligned.
 template <class T>
 struct AlignedAlloc {
@@ -63,13 +72,17 @@ struct AlignedAlloc {
     AlignedAlloc() = default;
     template <class U>
     AlignedAlloc(const AlignedAlloc<U>&) {}
-    // Buffers of ≥ 4 MiB (the weight matrices) start on a 2 MiB boundary and ask for transparent huge
-    // pages over their whole 2 MiB pages: a GEMV streams them once per token, and with 4 KiB pages every
-    // 4 KiB of that stream is a TLB miss. Advice only: without THP they are ordinary pages.
+    // Buffers of ≥ 4 MiB of 8- or 16-bit elements (packed Q8/Q4/BF16/F16 weights) start on a 2 MiB
+    // boundary and ask for transparent huge pages over their whole 2 MiB pages: a GEMV streams them once
+    // per token, and with 4 KiB pages every 4 KiB of that stream is a TLB miss (Zen 5, 0.5B decode: int4
+    // +10 %, fp16 +12 %). Advice only: without THP they are ordinary pages. The price is paid at load,
+    // where the kernel may compact memory to find 2 MiB pages: f32 weights are left out, their decode did
+    // not gain and the fp32 preset's load went from 1.3 to 2.9 s (docs/kernels.md "Huge pages").
+    // FASTVLM_HUGE_PAGES=0 turns the advice off.
     T* allocate(std::size_t n) {
         constexpr std::size_t kHuge = std::size_t(2) << 20;
         const std::size_t bytes = (n * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
-        const bool huge = bytes >= 2 * kHuge;
+        const bool huge = sizeof(T) <= 2 && bytes >= 2 * kHuge && huge_pages_wanted();
         void* p = std::aligned_alloc(huge ? kHuge : kAlignment, std::max<std::size_t>(bytes, kAlignment));
         if (!p) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
