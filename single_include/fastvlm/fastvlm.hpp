@@ -5998,8 +5998,8 @@ inline __m256 widen8(const E* p) {  // 8 values, 16-byte aligned
 // GEMM (measured on Zen 5: f16 1.7–2.5 % behind f32 with the buffer).
 template <class Arch, class E>
 constexpr bool widen_in_register() {
-    if constexpr (std::is_void_v<Arch>) return false;
-    else if constexpr (std::is_same_v<E, float>) return true;
+    if constexpr (std::is_same_v<E, float>) return true;  // the scalar micro-kernel reads f32 panels too
+    else if constexpr (std::is_void_v<Arch>) return false;
 #if defined(FASTVLM_WIDEN_16BIT)
     else return int(xsimd::batch<float, Arch>::size) == FASTVLM_WIDEN_16BIT;
 #else
@@ -6009,7 +6009,7 @@ constexpr bool widen_in_register() {
 template <class Arch, class E>
 inline xsimd::batch<float, Arch> load_widened(const E* p) {
     using B = xsimd::batch<float, Arch>;
-    static_assert(widen_in_register<Arch, E>());
+    static_assert(!std::is_void_v<Arch> && widen_in_register<Arch, E>());
     if constexpr (std::is_same_v<E, float>) return B::load_aligned(p);
 #if FASTVLM_WIDEN_16BIT == 16
     else return B(widen16(p));
@@ -6035,8 +6035,8 @@ struct FloatTile {
 
 // ---- micro-kernel: tile[MR][NV·16] = A[kc][MR]ᵀ · B (NV panels [kc][16], panel stride bs) --------
 // Arch = an xsimd architecture, or void for the scalar fallback.
-// E = float, or bf16 / f16 widened in registers on load (when kWidenInRegister<Arch>): exact, so
-// the sums are those of a widened copy, without the copy.
+// E = float, or bf16 / f16 widened in registers on load (where widen_in_register<Arch, E>()): exact,
+// so the sums are those of a widened copy, without the copy.
 template <class Arch, int MR, int NV, class E = float>
 FASTVLM_FLATTEN inline void ukr_f32(Index kc, const float* __restrict a, const E* __restrict b, Index bs, float* __restrict tile,
                     Index ldt) {
