@@ -228,6 +228,7 @@ void BM_DecodeSweep(benchmark::State& st) {
 template <class W, class A>
 void register_decode_sweep(const std::string& name) {
     benchmark::RegisterBenchmark(("DecodeSweep/" + name + "/0.5b").c_str(), BM_DecodeSweep<W, A>)
+        ->Arg(1)
         ->Arg(2)
         ->ArgNames({"threads"})
         ->UseRealTime()

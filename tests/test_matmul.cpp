@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <random>
@@ -702,3 +703,44 @@ TEST(KernelChoice, MeasuresCachesAndSurvivesABadCache) {
 }
 
 }  // namespace
+
+// The packed weights' huge-page slabs (matmul/common.hpp): buffers are 64-byte aligned, never overlap,
+// keep their contents while others come and go, and a slab is returned once its last buffer is freed.
+TEST(HugeSlabs, CarvesAlignedDisjointBuffersAndReturnsEmptySlabs) {
+    using detail::mm::HugeSlabs;
+    HugeSlabs slabs;
+    std::mt19937 rng(5);
+    struct Buf {
+        unsigned char* p;
+        std::size_t n;
+        unsigned char tag;
+    };
+    std::vector<Buf> live;
+    auto check = [&](const Buf& b) {
+        for (std::size_t i = 0; i < b.n; i += 4093) ASSERT_EQ(b.p[i], b.tag) << "buffer of " << b.n << " bytes, offset " << i;
+        ASSERT_EQ(b.p[b.n - 1], b.tag);
+    };
+    // Sizes: small ones share slabs; one over half a slab gets a slab of its own.
+    const std::size_t sizes[] = {65536, 1000003, 3 << 20, 100, 7 << 20, HugeSlabs::kSlab / 2 + 12345, 200000};
+    for (int round = 0; round < 40; ++round) {
+        const std::size_t n = sizes[rng() % std::size(sizes)];
+        auto* p = static_cast<unsigned char*>(slabs.allocate(n));
+        ASSERT_EQ(reinterpret_cast<std::uintptr_t>(p) % 64, 0u);
+        for (const auto& b : live) ASSERT_TRUE(p + n <= b.p || b.p + b.n <= p) << "overlap";
+        const auto tag = static_cast<unsigned char>(round + 1);
+        std::memset(p, tag, n);
+        live.push_back({p, n, tag});
+        if (rng() % 3 == 0) {  // free one at random
+            const std::size_t i = rng() % live.size();
+            check(live[i]);
+            ASSERT_TRUE(slabs.deallocate(live[i].p));
+            live.erase(live.begin() + std::ptrdiff_t(i));
+        }
+    }
+    for (const auto& b : live) check(b);
+    EXPECT_GT(slabs.slab_count(), 0u);
+    int unknown = 0;
+    EXPECT_FALSE(slabs.deallocate(&unknown));  // not from a slab: left to the caller
+    for (const auto& b : live) ASSERT_TRUE(slabs.deallocate(b.p));
+    EXPECT_EQ(slabs.slab_count(), 0u);  // every slab returned
+}

@@ -26,7 +26,7 @@ struct PairPanels {
 
 struct PackedBF2 {
     Index n = 0, k = 0, k2 = 0, npanels = 0;
-    avec<bf16> w;  // [panel][k2][16][2]
+    wvec<bf16> w;  // [panel][k2][16][2]
     const bf16* panel(Index p) const { return w.data() + p * k2 * 2 * kPanel; }
     std::size_t bytes() const { return w.size() * sizeof(bf16); }
     template <class Rows>
@@ -381,19 +381,26 @@ inline AmxXTiles pack_x_amx(const float* x, Index ldx, Index m0, Index mc, Index
     load_tile_config(bf16_tile_config());
     const Index steps = ceil_div(pc, 16), nmp = ceil_div(mc, MR);
     bf16* buf = scratch<bf16, Scratch::a_tiles>(std::size_t(nmp * steps * MR * 32));
-    std::uint32_t* row = scratch<std::uint32_t, Scratch::a_pairs_row>(std::size_t(steps * 16 + 16));
+    const Index len = 2 * p0 < k ? std::min(2 * pc, k - 2 * p0) : 0;  // floats of each row in range
+    // One pass: 32 floats of a row → one 64-byte tile row (vcvtne2ps2bf16 rounds like to_bf16); the
+    // floats past `len` and the rows past mc are zeros.
     for (Index mp = 0; mp < nmp; ++mp) {
         bf16* d = buf + mp * steps * MR * 32;
         for (Index r = 0; r < MR; ++r) {
             const Index i = mp * MR + r;
-            if (i < mc && 2 * p0 < k) {
-                const Index len = std::min(2 * pc, k - 2 * p0);
-                pack_pairs(x + (m0 + i) * ldx + 2 * p0, len, row);
-                std::fill(row + ceil_div(len, 2), row + steps * 16, 0u);
-            } else {
-                std::fill(row, row + steps * 16, 0u);
+            const float* xr = i < mc ? x + (m0 + i) * ldx + 2 * p0 : x;
+            for (Index s = 0; s < steps; ++s) {
+                const Index left = i < mc ? std::clamp<Index>(len - 32 * s, 0, 32) : 0;
+                __m512 a, b;
+                if (left == 32) {
+                    a = _mm512_loadu_ps(xr + 32 * s), b = _mm512_loadu_ps(xr + 32 * s + 16);
+                } else {
+                    const auto lo = __mmask16((1u << std::min<Index>(left, 16)) - 1u);
+                    const auto hi = __mmask16((1u << std::max<Index>(left - 16, 0)) - 1u);
+                    a = _mm512_maskz_loadu_ps(lo, xr + 32 * s), b = _mm512_maskz_loadu_ps(hi, xr + 32 * s + 16);
+                }
+                _mm512_store_si512(d + (s * MR + r) * 32, (__m512i)_mm512_cvtne2ps_pbh(b, a));
             }
-            for (Index s = 0; s < steps; ++s) std::memcpy(static_cast<void*>(d + (s * MR + r) * 32), row + s * 16, 64);
         }
     }
     return {buf, steps};

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <list>
+#include <mutex>
 #include <new>
 #include <utility>
 #include <vector>
@@ -65,29 +67,17 @@ inline bool huge_pages_wanted() {
     return on;
 }
 
-// std::allocator with 64-byte alignment, so packed weights are copyable and zmm-aligned.
+// std::allocator with 64-byte alignment (scratch, temporaries).
 template <class T>
 struct AlignedAlloc {
     using value_type = T;
     AlignedAlloc() = default;
     template <class U>
     AlignedAlloc(const AlignedAlloc<U>&) {}
-    // Buffers of ≥ 4 MiB of 8- or 16-bit elements (packed Q8/Q4/BF16/F16 weights) start on a 2 MiB
-    // boundary and ask for transparent huge pages over their whole 2 MiB pages: a GEMV streams them once
-    // per token, and with 4 KiB pages every 4 KiB of that stream is a TLB miss (Zen 5, 0.5B decode: int4
-    // +10 %, fp16 +12 %). Advice only: without THP they are ordinary pages. The price is paid at load,
-    // where the kernel may compact memory to find 2 MiB pages: f32 weights are left out, their decode did
-    // not gain and the fp32 preset's load went from 1.3 to 2.9 s (docs/kernels.md "Huge pages").
-    // FASTVLM_HUGE_PAGES=0 turns the advice off.
     T* allocate(std::size_t n) {
-        constexpr std::size_t kHuge = std::size_t(2) << 20;
         const std::size_t bytes = (n * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
-        const bool huge = sizeof(T) <= 2 && bytes >= 2 * kHuge && huge_pages_wanted();
-        void* p = std::aligned_alloc(huge ? kHuge : kAlignment, std::max<std::size_t>(bytes, kAlignment));
+        void* p = std::aligned_alloc(kAlignment, std::max<std::size_t>(bytes, kAlignment));
         if (!p) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-        if (huge) ::madvise(p, bytes / kHuge * kHuge, MADV_HUGEPAGE);
-#endif
         return static_cast<T*>(p);
     }
     void deallocate(T* p, std::size_t) noexcept { std::free(p); }
@@ -96,6 +86,113 @@ struct AlignedAlloc {
 };
 template <class T>
 using avec = std::vector<T, AlignedAlloc<T>>;
+
+// Slabs of memory on transparent huge pages (2 MiB-aligned, madvise(MADV_HUGEPAGE)), out of which the
+// packed 8- and 16-bit weights are carved in order: a decode step streams every byte of them once, and
+// with 4 KiB pages each 4 KiB of that stream needs its own TLB entry (a page walk, nested under a
+// hypervisor). One buffer per matrix on huge pages of its own left the tail of every matrix and all
+// matrices under 2 MiB (a 0.5B model's q/k/v, o and down projections) on 4 KiB pages; from slabs, all of
+// them share huge pages. A slab is returned when its last buffer is freed. Advice only: without THP the
+// slabs are ordinary pages. Not used under AddressSanitizer (its red zones between buffers would be lost).
+class HugeSlabs {
+public:
+    static constexpr std::size_t kHuge = std::size_t(2) << 20, kSlab = std::size_t(32) << 20;
+    static HugeSlabs& instance() {  // the one the weights use
+        static HugeSlabs* s = new HugeSlabs;  // never destroyed: buffers of static objects may outlive it
+        return *s;
+    }
+    HugeSlabs() = default;
+    HugeSlabs(const HugeSlabs&) = delete;
+    HugeSlabs& operator=(const HugeSlabs&) = delete;
+    ~HugeSlabs() {
+        for (auto& sl : slabs_) std::free(sl.base);
+    }
+    std::size_t slab_count() {
+        std::lock_guard lk(mu_);
+        return slabs_.size();
+    }
+    void* allocate(std::size_t bytes) {
+        bytes = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+        std::lock_guard lk(mu_);
+        if (bytes > kSlab / 2) return new_slab((bytes + kHuge - 1) / kHuge * kHuge, bytes).base;  // a slab of its own
+        if (current_ == nullptr || current_->size - current_->used < bytes) current_ = &new_slab(kSlab, 0);
+        void* p = current_->base + current_->used;
+        current_->used += bytes;
+        ++current_->live;
+        return p;
+    }
+    // False when p is not in a slab.
+    bool deallocate(void* p) noexcept {
+        std::lock_guard lk(mu_);
+        auto* b = static_cast<std::byte*>(p);
+        for (auto it = slabs_.begin(); it != slabs_.end(); ++it) {
+            if (b < it->base || b >= it->base + it->size) continue;
+            if (--it->live == 0) {
+                if (current_ == &*it) current_ = nullptr;
+                std::free(it->base);
+                slabs_.erase(it);
+            }
+            return true;
+        }
+        return false;
+    }
+
+private:
+    struct Slab {
+        std::byte* base;
+        std::size_t size, used, live;
+    };
+    Slab& new_slab(std::size_t size, std::size_t used) {
+        void* p = std::aligned_alloc(kHuge, size);
+        if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        ::madvise(p, size, MADV_HUGEPAGE);
+#endif
+        return slabs_.emplace_back(Slab{static_cast<std::byte*>(p), size, used, used ? 1u : 0u});
+    }
+    std::mutex mu_;
+    std::list<Slab> slabs_;  // stable addresses: current_ points into it
+    Slab* current_ = nullptr;
+};
+
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kSanitizedHeap = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kSanitizedHeap = true;
+#else
+inline constexpr bool kSanitizedHeap = false;
+#endif
+#else
+inline constexpr bool kSanitizedHeap = false;
+#endif
+
+// The allocator of packed weights: 8- and 16-bit buffers of ≥ 64 KiB come from HugeSlabs (unless
+// FASTVLM_HUGE_PAGES=0), everything else is AlignedAlloc. f32 weights are left out: their decode did not
+// gain, and at load the kernel may compact memory to find 2 MiB pages (the fp32 preset's load went from
+// 1.3 to 2.9 s on a machine with a full page cache; docs/kernels.md "Huge pages").
+template <class T>
+struct WeightAlloc {
+    using value_type = T;
+    WeightAlloc() = default;
+    template <class U>
+    WeightAlloc(const WeightAlloc<U>&) {}
+    static bool slab(std::size_t n) {
+        return !kSanitizedHeap && sizeof(T) <= 2 && n * sizeof(T) >= (std::size_t(64) << 10) && huge_pages_wanted();
+    }
+    T* allocate(std::size_t n) {
+        if (slab(n)) return static_cast<T*>(HugeSlabs::instance().allocate(n * sizeof(T)));
+        return AlignedAlloc<T>{}.allocate(n);
+    }
+    void deallocate(T* p, std::size_t n) noexcept {
+        if (slab(n) && HugeSlabs::instance().deallocate(p)) return;
+        std::free(p);
+    }
+    template <class U>
+    bool operator==(const WeightAlloc<U>&) const { return true; }
+};
+template <class T>
+using wvec = std::vector<T, WeightAlloc<T>>;
 
 // Per-thread scratch that only grows (the pool's threads live as long as the pool), one buffer per slot
 // and element type. Slots are roles: a thread runs one matrix product at a time, so the kernels of

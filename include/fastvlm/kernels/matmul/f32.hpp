@@ -26,7 +26,7 @@ inline E from_f32(float v) {
 template <class E>
 struct PackedF {
     Index n = 0, k = 0, npanels = 0;
-    avec<E> w;
+    wvec<E> w;
     const E* panel(Index p) const { return w.data() + p * k * kPanel; }
     std::size_t bytes() const { return w.size() * sizeof(E); }
     // rows(n0, count, dst) writes rows n0 .. n0+count of W as floats, dst[count][k].

@@ -195,7 +195,7 @@ struct PackedQ {
     static constexpr int kCorr = QF::kZero;  // zero point of the stored bytes
     static_assert(kSuperBytes % 64 == 0);
     Index n = 0, k = 0, kb = 0, nsb = 0, npanels = 0;  // kb = blocks incl. padding = nsb·G
-    avec<std::uint8_t> data;                             // [panel][nsb][kSuperBytes]
+    wvec<std::uint8_t> data;                             // [panel][nsb][kSuperBytes]
     Index panel_bytes() const { return nsb * kSuperBytes; }
     const std::uint8_t* panel(Index p) const { return data.data() + p * panel_bytes(); }
     const std::uint8_t* quants(Index p, Index b) const { return panel(p) + (b / G) * kSuperBytes + (b % G) * kBlockBytes; }
