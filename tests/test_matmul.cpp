@@ -744,3 +744,59 @@ TEST(HugeSlabs, CarvesAlignedDisjointBuffersAndReturnsEmptySlabs) {
     for (const auto& b : live) ASSERT_TRUE(slabs.deallocate(b.p));
     EXPECT_EQ(slabs.slab_count(), 0u);  // every slab returned
 }
+
+// A slab is advised at once only when the kernel has free 2 MiB blocks for it; otherwise the advice waits
+// until its buffers are handed out (the next slab, or advise_deferred()), so that no first touch of the
+// load compacts memory.
+TEST(HugeSlabs, PutsOffAdviceWhileFreeHugeBlocksAreShort) {
+    using detail::mm::HugeSlabs;
+    {
+        HugeSlabs plenty([] { return 64ll << 30; });
+        void* a = plenty.allocate(1 << 20);
+        void* b = plenty.allocate(HugeSlabs::kSlab);  // a slab of its own
+        EXPECT_EQ(plenty.slab_count(), 2u);
+        EXPECT_EQ(plenty.deferred_count(), 0u);
+        plenty.deallocate(a);
+        plenty.deallocate(b);
+    }
+    HugeSlabs none([] { return 0ll; });
+    void* a = none.allocate(1 << 20);
+    EXPECT_EQ(none.deferred_count(), 1u);
+    void* b = none.allocate(1 << 20);  // same slab
+    EXPECT_EQ(none.deferred_count(), 1u);
+    void* c = none.allocate(HugeSlabs::kSlab - (1 << 20));  // its own slab; the first is still being carved
+    EXPECT_EQ(none.slab_count(), 2u);
+    EXPECT_EQ(none.deferred_count(), 2u);
+    void* d = none.allocate(HugeSlabs::kSlab / 2);  // fits the first slab; the own slab is written: advised
+    EXPECT_EQ(none.slab_count(), 2u);
+    EXPECT_EQ(none.deferred_count(), 1u);
+    void* e = none.allocate(HugeSlabs::kSlab / 2);  // the first slab is full: a fresh one
+    EXPECT_EQ(none.slab_count(), 3u);
+    EXPECT_EQ(none.deferred_count(), 2u);  // the first (current until now) and the fresh one
+    void* f = none.allocate(100);  // the first slab is no longer current: advised
+    EXPECT_EQ(none.deferred_count(), 1u);
+    none.advise_deferred();
+    EXPECT_EQ(none.deferred_count(), 0u);
+    for (void* p : {a, b, c, d, e, f}) EXPECT_TRUE(none.deallocate(p));
+    EXPECT_EQ(none.slab_count(), 0u);
+}
+
+TEST(HugeSlabs, ReadsFreeHugeBlocksFromBuddyinfo) {
+    using detail::mm::huge_bytes_in_buddyinfo;
+    const char* text =
+        "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 \n"
+        "Node 0, zone    DMA32      0      4      2      2      1      2      0      3      3      1    753 \n"
+        "Node 0, zone   Normal      6      3      3      3      1      2      1      2      1      1     23\n";
+    const long long mib = 1ll << 20;
+    // order 9 = 2 MiB, order 10 = 4 MiB with 4 KiB pages: (1 + 1 + 1) x 2 + (3 + 753 + 23) x 4
+    EXPECT_EQ(huge_bytes_in_buddyinfo(text, 4096), (3 * 2 + 779 * 4) * mib);
+    // 64 KiB pages: order 5 is 2 MiB
+    EXPECT_EQ(huge_bytes_in_buddyinfo("Node 0, zone Normal 1 1 1 1 1 2 0 1\n", 65536), 2 * 2 * mib + 8 * mib);
+    EXPECT_EQ(huge_bytes_in_buddyinfo("", 4096), 0);
+    EXPECT_EQ(huge_bytes_in_buddyinfo("garbage\nzone\n", 4096), 0);
+#if defined(__linux__)
+    const long long now = detail::mm::free_huge_page_bytes();
+    EXPECT_GE(now, 0);
+    EXPECT_EQ(now % (2 * mib), 0);
+#endif
+}

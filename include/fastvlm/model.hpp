@@ -391,6 +391,7 @@ Model<Policy> Model<Policy>::load(const std::filesystem::path& dir, const LoadOp
         p->projector.for_each_linear(fn);
         p->decoder.for_each_linear(fn);
     }, p->pool.get(), opt.kernels);
+    detail::mm::HugeSlabs::instance().advise_deferred();  // the weights are written (matmul/common.hpp)
     // Stop ids (spec §5.4): config eos, <|im_end|>, <|endoftext|>.
     p->stop_ids = tc.eos_token_ids;
     if (p->tokenizer)

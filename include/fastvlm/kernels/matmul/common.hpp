@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <list>
 #include <mutex>
 #include <new>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -16,6 +19,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #include "fastvlm/core/diagnostics.hpp"
@@ -87,6 +91,48 @@ struct AlignedAlloc {
 template <class T>
 using avec = std::vector<T, AlignedAlloc<T>>;
 
+// The bytes in free blocks of 2 MiB and larger that a /proc/buddyinfo text lists, summed over every zone
+// ("Node 0, zone   Normal   6   3   3 ...": counts of free blocks of order 0, 1, … of `page`-byte pages).
+inline long long huge_bytes_in_buddyinfo(const char* text, long long page) {
+    int huge_order = 0;  // 9 with 4 KiB pages
+    while ((page << huge_order) < (2ll << 20)) ++huge_order;
+    long long total = 0;
+    for (const char* line = text; line && *line;) {
+        const char* eol = std::strchr(line, '\n');
+        const char* p = std::strstr(line, "zone");
+        if (p && (!eol || p < eol)) {
+            p += 4;
+            while (*p == ' ' || *p == '\t') ++p;
+            while (*p && *p != ' ' && *p != '\t' && *p != '\n') ++p;  // the zone's name
+            for (int order = 0; order < 40; ++order) {
+                while (*p == ' ' || *p == '\t') ++p;  // strtoll would skip the newline too
+                char* end = nullptr;
+                const long long n = std::strtoll(p, &end, 10);
+                if (end == p) break;
+                if (order >= huge_order && n > 0) total += n * (page << order);
+                p = end;
+            }
+        }
+        line = eol ? eol + 1 : nullptr;
+    }
+    return total;
+}
+// Bytes the kernel can hand out as 2 MiB pages at once, without compacting memory. −1 when it cannot tell.
+inline long long free_huge_page_bytes() {
+#if defined(__linux__)
+    std::FILE* f = std::fopen("/proc/buddyinfo", "r");
+    if (!f) return -1;
+    std::string text;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+    std::fclose(f);
+    const long page = ::sysconf(_SC_PAGESIZE);
+    return huge_bytes_in_buddyinfo(text.c_str(), page > 0 ? page : 4096);
+#else
+    return -1;
+#endif
+}
+
 // Slabs of memory on transparent huge pages (2 MiB-aligned, madvise(MADV_HUGEPAGE)), out of which the
 // packed 8- and 16-bit weights are carved in order: a decode step streams every byte of them once, and
 // with 4 KiB pages each 4 KiB of that stream needs its own TLB entry (a page walk, nested under a
@@ -94,14 +140,23 @@ using avec = std::vector<T, AlignedAlloc<T>>;
 // matrices under 2 MiB (a 0.5B model's q/k/v, o and down projections) on 4 KiB pages; from slabs, all of
 // them share huge pages. A slab is returned when its last buffer is freed. Advice only: without THP the
 // slabs are ordinary pages. Not used under AddressSanitizer (its red zones between buffers would be lost).
+//
+// A slab is advised when it is made only if the kernel has free 2 MiB blocks for all of it (plus a reserve):
+// otherwise each first touch of a 2 MiB range would compact memory on the spot (THP `defrag` = `madvise`,
+// Debian's default), which made a 0.5B bf16 load take 1.5–3.2 s instead of 1 s when the page cache filled
+// the memory. Such a slab is advised later, once its buffers are handed out and written (the next slab,
+// or advise_deferred() at the end of a load): its 4 KiB pages are then collapsed into huge pages by the
+// kernel's khugepaged thread in the background, not by the thread loading the model.
 class HugeSlabs {
 public:
     static constexpr std::size_t kHuge = std::size_t(2) << 20, kSlab = std::size_t(32) << 20;
+    static constexpr long long kReserve = 64ll << 20;  // free 2 MiB blocks left over after a slab is advised
+    using Probe = long long (*)();                     // free_huge_page_bytes or a test's stand-in
     static HugeSlabs& instance() {  // the one the weights use
         static HugeSlabs* s = new HugeSlabs;  // never destroyed: buffers of static objects may outlive it
         return *s;
     }
-    HugeSlabs() = default;
+    explicit HugeSlabs(Probe probe = free_huge_page_bytes) : probe_(probe) {}
     HugeSlabs(const HugeSlabs&) = delete;
     HugeSlabs& operator=(const HugeSlabs&) = delete;
     ~HugeSlabs() {
@@ -111,9 +166,21 @@ public:
         std::lock_guard lk(mu_);
         return slabs_.size();
     }
+    // Slabs made without advice that have not been advised since.
+    std::size_t deferred_count() {
+        std::lock_guard lk(mu_);
+        return std::size_t(std::count_if(slabs_.begin(), slabs_.end(), [](const Slab& s) { return !s.advised; }));
+    }
+    // Advises every slab whose advice was put off (call when the buffers carved so far have been written).
+    void advise_deferred() {
+        std::lock_guard lk(mu_);
+        for (auto& sl : slabs_) advise(sl);
+    }
     void* allocate(std::size_t bytes) {
         bytes = (bytes + kAlignment - 1) / kAlignment * kAlignment;
         std::lock_guard lk(mu_);
+        for (auto& sl : slabs_)  // the buffers of other slabs were value-initialised when they were allocated
+            if (&sl != current_) advise(sl);
         if (bytes > kSlab / 2) return new_slab((bytes + kHuge - 1) / kHuge * kHuge, bytes).base;  // a slab of its own
         if (current_ == nullptr || current_->size - current_->used < bytes) current_ = &new_slab(kSlab, 0);
         void* p = current_->base + current_->used;
@@ -141,15 +208,24 @@ private:
     struct Slab {
         std::byte* base;
         std::size_t size, used, live;
+        bool advised;
     };
+    static void advise(Slab& sl) {
+        if (sl.advised) return;
+        sl.advised = true;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        ::madvise(sl.base, sl.size, MADV_HUGEPAGE);
+#endif
+    }
     Slab& new_slab(std::size_t size, std::size_t used) {
         void* p = std::aligned_alloc(kHuge, size);
         if (!p) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-        ::madvise(p, size, MADV_HUGEPAGE);
-#endif
-        return slabs_.emplace_back(Slab{static_cast<std::byte*>(p), size, used, used ? 1u : 0u});
+        Slab& sl = slabs_.emplace_back(Slab{static_cast<std::byte*>(p), size, used, used ? 1u : 0u, false});
+        const long long free_huge = probe_();
+        if (free_huge < 0 || free_huge >= static_cast<long long>(size) + kReserve) advise(sl);
+        return sl;
     }
+    Probe probe_;
     std::mutex mu_;
     std::list<Slab> slabs_;  // stable addresses: current_ points into it
     Slab* current_ = nullptr;
