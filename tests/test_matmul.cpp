@@ -13,6 +13,8 @@
 //       (Q8) or 1.01·amax/8 (Q4) bounds the weight rounding and ex = 0.51·dx the activation one.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -21,6 +23,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fastvlm/kernels/kernel_choice.hpp"
@@ -799,4 +802,51 @@ TEST(HugeSlabs, ReadsFreeHugeBlocksFromBuddyinfo) {
     EXPECT_GE(now, 0);
     EXPECT_EQ(now % (2 * mib), 0);
 #endif
+}
+
+// The decode GEMV split (driver.hpp): one share per thread, then stealing from the back of the others.
+// Every index is run exactly once, whatever the interleaving.
+TEST(StealingShares, RunsEveryIndexOnce) {
+    using detail::mm::StealingShares;
+    ThreadPool pool(4);
+    std::mt19937 rng(11);
+    for (const Index n : {Index(1), Index(2), Index(3), Index(7), Index(64), Index(1000), Index(9496)}) {
+        for (const unsigned shares : {1u, 2u, 3u, 4u}) {
+            if (Index(shares) > n) continue;
+            const Index min_chunk = Index(1 + rng() % 5);
+            std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));
+            StealingShares sh(n, shares);
+            pool.run(sh.shares(), [&](std::size_t s, unsigned) {
+                sh.run_share(unsigned(s), min_chunk, [&](Index a, Index b) {
+                    ASSERT_LT(a, b);
+                    for (Index i = a; i < b; ++i) hits[std::size_t(i)].fetch_add(1, std::memory_order_relaxed);
+                });
+            });
+            for (Index i = 0; i < n; ++i) ASSERT_EQ(hits[std::size_t(i)].load(), 1) << "n " << n << ", shares " << shares << ", index " << i;
+        }
+    }
+}
+
+// A share whose thread stalls is finished from its back by the other thread.
+TEST(StealingShares, IdleThreadTakesFromTheBackOfASlowShare) {
+    using detail::mm::StealingShares;
+    ThreadPool pool(2);
+    const Index n = 100;
+    StealingShares sh(n, 2);
+    std::atomic<bool> stolen{false};
+    std::vector<int> owner(std::size_t(n), -1);
+    pool.run(2, [&](std::size_t s, unsigned) {
+        sh.run_share(unsigned(s), 2, [&](Index a, Index b) {
+            if (s == 0 && a == 0) {  // share 0 stalls in its first chunk until share 1's thread has stolen from it
+                const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+                while (!stolen.load() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            }
+            if (s == 1 && a < n / 2) stolen.store(true);
+            for (Index i = a; i < b; ++i) owner[std::size_t(i)] = int(s);
+        });
+    });
+    EXPECT_TRUE(stolen.load());
+    EXPECT_EQ(owner[std::size_t(n / 2 - 1)], 1);  // the last index of share 0 went to the thief
+    EXPECT_EQ(owner[0], 0);
+    for (Index i = 0; i < n; ++i) ASSERT_GE(owner[std::size_t(i)], 0);
 }
