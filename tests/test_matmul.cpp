@@ -367,6 +367,36 @@ TEST(Matmul, QuantizeActivationsMatchesReference) {
     }
 }
 
+// quantize_rows lays rows out in groups of the GEMM micro-kernel's rows (q8.hpp): every code, scale and
+// correction of the reference sits at its documented place; blocks past k and rows past m are zero.
+TEST(Matmul, QuantizedRowsAreGroupedForTheMicroKernel) {
+    std::mt19937 g(5);
+    for (const Index gr : {Index(1), Index(4), Index(6)}) {
+        for (const Index m : {Index(1), Index(5), Index(7), Index(13)}) {
+            const Index k = 100, kb = 8, ldx = 104;  // 4 blocks of data, 4 of the weights' padding
+            auto x = randn(std::size_t(m * ldx), g, 2.f);
+            const Index mpad = (m + 5) / 6 * 6;
+            ThreadPool pool(2);
+            const auto xq = detail::mm::quantize_rows(x.data(), m, ldx, k, kb, mpad, 128, &pool, gr);
+            const Index rows = (mpad + gr - 1) / gr * gr;
+            for (Index r = 0; r < rows; ++r) {
+                std::vector<std::int8_t> q(sz(kb * 32), 0);
+                std::vector<float> d(sz(kb), 0.f);
+                std::vector<std::int32_t> c(sz(kb), 0);
+                if (r < m) detail::mm::quantize_act_ref(x.data() + r * ldx, k, 128, q.data(), d.data(), c.data());
+                const Index base = (r / gr) * gr;
+                for (Index b = 0; b < kb; ++b) {
+                    ASSERT_EQ(xq.d[base * kb + b * gr + r % gr], d[sz(b)]) << "gr " << gr << " m " << m << " row " << r << " block " << b;
+                    ASSERT_EQ(xq.corr[base * kb + b * gr + r % gr], c[sz(b)]) << "gr " << gr << " row " << r << " block " << b;
+                    for (Index j = 0; j < 32; ++j)
+                        ASSERT_EQ(xq.q[base * kb * 32 + b * gr * 32 + (j / 4) * gr * 4 + r % gr * 4 + j % 4], q[sz(b * 32 + j)])
+                            << "gr " << gr << " m " << m << " row " << r << " k " << b * 32 + j;
+                }
+            }
+        }
+    }
+}
+
 // The packers' block quantizers (AVX-512 and scalar) give exactly core/formats.hpp's quantize_row.
 TEST(Matmul, WeightQuantizersMatchFormats) {
     std::mt19937 g(11);
@@ -811,7 +841,7 @@ TEST(StealingShares, RunsEveryIndexOnce) {
     ThreadPool pool(4);
     std::mt19937 rng(11);
     for (const Index n : {Index(1), Index(2), Index(3), Index(7), Index(64), Index(1000), Index(9496)}) {
-        for (const unsigned shares : {1u, 2u, 3u, 4u}) {
+        for (const unsigned shares : {1u, 2u, 3u, 4u, 8u, 9u, 12u}) {  // cursors inline up to 8, on the heap above
             if (Index(shares) > n) continue;
             const Index min_chunk = Index(1 + rng() % 5);
             std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));

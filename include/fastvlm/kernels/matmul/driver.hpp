@@ -124,7 +124,9 @@ constexpr int gemv_rows_at_once() {
 // every index, in ranges; which thread runs an index does not change any result.
 class StealingShares {
 public:
-    StealingShares(Index n, unsigned shares) : n_(std::max(1u, shares)), cur_(new Cursor[n_]) {
+    StealingShares(Index n, unsigned shares) : n_(std::max(1u, shares)) {
+        if (n_ > kInline) heap_.reset(new Cursor[n_]);  // decode runs ~120 products a token: no allocation up to 8
+        cur_ = heap_ ? heap_.get() : inline_;
         for (unsigned s = 0; s < n_; ++s)
             cur_[s].fb.store(pack(n * Index(s) / Index(n_), n * Index(s + 1) / Index(n_)), std::memory_order_relaxed);
     }
@@ -156,8 +158,11 @@ private:
             }
         }
     }
+    static constexpr unsigned kInline = 8;
     unsigned n_;
-    std::unique_ptr<Cursor[]> cur_;
+    Cursor inline_[kInline];
+    std::unique_ptr<Cursor[]> heap_;
+    Cursor* cur_ = nullptr;
 };
 
 template <class Kern, class AX>

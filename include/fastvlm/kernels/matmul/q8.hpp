@@ -278,7 +278,16 @@ inline void quantize_act_ref(const float* x, Index k, int c, std::int8_t* q, flo
     }
 }
 
-FASTVLM_FLATTEN inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* d, std::int32_t* corr) {
+// The 32 codes of one block (k order) into a row group of gr rows: k-quad t at dst + t·gr·4 (gr = 1: contiguous).
+inline void put_block_quads(const std::int8_t* src, std::int8_t* dst, Index gr) {
+    for (Index t = 0; t < kQB / 4; ++t) std::memcpy(dst + t * gr * 4, src + t * 4, 4);
+}
+
+// quantize_act_ref's results written into a row group of gr rows (quantize_rows): block b's codes at
+// q + b·gr·32 (k-quad t at + t·gr·4), its scale and correction at d[b·gr], corr[b·gr]. gr = 1 is the
+// plain row: q[kb·32], d[kb], corr[kb].
+FASTVLM_FLATTEN inline void quantize_act(const float* x, Index k, int c, std::int8_t* q, float* d, std::int32_t* corr,
+                                         Index gr = 1) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     const Index kb = ceil_div(k, kQB);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
@@ -298,10 +307,24 @@ FASTVLM_FLATTEN inline void quantize_act(const float* x, Index k, int c, std::in
             return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(y, lo), hi));
         };
         const __m512i q0 = conv(v0), q1 = conv(v1);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQB), _mm512_cvtepi32_epi8(q0));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * kQB + 16), _mm512_cvtepi32_epi8(q1));
-        d[b] = amax / 127.f;
-        corr[b] = -c * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        const __m128i c0 = _mm512_cvtepi32_epi8(q0), c1 = _mm512_cvtepi32_epi8(q1);
+        std::int8_t* qb = q + b * gr * kQB;
+        if (gr == 1) {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(qb), c0);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16), c1);
+        } else {  // one k-quad per row slot of the group
+            const Index s = gr * 4;
+            _mm_storeu_si32(qb, c0);
+            _mm_storeu_si32(qb + s, _mm_bsrli_si128(c0, 4));
+            _mm_storeu_si32(qb + 2 * s, _mm_bsrli_si128(c0, 8));
+            _mm_storeu_si32(qb + 3 * s, _mm_bsrli_si128(c0, 12));
+            _mm_storeu_si32(qb + 4 * s, c1);
+            _mm_storeu_si32(qb + 5 * s, _mm_bsrli_si128(c1, 4));
+            _mm_storeu_si32(qb + 6 * s, _mm_bsrli_si128(c1, 8));
+            _mm_storeu_si32(qb + 7 * s, _mm_bsrli_si128(c1, 12));
+        }
+        d[b * gr] = amax / 127.f;
+        corr[b * gr] = -c * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     }
 #elif defined(__AVX2__)
     const Index kb = ceil_div(k, kQB);
@@ -331,48 +354,89 @@ FASTVLM_FLATTEN inline void quantize_act(const float* x, Index k, int c, std::in
         }
         // int32 → int8 (values already in ±127): the packs interleave 128-bit lanes; one permute restores order
         const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQB),
-                            _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        const __m256i codes = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        if (gr == 1) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQB), codes);
+        } else {
+            alignas(32) std::int8_t tmp[kQBlock];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), codes);
+            put_block_quads(tmp, q + b * gr * kQB, gr);
+        }
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-        d[b] = amax / 127.f;
-        corr[b] = -c * _mm_cvtsi128_si32(s4);
+        d[b * gr] = amax / 127.f;
+        corr[b * gr] = -c * _mm_cvtsi128_si32(s4);
     }
 #else
-    quantize_act_ref(x, k, c, q, d, corr);
+    if (gr == 1) return quantize_act_ref(x, k, c, q, d, corr);
+    const Index kb = ceil_div(k, kQB);
+    std::vector<std::int8_t> tq(static_cast<std::size_t>(kb * kQB));
+    std::vector<float> td(static_cast<std::size_t>(kb));
+    std::vector<std::int32_t> tc(static_cast<std::size_t>(kb));
+    quantize_act_ref(x, k, c, tq.data(), td.data(), tc.data());
+    for (Index b = 0; b < kb; ++b) {
+        put_block_quads(tq.data() + b * kQB, q + b * gr * kQB, gr);
+        d[b * gr] = td[b];
+        corr[b * gr] = tc[b];
+    }
 #endif
 }
 
 // Quantized rows of X: rows [0, m) plus zero rows up to mpad; kb blocks per row (the tail
-// blocks past k, up to the weights' padded block count, are zero).
+// blocks past k, up to the weights' padded block count, are zero). Rows are stored in groups of GR
+// (the GEMM micro-kernel's rows; 1 for GEMV rows = plain row-major), so that a micro-kernel reads all
+// its rows through one pointer with constant offsets (with row pointers and a runtime stride the
+// 6-row VNNI kernel ran out of general registers and ran at 2/3 of its speed):
+//   codes of row r, block b, k-quad t (4 bytes):  q + (r/GR)·GR·kb·32 + b·GR·32 + t·GR·4 + (r%GR)·4
+//   scale / correction of row r, block b:         d + (r/GR)·GR·kb + b·GR + r%GR
 struct QRows {
     const std::int8_t* q;
     const float* d;
     const std::int32_t* corr;
     Index kb;
 };
-inline QRows quantize_rows(const float* x, Index m, Index ldx, Index k, Index kb, Index mpad, int c, ThreadPool* pool) {
+inline QRows quantize_rows(const float* x, Index m, Index ldx, Index k, Index kb, Index mpad, int c, ThreadPool* pool,
+                           Index group = 1) {
+    const Index GR = std::max<Index>(group, 1);
+    mpad = round_up(mpad, GR);
     std::int8_t* q = scratch<std::int8_t, Scratch::q8_codes>(std::size_t(mpad * kb * kQB + 64));
     float* d = scratch<float, Scratch::q8_scales>(std::size_t(mpad * kb + 16));
     std::int32_t* corr = scratch<std::int32_t, Scratch::q8_corr>(std::size_t(mpad * kb + 16));
     const Index kb_x = ceil_div(k, kQB);
-    parallel_for(pool, std::size_t(m), 64, [&](std::size_t r0, std::size_t r1) {
-        for (Index r = Index(r0); r < Index(r1); ++r) {
-            quantize_act(x + r * ldx, k, c, q + r * kb * kQB, d + r * kb, corr + r * kb);
-            std::fill(q + (r * kb + kb_x) * kQB, q + (r + 1) * kb * kQB, std::int8_t(0));
-            std::fill(d + r * kb + kb_x, d + (r + 1) * kb, 0.f);
-            std::fill(corr + r * kb + kb_x, corr + (r + 1) * kb, 0);
+    auto row = [&](Index r) {  // row r into its group's slot (GR = 1: row-major)
+        const Index g0 = (r / GR) * GR, ri = r % GR;
+        std::int8_t* rq = q + g0 * kb * kQB + ri * 4;
+        float* rd = d + g0 * kb + ri;
+        std::int32_t* rc = corr + g0 * kb + ri;
+        Index b0 = 0;  // blocks [b0, kb) are zero: past k (the weights' padding) or the whole of a padding row
+        if (r < m) {
+            quantize_act(x + r * ldx, k, c, rq, rd, rc, GR);
+            b0 = kb_x;
         }
+        if (GR == 1) {
+            std::fill(rq + b0 * kQB, rq + kb * kQB, std::int8_t(0));
+            std::fill(rd + b0, rd + kb, 0.f);
+            std::fill(rc + b0, rc + kb, 0);
+            return;
+        }
+        for (Index b = b0; b < kb; ++b) {
+            for (Index t = 0; t < kQB / 4; ++t) std::memset(rq + b * GR * kQB + t * GR * 4, 0, 4);
+            rd[b * GR] = 0.f;
+            rc[b * GR] = 0;
+        }
+    };
+    const Index rows = GR == 1 ? m : mpad;
+    parallel_for(pool, std::size_t(rows), 64, [&](std::size_t r0, std::size_t r1) {
+        for (Index r = Index(r0); r < Index(r1); ++r) row(r);
     });
-    std::fill(q + m * kb * kQB, q + mpad * kb * kQB, std::int8_t(0));
-    std::fill(d + m * kb, d + mpad * kb, 0.f);
-    std::fill(corr + m * kb, corr + mpad * kb, 0);
+    for (Index r = rows; r < mpad; ++r) row(r);  // GR = 1: the zero rows past m
     return {q, d, corr, kb};
 }
 
 // ---- micro-kernels: tile[MR][NV·16] over nb blocks ------------------------------------------------------
-// a: row r's quants at aq + r·kb·32, scales ad + r·kb, corr ac + r·kb (already offset to the first block)
+// a: one group of MR rows as quantize_rows(…, group = MR) lays it out, offset to the first block: row r's
+//    k-quad t of block b at aq + b·MR·32 + t·MR·4 + r·4, its scale ad[b·MR + r], correction ac[b·MR + r]
 // b: panel v's data at bp + v·ps (offset to the first superblock; nb is a multiple of G)
 template <class QF>
 inline const std::uint8_t* qblock(const std::uint8_t* bp, Index b) {
@@ -386,18 +450,18 @@ inline const f16* qscales(const std::uint8_t* bp, Index b) {
 }
 
 template <class QF, int MR, int NV>
-inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const std::int32_t* ac, Index kb,
+inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const std::int32_t* ac,
                          const std::uint8_t* bp, Index ps, float* tile, Index ldt) {
     for (int r = 0; r < MR; ++r)
         for (int v = 0; v < NV; ++v)
             for (Index c = 0; c < kPanel; ++c) {
                 float acc = 0.f;
                 for (Index b = 0; b < nb; ++b) {
-                    const std::int8_t* xq = aq + r * kb * kQB + b * kQB;
+                    const std::int8_t* xq = aq + b * MR * kQB + r * 4;
                     const std::uint8_t* w = qblock<QF>(bp + v * ps, b);
-                    std::int32_t s = ac[r * kb + b];
-                    for (Index j = 0; j < kQB; ++j) s += PackedQ<QF>::stored(w, c, j) * int(xq[j]);
-                    acc += to_float(qscales<QF>(bp + v * ps, b)[c]) * ad[r * kb + b] * float(s);
+                    std::int32_t s = ac[b * MR + r];
+                    for (Index j = 0; j < kQB; ++j) s += PackedQ<QF>::stored(w, c, j) * int(xq[(j / 4) * MR * 4 + j % 4]);
+                    acc += to_float(qscales<QF>(bp + v * ps, b)[c]) * ad[b * MR + r] * float(s);
                 }
                 tile[r * ldt + v * kPanel + c] = acc;
             }
@@ -406,9 +470,8 @@ inline void ukr_q_scalar(Index nb, const std::int8_t* aq, const float* ad, const
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 template <class QF, int MR, int NV>
 FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
-                       const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
+                       const std::int32_t* __restrict ac, const std::uint8_t* __restrict bp, Index ps,
                        float* __restrict tile, Index ldt) {
-    const Index lda = kb * kQB;
     __m512 facc[MR][NV];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r)
@@ -418,12 +481,12 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
         __m512i ia[MR][NV];
 #pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
-            const __m512i c0 = _mm512_set1_epi32(ac[r * kb + b]);
+            const __m512i c0 = _mm512_set1_epi32(ac[b * MR + r]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) ia[r][v] = c0;
         }
         const std::uint8_t* w = qblock<QF>(bp, b);
-        const std::int8_t* x = aq + b * kQB;
+        const std::int8_t* x = aq + b * MR * kQB;
         if constexpr (QF::kNibbles) {
             const __m512i lo4 = _mm512_set1_epi8(0x0f);
 #pragma GCC unroll 4
@@ -438,8 +501,8 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
 #pragma GCC unroll 8
                 for (int r = 0; r < MR; ++r) {
                     std::int32_t xl, xh;
-                    std::memcpy(&xl, x + r * lda + 4 * t, 4);
-                    std::memcpy(&xh, x + r * lda + 16 + 4 * t, 4);
+                    std::memcpy(&xl, x + (t * MR + r) * 4, 4);
+                    std::memcpy(&xh, x + ((t + 4) * MR + r) * 4, 4);
                     const __m512i bl = _mm512_set1_epi32(xl), bh = _mm512_set1_epi32(xh);
 #pragma GCC unroll 4
                     for (int v = 0; v < NV; ++v) {
@@ -457,7 +520,7 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
 #pragma GCC unroll 8
                 for (int r = 0; r < MR; ++r) {
                     std::int32_t xv;
-                    std::memcpy(&xv, x + r * lda + 4 * t, 4);
+                    std::memcpy(&xv, x + (t * MR + r) * 4, 4);
                     const __m512i bx = _mm512_set1_epi32(xv);
 #pragma GCC unroll 4
                     for (int v = 0; v < NV; ++v) ia[r][v] = _mm512_dpbusd_epi32(ia[r][v], wv[v], bx);
@@ -470,7 +533,7 @@ FASTVLM_FLATTEN inline void ukr_q_vnni(Index nb, const std::int8_t* __restrict a
             dw[v] = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(qscales<QF>(bp + v * ps, b))));
 #pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
-            const __m512 dx = _mm512_set1_ps(ad[r * kb + b]);
+            const __m512 dx = _mm512_set1_ps(ad[b * MR + r]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v)
                 facc[r][v] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia[r][v]), dx), dw[v], facc[r][v]);
@@ -611,16 +674,15 @@ inline __m256i dot_q8(__m256i w, __m256i xb, __m256i ax) {
 
 template <class QF, int MR, int NV>
 FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict aq, const float* __restrict ad,
-                       const std::int32_t* __restrict ac, Index kb, const std::uint8_t* __restrict bp, Index ps,
+                       const std::int32_t* __restrict ac, const std::uint8_t* __restrict bp, Index ps,
                        float* __restrict tile, Index ldt) {
-    const Index lda = kb * kQB;
     __m256 facc[MR][NV][2];
     for (int r = 0; r < MR; ++r)
         for (int v = 0; v < NV; ++v) facc[r][v][0] = facc[r][v][1] = _mm256_setzero_ps();
     for (Index b = 0; b < nb; ++b) {
         __m256i ia[MR][NV][2];
         const std::uint8_t* w = qblock<QF>(bp, b);
-        const std::int8_t* x = aq + b * kQB;
+        const std::int8_t* x = aq + b * MR * kQB;
         if constexpr (QF::kNibbles) {
             const __m256i lo4 = _mm256_set1_epi8(0x0f);
             __m256i s16[MR][NV][2];
@@ -637,8 +699,8 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
                     }
                 for (int r = 0; r < MR; ++r) {
                     std::int32_t xl, xh;
-                    std::memcpy(&xl, x + r * lda + 4 * t, 4);
-                    std::memcpy(&xh, x + r * lda + 16 + 4 * t, 4);
+                    std::memcpy(&xl, x + (t * MR + r) * 4, 4);
+                    std::memcpy(&xh, x + ((t + 4) * MR + r) * 4, 4);
                     const __m256i bl = _mm256_set1_epi32(xl), bh = _mm256_set1_epi32(xh);
                     for (int v = 0; v < NV; ++v)
                         for (int h = 0; h < 2; ++h)
@@ -647,7 +709,7 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
                 }
             }
             for (int r = 0; r < MR; ++r) {
-                const __m256i c0 = _mm256_set1_epi32(ac[r * kb + b]);
+                const __m256i c0 = _mm256_set1_epi32(ac[b * MR + r]);
                 for (int v = 0; v < NV; ++v)
                     for (int h = 0; h < 2; ++h) ia[r][v][h] = _mm256_add_epi32(c0, _mm256_madd_epi16(s16[r][v][h], _mm256_set1_epi16(1)));
             }
@@ -661,7 +723,7 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
                     for (int h = 0; h < 2; ++h) wv[v][h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + v * ps + t * 64 + h * 32));
                 for (int r = 0; r < MR; ++r) {
                     std::int32_t xv;
-                    std::memcpy(&xv, x + r * lda + 4 * t, 4);
+                    std::memcpy(&xv, x + (t * MR + r) * 4, 4);
                     const __m256i bx = _mm256_set1_epi32(xv), ax = _mm256_sign_epi8(bx, bx);
                     for (int v = 0; v < NV; ++v)
                         for (int h = 0; h < 2; ++h) ia[r][v][h] = _mm256_add_epi32(ia[r][v][h], qa::dot_q8(wv[v][h], bx, ax));
@@ -672,7 +734,7 @@ FASTVLM_FLATTEN inline void ukr_q_avx2(Index nb, const std::int8_t* __restrict a
         for (int v = 0; v < NV; ++v)
             for (int h = 0; h < 2; ++h) dw[v][h] = (qa::f16x8(qscales<QF>(bp + v * ps, b) + h * 8));
         for (int r = 0; r < MR; ++r) {
-            const __m256 dx = _mm256_set1_ps(ad[r * kb + b]);
+            const __m256 dx = _mm256_set1_ps(ad[b * MR + r]);
             for (int v = 0; v < NV; ++v)
                 for (int h = 0; h < 2; ++h)
                     facc[r][v][h] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ia[r][v][h]), dx), dw[v][h], facc[r][v][h]);
@@ -767,7 +829,7 @@ template <class QF, Path Pth>
 struct KernQ {
     using PQ = PackedQ<QF>;
     static constexpr bool kAvx2 = Pth == Path::avx2_int8;  // 16 ymm registers: a 4 × 16 tile
-    static constexpr int MR = kAvx2 ? 4 : 6, NV = kAvx2 ? 1 : 2;
+        static constexpr int MR = kAvx2 ? 4 : 6, NV = kAvx2 ? 1 : 2;
     const PQ* P;
     Index n, npanels;
     const float* bias;
@@ -782,8 +844,8 @@ struct KernQ {
         const std::int32_t* corr;
     };
     APack pack_a(const float*, Index, Index m0, Index, Index u0, Index) const {
-        const Index kb = xq.kb, b0 = u0 * PQ::G;
-        return {xq.q + m0 * kb * kQB + b0 * kQB, xq.d + m0 * kb + b0, xq.corr + m0 * kb + b0};
+        const Index kb = xq.kb, b0 = u0 * PQ::G;  // m0 is a multiple of MR: the start of a row group
+        return {xq.q + m0 * kb * kQB + b0 * MR * kQB, xq.d + m0 * kb + b0 * MR, xq.corr + m0 * kb + b0 * MR};
     }
     struct BPack {
         const std::uint8_t* p;
@@ -791,20 +853,20 @@ struct KernQ {
     BPack pack_b(Index g, int, Index u0, Index) const { return {P->panel(g * NV) + u0 * PQ::kSuperBytes}; }
     template <int R, int V>
     void call(Index nb, const APack& a, const BPack& b, float* tile, Index ldt) const {
-        const Index kb = xq.kb, ps = P->panel_bytes();
+        const Index ps = P->panel_bytes();
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
         if constexpr (Pth == Path::avx512_vnni) {
-            ukr_q_vnni<QF, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+            ukr_q_vnni<QF, R, V>(nb, a.q, a.d, a.corr, b.p, ps, tile, ldt);
             return;
         }
 #endif
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
         if constexpr (kAvx2) {
-            ukr_q_avx2<QF, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+            ukr_q_avx2<QF, R, V>(nb, a.q, a.d, a.corr, b.p, ps, tile, ldt);
             return;
         }
 #endif
-        ukr_q_scalar<QF, R, V>(nb, a.q, a.d, a.corr, kb, b.p, ps, tile, ldt);
+        ukr_q_scalar<QF, R, V>(nb, a.q, a.d, a.corr, b.p, ps, tile, ldt);
     }
     void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
         const Index kb = xq.kb;
@@ -831,7 +893,7 @@ struct KernQ {
                 }
 #endif
                 for (int r = 0; r < R; ++r)
-                    ukr_q_scalar<QF, 1, 1>(P->kb, xs[r].q, xs[r].d, xs[r].corr, xs[r].kb, P->panel(p), P->panel_bytes(), o + r * ldo, kPanel);
+                    ukr_q_scalar<QF, 1, 1>(P->kb, xs[r].q, xs[r].d, xs[r].corr, P->panel(p), P->panel_bytes(), o + r * ldo, kPanel);
             }
         });
     }
@@ -926,9 +988,11 @@ struct ImplQ : PackedImpl<PackedQ<QF>> {
     void run(const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
              const float* bias) const {
         using K = KernQ<QF, Pth>;
-        const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<QF>::kCorr, m > 1 ? pool : nullptr);
+        const bool gemv = use_gemv(m, ep);  // GEMV rows read row-major rows; the GEMM, groups of its MR rows
+        const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<QF>::kCorr, m > 1 ? pool : nullptr,
+                                       gemv ? 1 : K::MR);
         K kern{&P, P.n, P.npanels, bias, xq};
-        if (use_gemv(m, ep)) {
+        if (gemv) {
             const Index kb = xq.kb;
             gemv_rows(kern, [&](Index r) { return QRows{xq.q + r * kb * kQB, xq.d + r * kb, xq.corr + r * kb, kb}; }, m, y, ldy,
                       pool, ep, P.k);
