@@ -15,6 +15,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -246,6 +247,59 @@ void register_small_m(const std::string& name) {
         }
 }
 
+// ---- the Q8 GEMM micro-kernel alone (issue 15: the int8 vision GEMM against the vpdpbusd peak) ----------
+// ukr_q_vnni<Q8, 6, 2> (6 rows × 32 columns) over 32 blocks (k = 1,024), operands in L1, one thread:
+// what the loop itself reaches. "int_only" runs the same vpdpbusd on the same operands without the per-block
+// float rescale (cvt, ·d_x, fma ·d_w per accumulator and block: the float steps Q8 blocks of 32 on both sides
+// need) — not a usable kernel, the measure of what the rescale costs; the results are not comparable.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+[[gnu::noinline]] void ukr_int_only(Index nb, const std::int8_t* aq, const std::int32_t* ac, const std::uint8_t* bp, Index ps,
+                                    float* tile) {
+    __m512i acc[6][2];
+    for (int r = 0; r < 6; ++r) acc[r][0] = acc[r][1] = _mm512_set1_epi32(ac[r]);
+    for (Index b = 0; b < nb; ++b) {
+        const std::uint8_t* w = detail::mm::qblock<fmt::Q8>(bp, b);
+        const std::int8_t* x = aq + b * 6 * 32;
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) {
+            const __m512i w0 = _mm512_load_si512(w + t * 64), w1 = _mm512_load_si512(w + ps + t * 64);
+#pragma GCC unroll 6
+            for (int r = 0; r < 6; ++r) {
+                std::int32_t xv;
+                std::memcpy(&xv, x + (t * 6 + r) * 4, 4);
+                const __m512i bx = _mm512_set1_epi32(xv);
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, bx);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, bx);
+            }
+        }
+    }
+    for (int r = 0; r < 6; ++r)
+        for (int v = 0; v < 2; ++v) _mm512_store_ps(tile + r * 32 + v * 16, _mm512_cvtepi32_ps(acc[r][v]));
+}
+
+void BM_UkrQ8(benchmark::State& st) {
+    const bool int_only = st.range(0) == 1;
+    constexpr Index k = 1024, n = 32, nb = k / 32;
+    const auto& w = data("ukr_w", std::size_t(n * k));
+    const auto& x = data("ukr_x", std::size_t(6 * k));
+    detail::mm::PackedQ<fmt::Q8> P;
+    P.pack(n, k, [&](Index r0, Index cnt, float* dst) { std::copy(w.begin() + r0 * k, w.begin() + (r0 + cnt) * k, dst); });
+    const auto xq = detail::mm::quantize_rows(x.data(), 6, k, k, P.kb, 6, 128, nullptr, 6);
+    alignas(64) float tile[6 * 32];
+    fb::observe_peak(1);
+    const fb::LoopTimer timer;
+    for (auto _ : st) {
+        for (int i = 0; i < 64; ++i) {
+            if (int_only) ukr_int_only(nb, xq.q, xq.corr, P.panel(0), P.panel_bytes(), tile);
+            else detail::mm::ukr_q_vnni<fmt::Q8, 6, 2>(nb, xq.q, xq.d, xq.corr, P.panel(0), P.panel_bytes(), tile, 32);
+            benchmark::DoNotOptimize(tile);
+        }
+    }
+    fb::report(st, 64 * 2.0 * 6 * n * k, double(P.bytes()), timer.seconds(), 1, fb::Unit::vnni);
+    st.SetLabel(int_only ? "vpdpbusd only, no float rescale" : "ukr_q_vnni 6x32 (the library's)");
+}
+#endif
+
 // Matmul/NAME/... runs the builtin paths (GEMV for m = 1, GEMM otherwise); Matmul/NAME@PATH/... each other
 // path this CPU has, forced for both classes (the candidates kernel choice times at load,
 // kernels/kernel_choice.hpp; a GEMM-only path such as AMX runs m = 1 through the format's vector path).
@@ -288,6 +342,10 @@ int main(int argc, char** argv) {
     register_small_m<fmt::BF16, fmt::BF16>("bf16");
     register_small_m<fmt::Q8, fmt::Q8>("q8");
     register_small_m<fmt::Q4, fmt::Q8>("q4");
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    if (detail::mm::have_avx512_vnni())
+        benchmark::RegisterBenchmark("Ukr/q8_6x32_k1024", BM_UkrQ8)->Arg(0)->Arg(1)->ArgName("int_only")->UseRealTime();
+#endif
 #if defined(FASTVLM_HAVE_BLAS)
     for (int i = 0; i < int(std::size(kShapes)); ++i)
         benchmark::RegisterBenchmark((std::string("OpenBLAS/f32/") + kShapes[i].name).c_str(), BM_OpenBLAS)

@@ -397,6 +397,76 @@ TEST(Matmul, QuantizedRowsAreGroupedForTheMicroKernel) {
     }
 }
 
+// A Q8 hand-off (fc1's output quantized in its GEMM epilogue, Linear::forward_quantized_for) gives fc2 the
+// very codes it would make from fc1's float output: the two-layer result is bit for bit the float round
+// trip's, on every path that makes hand-offs, for Q8 and Q4 weights on either side, partial row groups,
+// and a next layer whose K is padded to whole superblocks. Where no hand-off can be made, it says so.
+template <class W1, class W2>
+void check_handoff(Path path, Index m, Index k1, Index n1, Index n2, ThreadPool* pool) {
+    std::mt19937 g(unsigned(m * 131 + k1 * 7 + n1 * 3 + n2));
+    const auto w1 = randn(sz(n1 * k1), g, 0.5f), b1 = randn(sz(n1), g), w2 = randn(sz(n2 * n1), g, 0.5f), b2 = randn(sz(n2), g);
+    const auto x = randn(sz(m * (k1 + 3)), g, 2.f), scale = randn(sz(n2), g);
+    Linear<W1, fmt::Q8> fc1(w1.data(), n1, k1, b1.data());
+    Linear<W2, fmt::Q8> fc2(w2.data(), n2, n1, b2.data());
+    fc1.set_path(path), fc2.set_path(path);
+    const Epilogue e1{Act::gelu}, e2{Act::none, scale.data(), true};
+    std::vector<float> hidden(sz(m * n1)), y_ref = randn(sz(m * n2), g), y = y_ref;
+    fc1.forward(x.data(), m, k1 + 3, hidden.data(), n1, pool, e1);
+    fc2.forward(hidden.data(), m, n1, y_ref.data(), n2, pool, e2);
+    Q8Handoff hq;
+    ASSERT_TRUE(fc1.forward_quantized_for(fc2, x.data(), m, k1 + 3, hq, pool, e1))
+        << detail::mm::path_name(path) << " m " << m << " k " << k1 << " n " << n1;
+    fc2.forward(hq, y.data(), n2, pool, e2);
+    ASSERT_EQ(0, std::memcmp(y.data(), y_ref.data(), y.size() * sizeof(float)))
+        << detail::mm::path_name(path) << " " << W1::name << "->" << W2::name << " m " << m << " k " << k1 << " n " << n1;
+}
+
+TEST(Matmul, Q8HandoffEqualsTheFloatRoundTrip) {
+    ThreadPool pool(2);
+    std::vector<Path> paths = {Path::scalar};
+    if (detail::mm::have_avx512_vnni()) paths.push_back(Path::avx512_vnni);
+    for (const Path p : paths)
+        for (const Index m : {Index(2), Index(7), Index(13), Index(200)}) {
+            ThreadPool* pl = m > 100 ? &pool : nullptr;
+            check_handoff<fmt::Q8, fmt::Q8>(p, m, 96, 128, 48, pl);
+            check_handoff<fmt::Q8, fmt::Q4>(p, m, 70, 64, 32, pl);
+            check_handoff<fmt::Q4, fmt::Q8>(p, m, 384, 160, 24, pl);  // 5 blocks: fc2's K padded to 8 blocks
+            check_handoff<fmt::Q4, fmt::Q4>(p, m, 1024, 96, 16, pl);
+        }
+}
+
+TEST(Matmul, Q8HandoffRefusedWhereItCannotBeMade) {
+    std::mt19937 g(11);
+    const auto w = randn(sz(64 * 1100), g), x = randn(sz(8 * 1100), g);
+    Linear<fmt::Q8, fmt::Q8> a(w.data(), 64, 96), next(w.data(), 16, 64), wide_k(w.data(), 64, 1100);
+    Linear<fmt::Q8, fmt::Q8> odd_n(w.data(), 40, 96), next40(w.data(), 16, 40);
+    for (auto* l : {&a, &next, &wide_k, &odd_n, &next40}) l->set_path(Path::scalar);
+    Q8Handoff hq;
+    EXPECT_TRUE(a.forward_quantized_for(next, x.data(), 8, 96, hq, nullptr));
+    EXPECT_FALSE(a.forward_quantized_for(next, x.data(), 1, 96, hq, nullptr));                           // m = 1: GEMV
+    EXPECT_FALSE(a.forward_quantized_for(next, x.data(), 8, 96, hq, nullptr, Epilogue{Act::none, nullptr, true}));  // accumulate
+    EXPECT_FALSE(a.forward_quantized_for(next, x.data(), 8, 96, hq, nullptr, Epilogue{.rows = RowKernel::gemv}));
+    EXPECT_FALSE(wide_k.forward_quantized_for(next, x.data(), 8, 1100, hq, nullptr));  // K > 1024: two K blocks
+    EXPECT_FALSE(odd_n.forward_quantized_for(next40, x.data(), 8, 96, hq, nullptr));   // 40 columns: not whole blocks
+    EXPECT_THROW(a.forward_quantized_for(next40, x.data(), 8, 96, hq, nullptr), Error);  // 64 features into 40
+    if (detail::mm::have_avx512_vnni()) {
+        next.set_path(Path::avx512_vnni);
+        EXPECT_FALSE(a.forward_quantized_for(next, x.data(), 8, 96, hq, nullptr));  // paths differ
+    }
+    if (detail::mm::have_avx2_int8()) {
+        a.set_path(Path::avx2_int8), next.set_path(Path::avx2_int8);
+        EXPECT_FALSE(a.forward_quantized_for(next, x.data(), 8, 96, hq, nullptr));  // 4 × 16 tiles: half a block
+    }
+    // A hand-off made for one path is refused by a layer on another.
+    a.set_path(Path::scalar), next.set_path(Path::scalar);
+    ASSERT_TRUE(a.forward_quantized_for(next, x.data(), 8, 96, hq, nullptr));
+    std::vector<float> y(8 * 16);
+    if (detail::mm::have_avx512_vnni()) {
+        next.set_path(Path::avx512_vnni);
+        EXPECT_THROW(next.forward(hq, y.data(), 16, nullptr), Error);
+    }
+}
+
 // The packers' block quantizers (AVX-512 and scalar) give exactly core/formats.hpp's quantize_row.
 TEST(Matmul, WeightQuantizersMatchFormats) {
     std::mt19937 g(11);

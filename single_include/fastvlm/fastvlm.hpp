@@ -5750,6 +5750,9 @@ enum class Scratch {
     q8_codes,     // activations quantized to int8
     q8_scales,    // their per-block scales
     q8_corr,      // their per-block corrections −c·Σq for the unsigned weight bytes
+    q8_next,      // a layer's output quantized for the next layer (Linear::forward_quantized_for): codes,
+    q8_next_d,    // scales
+    q8_next_c,    // corrections
     a_tiles,      // X block packed as AMX bf16 tiles
 };
 template <class T, Scratch Slot>
@@ -5967,6 +5970,7 @@ FASTVLM_SIMD_WARNINGS_ON
 // The tile goes through store_tile (bias / act / scale / accumulate) after every K block.
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <type_traits>
@@ -5977,15 +5981,19 @@ FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
-template <class Kern>
+// sink: null, or a callable sink(tile, ldt, mr, nr, row0, c0, ops) that takes each finished tile (rows row0 ..
+// row0 + mr − 1, columns c0 .. c0 + nr − 1) instead of store_tile writing it to Y (one K block only).
+template <class Kern, class Sink = std::nullptr_t>
 void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
-                  const Epilogue& ep) {
+                  const Epilogue& ep, const Sink& sink = nullptr) {
     constexpr int MR = Kern::MR, NV = Kern::NV;
     constexpr Index NR = Index(NV) * kPanel;
+    constexpr bool to_sink = !std::is_same_v<Sink, std::nullptr_t>;
     const Index n = kern.n, nu = kern.units();
     if (m <= 0 || n <= 0) return;
     const Index nkb = std::max<Index>(1, ceil_div(nu, kern.kc_units()));
     const Index kcu = nkb == 1 ? nu : ceil_div(nu, nkb);
+    if constexpr (to_sink) FASTVLM_CHECK(nkb == 1 && !ep.accumulate, "gemm_blocked: a tile sink needs one K block and no accumulate");
 
     if (ep.accumulate && ep.act != Act::none && nkb > 1) {
         // Y += act(XWᵀ + b)·s cannot be formed from partial sums in Y: go through a buffer.
@@ -6033,6 +6041,11 @@ void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y
                 if (o.scale) o.scale += c0;
                 for (Index ir = 0; ir * MR < mcur; ++ir) {
                     const Index mr = std::min<Index>(MR, mcur - ir * MR);
+                    if constexpr (to_sink) {
+                        kern.ukr(nv, a, ir, b, uc, tile);
+                        sink(static_cast<const float*>(tile), NR, mr, nr, m0 + ir * MR, c0, o);
+                        continue;
+                    }
                     float* c = y + (m0 + ir * MR) * ldy + c0;
                     for (Index r = 0; r < mr; ++r)  // the tile of C is read after the micro-kernel: fetch it now
                         for (Index j = 0; j < nr; j += 16) __builtin_prefetch(c + r * ldy + j, 1, 3);
@@ -7914,6 +7927,28 @@ struct KernQBf16Amx {
 };
 #endif
 
+// ---- hand-off: a GEMM's output quantized as the input of the next Q8 layer ---------------------------------
+// A tile of the GEMM micro-kernel (6 rows × 32 columns) is, row by row, exactly one Q8 block of the next
+// layer's input. QSink takes each finished tile in place of store_tile: the same float epilogue (bias,
+// activation, scale) into a small buffer, then quantize_act per row straight into the next layer's row
+// groups (quantize_rows' layout, group = MR). The codes, scales and corrections are bit for bit those
+// that quantize_rows makes from the float output: the float map is neither written nor read back.
+struct QSink {
+    QRows out;      // layout of quantize_rows(…, group = gr) with out.kb blocks per row
+    Index gr = 6;   // the micro-kernel's rows (of producer and consumer alike)
+    int corr_c = 0;  // the next layer's zero point (PackedQ::kCorr)
+    void operator()(const float* tile, Index ldt, Index mr, Index nr, Index row0, Index c0, const TileOps& o) const {
+        alignas(64) float buf[8 * kQBlock];
+        FASTVLM_CHECK(nr == kQB && c0 % kQB == 0 && mr <= gr && gr <= 8, "QSink: a tile must be one Q8 block wide");
+        store_tile(tile, ldt, mr, nr, buf, kQB, o);
+        const Index b = c0 / kQB, kb = out.kb;
+        auto* q = const_cast<std::int8_t*>(out.q) + row0 * kb * kQB + b * gr * kQB;
+        auto* d = const_cast<float*>(out.d) + row0 * kb + b * gr;
+        auto* c = const_cast<std::int32_t*>(out.corr) + row0 * kb + b * gr;
+        for (Index r = 0; r < mr; ++r) quantize_act(buf + r * kQB, kQB, corr_c, q + r * 4, d + r, c + r, gr);
+    }
+};
+
 template <class QF>
 struct ImplQ : PackedImpl<PackedQ<QF>> {
     using PackedImpl<PackedQ<QF>>::P;
@@ -7931,13 +7966,51 @@ struct ImplQ : PackedImpl<PackedQ<QF>> {
         const bool gemv = use_gemv(m, ep);  // GEMV rows read row-major rows; the GEMM, groups of its MR rows
         const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<QF>::kCorr, m > 1 ? pool : nullptr,
                                        gemv ? 1 : K::MR);
+        run_rows<Pth>(xq, m, y, ldy, pool, ep, bias, gemv);
+    }
+    // The GEMM's micro-kernel rows on the paths where a hand-off can be made (QSink: 6 × 32 tiles), else 0.
+    static int handoff_rows(Path p) {
+        return p == Path::avx512_vnni || p == Path::scalar ? KernQ<QF, Path::avx512_vnni>::MR : 0;
+    }
+    // Y quantized for a next layer (QSink, out laid out for path's GEMM): one K block, columns in whole Q8 blocks.
+    bool can_hand_off(Path p, Index m, const Epilogue& ep) const {
+        return handoff_rows(p) > 0 && !use_gemv(m, ep) && !ep.accumulate && P.n % kQB == 0 && P.kb <= 32;
+    }
+    void forward_to(Path path, const float* x, Index m, Index ldx, const QSink& sink, ThreadPool* pool, const Epilogue& ep,
+                    const float* bias) const {
+        auto go = [&]<Path Pth>() {
+            using K = KernQ<QF, Pth>;
+            const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<QF>::kCorr, pool, K::MR);
+            gemm_blocked(K{&P, P.n, P.npanels, bias, xq}, x, m, ldx, nullptr, 0, pool, ep, sink);
+        };
+        if (path == Path::avx512_vnni) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+            return go.template operator()<Path::avx512_vnni>();
+#endif
+        }
+        go.template operator()<Path::scalar>();
+    }
+    // From rows a previous layer handed off (QSink, laid out for this path's GEMM).
+    void forward_rows(Path path, const QRows& xq, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
+                      const float* bias) const {
+        if (path == Path::avx512_vnni) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+            return run_rows<Path::avx512_vnni>(xq, m, y, ldy, pool, ep, bias, false);
+#endif
+        }
+        run_rows<Path::scalar>(xq, m, y, ldy, pool, ep, bias, false);
+    }
+    template <Path Pth>
+    void run_rows(const QRows& xq, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep, const float* bias,
+                  bool gemv) const {
+        using K = KernQ<QF, Pth>;
         K kern{&P, P.n, P.npanels, bias, xq};
         if (gemv) {
             const Index kb = xq.kb;
             gemv_rows(kern, [&](Index r) { return QRows{xq.q + r * kb * kQB, xq.d + r * kb, xq.corr + r * kb, kb}; }, m, y, ldy,
                       pool, ep, P.k);
         } else {
-            gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+            gemm_blocked(kern, nullptr, m, 0, y, ldy, pool, ep);
         }
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
@@ -7974,6 +8047,7 @@ FASTVLM_SIMD_WARNINGS_ON
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -8075,9 +8149,19 @@ PathChoice& path_choice() {
 // or the blocked GEMM (prefill, vision).
 enum class KernelClass { gemv, gemm };
 
+// A layer's output handed to the next Q8 layer as that layer's quantized input (Linear::forward_quantized_for):
+// int8 codes, scales and corrections in the row groups of the GEMM micro-kernel, in the producing thread's scratch.
+struct Q8Handoff {
+    detail::mm::QRows rows{};
+    Index m = 0, k = 0;
+    detail::mm::Path path = detail::mm::Path::scalar;
+};
+
 // A linear layer y = x·Wᵀ + b with weights repacked for the kernels of (W, A).
 template <class W, class A = fmt::F32>
 class Linear {
+    template <class, class>
+    friend class Linear;
     static_assert(has_matmul_kernel<W, A>,
                   "fastvlm::Linear<W, A>: no matrix kernel for this (weight, compute) pair. "
                   "Supported: " FASTVLM_KERNEL_PAIRS_TEXT);
@@ -8116,6 +8200,48 @@ public:
         const bool gemv = use_gemv(m, ep);
         impl_.forward(forced_ ? path_ : detail::mm::path_choice<W, A>().get(gemv), x, m, ldx, y, ldy, pool, ep,
                       bias_.empty() ? nullptr : bias_.data());
+    }
+    // Y = epilogue(X·Wᵀ + b) handed to `next` as its quantized input, instead of written as floats that next
+    // would read back and quantize (ConvFFN: fc1 → GELU → fc2; the 4×-wide hidden map never goes to memory as
+    // floats). next.forward(out, …) then gives bit for bit what forward + next.forward give. Returns false,
+    // doing nothing, where no hand-off can be made — the two layers' GEMM paths differ or have no 6 × 32 tile
+    // (AVX2, AMX), m < 2 or GEMV rows, accumulate, K over 1,024 (several K blocks), out_features not a
+    // multiple of 32 — and the caller goes through floats. `out` lives in this thread's scratch until the
+    // thread's next hand-off.
+    template <class W2>
+        requires std::is_same_v<A, fmt::Q8>
+    bool forward_quantized_for(const Linear<W2, fmt::Q8>& next, const float* x, Index m, Index ldx, Q8Handoff& out,
+                               ThreadPool* pool, const Epilogue& ep = {}) const {
+        namespace mm = detail::mm;
+        FASTVLM_CHECK(next.in_features() == n_, "Linear::forward_quantized_for: this layer gives ", n_,
+                      " features, the next one takes ", next.in_features());
+        FASTVLM_CHECK(m >= 0 && (m == 0 || (x && ldx >= k_)), "Linear::forward_quantized_for: bad input (m=", m, ", ldx=", ldx,
+                      ", k=", k_, ")");
+        const mm::Path p = path(KernelClass::gemm);
+        if (m < 2 || n_ == 0 || p != next.path(KernelClass::gemm) || !impl_.can_hand_off(p, m, ep)) return false;
+        const Index gr = Impl::handoff_rows(p), kb = next.impl_.P.kb, mpad = mm::round_up(m, gr);
+        auto* q = mm::scratch<std::int8_t, mm::Scratch::q8_next>(std::size_t(mpad * kb * mm::kQB + 64));
+        auto* d = mm::scratch<float, mm::Scratch::q8_next_d>(std::size_t(mpad * kb + 16));
+        auto* c = mm::scratch<std::int32_t, mm::Scratch::q8_next_c>(std::size_t(mpad * kb + 16));
+        // What the tiles do not write is zero, as quantize_rows leaves it: blocks past n (the next layer's
+        // padding to whole superblocks) and the rows past m of the last group.
+        const Index from = kb * mm::kQB > n_ ? 0 : mpad > m ? mpad - gr : mpad;
+        std::memset(q + from * kb * mm::kQB, 0, std::size_t((mpad - from) * kb * mm::kQB));
+        std::fill(d + from * kb, d + mpad * kb, 0.f);
+        std::fill(c + from * kb, c + mpad * kb, 0);
+        const mm::QRows rows{q, d, c, kb};
+        impl_.forward_to(p, x, m, ldx, mm::QSink{rows, gr, mm::PackedQ<W2>::kCorr}, pool, ep, bias_.empty() ? nullptr : bias_.data());
+        out = Q8Handoff{rows, m, n_, p};
+        return true;
+    }
+    // Y[m][ldy] = epilogue(X · Wᵀ + b) from X handed off by the previous layer (forward_quantized_for).
+    void forward(const Q8Handoff& xq, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep = {}) const
+        requires std::is_same_v<A, fmt::Q8>
+    {
+        FASTVLM_CHECK(xq.k == k_ && xq.path == path(KernelClass::gemm) && !use_gemv(xq.m, ep) && ldy >= n_ && y,
+                      "Linear::forward: a Q8 hand-off of ", xq.k, " features for path ", detail::mm::path_name(xq.path),
+                      " does not fit this layer (", k_, " features, path ", detail::mm::path_name(path(KernelClass::gemm)), ")");
+        if (xq.m > 0 && n_ > 0) impl_.forward_rows(xq.path, xq.rows, xq.m, y, ldy, pool, ep, bias_.empty() ? nullptr : bias_.data());
     }
     // Internal (kernel measurement, kernel_choice.hpp): one call through path p, which must be supported.
     void forward_path(detail::mm::Path p, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
@@ -11559,6 +11685,7 @@ private:
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 
@@ -11704,8 +11831,7 @@ struct ConvFFN {
         const Epilogue ep2{Act::none, layer_scale.data(), true};
         if (!ws.fuse_ffn(n, hid)) {
             conv.forward(x, h, w, ws.y.data(), ws.pool);
-            fc1.forward(ws.y.data(), n, c, ws.hidden.data(), hid, ws.pool, Epilogue{Act::gelu});
-            fc2.forward(ws.hidden.data(), n, hid, x, c, ws.pool, ep2);
+            mlp(ws.y.data(), n, ws.hidden.data(), x, ws.pool, ep2);
             return x;
         }
         const Index rows = ws.chunk_rows(w), chunks = (h + rows - 1) / rows;
@@ -11714,11 +11840,22 @@ struct ConvFFN {
             float* yc = ws.chunk(thread);
             float* hc = yc + rows * w * c;
             conv.forward_rows(x, 0, h, w, yc, y0, y1);
-            fc1.forward(yc, m, c, hc, hid, nullptr, Epilogue{Act::gelu});
             std::memcpy(spare + y0 * w * c, x + y0 * w * c, std::size_t(m * c) * sizeof(float));
-            fc2.forward(hc, m, hid, spare + y0 * w * c, c, nullptr, ep2);
+            mlp(yc, m, hc, spare + y0 * w * c, nullptr, ep2);
         });
         return spare;
+    }
+    // out (m × C, epilogue ep2) = fc2(GELU(fc1(in))), the hidden map in hid_buf (m × hidden). With Q8 compute
+    // fc1 hands its output to fc2 already quantized (Linear::forward_quantized_for, the same codes bit for
+    // bit), and hid_buf is not used.
+    void mlp(const float* in, Index m, float* hid_buf, float* out, ThreadPool* pool, const Epilogue& ep2) const {
+        const Index c = channels(), hid = hidden_channels();
+        if constexpr (std::is_same_v<typename Conv::compute_format, fmt::Q8>) {
+            Q8Handoff hq;
+            if (fc1.forward_quantized_for(fc2, in, m, c, hq, pool, Epilogue{Act::gelu})) return fc2.forward(hq, out, c, pool, ep2);
+        }
+        fc1.forward(in, m, c, hid_buf, hid, pool, Epilogue{Act::gelu});
+        fc2.forward(hid_buf, m, hid, out, c, pool, ep2);
     }
     template <class F>
     void for_each_tensor(F&& f) const {

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -126,9 +127,19 @@ PathChoice& path_choice() {
 // or the blocked GEMM (prefill, vision).
 enum class KernelClass { gemv, gemm };
 
+// A layer's output handed to the next Q8 layer as that layer's quantized input (Linear::forward_quantized_for):
+// int8 codes, scales and corrections in the row groups of the GEMM micro-kernel, in the producing thread's scratch.
+struct Q8Handoff {
+    detail::mm::QRows rows{};
+    Index m = 0, k = 0;
+    detail::mm::Path path = detail::mm::Path::scalar;
+};
+
 // A linear layer y = x·Wᵀ + b with weights repacked for the kernels of (W, A).
 template <class W, class A = fmt::F32>
 class Linear {
+    template <class, class>
+    friend class Linear;
     static_assert(has_matmul_kernel<W, A>,
                   "fastvlm::Linear<W, A>: no matrix kernel for this (weight, compute) pair. "
                   "Supported: " FASTVLM_KERNEL_PAIRS_TEXT);
@@ -167,6 +178,48 @@ public:
         const bool gemv = use_gemv(m, ep);
         impl_.forward(forced_ ? path_ : detail::mm::path_choice<W, A>().get(gemv), x, m, ldx, y, ldy, pool, ep,
                       bias_.empty() ? nullptr : bias_.data());
+    }
+    // Y = epilogue(X·Wᵀ + b) handed to `next` as its quantized input, instead of written as floats that next
+    // would read back and quantize (ConvFFN: fc1 → GELU → fc2; the 4×-wide hidden map never goes to memory as
+    // floats). next.forward(out, …) then gives bit for bit what forward + next.forward give. Returns false,
+    // doing nothing, where no hand-off can be made — the two layers' GEMM paths differ or have no 6 × 32 tile
+    // (AVX2, AMX), m < 2 or GEMV rows, accumulate, K over 1,024 (several K blocks), out_features not a
+    // multiple of 32 — and the caller goes through floats. `out` lives in this thread's scratch until the
+    // thread's next hand-off.
+    template <class W2>
+        requires std::is_same_v<A, fmt::Q8>
+    bool forward_quantized_for(const Linear<W2, fmt::Q8>& next, const float* x, Index m, Index ldx, Q8Handoff& out,
+                               ThreadPool* pool, const Epilogue& ep = {}) const {
+        namespace mm = detail::mm;
+        FASTVLM_CHECK(next.in_features() == n_, "Linear::forward_quantized_for: this layer gives ", n_,
+                      " features, the next one takes ", next.in_features());
+        FASTVLM_CHECK(m >= 0 && (m == 0 || (x && ldx >= k_)), "Linear::forward_quantized_for: bad input (m=", m, ", ldx=", ldx,
+                      ", k=", k_, ")");
+        const mm::Path p = path(KernelClass::gemm);
+        if (m < 2 || n_ == 0 || p != next.path(KernelClass::gemm) || !impl_.can_hand_off(p, m, ep)) return false;
+        const Index gr = Impl::handoff_rows(p), kb = next.impl_.P.kb, mpad = mm::round_up(m, gr);
+        auto* q = mm::scratch<std::int8_t, mm::Scratch::q8_next>(std::size_t(mpad * kb * mm::kQB + 64));
+        auto* d = mm::scratch<float, mm::Scratch::q8_next_d>(std::size_t(mpad * kb + 16));
+        auto* c = mm::scratch<std::int32_t, mm::Scratch::q8_next_c>(std::size_t(mpad * kb + 16));
+        // What the tiles do not write is zero, as quantize_rows leaves it: blocks past n (the next layer's
+        // padding to whole superblocks) and the rows past m of the last group.
+        const Index from = kb * mm::kQB > n_ ? 0 : mpad > m ? mpad - gr : mpad;
+        std::memset(q + from * kb * mm::kQB, 0, std::size_t((mpad - from) * kb * mm::kQB));
+        std::fill(d + from * kb, d + mpad * kb, 0.f);
+        std::fill(c + from * kb, c + mpad * kb, 0);
+        const mm::QRows rows{q, d, c, kb};
+        impl_.forward_to(p, x, m, ldx, mm::QSink{rows, gr, mm::PackedQ<W2>::kCorr}, pool, ep, bias_.empty() ? nullptr : bias_.data());
+        out = Q8Handoff{rows, m, n_, p};
+        return true;
+    }
+    // Y[m][ldy] = epilogue(X · Wᵀ + b) from X handed off by the previous layer (forward_quantized_for).
+    void forward(const Q8Handoff& xq, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep = {}) const
+        requires std::is_same_v<A, fmt::Q8>
+    {
+        FASTVLM_CHECK(xq.k == k_ && xq.path == path(KernelClass::gemm) && !use_gemv(xq.m, ep) && ldy >= n_ && y,
+                      "Linear::forward: a Q8 hand-off of ", xq.k, " features for path ", detail::mm::path_name(xq.path),
+                      " does not fit this layer (", k_, " features, path ", detail::mm::path_name(path(KernelClass::gemm)), ")");
+        if (xq.m > 0 && n_ > 0) impl_.forward_rows(xq.path, xq.rows, xq.m, y, ldy, pool, ep, bias_.empty() ? nullptr : bias_.data());
     }
     // Internal (kernel measurement, kernel_choice.hpp): one call through path p, which must be supported.
     void forward_path(detail::mm::Path p, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fastvlm/core/tensor.hpp"
@@ -165,8 +166,7 @@ struct ConvFFN {
         const Epilogue ep2{Act::none, layer_scale.data(), true};
         if (!ws.fuse_ffn(n, hid)) {
             conv.forward(x, h, w, ws.y.data(), ws.pool);
-            fc1.forward(ws.y.data(), n, c, ws.hidden.data(), hid, ws.pool, Epilogue{Act::gelu});
-            fc2.forward(ws.hidden.data(), n, hid, x, c, ws.pool, ep2);
+            mlp(ws.y.data(), n, ws.hidden.data(), x, ws.pool, ep2);
             return x;
         }
         const Index rows = ws.chunk_rows(w), chunks = (h + rows - 1) / rows;
@@ -175,11 +175,22 @@ struct ConvFFN {
             float* yc = ws.chunk(thread);
             float* hc = yc + rows * w * c;
             conv.forward_rows(x, 0, h, w, yc, y0, y1);
-            fc1.forward(yc, m, c, hc, hid, nullptr, Epilogue{Act::gelu});
             std::memcpy(spare + y0 * w * c, x + y0 * w * c, std::size_t(m * c) * sizeof(float));
-            fc2.forward(hc, m, hid, spare + y0 * w * c, c, nullptr, ep2);
+            mlp(yc, m, hc, spare + y0 * w * c, nullptr, ep2);
         });
         return spare;
+    }
+    // out (m × C, epilogue ep2) = fc2(GELU(fc1(in))), the hidden map in hid_buf (m × hidden). With Q8 compute
+    // fc1 hands its output to fc2 already quantized (Linear::forward_quantized_for, the same codes bit for
+    // bit), and hid_buf is not used.
+    void mlp(const float* in, Index m, float* hid_buf, float* out, ThreadPool* pool, const Epilogue& ep2) const {
+        const Index c = channels(), hid = hidden_channels();
+        if constexpr (std::is_same_v<typename Conv::compute_format, fmt::Q8>) {
+            Q8Handoff hq;
+            if (fc1.forward_quantized_for(fc2, in, m, c, hq, pool, Epilogue{Act::gelu})) return fc2.forward(hq, out, c, pool, ep2);
+        }
+        fc1.forward(in, m, c, hid_buf, hid, pool, Epilogue{Act::gelu});
+        fc2.forward(hid_buf, m, hid, out, c, pool, ep2);
     }
     template <class F>
     void for_each_tensor(F&& f) const {

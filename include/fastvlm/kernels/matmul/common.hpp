@@ -282,6 +282,9 @@ enum class Scratch {
     q8_codes,     // activations quantized to int8
     q8_scales,    // their per-block scales
     q8_corr,      // their per-block corrections −c·Σq for the unsigned weight bytes
+    q8_next,      // a layer's output quantized for the next layer (Linear::forward_quantized_for): codes,
+    q8_next_d,    // scales
+    q8_next_c,    // corrections
     a_tiles,      // X block packed as AMX bf16 tiles
 };
 template <class T, Scratch Slot>

@@ -18,6 +18,7 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <type_traits>
@@ -31,15 +32,19 @@ FASTVLM_SIMD_WARNINGS_OFF  // core/diagnostics.hpp
 
 namespace fastvlm::detail::mm {
 
-template <class Kern>
+// sink: null, or a callable sink(tile, ldt, mr, nr, row0, c0, ops) that takes each finished tile (rows row0 ..
+// row0 + mr − 1, columns c0 .. c0 + nr − 1) instead of store_tile writing it to Y (one K block only).
+template <class Kern, class Sink = std::nullptr_t>
 void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
-                  const Epilogue& ep) {
+                  const Epilogue& ep, const Sink& sink = nullptr) {
     constexpr int MR = Kern::MR, NV = Kern::NV;
     constexpr Index NR = Index(NV) * kPanel;
+    constexpr bool to_sink = !std::is_same_v<Sink, std::nullptr_t>;
     const Index n = kern.n, nu = kern.units();
     if (m <= 0 || n <= 0) return;
     const Index nkb = std::max<Index>(1, ceil_div(nu, kern.kc_units()));
     const Index kcu = nkb == 1 ? nu : ceil_div(nu, nkb);
+    if constexpr (to_sink) FASTVLM_CHECK(nkb == 1 && !ep.accumulate, "gemm_blocked: a tile sink needs one K block and no accumulate");
 
     if (ep.accumulate && ep.act != Act::none && nkb > 1) {
         // Y += act(XWᵀ + b)·s cannot be formed from partial sums in Y: go through a buffer.
@@ -87,6 +92,11 @@ void gemm_blocked(const Kern& kern, const float* x, Index m, Index ldx, float* y
                 if (o.scale) o.scale += c0;
                 for (Index ir = 0; ir * MR < mcur; ++ir) {
                     const Index mr = std::min<Index>(MR, mcur - ir * MR);
+                    if constexpr (to_sink) {
+                        kern.ukr(nv, a, ir, b, uc, tile);
+                        sink(static_cast<const float*>(tile), NR, mr, nr, m0 + ir * MR, c0, o);
+                        continue;
+                    }
                     float* c = y + (m0 + ir * MR) * ldy + c0;
                     for (Index r = 0; r < mr; ++r)  // the tile of C is read after the micro-kernel: fetch it now
                         for (Index j = 0; j < nr; j += 16) __builtin_prefetch(c + r * ldy + j, 1, 3);

@@ -974,6 +974,28 @@ struct KernQBf16Amx {
 };
 #endif
 
+// ---- hand-off: a GEMM's output quantized as the input of the next Q8 layer ---------------------------------
+// A tile of the GEMM micro-kernel (6 rows × 32 columns) is, row by row, exactly one Q8 block of the next
+// layer's input. QSink takes each finished tile in place of store_tile: the same float epilogue (bias,
+// activation, scale) into a small buffer, then quantize_act per row straight into the next layer's row
+// groups (quantize_rows' layout, group = MR). The codes, scales and corrections are bit for bit those
+// that quantize_rows makes from the float output: the float map is neither written nor read back.
+struct QSink {
+    QRows out;      // layout of quantize_rows(…, group = gr) with out.kb blocks per row
+    Index gr = 6;   // the micro-kernel's rows (of producer and consumer alike)
+    int corr_c = 0;  // the next layer's zero point (PackedQ::kCorr)
+    void operator()(const float* tile, Index ldt, Index mr, Index nr, Index row0, Index c0, const TileOps& o) const {
+        alignas(64) float buf[8 * kQBlock];
+        FASTVLM_CHECK(nr == kQB && c0 % kQB == 0 && mr <= gr && gr <= 8, "QSink: a tile must be one Q8 block wide");
+        store_tile(tile, ldt, mr, nr, buf, kQB, o);
+        const Index b = c0 / kQB, kb = out.kb;
+        auto* q = const_cast<std::int8_t*>(out.q) + row0 * kb * kQB + b * gr * kQB;
+        auto* d = const_cast<float*>(out.d) + row0 * kb + b * gr;
+        auto* c = const_cast<std::int32_t*>(out.corr) + row0 * kb + b * gr;
+        for (Index r = 0; r < mr; ++r) quantize_act(buf + r * kQB, kQB, corr_c, q + r * 4, d + r, c + r, gr);
+    }
+};
+
 template <class QF>
 struct ImplQ : PackedImpl<PackedQ<QF>> {
     using PackedImpl<PackedQ<QF>>::P;
@@ -991,13 +1013,51 @@ struct ImplQ : PackedImpl<PackedQ<QF>> {
         const bool gemv = use_gemv(m, ep);  // GEMV rows read row-major rows; the GEMM, groups of its MR rows
         const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<QF>::kCorr, m > 1 ? pool : nullptr,
                                        gemv ? 1 : K::MR);
+        run_rows<Pth>(xq, m, y, ldy, pool, ep, bias, gemv);
+    }
+    // The GEMM's micro-kernel rows on the paths where a hand-off can be made (QSink: 6 × 32 tiles), else 0.
+    static int handoff_rows(Path p) {
+        return p == Path::avx512_vnni || p == Path::scalar ? KernQ<QF, Path::avx512_vnni>::MR : 0;
+    }
+    // Y quantized for a next layer (QSink, out laid out for path's GEMM): one K block, columns in whole Q8 blocks.
+    bool can_hand_off(Path p, Index m, const Epilogue& ep) const {
+        return handoff_rows(p) > 0 && !use_gemv(m, ep) && !ep.accumulate && P.n % kQB == 0 && P.kb <= 32;
+    }
+    void forward_to(Path path, const float* x, Index m, Index ldx, const QSink& sink, ThreadPool* pool, const Epilogue& ep,
+                    const float* bias) const {
+        auto go = [&]<Path Pth>() {
+            using K = KernQ<QF, Pth>;
+            const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<QF>::kCorr, pool, K::MR);
+            gemm_blocked(K{&P, P.n, P.npanels, bias, xq}, x, m, ldx, nullptr, 0, pool, ep, sink);
+        };
+        if (path == Path::avx512_vnni) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+            return go.template operator()<Path::avx512_vnni>();
+#endif
+        }
+        go.template operator()<Path::scalar>();
+    }
+    // From rows a previous layer handed off (QSink, laid out for this path's GEMM).
+    void forward_rows(Path path, const QRows& xq, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
+                      const float* bias) const {
+        if (path == Path::avx512_vnni) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+            return run_rows<Path::avx512_vnni>(xq, m, y, ldy, pool, ep, bias, false);
+#endif
+        }
+        run_rows<Path::scalar>(xq, m, y, ldy, pool, ep, bias, false);
+    }
+    template <Path Pth>
+    void run_rows(const QRows& xq, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep, const float* bias,
+                  bool gemv) const {
+        using K = KernQ<QF, Pth>;
         K kern{&P, P.n, P.npanels, bias, xq};
         if (gemv) {
             const Index kb = xq.kb;
             gemv_rows(kern, [&](Index r) { return QRows{xq.q + r * kb * kQB, xq.d + r * kb, xq.corr + r * kb, kb}; }, m, y, ldy,
                       pool, ep, P.k);
         } else {
-            gemm_blocked(kern, x, m, ldx, y, ldy, pool, ep);
+            gemm_blocked(kern, nullptr, m, 0, y, ldy, pool, ep);
         }
     }
     void forward(Path path, const float* x, Index m, Index ldx, float* y, Index ldy, ThreadPool* pool,
