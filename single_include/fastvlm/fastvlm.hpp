@@ -7802,8 +7802,11 @@ struct KernQ {
     }
     struct BPack {
         const std::uint8_t* p;
+        Index nb;  // blocks holding data: the zero blocks that pad K to whole superblocks are skipped (K = 96: 3 of 4)
     };
-    BPack pack_b(Index g, int, Index u0, Index) const { return {P->panel(g * NV) + u0 * PQ::kSuperBytes}; }
+    BPack pack_b(Index g, int, Index u0, Index uc) const {
+        return {P->panel(g * NV) + u0 * PQ::kSuperBytes, std::min(uc * PQ::G, ceil_div(P->k, kQB) - u0 * PQ::G)};
+    }
     template <int R, int V>
     void call(Index nb, const APack& a, const BPack& b, float* tile, Index ldt) const {
         const Index ps = P->panel_bytes();
@@ -7821,10 +7824,10 @@ struct KernQ {
 #endif
         ukr_q_scalar<QF, R, V>(nb, a.q, a.d, a.corr, b.p, ps, tile, ldt);
     }
-    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index uc, float* tile) const {
+    void ukr(int nv, const APack& a, Index ir, const BPack& b, Index, float* tile) const {
         const Index kb = xq.kb;
         const APack ai{a.q + ir * MR * kb * kQB, a.d + ir * MR * kb, a.corr + ir * MR * kb};
-        with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(uc * PQ::G, ai, b, tile, NV * kPanel); });
+        with_width<NV>(nv, [&](auto c) { call<MR, decltype(c)::value>(b.nb, ai, b, tile, NV * kPanel); });
     }
     // GEMV rows (driver.hpp): rows ≤ kGemvRows rows of X at once, row i's 16·(p1 − p0) outputs at out + i·ldo.
     static constexpr int kGemvRows = Pth == Path::avx512_vnni ? 8 : kAvx2 ? 2 : 1;
