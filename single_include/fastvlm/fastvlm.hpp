@@ -7937,18 +7937,19 @@ struct KernQBf16Amx {
 // groups (quantize_rows' layout, group = MR). The codes, scales and corrections are bit for bit those
 // that quantize_rows makes from the float output: the float map is neither written nor read back.
 struct QSink {
-    QRows out;      // layout of quantize_rows(…, group = gr) with out.kb blocks per row
-    Index gr = 6;   // the micro-kernel's rows (of producer and consumer alike)
+    std::int8_t* q;       // the layout of quantize_rows(…, group = gr), kb blocks per row
+    float* d;
+    std::int32_t* corr;
+    Index kb;
+    Index gr = 6;    // the micro-kernel's rows (of producer and consumer alike)
     int corr_c = 0;  // the next layer's zero point (PackedQ::kCorr)
     void operator()(const float* tile, Index ldt, Index mr, Index nr, Index row0, Index c0, const TileOps& o) const {
         alignas(64) float buf[8 * kQBlock];
         FASTVLM_CHECK(nr == kQB && c0 % kQB == 0 && mr <= gr && gr <= 8, "QSink: a tile must be one Q8 block wide");
         store_tile(tile, ldt, mr, nr, buf, kQB, o);
-        const Index b = c0 / kQB, kb = out.kb;
-        auto* q = const_cast<std::int8_t*>(out.q) + row0 * kb * kQB + b * gr * kQB;
-        auto* d = const_cast<float*>(out.d) + row0 * kb + b * gr;
-        auto* c = const_cast<std::int32_t*>(out.corr) + row0 * kb + b * gr;
-        for (Index r = 0; r < mr; ++r) quantize_act(buf + r * kQB, kQB, corr_c, q + r * 4, d + r, c + r, gr);
+        const Index b = c0 / kQB, at = row0 * kb + b * gr;
+        for (Index r = 0; r < mr; ++r)
+            quantize_act(buf + r * kQB, kQB, corr_c, q + at * kQB + r * 4, d + at + r, corr + at + r, gr);
     }
 };
 
@@ -7979,29 +7980,27 @@ struct ImplQ : PackedImpl<PackedQ<QF>> {
     bool can_hand_off(Path p, Index m, const Epilogue& ep) const {
         return handoff_rows(p) > 0 && !use_gemv(m, ep) && !ep.accumulate && P.n % kQB == 0 && P.kb <= 32;
     }
+    // f.template operator()<Pth>() for the hand-off path (VNNI where compiled, else the scalar kernels).
+    template <class F>
+    static void on_handoff_path(Path path, F&& f) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+        if (path == Path::avx512_vnni) return f.template operator()<Path::avx512_vnni>();
+#endif
+        (void)path;
+        f.template operator()<Path::scalar>();
+    }
     void forward_to(Path path, const float* x, Index m, Index ldx, const QSink& sink, ThreadPool* pool, const Epilogue& ep,
                     const float* bias) const {
-        auto go = [&]<Path Pth>() {
+        on_handoff_path(path, [&]<Path Pth>() {
             using K = KernQ<QF, Pth>;
             const QRows xq = quantize_rows(x, m, ldx, P.k, P.kb, round_up(m, K::MR), PackedQ<QF>::kCorr, pool, K::MR);
             gemm_blocked(K{&P, P.n, P.npanels, bias, xq}, x, m, ldx, nullptr, 0, pool, ep, sink);
-        };
-        if (path == Path::avx512_vnni) {
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-            return go.template operator()<Path::avx512_vnni>();
-#endif
-        }
-        go.template operator()<Path::scalar>();
+        });
     }
     // From rows a previous layer handed off (QSink, laid out for this path's GEMM).
     void forward_rows(Path path, const QRows& xq, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep,
                       const float* bias) const {
-        if (path == Path::avx512_vnni) {
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-            return run_rows<Path::avx512_vnni>(xq, m, y, ldy, pool, ep, bias, false);
-#endif
-        }
-        run_rows<Path::scalar>(xq, m, y, ldy, pool, ep, bias, false);
+        on_handoff_path(path, [&]<Path Pth>() { run_rows<Pth>(xq, m, y, ldy, pool, ep, bias, false); });
     }
     template <Path Pth>
     void run_rows(const QRows& xq, Index m, float* y, Index ldy, ThreadPool* pool, const Epilogue& ep, const float* bias,
@@ -8232,9 +8231,9 @@ public:
         std::memset(q + from * kb * mm::kQB, 0, std::size_t((mpad - from) * kb * mm::kQB));
         std::fill(d + from * kb, d + mpad * kb, 0.f);
         std::fill(c + from * kb, c + mpad * kb, 0);
-        const mm::QRows rows{q, d, c, kb};
-        impl_.forward_to(p, x, m, ldx, mm::QSink{rows, gr, mm::PackedQ<W2>::kCorr}, pool, ep, bias_.empty() ? nullptr : bias_.data());
-        out = Q8Handoff{rows, m, n_, p};
+        impl_.forward_to(p, x, m, ldx, mm::QSink{q, d, c, kb, gr, mm::PackedQ<W2>::kCorr}, pool, ep,
+                         bias_.empty() ? nullptr : bias_.data());
+        out = Q8Handoff{mm::QRows{q, d, c, kb}, m, n_, p};
         return true;
     }
     // Y[m][ldy] = epilogue(X · Wᵀ + b) from X handed off by the previous layer (forward_quantized_for).

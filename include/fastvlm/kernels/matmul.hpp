@@ -207,9 +207,9 @@ public:
         std::memset(q + from * kb * mm::kQB, 0, std::size_t((mpad - from) * kb * mm::kQB));
         std::fill(d + from * kb, d + mpad * kb, 0.f);
         std::fill(c + from * kb, c + mpad * kb, 0);
-        const mm::QRows rows{q, d, c, kb};
-        impl_.forward_to(p, x, m, ldx, mm::QSink{rows, gr, mm::PackedQ<W2>::kCorr}, pool, ep, bias_.empty() ? nullptr : bias_.data());
-        out = Q8Handoff{rows, m, n_, p};
+        impl_.forward_to(p, x, m, ldx, mm::QSink{q, d, c, kb, gr, mm::PackedQ<W2>::kCorr}, pool, ep,
+                         bias_.empty() ? nullptr : bias_.data());
+        out = Q8Handoff{mm::QRows{q, d, c, kb}, m, n_, p};
         return true;
     }
     // Y[m][ldy] = epilogue(X · Wᵀ + b) from X handed off by the previous layer (forward_quantized_for).
